@@ -1,0 +1,25 @@
+"""musicflow: learn to make music from a collection of songs.
+
+The pipeline is three Prefect flows (``flows/``) over plain functions (``tasks/``);
+this small core package holds what every layer shares: configuration, errors,
+the Prefect server helper and the command line.
+"""
+
+from musicflow.errors import (
+    ConfigError,
+    DecodeError,
+    DecoderMissingError,
+    MusicflowError,
+    StoreError,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ConfigError",
+    "DecodeError",
+    "DecoderMissingError",
+    "MusicflowError",
+    "StoreError",
+    "__version__",
+]

@@ -1,0 +1,84 @@
+"""One Prefect API for the flow process and every Dask worker.
+
+Without a configured API, Prefect starts an ephemeral server in each process
+that runs a task, and process-based Dask workers would each get their own
+(slow, and SQLite "database is locked"). :func:`ensure_prefect_api` makes sure
+there is exactly one server and that ``PREFECT_API_URL`` names it, in this
+process's environment, which worker processes inherit.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from musicflow.errors import ConfigError
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 4200
+logger = logging.getLogger(__name__)
+
+
+def api_healthy(api_url: str, *, timeout: float = 2.0) -> bool:
+    try:
+        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def ensure_prefect_api(*, start: bool = True, log_dir: Path | None = None, wait_seconds: float = 90.0) -> str:
+    """Return the URL of a healthy Prefect API, starting a local server if needed.
+
+    1. ``PREFECT_API_URL`` configured (environment or profile): use it, it must answer.
+    2. A server already answering on 127.0.0.1:4200: use it.
+    3. Otherwise start ``prefect server start`` in the background (it keeps
+       running after we exit, so the runs stay browsable in the UI).
+    """
+    from prefect.settings import PREFECT_API_URL
+
+    configured = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
+    if configured:
+        if not api_healthy(configured):
+            raise ConfigError(f"Prefect API {configured!r} (PREFECT_API_URL) is not answering")
+        os.environ["PREFECT_API_URL"] = configured
+        return configured
+    local = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/api"
+    if not api_healthy(local):
+        if not start:
+            raise ConfigError(f"no Prefect API at {local}: run `prefect server start` or set PREFECT_API_URL")
+        _start_server(log_dir or Path.home() / ".musicflow")
+        deadline = time.monotonic() + wait_seconds
+        while not api_healthy(local):
+            if time.monotonic() > deadline:
+                raise ConfigError(f"Prefect server did not answer at {local} within {wait_seconds:.0f} s")
+            time.sleep(0.5)
+    os.environ["PREFECT_API_URL"] = local
+    return local
+
+
+def ui_url(api_url: str) -> str:
+    return api_url.rstrip("/").removesuffix("/api")
+
+
+def _start_server(log_dir: Path) -> None:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / "prefect-server.log"
+    logger.info("starting a Prefect server on %s:%s (log: %s)", DEFAULT_HOST, DEFAULT_PORT, log_path)
+    prefect_cli = Path(sys.executable).with_name("prefect")
+    command = [str(prefect_cli) if prefect_cli.exists() else "prefect", "server", "start",
+               "--host", DEFAULT_HOST, "--port", str(DEFAULT_PORT)]  # fmt: skip
+    with open(log_path, "ab") as log:
+        subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # outlives this command, like `prefect server start &`
+            env={**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"},
+        )

@@ -1,0 +1,335 @@
+"""Ingest, as plain functions: list, hash, plan, batch, decode+featurise+write, commit.
+
+``flows/ingest.py`` wires these together; each one is callable (and tested)
+without Prefect or Dask.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import math
+import os
+import posixpath
+import resource
+import tempfile
+import time
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+
+import fsspec
+import numpy as np
+
+from musicflow.config import AUDIO_EXTENSIONS, FeatureConfig, IngestConfig
+from musicflow.errors import ConfigError, DecodeError, StoreError
+from tasks.audio import decode_audio
+from tasks.catalog import STATUS_FAILED, STATUS_OK, CatalogRow, append_rows, read_catalog
+from tasks.features import blocks_to_features, frame_blocks
+from tasks.shards import ShardWriter, read_shard_stats
+from tasks.stats import FeatureStats, merge_all
+from tasks.store import Store, is_local_fs, open_store
+
+CONFIG_FILE = "config.json"
+STATS_FILE = "stats.json"
+_HASH_CHUNK = 1 << 20
+
+
+def dataset_dir(dataset_id: str) -> str:
+    return posixpath.join("datasets", dataset_id)
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    """A file to ingest: its URL (or local path), size, mtime and content hash."""
+
+    uri: str
+    bytes: int
+    mtime: float | None = None
+    song_id: str | None = None
+
+
+@dataclass
+class IngestPlan:
+    """What an ingest run will do: ``todo`` files, and why the others are left out."""
+
+    todo: list[SourceFile]
+    known: list[SourceFile] = field(default_factory=list)
+    duplicates: list[SourceFile] = field(default_factory=list)
+    n_listed: int = 0
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch task returns: small metadata, never arrays."""
+
+    rows: list[CatalogRow]
+    shard: str | None
+    audio_seconds: float
+    task_seconds: float
+    peak_rss_mb: float
+
+
+def list_audio_files(source: str) -> list[SourceFile]:
+    """Every audio file under ``source`` (a directory, a single file or a URL), sorted.
+
+    Files are recognised by extension (``AUDIO_EXTENSIONS``); what is inside
+    them is decided only when decoding. Raises :class:`ConfigError` when the
+    source does not exist.
+    """
+    try:
+        fs, root = fsspec.core.url_to_fs(source)
+    except (ValueError, ImportError, OSError) as error:
+        raise ConfigError(f"invalid source {source!r}: {error}") from error
+    if not fs.exists(root):
+        raise ConfigError(f"source not found: {source!r}")
+    infos = {root: fs.info(root)} if fs.isfile(root) else fs.find(root, detail=True)
+    files = []
+    for path, info in sorted(infos.items()):
+        if info.get("type") == "directory" or not path.lower().endswith(AUDIO_EXTENSIONS):
+            continue
+        uri = path if is_local_fs(fs) else fs.unstrip_protocol(path)
+        files.append(SourceFile(uri=uri, bytes=int(info.get("size") or 0), mtime=_mtime(info)))
+    return files
+
+
+def sha256_of(uri: str) -> str:
+    digest = hashlib.sha256()
+    with fsspec.open(uri, "rb") as handle:
+        while chunk := handle.read(_HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_files(files: list[SourceFile], *, threads: int = 8) -> list[SourceFile]:
+    """Fill in ``song_id`` (sha256 of the bytes); hashing is I/O bound, so threads help."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        digests = list(pool.map(lambda item: item.song_id or sha256_of(item.uri), files))
+    return [replace(item, song_id=digest) for item, digest in zip(files, digests, strict=True)]
+
+
+def plan_ingest(files: list[SourceFile], catalog: list[CatalogRow], *, retry_failed: bool = False) -> IngestPlan:
+    """Decide which listed files need decoding.
+
+    A file whose URI, size and mtime match a catalog row is known without
+    reading it; the rest are hashed and skipped when their ``song_id`` is in
+    the catalog (unless it failed and ``retry_failed``), or when the same
+    content appears twice in this listing.
+    """
+    done = {row.song_id: row for row in catalog if row.ok or not retry_failed}
+    by_stat = {(row.source, row.bytes, row.mtime): row.song_id for row in done.values()}
+    unknown, known = [], []
+    for item in files:
+        song_id = by_stat.get((item.uri, item.bytes, item.mtime))
+        (known if song_id else unknown).append(replace(item, song_id=song_id) if song_id else item)
+    plan = IngestPlan(todo=[], known=known, n_listed=len(files))
+    seen: set[str] = set()
+    for item in hash_files(unknown):
+        assert item.song_id is not None
+        if item.song_id in done:
+            plan.known.append(item)
+        elif item.song_id in seen:
+            plan.duplicates.append(item)
+        else:
+            seen.add(item.song_id)
+            plan.todo.append(item)
+    return plan
+
+
+def make_batches(files: list[SourceFile], *, batch_bytes: int, min_batches: int = 1) -> list[list[SourceFile]]:
+    """Group files, in order, into batches of at most ``batch_bytes`` of input.
+
+    The limit shrinks so there are at least ``min_batches`` batches when there
+    are that many files (to keep every worker busy). A file larger than the
+    limit gets a batch of its own.
+    """
+    if batch_bytes <= 0:
+        raise ConfigError(f"invalid batch_bytes {batch_bytes!r}: must be positive")
+    total = sum(item.bytes for item in files)
+    limit = max(1, min(batch_bytes, math.ceil(total / max(1, min_batches))))
+    batches: list[list[SourceFile]] = []
+    current: list[SourceFile] = []
+    size = 0
+    for item in files:
+        if current and size + item.bytes > limit:
+            batches.append(current)
+            current, size = [], 0
+        current.append(item)
+        size += item.bytes
+    if current:
+        batches.append(current)
+    return batches
+
+
+def decode_features(
+    path: str, *, features: FeatureConfig, min_peak_db: float = -60.0
+) -> tuple[np.ndarray, float, int]:
+    """Decode one local file to feature blocks.
+
+    Returns ``(features [n_blocks, n_features] float32, seconds, channels)``;
+    raises :class:`DecodeError` for undecodable, too short or silent audio.
+    """
+    audio = decode_audio(path, sample_rate=features.sample_rate)
+    if audio.samples.shape[0] < features.block_size:
+        raise DecodeError(
+            f"too short: {audio.seconds:.3f} s is less than one block ({features.block_seconds:.3f} s)"
+        )
+    peak = float(np.abs(audio.samples).max())
+    if peak <= 10 ** (min_peak_db / 20):
+        level = f"{20 * math.log10(peak):.1f} dBFS" if peak > 0 else "-inf dBFS"
+        raise DecodeError(f"silent: peak level {level} is below {min_peak_db:g} dBFS")
+    blocks = frame_blocks(audio.samples, block_size=features.block_size)
+    return blocks_to_features(blocks, transform=features.transform), audio.seconds, audio.channels
+
+
+def ingest_batch(files: list[SourceFile], *, store_url: str, dataset_id: str, config: IngestConfig) -> BatchResult:
+    """Decode, featurise and write one batch of files into one new shard.
+
+    Bad songs become ``failed`` rows with their error; storage errors raise
+    (the caller retries the whole batch into a fresh shard). Nothing is
+    committed here: the returned rows are committed by :func:`commit_batch`.
+    """
+    started = time.perf_counter()
+    store = open_store(store_url)
+    directory = dataset_dir(dataset_id)
+    rows: list[CatalogRow] = []
+    audio_seconds = 0.0
+    now = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    with ShardWriter(
+        store, directory, n_features=config.features.n_features, shard_format=config.shard_format
+    ) as writer:
+        for item in files:
+            song_id, seconds, channels, n_blocks, offset, error = item.song_id or "", 0.0, 0, 0, -1, None
+            try:
+                with _local_copy(item.uri) as (path, content_hash):
+                    song_id = content_hash
+                    feats, seconds, channels = decode_features(
+                        path, features=config.features, min_peak_db=config.min_peak_db
+                    )
+                offset, n_blocks = writer.add(feats), feats.shape[0]
+                audio_seconds += seconds
+            except DecodeError as failure:
+                error = str(failure)
+            except FileNotFoundError:
+                error = "file disappeared before it was decoded"
+            rows.append(
+                CatalogRow(
+                    song_id=song_id, source=item.uri, bytes=item.bytes, mtime=item.mtime,
+                    seconds=round(seconds, 6), channels=channels, n_blocks=n_blocks,
+                    shard=None if error else writer.shard, offset=offset,
+                    status=STATUS_FAILED if error else STATUS_OK, error=error, ingested_at=now,
+                )  # fmt: skip
+            )
+    return BatchResult(
+        rows=rows,
+        shard=writer.shard,
+        audio_seconds=audio_seconds,
+        task_seconds=time.perf_counter() - started,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+
+
+class _local_copy:  # noqa: N801 - used like a function
+    """Context manager giving ``(local path, sha256)`` of a URI, downloading remote files.
+
+    Hashing the bytes actually decoded makes ``song_id`` the content that was
+    ingested, even if the file changed since it was listed.
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.uri = uri
+        self._temporary: tempfile._TemporaryFileWrapper[bytes] | None = None
+
+    def __enter__(self) -> tuple[str, str]:
+        fs, path = fsspec.core.url_to_fs(self.uri)
+        if is_local_fs(fs):
+            return path, sha256_of(path)
+        data = fs.cat_file(path)
+        suffix = os.path.splitext(path)[1]
+        self._temporary = tempfile.NamedTemporaryFile(suffix=suffix)
+        self._temporary.write(data)
+        self._temporary.flush()
+        return self._temporary.name, hashlib.sha256(data).hexdigest()
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._temporary is not None:
+            self._temporary.close()
+
+
+def prepare_dataset(store: Store, config: IngestConfig) -> str:
+    """Create the dataset folder and its ``config.json`` (or check it); returns the dataset id."""
+    features = config.features
+    dataset_id = features.dataset_id
+    directory = dataset_dir(dataset_id)
+    if store.exists(directory, CONFIG_FILE):
+        stored = FeatureConfig.from_dict(store.read_json(directory, CONFIG_FILE)["features"])
+        if stored != features:
+            raise StoreError(f"dataset {dataset_id!r} holds features {stored}, not {features}")
+    else:
+        store.write_json(
+            {
+                "dataset_id": dataset_id,
+                "features": features.to_dict(),
+                "shard_format": config.shard_format,
+                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            },
+            directory,
+            CONFIG_FILE,
+        )
+    return dataset_id
+
+
+def commit_batch(store: Store, dataset_id: str, result: BatchResult) -> list[CatalogRow]:
+    """Commit a batch: its catalog rows first (the commit point), then the statistics."""
+    directory = dataset_dir(dataset_id)
+    added = append_rows(store, directory, result.rows)
+    refresh_stats(store, dataset_id)
+    return added
+
+
+def refresh_stats(store: Store, dataset_id: str) -> FeatureStats:
+    """Bring ``stats.json`` in line with the shards the catalog references.
+
+    Adds the statistics sidecars of newly committed shards; rebuilds from all
+    sidecars when ``stats.json`` names a shard the catalog does not (a run
+    killed between its two commits).
+    """
+    directory = dataset_dir(dataset_id)
+    n_features = FeatureConfig.from_dict(store.read_json(directory, CONFIG_FILE)["features"]).n_features
+    shards = sorted({row.shard for row in read_catalog(store, directory) if row.ok and row.shard})
+    current, counted = FeatureStats.empty(n_features), []
+    if store.exists(directory, STATS_FILE):
+        stored = store.read_json(directory, STATS_FILE)
+        if set(stored["shards"]) <= set(shards):
+            current, counted = FeatureStats.from_json(stored), stored["shards"]
+    missing = [shard for shard in shards if shard not in set(counted)]
+    if not missing and store.exists(directory, STATS_FILE):
+        return current
+    total = current.merge(merge_all([read_shard_stats(store, directory, shard) for shard in missing], n_features))
+    store.write_json({**total.to_json(), "shards": shards}, directory, STATS_FILE)
+    return total
+
+
+def read_stats(store: Store, dataset_id: str) -> FeatureStats:
+    return FeatureStats.from_json(store.read_json(dataset_dir(dataset_id), STATS_FILE))
+
+
+def _mtime(info: dict[str, object]) -> float | None:
+    value = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
+    if isinstance(value, dt.datetime):
+        return value.timestamp()
+    if isinstance(value, int | float):
+        return float(value)
+    return None
+
+
+def summarise_rows(rows: Iterable[CatalogRow]) -> dict[str, float]:
+    """Counts and totals of catalog rows, for artifacts and ``musicflow status``."""
+    rows = list(rows)
+    ok = [row for row in rows if row.ok]
+    return {
+        "songs_ok": len(ok),
+        "songs_failed": len(rows) - len(ok),
+        "seconds": round(sum(row.seconds for row in ok), 3),
+        "n_blocks": sum(row.n_blocks for row in ok),
+    }

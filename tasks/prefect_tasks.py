@@ -1,0 +1,67 @@
+"""Prefect task wrappers of the plain functions in ``tasks/``.
+
+Retries live here, on I/O only, and never on errors that would repeat
+(a :class:`~musicflow.errors.MusicflowError` is a verdict, not a glitch).
+Caching is off: inputs are file lists and results are committed to the store.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.tasks import exponential_backoff
+
+from musicflow.config import AUDIO_EXTENSIONS, IngestConfig
+from musicflow.errors import ConfigError, MusicflowError
+from tasks import ingest as ingest_lib
+from tasks.catalog import CatalogRow, read_catalog
+from tasks.store import check_writable, open_store
+
+
+def _retry_unless_verdict(task: Any, task_run: Any, state: Any) -> bool:
+    try:
+        state.result()
+    except MusicflowError:
+        return False
+    except Exception:
+        return True
+    return True
+
+
+IO_RETRIES: dict[str, Any] = {
+    "retries": 3,
+    "retry_delay_seconds": exponential_backoff(backoff_factor=2),
+    "retry_jitter_factor": 0.5,
+    "retry_condition_fn": _retry_unless_verdict,
+    "cache_policy": NO_CACHE,
+}
+
+
+@task(name="plan-ingest", **IO_RETRIES)
+def plan_ingest(source: str, store_url: str, config: IngestConfig) -> tuple[str, ingest_lib.IngestPlan]:
+    """Check the store, create/check the dataset, list and hash the source, skip known songs."""
+    store = open_store(store_url)
+    check_writable(store)
+    dataset_id = ingest_lib.prepare_dataset(store, config)
+    ingest_lib.refresh_stats(store, dataset_id)  # heals a run killed between its two commits
+    files = ingest_lib.list_audio_files(source)
+    if not files:
+        raise ConfigError(f"no audio files found in {source!r} (looked for {', '.join(AUDIO_EXTENSIONS)})")
+    catalog = read_catalog(store, ingest_lib.dataset_dir(dataset_id))
+    return dataset_id, ingest_lib.plan_ingest(files, catalog, retry_failed=config.retry_failed)
+
+
+@task(name="ingest-batch", **IO_RETRIES)
+def ingest_batch(
+    files: list[ingest_lib.SourceFile], store_url: str, dataset_id: str, config: IngestConfig
+) -> ingest_lib.BatchResult:
+    """Decode + featurise + write one shard (runs on a Dask worker)."""
+    return ingest_lib.ingest_batch(files, store_url=store_url, dataset_id=dataset_id, config=config)
+
+
+@task(name="commit-batch", **IO_RETRIES)
+def commit_batch(store_url: str, dataset_id: str, result: ingest_lib.BatchResult) -> list[CatalogRow]:
+    """Append the batch's catalog rows (the commit point), then merge its statistics."""
+    return ingest_lib.commit_batch(open_store(store_url), dataset_id, result)

@@ -1,0 +1,200 @@
+"""Tensor shards: many songs' feature blocks in one Zarr v3 array or Parquet file.
+
+A shard holds a ``[n_blocks, n_features]`` float32 matrix, songs one after the
+other; the catalog says where each song starts (``offset``) and how many blocks
+it has. :class:`ShardWriter` writes one shard and commits it atomically on a
+local disk (temporary name, then rename); on object stores the shard is simply
+never referenced until its catalog rows are committed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import posixpath
+import uuid
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import zarr
+import zarr.storage
+
+from musicflow.config import SHARD_FORMATS, check_choice
+from musicflow.errors import StoreError
+from tasks.stats import FeatureStats
+from tasks.store import Store
+
+SHARDS_DIR = "shards"
+# Blocks per Zarr chunk / Parquet row group: 64 blocks of 11026 float32 = 2.8 MB, 16 s of audio.
+CHUNK_BLOCKS = 64
+_EXTENSIONS = {"zarr": ".zarr", "parquet": ".parquet"}
+
+
+def shard_format(shard: str) -> str:
+    """Format of a shard from its name (``....zarr`` or ``....parquet``)."""
+    for name, extension in _EXTENSIONS.items():
+        if shard.endswith(extension):
+            return name
+    raise StoreError(f"unknown shard format for {shard!r}")
+
+
+def stats_name(shard: str) -> str:
+    """Name of the statistics sidecar of ``shard`` (in the same folder)."""
+    return f"{shard}.stats.npz"
+
+
+def _zarr_store(store: Store, path: str, *, read_only: bool) -> Any:
+    if store.is_local:
+        return zarr.storage.LocalStore(path, read_only=read_only)
+    return zarr.storage.FsspecStore.from_url(
+        store.fs.unstrip_protocol(path), storage_options=store.fs.storage_options, read_only=read_only
+    )
+
+
+class ShardWriter:
+    """Write songs' feature blocks into one new shard.
+
+    Use as a context manager::
+
+        with ShardWriter(store, dataset_dir, n_features=11026, shard_format="zarr") as writer:
+            offset = writer.add(features)   # [n_blocks, n_features]
+        writer.shard                        # "shards/<name>.zarr", committed
+                                            # (None when nothing was added)
+
+    Leaving the block with an exception removes what was written. The writer
+    also accumulates :class:`FeatureStats` of everything added and saves them
+    next to the shard, so dataset statistics can always be rebuilt from the
+    shards the catalog references.
+    """
+
+    def __init__(self, store: Store, dataset_dir: str, *, n_features: int, shard_format: str = "zarr") -> None:
+        check_choice("format", shard_format, SHARD_FORMATS)
+        self.store = store
+        self.dataset_dir = dataset_dir
+        self.n_features = n_features
+        self.format = shard_format
+        stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
+        name = f"{stamp}-{uuid.uuid4().hex[:12]}{_EXTENSIONS[shard_format]}"
+        self.shard: str | None = posixpath.join(SHARDS_DIR, name)
+        self.stats = FeatureStats.empty(n_features)
+        self.n_blocks = 0
+        final = store.path(dataset_dir, self.shard)
+        # Local disks get a temporary name and a rename; object stores write in place.
+        self._write_path = final + ".partial" if store.is_local else final
+        self._final_path = final
+        self._pending: list[np.ndarray] = []
+        self._n_pending = 0
+        self._array: Any = None
+        self._parquet: pq.ParquetWriter | None = None
+        self._parquet_file: Any = None
+
+    def __enter__(self) -> ShardWriter:
+        self.store.fs.makedirs(posixpath.dirname(self._write_path), exist_ok=True)
+        if self.format == "zarr":
+            self._array = zarr.create_array(
+                store=_zarr_store(self.store, self._write_path, read_only=False),
+                shape=(0, self.n_features),
+                chunks=(CHUNK_BLOCKS, self.n_features),
+                dtype="float32",
+                compressors=None,  # FFT features of music barely compress; speed wins
+                fill_value=0.0,
+                overwrite=True,
+            )
+        else:
+            schema = pa.schema([("features", pa.list_(pa.float32(), self.n_features))])
+            self._parquet_file = self.store.fs.open(self._write_path, "wb")
+            self._parquet = pq.ParquetWriter(self._parquet_file, schema, compression="none")
+        return self
+
+    def add(self, features: np.ndarray) -> int:
+        """Append one song's blocks (shape [n_blocks, n_features]); returns its offset."""
+        if features.ndim != 2 or features.shape[1] != self.n_features:
+            raise StoreError(f"features of shape {features.shape} do not fit a shard of {self.n_features} features")
+        offset = self.n_blocks
+        block = np.ascontiguousarray(features, dtype=np.float32)
+        self.stats = self.stats.merge(FeatureStats.from_features(block))
+        self._pending.append(block)
+        self._n_pending += block.shape[0]
+        self.n_blocks += block.shape[0]
+        if self._n_pending >= CHUNK_BLOCKS:
+            self._flush(final=False)
+        return offset
+
+    def _flush(self, *, final: bool) -> None:
+        if not self._pending:
+            return
+        pending = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        # Write whole chunks only, so no chunk is ever read back and rewritten.
+        n_write = pending.shape[0] if final else pending.shape[0] - pending.shape[0] % CHUNK_BLOCKS
+        rows, rest = pending[:n_write], pending[n_write:]
+        start = self.n_blocks - self._n_pending
+        if self.format == "zarr":
+            self._array.resize((start + n_write, self.n_features))
+            self._array[start : start + n_write] = rows
+        else:
+            assert self._parquet is not None
+            flat = pa.array(rows.reshape(-1), type=pa.float32())
+            column = pa.FixedSizeListArray.from_arrays(flat, self.n_features)
+            table = pa.Table.from_arrays([column], names=["features"])
+            self._parquet.write_table(table, row_group_size=CHUNK_BLOCKS)
+        self._pending = [rest] if rest.shape[0] else []
+        self._n_pending = rest.shape[0]
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+    ) -> None:
+        if exc_type is None:
+            self._flush(final=True)
+        if self._parquet is not None:
+            self._parquet.close()
+            self._parquet_file.close()
+        if exc_type is not None or self.n_blocks == 0:
+            self._discard()
+            self.shard = None  # nothing to reference
+            return
+        self.store.write_bytes(self.stats.to_npz(), self.dataset_dir, stats_name(self.shard))
+        if self._write_path != self._final_path:
+            self.store.fs.mv(self._write_path, self._final_path, recursive=True)
+
+    def _discard(self) -> None:
+        try:
+            if self.store.fs.exists(self._write_path):
+                self.store.fs.rm(self._write_path, recursive=True)
+        except OSError:
+            pass  # an orphan is harmless: the catalog never references it
+
+
+def read_blocks(store: Store, dataset_dir: str, shard: str, *, offset: int, n_blocks: int) -> np.ndarray:
+    """Read ``n_blocks`` rows starting at ``offset`` from a shard.
+
+    Returns
+    -------
+    np.ndarray, shape [n_blocks, n_features], float32
+    """
+    path = store.path(dataset_dir, shard)
+    if shard_format(shard) == "zarr":
+        array = zarr.open_array(store=_zarr_store(store, path, read_only=True), mode="r")
+        return np.asarray(array[offset : offset + n_blocks], dtype=np.float32)
+    with store.fs.open(path, "rb") as handle:
+        parquet = pq.ParquetFile(handle)
+        metadata = parquet.metadata
+        groups, first_row, row = [], None, 0
+        for index in range(metadata.num_row_groups):
+            group_rows = metadata.row_group(index).num_rows
+            if row + group_rows > offset and row < offset + n_blocks:
+                groups.append(index)
+                first_row = row if first_row is None else first_row
+            row += group_rows
+        if not groups:
+            return np.zeros((0, parquet.schema_arrow.field("features").type.list_size), dtype=np.float32)
+        column = parquet.read_row_groups(groups, columns=["features"]).column("features").combine_chunks()
+        n_features = column.type.list_size
+        values = column.values.to_numpy(zero_copy_only=False).reshape(-1, n_features)
+        start = offset - (first_row or 0)
+        return np.asarray(values[start : start + n_blocks], dtype=np.float32)
+
+
+def read_shard_stats(store: Store, dataset_dir: str, shard: str) -> FeatureStats:
+    return FeatureStats.from_npz(store.read_bytes(dataset_dir, stats_name(shard)))

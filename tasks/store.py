@@ -1,0 +1,125 @@
+"""The store: any fsspec URL (local path, file://, s3://, memory://...) with atomic writes.
+
+Paths inside the store follow ``../shared/DESIGN.md``::
+
+    STORE/datasets/<dataset_id>/{catalog.parquet, shards/, stats.json, config.json}
+    STORE/models/<model_id>/
+    STORE/generated/<run_id>/
+
+Credentials and endpoints come from the usual places (``AWS_*`` variables,
+``FSSPEC_S3_ENDPOINT_URL``...), so every Dask worker sees the same store.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from musicflow.errors import StoreError
+
+
+@dataclass(frozen=True)
+class Store:
+    """A filesystem and a root path in it; cheap to rebuild from ``url`` anywhere."""
+
+    url: str
+    fs: fsspec.AbstractFileSystem
+    root: str
+
+    @property
+    def is_local(self) -> bool:
+        return is_local_fs(self.fs)
+
+    def path(self, *parts: str) -> str:
+        """Path of ``parts`` under the root, as the filesystem names it."""
+        return posixpath.join(self.root, *parts) if parts else self.root
+
+    def full_url(self, *parts: str) -> str:
+        """URL with protocol of ``parts``, for libraries that open URLs themselves."""
+        path = self.path(*parts)
+        return path if self.is_local else self.fs.unstrip_protocol(path)
+
+    def exists(self, *parts: str) -> bool:
+        return bool(self.fs.exists(self.path(*parts)))
+
+    def read_bytes(self, *parts: str) -> bytes:
+        return bytes(self.fs.cat_file(self.path(*parts)))
+
+    def write_bytes(self, data: bytes, *parts: str) -> None:
+        """Write a whole file so that readers see the old or the new content, never a part.
+
+        On a local disk: write a temporary sibling, then rename over. On object
+        stores a single PUT is already atomic.
+        """
+        path = self.path(*parts)
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        if not self.is_local:
+            self.fs.pipe_file(path, data)
+            return
+        partial = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        try:
+            self.fs.pipe_file(partial, data)
+            self.fs.mv(partial, path)
+        finally:
+            if self.fs.exists(partial):
+                self.fs.rm(partial)
+
+    def read_json(self, *parts: str) -> Any:
+        return json.loads(self.read_bytes(*parts))
+
+    def write_json(self, value: Any, *parts: str) -> None:
+        self.write_bytes(json.dumps(value, indent=2, sort_keys=True).encode(), *parts)
+
+    def list_dirs(self, *parts: str) -> list[str]:
+        """Names of the folders directly under ``parts`` (empty when it does not exist)."""
+        path = self.path(*parts)
+        if not self.fs.exists(path):
+            return []
+        return sorted(
+            posixpath.basename(entry["name"].rstrip("/"))
+            for entry in self.fs.ls(path, detail=True)
+            if entry["type"] == "directory"
+        )
+
+    def rm(self, *parts: str) -> None:
+        path = self.path(*parts)
+        if self.fs.exists(path):
+            self.fs.rm(path, recursive=True)
+
+
+def open_store(url: str) -> Store:
+    """Open the store at ``url``; :class:`StoreError` names the URL when that fails."""
+    if not url or not isinstance(url, str):
+        raise StoreError(f"invalid store URL {url!r}")
+    try:
+        fs, root = fsspec.core.url_to_fs(url, auto_mkdir=True) if _is_local_url(url) else fsspec.core.url_to_fs(url)
+    except (ValueError, ImportError, OSError) as error:
+        raise StoreError(f"cannot open store {url!r}: {error}") from error
+    return Store(url=url, fs=fs, root=root.rstrip("/") or root)
+
+
+def check_writable(store: Store) -> None:
+    """Create the root and write/delete a probe file; :class:`StoreError` when that fails."""
+    probe = f".probe-{uuid.uuid4().hex[:8]}"
+    try:
+        store.fs.makedirs(store.root, exist_ok=True)
+        store.fs.pipe_file(store.path(probe), b"ok")
+        store.fs.rm(store.path(probe))
+    except Exception as error:  # any backend error means the same thing to the user
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise StoreError(f"cannot write to store {store.url!r}: {reason}") from error
+
+
+def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
+    """True for the local disk, where renames are atomic and paths need no protocol."""
+    return isinstance(fs, LocalFileSystem)
+
+
+def _is_local_url(url: str) -> bool:
+    return "://" not in url or url.startswith("file://") or url.startswith("local://")

@@ -1,0 +1,381 @@
+"""Tests for tasks.audio: decoding with ffmpeg to float32 mono, encoding with pydub.
+
+Inputs are made here, with encode_audio or ffmpeg itself, from signals with known
+answers (the mono mix of a known stereo pair, a sine's frequency after resampling).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import subprocess
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydub import AudioSegment
+
+from musicflow.errors import DecodeError, DecoderMissingError, MusicflowError
+from tasks.audio import DecodedAudio, decode_audio, encode_audio, ffmpeg_binary
+
+SAMPLE_RATE = 44100
+QUANTUM = 1.0 / 32767.0  # one step of the 16-bit WAV encode_audio writes
+
+
+def sine(freq: float, seconds: float, *, sample_rate: int = SAMPLE_RATE, amplitude: float = 0.5):
+    t = np.arange(round(seconds * sample_rate)) / sample_rate
+    return (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+
+
+def quantised(samples: np.ndarray) -> np.ndarray:
+    """What encode_audio's 16-bit PCM stores (x * 32767), as ffmpeg reads it back (/ 32768)."""
+    return (np.clip(samples, -1, 1) * 32767.0).round() / 32768.0
+
+
+def peak_frequency(samples: np.ndarray, sample_rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(samples * np.hanning(samples.shape[0])))
+    return float(np.fft.rfftfreq(samples.shape[0], 1 / sample_rate)[spectrum.argmax()])
+
+
+def write(path: Path, payload: bytes) -> str:
+    path.write_bytes(payload)
+    return str(path)
+
+
+def png_bytes(width: int = 8, height: int = 8) -> bytes:
+    """A valid little PNG, built by hand so no image library is needed."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
+    rows = b"".join(b"\x00" + bytes(range(width)) for _ in range(height))
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+@pytest.fixture(scope="module")
+def long_mp3() -> bytes:
+    """~20 s of a chord as mp3, for the truncation and corruption tests."""
+    t = np.arange(20 * SAMPLE_RATE) / SAMPLE_RATE
+    chord = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6)) / 4
+    return encode_audio(chord.astype(np.float32), sample_rate=SAMPLE_RATE, format="mp3")
+
+
+def assert_useful_message(error: BaseException) -> str:
+    message = str(error)
+    assert message.strip(), "empty error message"
+    assert "\n" not in message, f"message is not one line: {message!r}"
+    return message
+
+
+# --------------------------------------------------------------------------- ffmpeg_binary
+
+
+def test_ffmpeg_binary_is_an_executable() -> None:
+    path = ffmpeg_binary()
+    assert os.path.isabs(path)
+    assert os.access(path, os.X_OK)
+
+
+# --------------------------------------------------------------------------- wav round trips
+
+
+def test_stereo_wav_decodes_to_mean_of_channels(tmp_path: Path) -> None:
+    n = SAMPLE_RATE // 2
+    left = sine(440.0, 0.5, amplitude=0.6)
+    right = np.random.default_rng(0).uniform(-0.3, 0.3, n).astype(np.float32)
+    stereo = np.stack([left, right], axis=1)
+    source = write(
+        tmp_path / "stereo.wav", encode_audio(stereo, sample_rate=SAMPLE_RATE, format="wav")
+    )
+
+    decoded = decode_audio(source)
+
+    assert isinstance(decoded, DecodedAudio)
+    assert decoded.channels == 2
+    assert decoded.sample_rate == SAMPLE_RATE
+    assert decoded.samples.dtype == np.float32
+    assert decoded.samples.ndim == 1
+    assert decoded.samples.shape == (n,)
+    assert decoded.seconds == pytest.approx(0.5)
+    expected = (left + right) / 2
+    assert np.abs(decoded.samples - expected).max() < 1e-4
+    # Exactly the mean of what the WAV stores, not of the unquantised input.
+    np.testing.assert_allclose(decoded.samples, (quantised(left) + quantised(right)) / 2, atol=1e-6)
+
+
+def test_opposite_channels_cancel(tmp_path: Path) -> None:
+    left = sine(300.0, 0.25)
+    stereo = np.stack([left, -left], axis=1)
+    decoded = decode_audio(encode_audio(stereo, sample_rate=SAMPLE_RATE, format="wav"))
+    assert decoded.channels == 2
+    assert np.abs(decoded.samples).max() < 1e-4
+
+
+def test_mono_wav_is_not_scaled(tmp_path: Path) -> None:
+    audio = sine(1000.0, 0.5, amplitude=0.5)
+    source = write(
+        tmp_path / "mono.wav", encode_audio(audio, sample_rate=SAMPLE_RATE, format="wav")
+    )
+
+    decoded = decode_audio(source)
+
+    assert decoded.channels == 1
+    assert decoded.samples.shape == audio.shape
+    np.testing.assert_allclose(decoded.samples, quantised(audio), atol=1e-6)
+    assert np.abs(decoded.samples - audio).max() <= 2 * QUANTUM
+    assert np.abs(decoded.samples).max() == pytest.approx(0.5, abs=1e-3)
+
+
+def test_full_scale_mono_stays_in_range(tmp_path: Path) -> None:
+    audio = np.array([1.0, -1.0, 0.0, 1.0, -1.0] * 100, dtype=np.float32)
+    decoded = decode_audio(encode_audio(audio, sample_rate=SAMPLE_RATE, format="wav"))
+    assert decoded.samples.max() <= 1.0
+    assert decoded.samples.min() >= -1.0
+    np.testing.assert_allclose(decoded.samples, audio, atol=QUANTUM)
+
+
+def test_path_and_bytes_sources_agree(tmp_path: Path) -> None:
+    payload = encode_audio(sine(500.0, 0.3), sample_rate=SAMPLE_RATE, format="wav")
+    from_path = decode_audio(write(tmp_path / "a.wav", payload))
+    from_bytes = decode_audio(payload)
+    assert from_bytes.channels == from_path.channels == 1
+    np.testing.assert_array_equal(from_bytes.samples, from_path.samples)
+
+
+def test_bytearray_source_works() -> None:
+    payload = encode_audio(sine(500.0, 0.1), sample_rate=SAMPLE_RATE, format="wav")
+    decoded = decode_audio(bytearray(payload))  # type: ignore[arg-type]
+    assert decoded.samples.shape == (round(0.1 * SAMPLE_RATE),)
+
+
+def test_path_with_spaces_and_unicode(tmp_path: Path) -> None:
+    payload = encode_audio(sine(500.0, 0.1), sample_rate=SAMPLE_RATE, format="wav")
+    decoded = decode_audio(write(tmp_path / "my sóng - 1.wav", payload))
+    assert decoded.samples.shape == (round(0.1 * SAMPLE_RATE),)
+
+
+# --------------------------------------------------------------------------- resampling
+
+
+def test_upsampling_doubles_the_samples(tmp_path: Path) -> None:
+    n = 22050
+    audio = sine(1000.0, 1.0, sample_rate=22050)
+    source = write(tmp_path / "low.wav", encode_audio(audio, sample_rate=22050, format="wav"))
+
+    decoded = decode_audio(source, sample_rate=44100)
+
+    assert decoded.sample_rate == 44100
+    assert abs(decoded.samples.shape[0] - 2 * n) <= 32
+    assert decoded.seconds == pytest.approx(1.0, abs=0.01)
+    assert peak_frequency(decoded.samples, 44100) == pytest.approx(1000.0, abs=2.0)
+    # The resampled sine keeps its level.
+    rms = float(np.sqrt(np.mean(decoded.samples[1000:-1000] ** 2)))
+    assert rms == pytest.approx(0.5 / np.sqrt(2), rel=0.02)
+
+
+def test_downsampling_halves_the_samples() -> None:
+    payload = encode_audio(sine(440.0, 1.0), sample_rate=SAMPLE_RATE, format="wav")
+    decoded = decode_audio(payload, sample_rate=22050)
+    assert decoded.sample_rate == 22050
+    assert abs(decoded.samples.shape[0] - 22050) <= 32
+    assert peak_frequency(decoded.samples, 22050) == pytest.approx(440.0, abs=2.0)
+
+
+def test_same_rate_is_sample_exact() -> None:
+    audio = sine(440.0, 0.2, sample_rate=16000)
+    decoded = decode_audio(encode_audio(audio, sample_rate=16000, format="wav"), sample_rate=16000)
+    np.testing.assert_allclose(decoded.samples, quantised(audio), atol=1e-6)
+
+
+# --------------------------------------------------------------------------- mp3
+
+
+@pytest.mark.parametrize("seconds", [0.5, 2.0])
+def test_mp3_decode_length(tmp_path: Path, seconds: float) -> None:
+    payload = encode_audio(sine(440.0, seconds), sample_rate=SAMPLE_RATE, format="mp3")
+    assert payload[:3] == b"ID3" or payload[0] == 0xFF  # an mp3, not a wav
+    from_path = decode_audio(write(tmp_path / "song.mp3", payload))
+    from_bytes = decode_audio(payload)
+    for decoded in (from_path, from_bytes):
+        assert decoded.sample_rate == SAMPLE_RATE
+        assert decoded.samples.dtype == np.float32
+        assert decoded.seconds == pytest.approx(seconds, abs=0.1)
+        assert np.abs(decoded.samples).max() <= 1.0
+        assert peak_frequency(decoded.samples, SAMPLE_RATE) == pytest.approx(440.0, abs=3.0)
+
+
+def test_stereo_mp3_reports_two_channels(tmp_path: Path) -> None:
+    audio = np.stack([sine(440.0, 1.0), sine(660.0, 1.0)], axis=1)
+    decoded = decode_audio(encode_audio(audio, sample_rate=SAMPLE_RATE, format="mp3"))
+    assert decoded.channels == 2
+    assert decoded.seconds == pytest.approx(1.0, abs=0.1)
+
+
+def test_encode_audio_bitrate_changes_size() -> None:
+    audio = np.random.default_rng(1).uniform(-0.5, 0.5, SAMPLE_RATE).astype(np.float32)
+    small = encode_audio(audio, sample_rate=SAMPLE_RATE, format="mp3", bitrate="64k")
+    large = encode_audio(audio, sample_rate=SAMPLE_RATE, format="mp3", bitrate="256k")
+    assert len(small) < len(large)
+
+
+def test_encode_audio_wav_is_16_bit_pcm() -> None:
+    payload = encode_audio(np.zeros((100, 2), dtype=np.float32), sample_rate=8000, format="wav")
+    assert payload[:4] == b"RIFF" and payload[8:12] == b"WAVE"
+    segment = AudioSegment.from_wav(io.BytesIO(payload))
+    assert segment.sample_width == 2
+    assert segment.channels == 2
+    assert segment.frame_rate == 8000
+    assert len(segment.get_array_of_samples()) == 200
+
+
+def test_encode_audio_clips_out_of_range_input() -> None:
+    audio = np.array([2.0, -3.0, 0.5], dtype=np.float32)
+    decoded = decode_audio(encode_audio(audio, sample_rate=SAMPLE_RATE, format="wav"))
+    np.testing.assert_allclose(decoded.samples, [1.0, -1.0, 0.5], atol=QUANTUM)
+
+
+# --------------------------------------------------------------------------- clipping
+
+
+def test_float_wav_beyond_full_scale_is_clipped(tmp_path: Path) -> None:
+    audio = sine(100.0, 0.5, amplitude=1.5)
+    raw = tmp_path / "loud.f32"
+    raw.write_bytes(audio.astype("<f4").tobytes())
+    loud = tmp_path / "loud.wav"
+    subprocess.run(
+        [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y",
+         "-f", "f32le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", str(raw),
+         "-c:a", "pcm_f32le", str(loud)],
+        check=True,
+    )  # fmt: skip
+
+    decoded = decode_audio(str(loud))
+
+    assert decoded.samples.shape == audio.shape
+    assert decoded.samples.max() == 1.0
+    assert decoded.samples.min() == -1.0
+    np.testing.assert_array_equal(decoded.samples, np.clip(audio, -1.0, 1.0))
+
+
+# --------------------------------------------------------------------------- failures
+
+
+def test_empty_file(tmp_path: Path) -> None:
+    with pytest.raises(DecodeError, match="empty"):
+        decode_audio(write(tmp_path / "empty.mp3", b""))
+
+
+def test_empty_bytes() -> None:
+    with pytest.raises(DecodeError, match="empty"):
+        decode_audio(b"")
+
+
+def test_text_file_named_mp3(tmp_path: Path) -> None:
+    source = write(tmp_path / "notes.mp3", b"this is not audio, just some text\n" * 20)
+    with pytest.raises(DecodeError) as raised:
+        decode_audio(source)
+    message = assert_useful_message(raised.value)
+    assert "exited with code" not in message  # ffmpeg's own reason, not just a code
+
+
+def test_text_bytes() -> None:
+    with pytest.raises(DecodeError) as raised:
+        decode_audio(b"this is not audio, just some text\n" * 20)
+    assert "invalid data" in assert_useful_message(raised.value).lower()
+
+
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["path", "bytes"])
+def test_png_is_not_audio(tmp_path: Path, as_bytes: bool) -> None:
+    payload = png_bytes()
+    source = payload if as_bytes else write(tmp_path / "cover.png", payload)
+    with pytest.raises(DecodeError) as raised:
+        decode_audio(source)
+    message = assert_useful_message(raised.value).lower()
+    # ffmpeg opens a PNG fine; the reason is that it has no audio stream. The message
+    # must say so, not pass on ffmpeg's command-line hint ("add a trailing '?' to the map").
+    assert "stream" in message or "audio" in message, message
+    assert "trailing" not in message, message
+
+
+def test_random_bytes_are_not_audio() -> None:
+    payload = np.random.default_rng(3).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    with pytest.raises(DecodeError) as raised:
+        decode_audio(payload)
+    assert_useful_message(raised.value)
+
+
+def test_truncated_mp3(tmp_path: Path, long_mp3: bytes) -> None:
+    source = write(tmp_path / "cut.mp3", long_mp3[: int(len(long_mp3) * 0.45)])
+    with pytest.raises(DecodeError, match="truncated") as raised:
+        decode_audio(source)
+    assert_useful_message(raised.value)
+
+
+def test_complete_long_mp3_is_not_truncated(tmp_path: Path, long_mp3: bytes) -> None:
+    decoded = decode_audio(write(tmp_path / "whole.mp3", long_mp3))
+    assert decoded.seconds == pytest.approx(20.0, abs=0.1)
+
+
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["path", "bytes"])
+def test_mp3_with_garbage_in_the_middle(tmp_path: Path, long_mp3: bytes, as_bytes: bool) -> None:
+    middle = len(long_mp3) // 2
+    garbage = np.random.default_rng(4).integers(0, 256, 20000, dtype=np.uint8).tobytes()
+    payload = long_mp3[:middle] + garbage + long_mp3[middle:]
+    source = payload if as_bytes else write(tmp_path / "corrupt.mp3", payload)
+    with pytest.raises(DecodeError, match="corrupt") as raised:
+        decode_audio(source)
+    assert_useful_message(raised.value)
+
+
+def test_decode_errors_are_musicflow_errors() -> None:
+    with pytest.raises(MusicflowError):
+        decode_audio(b"")
+
+
+# --------------------------------------------------------------------------- missing ffmpeg
+
+
+@pytest.fixture
+def no_ffmpeg(monkeypatch: pytest.MonkeyPatch) -> str:
+    missing = "ffmpeg-that-is-not-installed-7f3a"
+    monkeypatch.setattr(AudioSegment, "converter", missing)
+    return missing
+
+
+def test_ffmpeg_binary_missing(no_ffmpeg: str) -> None:
+    with pytest.raises(DecoderMissingError) as raised:
+        ffmpeg_binary()
+    message = str(raised.value)
+    assert "apt-get install ffmpeg" in message
+    assert no_ffmpeg in message
+
+
+def test_decode_without_ffmpeg(no_ffmpeg: str, tmp_path: Path) -> None:
+    # encode_audio needs ffmpeg too, so the valid WAV is built by hand.
+    pcm = np.zeros(100, dtype="<i2").tobytes()
+    wav = (
+        b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVE"
+        + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16)
+        + b"data" + struct.pack("<I", len(pcm)) + pcm
+    )  # fmt: skip
+    for source in (wav, write(tmp_path / "ok.wav", wav)):
+        with pytest.raises(DecoderMissingError) as raised:
+            decode_audio(source)
+        assert "apt-get install ffmpeg" in str(raised.value)
+        # Not a DecodeError: a missing decoder aborts the run instead of skipping songs.
+        assert not isinstance(raised.value, DecodeError)
+
+
+def test_encode_without_ffmpeg(no_ffmpeg: str) -> None:
+    with pytest.raises(DecoderMissingError, match="apt-get install ffmpeg"):
+        encode_audio(np.zeros(10, dtype=np.float32), sample_rate=8000)

@@ -29,6 +29,8 @@ INSTALL_HINT = (
     "or `conda install -c conda-forge ffmpeg`, or point pydub.AudioSegment.converter at it"
 )
 _READ_BYTES = 1 << 20
+_ERROR_LEVEL = re.compile(r"\[(?:error|fatal|panic)\] ")
+_CONTEXT = re.compile(r"\[(?:error|fatal|panic)\] |\[[\w:]+ @ 0x[0-9a-f]+\] ")
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
 # A decode that stops this much short of the container's stated length is a truncated file.
 _TRUNCATION_TOLERANCE_S = 0.5
@@ -113,8 +115,7 @@ def decode_audio(source: str | bytes, *, sample_rate: int = 44100) -> DecodedAud
                 feeder.join()
         log.seek(0)
         messages = log.read().decode("utf-8", "replace").splitlines()
-    errors = [line.removeprefix("[error] ").strip() for line in messages if "[error]" in line or
-              (line and not line.startswith("[") and returncode != 0)]  # fmt: skip
+    errors = [_CONTEXT.sub("", line).strip() for line in messages if _ERROR_LEVEL.search(line)]
     if returncode != 0 or samples is None:
         raise DecodeError(_summarise(errors) or f"ffmpeg exited with code {returncode}")
     if errors:
@@ -220,5 +221,5 @@ def _summarise(errors: list[str]) -> str:
     if not errors:
         return ""
     distinct = list(dict.fromkeys(errors))
-    more = f" (+{len(errors) - 1} more)" if len(errors) > 1 else ""
-    return distinct[-1][:300] + more
+    more = f" (+{len(distinct) - 1} more)" if len(distinct) > 1 else ""
+    return distinct[0][:300] + more

@@ -32,6 +32,7 @@ def frame_blocks(audio: np.ndarray, *, block_size: int) -> np.ndarray:
     """
     if audio.ndim != 1:
         raise ConfigError(f"audio must be mono (1-D), got shape {audio.shape}")
+    FeatureConfig(block_size=block_size)  # validates block_size
     n_blocks = -(-audio.shape[0] // block_size)
     blocks = np.zeros((n_blocks, block_size), dtype=np.float32)
     blocks.reshape(-1)[: audio.shape[0]] = audio

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from musicflow.config import check_choice
 from musicflow.errors import ConfigError
 from tasks.audio import encode_audio
 
 # Semitone offsets of a few chord progressions (I-V-vi-IV and friends) in a major key.
+DEMO_FORMATS = ("mp3", "wav", "ogg", "flac")
 _PROGRESSIONS = ((0, 7, 9, 5), (0, 5, 7, 5), (9, 5, 0, 7), (0, 9, 5, 7))
 _MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
 _MAJOR_TRIAD = (0, 4, 7)
@@ -54,10 +56,10 @@ def synthesize_song(*, seed: int, seconds: float, sample_rate: int = 44100) -> n
     np.ndarray, shape [round(seconds * sample_rate), 2], float32 in [-1, 1]
         Stereo, so decoding exercises the mono mix.
     """
-    if not seconds > 0:
-        raise ConfigError(f"invalid seconds {seconds!r}: must be positive")
+    n = round(seconds * sample_rate) if seconds > 0 else 0
+    if n < 1:
+        raise ConfigError(f"invalid seconds {seconds!r}: must give at least one sample")
     rng = np.random.default_rng(seed)
-    n = round(seconds * sample_rate)
     left = np.zeros(n, dtype=np.float32)
     right = np.zeros(n, dtype=np.float32)
 
@@ -111,6 +113,7 @@ def write_demo_songs(
     named ``demo-<seed>.<format>``. Existing files are kept, so calling it again is
     cheap. Returns the paths, in order.
     """
+    check_choice("format", format, DEMO_FORMATS)
     if n_songs < 1:
         raise ConfigError(f"invalid n_songs {n_songs!r}: must be at least 1")
     low, high = seconds

@@ -14,7 +14,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.futures import as_completed
 
 from musicflow.cluster import make_task_runner
-from musicflow.config import FeatureConfig, IngestConfig
+from musicflow.config import AUDIO_EXTENSIONS, FeatureConfig, IngestConfig
 from musicflow.progress import StageProgress
 from tasks.audio import ffmpeg_binary
 from tasks.ingest import make_batches
@@ -56,7 +56,11 @@ def ingest(
         "dataset %s: %d files listed, %d already ingested, %d duplicates, %d to ingest in %d batches",
         dataset_id, plan.n_listed, len(plan.known), len(plan.duplicates), len(plan.todo), len(batches),
     )  # fmt: skip
-    progress = StageProgress("ingest", len(plan.todo), description=f"Songs ingested into {dataset_id}")
+    if plan.n_listed == 0:
+        logger.warning("no audio files in %s (looked for %s)", source, ", ".join(AUDIO_EXTENSIONS))
+    progress = StageProgress(
+        "ingest", len(plan.todo), description=f"Songs ingested into {dataset_id}"
+    )
     committed, results = [], []
     if batches:
         with runner:
@@ -67,7 +71,9 @@ def ingest(
                 result = future.result()
                 results.append(result)
                 committed.extend(commit_batch(store, dataset_id, result))
-                progress.advance(len(result.rows), message=f"{len(committed)}/{len(plan.todo)} songs")
+                progress.advance(
+                    len(result.rows), message=f"{len(committed)}/{len(plan.todo)} songs"
+                )
     wall = time.perf_counter() - started
     summary = _summarise(dataset_id, store, plan, committed, results, wall)
     _publish(summary)
@@ -93,7 +99,9 @@ def _summarise(dataset_id: str, store: str, plan: Any, committed: list[Any], res
         "wall_seconds": round(wall, 3),
         "task_seconds": round(sum(result.task_seconds for result in results), 3),
         "x_realtime": round(audio_seconds / wall, 1) if wall > 0 else 0.0,
-        "peak_worker_rss_mb": round(max((result.peak_rss_mb for result in results), default=0.0), 1),
+        "peak_worker_rss_mb": round(
+            max((result.peak_rss_mb for result in results), default=0.0), 1
+        ),
         "shards": [result.shard for result in results if result.shard],
         "failures": [{"source": row.source, "error": row.error} for row in committed if not row.ok],
     }
@@ -106,7 +114,10 @@ def _publish(summary: dict[str, Any]) -> None:
             {"metric": "dataset", "value": summary["dataset_id"]},
             {"metric": "songs ingested", "value": summary["songs_ok"]},
             {"metric": "songs failed", "value": summary["songs_failed"]},
-            {"metric": "songs skipped (already ingested or duplicate)", "value": summary["songs_skipped"]},
+            {
+                "metric": "songs skipped (already ingested or duplicate)",
+                "value": summary["songs_skipped"],
+            },
             {"metric": "hours of audio", "value": round(summary["audio_seconds"] / 3600, 3)},
             {"metric": "throughput (x real time)", "value": summary["x_realtime"]},
             {"metric": "wall time (s)", "value": summary["wall_seconds"]},

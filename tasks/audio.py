@@ -62,7 +62,9 @@ def ffmpeg_binary() -> str:
     """Path of the ffmpeg pydub uses; :class:`DecoderMissingError` when there is none."""
     found = shutil.which(AudioSegment.converter)
     if found is None:
-        raise DecoderMissingError(f"ffmpeg not found (looked for {AudioSegment.converter!r}): {INSTALL_HINT}")
+        raise DecoderMissingError(
+            f"ffmpeg not found (looked for {AudioSegment.converter!r}): {INSTALL_HINT}"
+        )
     return found
 
 
@@ -123,11 +125,15 @@ def decode_audio(source: str | bytes, *, sample_rate: int = 44100) -> DecodedAud
     decoded = DecodedAudio(samples=samples, sample_rate=sample_rate, channels=channels)
     stated = _stated_seconds(messages)
     if stated is not None and decoded.seconds < stated - _TRUNCATION_TOLERANCE_S - 0.02 * stated:
-        raise DecodeError(f"truncated: decoded {decoded.seconds:.2f} s of the {stated:.2f} s the file states")
+        raise DecodeError(
+            f"truncated: decoded {decoded.seconds:.2f} s of the {stated:.2f} s the file states"
+        )
     return decoded
 
 
-def encode_audio(samples: np.ndarray, *, sample_rate: int, format: str = "mp3", bitrate: str = "192k") -> bytes:
+def encode_audio(
+    samples: np.ndarray, *, sample_rate: int, format: str = "mp3", bitrate: str = "192k"
+) -> bytes:
     """Encode float mono or ``[n_samples, channels]`` audio in [-1, 1] with pydub/ffmpeg.
 
     ``format="wav"`` gives 16-bit PCM. Returns the encoded bytes.
@@ -135,7 +141,9 @@ def encode_audio(samples: np.ndarray, *, sample_rate: int, format: str = "mp3", 
     ffmpeg_binary()
     frames = np.atleast_2d(np.asarray(samples, dtype=np.float32).T).T
     pcm = (np.clip(frames, -1.0, 1.0) * 32767.0).round().astype("<i2")
-    segment = AudioSegment(pcm.tobytes(), frame_rate=sample_rate, sample_width=2, channels=frames.shape[1])
+    segment = AudioSegment(
+        pcm.tobytes(), frame_rate=sample_rate, sample_width=2, channels=frames.shape[1]
+    )
     buffer = io.BytesIO()
     segment.export(buffer, format=format, bitrate=bitrate if format != "wav" else None)
     return buffer.getvalue()
@@ -202,7 +210,9 @@ def _read_wav_stream(stream: io.BufferedIOBase) -> tuple[np.ndarray | None, int]
         usable = len(data) - len(data) % frame_bytes
         remainder = data[usable:]
         frames = np.frombuffer(data[:usable], dtype="<f4").reshape(-1, channels)
-        pieces.append(frames[:, 0].copy() if channels == 1 else frames.mean(axis=1, dtype=np.float32))
+        pieces.append(
+            frames[:, 0].copy() if channels == 1 else frames.mean(axis=1, dtype=np.float32)
+        )
     samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
     np.clip(samples, -1.0, 1.0, out=samples)
     return samples, channels

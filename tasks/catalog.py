@@ -60,7 +60,7 @@ class CatalogRow:
 
 
 _FIELDS = [field.name for field in fields(CatalogRow)]
-assert _FIELDS == CATALOG_SCHEMA.names, "CatalogRow and CATALOG_SCHEMA must list the same columns"
+assert CATALOG_SCHEMA.names == _FIELDS, "CatalogRow and CATALOG_SCHEMA must list the same columns"
 
 
 def rows_to_table(rows: list[CatalogRow]) -> pa.Table:

@@ -77,12 +77,7 @@ def list_audio_files(source: str) -> list[SourceFile]:
     them is decided only when decoding. Raises :class:`ConfigError` when the
     source does not exist.
     """
-    try:
-        fs, root = fsspec.core.url_to_fs(source)
-    except (ValueError, ImportError, OSError) as error:
-        raise ConfigError(f"invalid source {source!r}: {error}") from error
-    if not fs.exists(root):
-        raise ConfigError(f"source not found: {source!r}")
+    fs, root = open_source(source)
     infos = {root: fs.info(root)} if fs.isfile(root) else fs.find(root, detail=True)
     files = []
     for path, info in sorted(infos.items()):
@@ -91,6 +86,18 @@ def list_audio_files(source: str) -> list[SourceFile]:
         uri = path if is_local_fs(fs) else fs.unstrip_protocol(path)
         files.append(SourceFile(uri=uri, bytes=int(info.get("size") or 0), mtime=_mtime(info)))
     return files
+
+
+def open_source(source: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """Filesystem and path of an existing source; :class:`ConfigError` naming it otherwise."""
+    try:
+        fs, root = fsspec.core.url_to_fs(source)
+        exists = fs.exists(root)
+    except (ValueError, ImportError, OSError) as error:
+        raise ConfigError(f"invalid source {source!r}: {error}") from error
+    if not exists:
+        raise ConfigError(f"source not found: {source!r}")
+    return fs, root
 
 
 def sha256_of(uri: str) -> str:
@@ -108,7 +115,9 @@ def hash_files(files: list[SourceFile], *, threads: int = 8) -> list[SourceFile]
     return [replace(item, song_id=digest) for item, digest in zip(files, digests, strict=True)]
 
 
-def plan_ingest(files: list[SourceFile], catalog: list[CatalogRow], *, retry_failed: bool = False) -> IngestPlan:
+def plan_ingest(
+    files: list[SourceFile], catalog: list[CatalogRow], *, retry_failed: bool = False
+) -> IngestPlan:
     """Decide which listed files need decoding.
 
     A file whose URI, size and mtime match a catalog row is known without
@@ -136,7 +145,9 @@ def plan_ingest(files: list[SourceFile], catalog: list[CatalogRow], *, retry_fai
     return plan
 
 
-def make_batches(files: list[SourceFile], *, batch_bytes: int, min_batches: int = 1) -> list[list[SourceFile]]:
+def make_batches(
+    files: list[SourceFile], *, batch_bytes: int, min_batches: int = 1
+) -> list[list[SourceFile]]:
     """Group files, in order, into batches of at most ``batch_bytes`` of input.
 
     The limit shrinks so there are at least ``min_batches`` batches when there
@@ -182,7 +193,9 @@ def decode_features(
     return blocks_to_features(blocks, transform=features.transform), audio.seconds, audio.channels
 
 
-def ingest_batch(files: list[SourceFile], *, store_url: str, dataset_id: str, config: IngestConfig) -> BatchResult:
+def ingest_batch(
+    files: list[SourceFile], *, store_url: str, dataset_id: str, config: IngestConfig
+) -> BatchResult:
     """Decode, featurise and write one batch of files into one new shard.
 
     Bad songs become ``failed`` rows with their error; storage errors raise
@@ -199,7 +212,14 @@ def ingest_batch(files: list[SourceFile], *, store_url: str, dataset_id: str, co
         store, directory, n_features=config.features.n_features, shard_format=config.shard_format
     ) as writer:
         for item in files:
-            song_id, seconds, channels, n_blocks, offset, error = item.song_id or "", 0.0, 0, 0, -1, None
+            song_id, seconds, channels, n_blocks, offset, error = (
+                item.song_id or "",
+                0.0,
+                0,
+                0,
+                -1,
+                None,
+            )
             try:
                 with _local_copy(item.uri) as (path, content_hash):
                     song_id = content_hash
@@ -214,10 +234,18 @@ def ingest_batch(files: list[SourceFile], *, store_url: str, dataset_id: str, co
                 error = "file disappeared before it was decoded"
             rows.append(
                 CatalogRow(
-                    song_id=song_id, source=item.uri, bytes=item.bytes, mtime=item.mtime,
-                    seconds=round(seconds, 6), channels=channels, n_blocks=n_blocks,
-                    shard=None if error else writer.shard, offset=offset,
-                    status=STATUS_FAILED if error else STATUS_OK, error=error, ingested_at=now,
+                    song_id=song_id,
+                    source=item.uri,
+                    bytes=item.bytes,
+                    mtime=item.mtime,
+                    seconds=round(seconds, 6),
+                    channels=channels,
+                    n_blocks=n_blocks,
+                    shard=None if error else writer.shard,
+                    offset=offset,
+                    status=STATUS_FAILED if error else STATUS_OK,
+                    error=error,
+                    ingested_at=now,
                 )  # fmt: skip
             )
     return BatchResult(
@@ -229,7 +257,7 @@ def ingest_batch(files: list[SourceFile], *, store_url: str, dataset_id: str, co
     )
 
 
-class _local_copy:  # noqa: N801 - used like a function
+class _local_copy:
     """Context manager giving ``(local path, sha256)`` of a URI, downloading remote files.
 
     Hashing the bytes actually decoded makes ``song_id`` the content that was
@@ -295,7 +323,9 @@ def refresh_stats(store: Store, dataset_id: str) -> FeatureStats:
     killed between its two commits).
     """
     directory = dataset_dir(dataset_id)
-    n_features = FeatureConfig.from_dict(store.read_json(directory, CONFIG_FILE)["features"]).n_features
+    n_features = FeatureConfig.from_dict(
+        store.read_json(directory, CONFIG_FILE)["features"]
+    ).n_features
     shards = sorted({row.shard for row in read_catalog(store, directory) if row.ok and row.shard})
     current, counted = FeatureStats.empty(n_features), []
     if store.exists(directory, STATS_FILE):
@@ -305,7 +335,9 @@ def refresh_stats(store: Store, dataset_id: str) -> FeatureStats:
     missing = [shard for shard in shards if shard not in set(counted)]
     if not missing and store.exists(directory, STATS_FILE):
         return current
-    total = current.merge(merge_all([read_shard_stats(store, directory, shard) for shard in missing], n_features))
+    total = current.merge(
+        merge_all([read_shard_stats(store, directory, shard) for shard in missing], n_features)
+    )
     store.write_json({**total.to_json(), "shards": shards}, directory, STATS_FILE)
     return total
 

@@ -13,8 +13,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from prefect.tasks import exponential_backoff
 
-from musicflow.config import AUDIO_EXTENSIONS, IngestConfig
-from musicflow.errors import ConfigError, MusicflowError
+from musicflow.config import IngestConfig
+from musicflow.errors import MusicflowError
 from tasks import ingest as ingest_lib
 from tasks.catalog import CatalogRow, read_catalog
 from tasks.store import check_writable, open_store
@@ -40,15 +40,15 @@ IO_RETRIES: dict[str, Any] = {
 
 
 @task(name="plan-ingest", **IO_RETRIES)
-def plan_ingest(source: str, store_url: str, config: IngestConfig) -> tuple[str, ingest_lib.IngestPlan]:
+def plan_ingest(
+    source: str, store_url: str, config: IngestConfig
+) -> tuple[str, ingest_lib.IngestPlan]:
     """Check the store, create/check the dataset, list and hash the source, skip known songs."""
     store = open_store(store_url)
     check_writable(store)
     dataset_id = ingest_lib.prepare_dataset(store, config)
     ingest_lib.refresh_stats(store, dataset_id)  # heals a run killed between its two commits
     files = ingest_lib.list_audio_files(source)
-    if not files:
-        raise ConfigError(f"no audio files found in {source!r} (looked for {', '.join(AUDIO_EXTENSIONS)})")
     catalog = read_catalog(store, ingest_lib.dataset_dir(dataset_id))
     return dataset_id, ingest_lib.plan_ingest(files, catalog, retry_failed=config.retry_failed)
 
@@ -62,6 +62,8 @@ def ingest_batch(
 
 
 @task(name="commit-batch", **IO_RETRIES)
-def commit_batch(store_url: str, dataset_id: str, result: ingest_lib.BatchResult) -> list[CatalogRow]:
+def commit_batch(
+    store_url: str, dataset_id: str, result: ingest_lib.BatchResult
+) -> list[CatalogRow]:
     """Append the batch's catalog rows (the commit point), then merge its statistics."""
     return ingest_lib.commit_batch(open_store(store_url), dataset_id, result)

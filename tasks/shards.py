@@ -49,7 +49,9 @@ def _zarr_store(store: Store, path: str, *, read_only: bool) -> Any:
     if store.is_local:
         return zarr.storage.LocalStore(path, read_only=read_only)
     return zarr.storage.FsspecStore.from_url(
-        store.fs.unstrip_protocol(path), storage_options=store.fs.storage_options, read_only=read_only
+        store.fs.unstrip_protocol(path),
+        storage_options=store.fs.storage_options,
+        read_only=read_only,
     )
 
 
@@ -69,7 +71,9 @@ class ShardWriter:
     shards the catalog references.
     """
 
-    def __init__(self, store: Store, dataset_dir: str, *, n_features: int, shard_format: str = "zarr") -> None:
+    def __init__(
+        self, store: Store, dataset_dir: str, *, n_features: int, shard_format: str = "zarr"
+    ) -> None:
         check_choice("format", shard_format, SHARD_FORMATS)
         self.store = store
         self.dataset_dir = dataset_dir
@@ -111,7 +115,9 @@ class ShardWriter:
     def add(self, features: np.ndarray) -> int:
         """Append one song's blocks (shape [n_blocks, n_features]); returns its offset."""
         if features.ndim != 2 or features.shape[1] != self.n_features:
-            raise StoreError(f"features of shape {features.shape} do not fit a shard of {self.n_features} features")
+            raise StoreError(
+                f"features of shape {features.shape} do not fit a shard of {self.n_features} features"
+            )
         offset = self.n_blocks
         block = np.ascontiguousarray(features, dtype=np.float32)
         self.stats = self.stats.merge(FeatureStats.from_features(block))
@@ -143,7 +149,10 @@ class ShardWriter:
         self._n_pending = rest.shape[0]
 
     def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, traceback: TracebackType | None
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
     ) -> None:
         if exc_type is None:
             self._flush(final=True)
@@ -166,7 +175,9 @@ class ShardWriter:
             pass  # an orphan is harmless: the catalog never references it
 
 
-def read_blocks(store: Store, dataset_dir: str, shard: str, *, offset: int, n_blocks: int) -> np.ndarray:
+def read_blocks(
+    store: Store, dataset_dir: str, shard: str, *, offset: int, n_blocks: int
+) -> np.ndarray:
     """Read ``n_blocks`` rows starting at ``offset`` from a shard.
 
     Returns
@@ -188,8 +199,14 @@ def read_blocks(store: Store, dataset_dir: str, shard: str, *, offset: int, n_bl
                 first_row = row if first_row is None else first_row
             row += group_rows
         if not groups:
-            return np.zeros((0, parquet.schema_arrow.field("features").type.list_size), dtype=np.float32)
-        column = parquet.read_row_groups(groups, columns=["features"]).column("features").combine_chunks()
+            return np.zeros(
+                (0, parquet.schema_arrow.field("features").type.list_size), dtype=np.float32
+            )
+        column = (
+            parquet.read_row_groups(groups, columns=["features"])
+            .column("features")
+            .combine_chunks()
+        )
         n_features = column.type.list_size
         values = column.values.to_numpy(zero_copy_only=False).reshape(-1, n_features)
         start = offset - (first_row or 0)

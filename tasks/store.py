@@ -98,7 +98,11 @@ def open_store(url: str) -> Store:
     if not url or not isinstance(url, str):
         raise StoreError(f"invalid store URL {url!r}")
     try:
-        fs, root = fsspec.core.url_to_fs(url, auto_mkdir=True) if _is_local_url(url) else fsspec.core.url_to_fs(url)
+        fs, root = (
+            fsspec.core.url_to_fs(url, auto_mkdir=True)
+            if _is_local_url(url)
+            else fsspec.core.url_to_fs(url)
+        )
     except (ValueError, ImportError, OSError) as error:
         raise StoreError(f"cannot open store {url!r}: {error}") from error
     return Store(url=url, fs=fs, root=root.rstrip("/") or root)

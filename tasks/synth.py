@@ -22,7 +22,9 @@ _MAJOR_TRIAD = (0, 4, 7)
 _MINOR_TRIAD = (0, 3, 7)
 
 
-def _note(freq: float, n: int, sample_rate: int, *, harmonics: int = 3, decay: float = 3.0) -> np.ndarray:
+def _note(
+    freq: float, n: int, sample_rate: int, *, harmonics: int = 3, decay: float = 3.0
+) -> np.ndarray:
     t = np.arange(n) / sample_rate
     tone = sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, harmonics + 1))
     attack = np.minimum(1.0, t / 0.01)
@@ -80,19 +82,34 @@ def synthesize_song(*, seed: int, seconds: float, sample_rate: int = 44100) -> n
         triad = _MINOR_TRIAD if degree in (9, 2, 4) else _MAJOR_TRIAD
         chord_root = root * 2 ** (degree / 12)
         for interval in triad:
-            add(_note(chord_root * 2 ** (interval / 12), bar, sample_rate, harmonics=2, decay=0.8), bar_start, 0.08, -0.3)
+            add(
+                _note(chord_root * 2 ** (interval / 12), bar, sample_rate, harmonics=2, decay=0.8),
+                bar_start,
+                0.08,
+                -0.3,
+            )
         add(_note(chord_root / 2, bar, sample_rate, harmonics=4, decay=1.5), bar_start, 0.15, 0.0)
         for step in range(8):  # eighth-note melody from the scale, some rests
             if rng.random() < 0.2:
                 continue
             pitch = chord_root * 2 ** (_MAJOR_SCALE[rng.integers(len(_MAJOR_SCALE))] / 12 + 1)
-            add(_note(pitch, beat, sample_rate, decay=6.0), bar_start + step * beat // 2, 0.12, melody_pan)
+            add(
+                _note(pitch, beat, sample_rate, decay=6.0),
+                bar_start + step * beat // 2,
+                0.12,
+                melody_pan,
+            )
         for step in range(4):
             beat_start = bar_start + step * beat
             add(_kick(beat // 2, sample_rate), beat_start, 0.5, 0.0)
             if step % 2 == 1:
                 add(_noise_hit(beat // 2, sample_rate, rng, decay=25.0), beat_start, 0.15, 0.1)
-            add(_noise_hit(beat // 4, sample_rate, rng, decay=80.0), beat_start + beat // 2, 0.05, 0.4)
+            add(
+                _noise_hit(beat // 4, sample_rate, rng, decay=80.0),
+                beat_start + beat // 2,
+                0.05,
+                0.4,
+            )
     stereo = np.stack([left, right], axis=1)
     peak = float(np.abs(stereo).max()) or 1.0
     return (stereo * (0.89 / peak)).astype(np.float32)

@@ -1,0 +1,286 @@
+"""The ``musicflow`` command: a thin front door over the flows.
+
+Errors print as one line; bad arguments exit with code 2, other failures 1.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from musicflow.config import AUDIO_EXTENSIONS, SHARD_FORMATS, TRANSFORMS
+from musicflow.errors import ConfigError, MusicflowError, StoreError
+from tasks.synth import DEMO_FORMATS
+
+# Before Prefect is imported: no telemetry, and no INFO chatter under our progress bar
+# (run logs still reach the Prefect UI at INFO).
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+
+class TransformChoice(str, enum.Enum):
+    rfft = "rfft"
+    fft = "fft"
+
+
+class ShardFormatChoice(str, enum.Enum):
+    zarr = "zarr"
+    parquet = "parquet"
+
+
+class DemoFormatChoice(str, enum.Enum):
+    mp3 = "mp3"
+    wav = "wav"
+    ogg = "ogg"
+    flac = "flac"
+
+
+# The choices above are spelled out for typer; they must stay those of the config.
+assert tuple(TransformChoice) == TRANSFORMS and tuple(ShardFormatChoice) == SHARD_FORMATS
+assert tuple(DemoFormatChoice) == DEMO_FORMATS
+
+app = typer.Typer(
+    name="musicflow",
+    help="Learn to make music from a collection of songs (ingest -> train -> generate).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+StoreOption = Annotated[
+    str, typer.Option("--store", help="Store URL: a local path, file://, s3://, memory://...")
+]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect and Dask logs.")]
+
+
+def _quiet_console(verbose: bool) -> None:
+    if not verbose:
+        for handler in ("CONSOLE", "CONSOLE_FLOW_RUNS"):
+            os.environ.setdefault(f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL", "WARNING")
+
+
+def _progress_bar(console: Any) -> Any:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    return Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[message]}"), TimeElapsedColumn(), console=console,
+        transient=False,
+    )  # fmt: skip
+
+
+def _run_with_progress(function: Any, **kwargs: Any) -> Any:
+    """Run a flow with a rich progress bar fed by :mod:`musicflow.progress`."""
+    from rich.console import Console
+
+    from musicflow.progress import listening
+
+    console = Console(stderr=True)
+    bars: dict[str, Any] = {}
+    with _progress_bar(console) as progress:
+
+        def listener(stage: str, done: float, total: float, message: str) -> None:
+            if stage not in bars:
+                bars[stage] = progress.add_task(stage, total=total, message=message)
+            progress.update(bars[stage], completed=done, total=total, message=message)
+
+        with listening(listener):
+            return function(**kwargs)
+
+
+@app.command()
+def ingest(
+    source: Annotated[
+        str, typer.Argument(help="Folder, file or fsspec URL of songs (searched recursively).")
+    ],
+    store: StoreOption,
+    format: Annotated[
+        ShardFormatChoice, typer.Option(help="Shard format.")
+    ] = ShardFormatChoice.zarr,
+    transform: Annotated[
+        TransformChoice, typer.Option(help="Feature transform.")
+    ] = TransformChoice.rfft,
+    block_size: Annotated[int, typer.Option(min=2, help="Samples per block.")] = 11025,
+    sample_rate: Annotated[
+        int, typer.Option(min=1000, max=384000, help="Decode rate in Hz.")
+    ] = 44100,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="LocalCluster worker processes [default: cores].")
+    ] = None,
+    dask_address: Annotated[
+        str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://host:8786.")
+    ] = None,
+    batch_mb: Annotated[
+        float, typer.Option(min=0.001, help="Compressed audio per Dask task, in MB.")
+    ] = 32.0,
+    retry_failed: Annotated[
+        bool, typer.Option(help="Decode again songs that failed before.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Decode new songs into FFT feature shards (skips songs already ingested)."""
+    _quiet_console(verbose)
+    from musicflow.cluster import make_task_runner
+    from musicflow.server import ensure_prefect_api
+    from tasks.audio import ffmpeg_binary
+    from tasks.ingest import open_source
+    from tasks.store import check_writable, open_store
+
+    ffmpeg_binary()
+    open_source(source)
+    check_writable(open_store(store))
+    make_task_runner(workers=workers, dask_address=dask_address)  # validates before a server starts
+    ensure_prefect_api()
+    from flows.ingest import ingest as ingest_flow
+
+    summary = _run_with_progress(
+        ingest_flow, source=source, store=store, format=format.value, transform=transform.value, block_size=block_size,
+        sample_rate=sample_rate, batch_mb=batch_mb, workers=workers, dask_address=dask_address,
+        retry_failed=retry_failed,
+    )  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        _print_ingest_summary(summary)
+    if summary["songs_listed"] == 0:
+        raise ConfigError(
+            f"no audio files found in {source!r} (looked for {', '.join(AUDIO_EXTENSIONS)})"
+        )
+
+
+def _print_ingest_summary(summary: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    console = Console()
+    console.print(
+        f"dataset [bold]{summary['dataset_id']}[/]: {summary['songs_ok']} songs ingested, "
+        f"{summary['songs_failed']} failed, {summary['songs_skipped']} skipped; "
+        f"{summary['audio_seconds'] / 60:.1f} min of audio at {summary['x_realtime']:.0f}x real time"
+    )
+    for failure in summary["failures"]:
+        console.print(f"  [red]failed[/] {failure['source']}: {failure['error']}", highlight=False)
+
+
+@app.command()
+def status(
+    store: StoreOption,
+    as_json: Annotated[
+        bool, typer.Option("--json", help='Print JSON: {"datasets": [...]}.')
+    ] = False,
+) -> None:
+    """What the store holds: datasets (and, later, models and generated audio)."""
+    from tasks.status import store_status
+    from tasks.store import open_store
+
+    opened = open_store(store)
+    if not opened.fs.exists(opened.root):
+        raise StoreError(f"store not found: {store!r}")
+    report = store_status(opened)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"datasets in {store}")
+    columns = [
+        "dataset_id",
+        "songs_ok",
+        "songs_failed",
+        "seconds",
+        "n_blocks",
+        "n_features",
+        "format",
+    ]
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("dataset_id", "format") else "right")
+    for dataset in report["datasets"]:
+        table.add_row(*(str(dataset[column]) for column in columns))
+    Console().print(table)
+
+
+@app.command()
+def synth(
+    directory: Annotated[Path, typer.Argument(help="Folder to write the songs to.")],
+    songs: Annotated[int, typer.Option(min=1, help="Number of songs.")] = 8,
+    min_seconds: Annotated[float, typer.Option(min=0.1, help="Shortest song.")] = 8.0,
+    max_seconds: Annotated[float, typer.Option(min=0.1, help="Longest song.")] = 30.0,
+    seed: Annotated[int, typer.Option(help="First song's seed.")] = 0,
+    format: Annotated[DemoFormatChoice, typer.Option(help="Audio format.")] = DemoFormatChoice.mp3,
+) -> None:
+    """Write synthetic demo songs (notes, chords, drums) as real audio files."""
+    from tasks.synth import write_demo_songs
+
+    paths = write_demo_songs(
+        directory, n_songs=songs, seconds=(min_seconds, max_seconds), seed=seed, format=format.value
+    )
+    typer.echo(f"{len(paths)} songs in {directory}")
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where songs, store and outputs go.")] = Path(
+        "demo"
+    ),
+    songs: Annotated[int, typer.Option(min=2, help="Synthetic songs to make.")] = 12,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="LocalCluster worker processes.")
+    ] = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Run the pipeline end to end on synthetic songs, with a local Prefect server and Dask cluster."""
+    _quiet_console(verbose)
+    from rich.console import Console
+
+    from musicflow.server import ensure_prefect_api, ui_url
+    from tasks.audio import ffmpeg_binary
+    from tasks.synth import write_demo_songs
+
+    console = Console()
+    ffmpeg_binary()
+    song_dir, store = workdir / "songs", str((workdir / "store").resolve())
+    paths = write_demo_songs(song_dir, n_songs=songs, seconds=(10.0, 40.0))
+    console.print(f"[bold]1/2[/] {len(paths)} demo songs (mp3) in {song_dir}")
+    api = ensure_prefect_api(log_dir=workdir.resolve())
+    console.print(f"[bold]2/2[/] ingesting on a Dask LocalCluster; Prefect API {api}")
+    from flows.ingest import ingest as ingest_flow
+
+    summary = _run_with_progress(ingest_flow, source=str(song_dir), store=store, workers=workers)
+    _print_ingest_summary(summary)
+    console.print(f"\nstore:      {store}")
+    console.print(f"status:     musicflow status --store {store}")
+    console.print(f"Prefect UI: {ui_url(api)}  (flow runs, task runs and artifacts)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: run the app, turning every expected error into one line."""
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except typer.Abort:
+        _fail("aborted", 130)
+    except typer.TyperException as error:  # usage errors: bad option values, missing arguments
+        _fail(error.format_message(), getattr(error, "exit_code", 2))  # type: ignore[attr-defined]
+    except (ConfigError, StoreError) as error:
+        _fail(str(error), 2)
+    except MusicflowError as error:
+        _fail(str(error), 1)
+    if isinstance(result, int) and result:
+        sys.exit(result)
+
+
+def _fail(message: str, code: int) -> None:
+    first_line = message.strip().splitlines()[0] if message.strip() else "failed"
+    print(f"musicflow: error: {first_line}", file=sys.stderr)
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -17,10 +17,15 @@ import struct
 import subprocess
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from pydub import AudioSegment
+
+with warnings.catch_warnings():
+    # pydub warns at import when ffmpeg is missing; ffmpeg_binary() raises a clearer error.
+    warnings.filterwarnings("ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
+    from pydub import AudioSegment
 
 from musicflow.errors import DecodeError, DecoderMissingError
 
@@ -120,14 +125,13 @@ def decode_audio(source: str | bytes, *, sample_rate: int = 44100) -> DecodedAud
     errors = [_CONTEXT.sub("", line).strip() for line in messages if _ERROR_LEVEL.search(line)]
     if returncode != 0 or samples is None:
         raise DecodeError(_summarise(errors) or f"ffmpeg exited with code {returncode}")
-    if errors:
-        raise DecodeError(f"corrupt audio: {_summarise(errors)}")
     decoded = DecodedAudio(samples=samples, sample_rate=sample_rate, channels=channels)
     stated = _stated_seconds(messages)
     if stated is not None and decoded.seconds < stated - _TRUNCATION_TOLERANCE_S - 0.02 * stated:
-        raise DecodeError(
-            f"truncated: decoded {decoded.seconds:.2f} s of the {stated:.2f} s the file states"
-        )
+        detail = f" ({_summarise(errors)})" if errors else ""
+        raise DecodeError(f"truncated: decoded {decoded.seconds:.2f} s of the {stated:.2f} s the file states{detail}")
+    if errors:
+        raise DecodeError(f"corrupt audio: {_summarise(errors)}")
     return decoded
 
 

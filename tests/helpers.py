@@ -1,0 +1,63 @@
+"""Helpers shared by the flow and CLI tests: bad input files and store consistency checks."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from tasks.audio import encode_audio
+from tasks.catalog import read_catalog
+from tasks.ingest import dataset_dir, read_stats
+from tasks.shards import read_blocks
+from tasks.stats import FeatureStats, merge_all
+from tasks.store import open_store
+
+
+def copy_songs(songs: list[Path], directory: Path) -> list[Path]:
+    directory.mkdir(parents=True, exist_ok=True)
+    return [Path(shutil.copy(song, directory / song.name)) for song in songs]
+
+
+def write_bad_inputs(directory: Path, long_song: Path) -> dict[str, str]:
+    """Write each kind of bad input; returns ``{file name: expected error fragment}``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "empty.mp3").write_bytes(b"")
+    (directory / "notes.mp3").write_text("this is not audio\n" * 20)
+    data = long_song.read_bytes()
+    (directory / "truncated.mp3").write_bytes(data[: int(len(data) * 0.4)])
+    (directory / "silence.mp3").write_bytes(encode_audio(np.zeros(44100 * 2, np.float32), sample_rate=44100))
+    tone = 0.5 * np.sin(np.arange(4410) / 5.0).astype(np.float32)
+    (directory / "short.wav").write_bytes(encode_audio(tone, sample_rate=44100, format="wav"))
+    return {
+        "empty.mp3": "empty",
+        "notes.mp3": "",
+        "truncated.mp3": "truncated",
+        "silence.mp3": "silent",
+        "short.wav": "too short",
+    }
+
+
+def assert_store_consistent(store_url: str, dataset_id: str) -> None:
+    """Every song once; every ok row readable from a shard; stats equal a recomputation."""
+    store = open_store(store_url)
+    directory = dataset_dir(dataset_id)
+    rows = read_catalog(store, directory)
+    ids = [row.song_id for row in rows]
+    assert len(ids) == len(set(ids)), "a song is in the catalog twice"
+    recomputed = []
+    for row in rows:
+        if row.ok:
+            assert row.shard and store.exists(directory, row.shard), f"missing shard {row.shard}"
+            blocks = read_blocks(store, directory, row.shard, offset=row.offset, n_blocks=row.n_blocks)
+            assert blocks.shape[0] == row.n_blocks
+            assert np.isfinite(blocks).all()
+            recomputed.append(FeatureStats.from_features(blocks))
+        else:
+            assert row.shard is None and row.error
+    stats = read_stats(store, dataset_id)
+    expected = merge_all(recomputed, stats.n_features)
+    assert stats.count == expected.count == sum(row.n_blocks for row in rows if row.ok)
+    np.testing.assert_allclose(stats.mean, expected.mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(stats.std, expected.std, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,157 @@
+"""The ``musicflow`` command as a user runs it: a subprocess, its exit code and its output."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import assert_store_consistent, copy_songs
+
+from tasks.catalog import read_catalog
+from tasks.ingest import dataset_dir
+from tasks.store import open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def musicflow(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "musicflow.cli", *args],
+        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})},
+    )  # fmt: skip
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
+    assert result.returncode == code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("musicflow: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def test_unknown_transform_exits_2_naming_it(tmp_path: Path) -> None:
+    result = musicflow("ingest", str(tmp_path), "--store", str(tmp_path / "s"), "--transform", "wavelet")
+    assert_one_line_error(result, 2, "--transform", "wavelet")
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--format", "hdf5"], "hdf5"),
+        (["--workers", "0"], "--workers"),
+        (["--dask-address", "nowhere"], "nowhere"),
+    ],
+)
+def test_bad_options_exit_2(tmp_path: Path, demo_songs: list[Path], args: list[str], fragment: str) -> None:
+    result = musicflow("ingest", str(demo_songs[0].parent), "--store", str(tmp_path / "s"), *args)
+    assert_one_line_error(result, 2, fragment)
+
+
+def test_unwritable_store_exits_2(demo_songs: list[Path]) -> None:
+    result = musicflow("ingest", str(demo_songs[0].parent), "--store", "/proc/musicflow-store")
+    assert_one_line_error(result, 2, "/proc/musicflow-store")
+
+
+def test_unknown_store_protocol_exits_2(demo_songs: list[Path]) -> None:
+    result = musicflow("ingest", str(demo_songs[0].parent), "--store", "nosuchproto://bucket/x")
+    assert_one_line_error(result, 2, "nosuchproto://bucket/x")
+
+
+def test_missing_source_exits_2(tmp_path: Path) -> None:
+    result = musicflow("ingest", str(tmp_path / "nope"), "--store", str(tmp_path / "s"))
+    assert_one_line_error(result, 2, "source not found", "nope")
+
+
+def test_missing_ffmpeg_says_how_to_install(tmp_path: Path, demo_songs: list[Path]) -> None:
+    result = musicflow(
+        "ingest", str(demo_songs[0].parent), "--store", str(tmp_path / "s"),
+        env={"PATH": str(tmp_path)},  # an empty folder: no ffmpeg anywhere
+    )  # fmt: skip
+    assert_one_line_error(result, 1, "ffmpeg not found", "apt-get install ffmpeg")
+
+
+def test_status_of_missing_store_exits_2(tmp_path: Path) -> None:
+    assert_one_line_error(musicflow("status", "--store", str(tmp_path / "none")), 2, "none")
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_ingest_then_status_json(tmp_path: Path, demo_songs: list[Path]) -> None:
+    source, store = tmp_path / "songs", str(tmp_path / "store")
+    copy_songs(demo_songs[:2], source)
+    (source / "broken.mp3").write_text("not audio")
+
+    result = musicflow("ingest", str(source), "--store", store, "--workers", "1", "--json")
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["songs_ok"], summary["songs_failed"]) == (2, 1)
+    assert "ingest" in result.stderr  # the progress bar
+
+    status = musicflow("status", "--store", store, "--json")
+    assert status.returncode == 0, status.stderr
+    datasets = json.loads(status.stdout)["datasets"]
+    assert len(datasets) == 1
+    dataset = datasets[0]
+    assert set(dataset) >= {"dataset_id", "songs_ok", "songs_failed", "seconds", "n_blocks", "n_features", "format"}
+    assert (dataset["songs_ok"], dataset["songs_failed"], dataset["n_features"]) == (2, 1, 11026)
+    assert dataset["format"] == "zarr"
+    assert dataset["seconds"] == pytest.approx(summary["audio_seconds"], abs=1e-3)
+    assert dataset["n_blocks"] == sum(-(-round(row.seconds * 44100) // 11025) for row in _ok_rows(store, dataset))
+
+    table = musicflow("status", "--store", store)
+    assert table.returncode == 0 and dataset["dataset_id"][:8] in table.stdout
+
+
+def _ok_rows(store: str, dataset: dict) -> list:
+    return [row for row in read_catalog(open_store(store), dataset_dir(dataset["dataset_id"])) if row.ok]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_source_without_audio_exits_2(tmp_path: Path) -> None:
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "readme.txt").write_text("no songs here")
+    result = musicflow("ingest", str(tmp_path / "docs"), "--store", str(tmp_path / "store"), "--workers", "1")
+    assert result.returncode == 2
+    assert "no audio files found" in result.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_killed_run_resumes_with_every_song_once(tmp_path: Path, demo_songs: list[Path]) -> None:
+    from tasks.synth import write_demo_songs
+
+    source, store = tmp_path / "songs", str(tmp_path / "store")
+    songs = write_demo_songs(source, n_songs=14, seconds=(2.0, 4.0), seed=500)
+    args = [sys.executable, "-m", "musicflow.cli", "ingest", str(source), "--store", store,
+            "--workers", "1", "--batch-mb", "0.001"]  # fmt: skip — one song per batch, one at a time
+    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # fmt: skip
+    catalog = None
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and process.poll() is None:
+        catalogs = list(Path(store).glob("datasets/*/catalog.parquet"))
+        if catalogs:
+            catalog = catalogs[0]
+            break
+        time.sleep(0.02)
+    os.killpg(process.pid, signal.SIGKILL)  # the flow process and its Dask workers
+    process.wait()
+    assert catalog is not None, "the run ended before it committed anything"
+    dataset_id = catalog.parent.name
+    committed = read_catalog(open_store(store), dataset_dir(dataset_id))
+    assert 0 < len(committed) < len(songs), "the kill did not land mid-run"
+
+    result = musicflow("ingest", str(source), "--store", store, "--workers", "2", "--json")
+
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert summary["songs_skipped"] == len(committed)
+    rows = read_catalog(open_store(store), dataset_dir(dataset_id))
+    assert sorted(Path(row.source).name for row in rows) == sorted(song.name for song in songs)
+    assert all(row.ok for row in rows)
+    assert_store_consistent(store, dataset_id)

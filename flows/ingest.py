@@ -54,38 +54,47 @@ def ingest(
     batches = make_batches(plan.todo, batch_bytes=int(batch_mb * 2**20), min_batches=2 * n_workers)
     logger.info(
         "dataset %s: %d files listed, %d already ingested, %d duplicates, %d to ingest in %d batches",
-        dataset_id, plan.n_listed, len(plan.known), len(plan.duplicates), len(plan.todo), len(batches),
-    )  # fmt: skip
+        dataset_id,
+        plan.n_listed,
+        len(plan.known),
+        len(plan.duplicates),
+        len(plan.todo),
+        len(batches),
+    )
     if plan.n_listed == 0:
         logger.warning("no audio files in %s (looked for %s)", source, ", ".join(AUDIO_EXTENSIONS))
-    progress = StageProgress(
-        "ingest", len(plan.todo), description=f"Songs ingested into {dataset_id}"
-    )
+    progress = StageProgress("ingest", len(plan.todo), description=f"Songs ingested into {dataset_id}")
     committed, results = [], []
     if batches:
         with runner:
-            futures = [runner.submit(ingest_batch, {"files": batch, "store_url": store,
-                                                     "dataset_id": dataset_id, "config": config})
-                       for batch in batches]  # fmt: skip
+            futures: list[Any] = [
+                runner.submit(
+                    ingest_batch,
+                    {"files": batch, "store_url": store, "dataset_id": dataset_id, "config": config},
+                )
+                for batch in batches
+            ]
             for future in as_completed(futures):
                 result = future.result()
                 results.append(result)
                 committed.extend(commit_batch(store, dataset_id, result))
-                progress.advance(
-                    len(result.rows), message=f"{len(committed)}/{len(plan.todo)} songs"
-                )
+                progress.advance(len(result.rows), message=f"{len(committed)}/{len(plan.todo)} songs")
     wall = time.perf_counter() - started
     summary = _summarise(dataset_id, store, plan, committed, results, wall)
     _publish(summary)
     logger.info(
         "ingested %d songs (%d failed), %.1f min of audio at %.0fx real time",
-        summary["songs_ok"], summary["songs_failed"], summary["audio_seconds"] / 60, summary["x_realtime"],
-    )  # fmt: skip
+        summary["songs_ok"],
+        summary["songs_failed"],
+        summary["audio_seconds"] / 60,
+        summary["x_realtime"],
+    )
     return summary
 
 
-def _summarise(dataset_id: str, store: str, plan: Any, committed: list[Any], results: list[Any],
-               wall: float) -> dict[str, Any]:  # fmt: skip
+def _summarise(
+    dataset_id: str, store: str, plan: Any, committed: list[Any], results: list[Any], wall: float
+) -> dict[str, Any]:
     ok = [row for row in committed if row.ok]
     audio_seconds = sum(row.seconds for row in ok)
     return {
@@ -99,9 +108,7 @@ def _summarise(dataset_id: str, store: str, plan: Any, committed: list[Any], res
         "wall_seconds": round(wall, 3),
         "task_seconds": round(sum(result.task_seconds for result in results), 3),
         "x_realtime": round(audio_seconds / wall, 1) if wall > 0 else 0.0,
-        "peak_worker_rss_mb": round(
-            max((result.peak_rss_mb for result in results), default=0.0), 1
-        ),
+        "peak_worker_rss_mb": round(max((result.peak_rss_mb for result in results), default=0.0), 1),
         "shards": [result.shard for result in results if result.shard],
         "failures": [{"source": row.source, "error": row.error} for row in committed if not row.ok],
     }

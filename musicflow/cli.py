@@ -24,17 +24,17 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
-class TransformChoice(str, enum.Enum):
+class TransformChoice(enum.StrEnum):
     rfft = "rfft"
     fft = "fft"
 
 
-class ShardFormatChoice(str, enum.Enum):
+class ShardFormatChoice(enum.StrEnum):
     zarr = "zarr"
     parquet = "parquet"
 
 
-class DemoFormatChoice(str, enum.Enum):
+class DemoFormatChoice(enum.StrEnum):
     mp3 = "mp3"
     wav = "wav"
     ogg = "ogg"
@@ -70,10 +70,14 @@ def _progress_bar(console: Any) -> Any:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     return Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("{task.fields[message]}"), TimeElapsedColumn(), console=console,
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[message]}"),
+        TimeElapsedColumn(),
+        console=console,
         transient=False,
-    )  # fmt: skip
+    )
 
 
 def _run_with_progress(function: Any, **kwargs: Any) -> Any:
@@ -101,28 +105,18 @@ def ingest(
         str, typer.Argument(help="Folder, file or fsspec URL of songs (searched recursively).")
     ],
     store: StoreOption,
-    format: Annotated[
-        ShardFormatChoice, typer.Option(help="Shard format.")
-    ] = ShardFormatChoice.zarr,
-    transform: Annotated[
-        TransformChoice, typer.Option(help="Feature transform.")
-    ] = TransformChoice.rfft,
+    format: Annotated[ShardFormatChoice, typer.Option(help="Shard format.")] = ShardFormatChoice.zarr,
+    transform: Annotated[TransformChoice, typer.Option(help="Feature transform.")] = TransformChoice.rfft,
     block_size: Annotated[int, typer.Option(min=2, help="Samples per block.")] = 11025,
-    sample_rate: Annotated[
-        int, typer.Option(min=1000, max=384000, help="Decode rate in Hz.")
-    ] = 44100,
+    sample_rate: Annotated[int, typer.Option(min=1000, max=384000, help="Decode rate in Hz.")] = 44100,
     workers: Annotated[
         int | None, typer.Option(min=1, help="LocalCluster worker processes [default: cores].")
     ] = None,
     dask_address: Annotated[
         str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://host:8786.")
     ] = None,
-    batch_mb: Annotated[
-        float, typer.Option(min=0.001, help="Compressed audio per Dask task, in MB.")
-    ] = 32.0,
-    retry_failed: Annotated[
-        bool, typer.Option(help="Decode again songs that failed before.")
-    ] = False,
+    batch_mb: Annotated[float, typer.Option(min=0.001, help="Compressed audio per Dask task, in MB.")] = 32.0,
+    retry_failed: Annotated[bool, typer.Option(help="Decode again songs that failed before.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -142,18 +136,24 @@ def ingest(
     from flows.ingest import ingest as ingest_flow
 
     summary = _run_with_progress(
-        ingest_flow, source=source, store=store, format=format.value, transform=transform.value, block_size=block_size,
-        sample_rate=sample_rate, batch_mb=batch_mb, workers=workers, dask_address=dask_address,
+        ingest_flow,
+        source=source,
+        store=store,
+        format=format.value,
+        transform=transform.value,
+        block_size=block_size,
+        sample_rate=sample_rate,
+        batch_mb=batch_mb,
+        workers=workers,
+        dask_address=dask_address,
         retry_failed=retry_failed,
-    )  # fmt: skip
+    )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
         _print_ingest_summary(summary)
     if summary["songs_listed"] == 0:
-        raise ConfigError(
-            f"no audio files found in {source!r} (looked for {', '.join(AUDIO_EXTENSIONS)})"
-        )
+        raise ConfigError(f"no audio files found in {source!r} (looked for {', '.join(AUDIO_EXTENSIONS)})")
 
 
 def _print_ingest_summary(summary: dict[str, Any]) -> None:
@@ -172,9 +172,7 @@ def _print_ingest_summary(summary: dict[str, Any]) -> None:
 @app.command()
 def status(
     store: StoreOption,
-    as_json: Annotated[
-        bool, typer.Option("--json", help='Print JSON: {"datasets": [...]}.')
-    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help='Print JSON: {"datasets": [...]}.')] = False,
 ) -> None:
     """What the store holds: datasets (and, later, models and generated audio)."""
     from tasks.status import store_status
@@ -227,13 +225,9 @@ def synth(
 
 @app.command()
 def demo(
-    workdir: Annotated[Path, typer.Option(help="Where songs, store and outputs go.")] = Path(
-        "demo"
-    ),
+    workdir: Annotated[Path, typer.Option(help="Where songs, store and outputs go.")] = Path("demo"),
     songs: Annotated[int, typer.Option(min=2, help="Synthetic songs to make.")] = 12,
-    workers: Annotated[
-        int | None, typer.Option(min=1, help="LocalCluster worker processes.")
-    ] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="LocalCluster worker processes.")] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Run the pipeline end to end on synthetic songs, with a local Prefect server and Dask cluster."""
@@ -267,7 +261,7 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         _fail("aborted", 130)
     except typer.TyperException as error:  # usage errors: bad option values, missing arguments
-        _fail(error.format_message(), getattr(error, "exit_code", 2))  # type: ignore[attr-defined]
+        _fail(error.format_message(), getattr(error, "exit_code", 2))
     except (ConfigError, StoreError) as error:
         _fail(str(error), 2)
     except MusicflowError as error:

@@ -17,9 +17,7 @@ def default_workers() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def make_task_runner(
-    *, workers: int | None = None, dask_address: str | None = None
-) -> DaskTaskRunner:
+def make_task_runner(*, workers: int | None = None, dask_address: str | None = None) -> DaskTaskRunner:
     """A Prefect task runner on Dask.
 
     Parameters
@@ -35,9 +33,7 @@ def make_task_runner(
     logging.getLogger("distributed").setLevel(logging.WARNING)
     if dask_address:
         if not _ADDRESS.match(dask_address):
-            raise ConfigError(
-                f"invalid dask address {dask_address!r}: expected e.g. tcp://127.0.0.1:8786"
-            )
+            raise ConfigError(f"invalid dask address {dask_address!r}: expected e.g. tcp://127.0.0.1:8786")
         return DaskTaskRunner(address=dask_address)
     n_workers = default_workers() if workers is None else workers
     if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:

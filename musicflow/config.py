@@ -19,8 +19,18 @@ ShardFormat = Literal["zarr", "parquet"]
 TRANSFORMS: tuple[str, ...] = ("rfft", "fft")
 SHARD_FORMATS: tuple[str, ...] = ("zarr", "parquet")
 AUDIO_EXTENSIONS: tuple[str, ...] = (
-    ".mp3", ".ogg", ".oga", ".opus", ".wav", ".flac", ".m4a", ".aac", ".aif", ".aiff", ".wma",
-)  # fmt: skip
+    ".mp3",
+    ".ogg",
+    ".oga",
+    ".opus",
+    ".wav",
+    ".flac",
+    ".m4a",
+    ".aac",
+    ".aif",
+    ".aiff",
+    ".wma",
+)
 
 # Bump when the meaning of stored features changes, so old datasets get a new id.
 FEATURE_VERSION = 1

@@ -32,9 +32,7 @@ def api_healthy(api_url: str, *, timeout: float = 2.0) -> bool:
         return False
 
 
-def ensure_prefect_api(
-    *, start: bool = True, log_dir: Path | None = None, wait_seconds: float = 90.0
-) -> str:
+def ensure_prefect_api(*, start: bool = True, log_dir: Path | None = None, wait_seconds: float = 90.0) -> str:
     """Return the URL of a healthy Prefect API, starting a local server if needed.
 
     1. ``PREFECT_API_URL`` configured (environment or profile): use it, it must answer.
@@ -53,16 +51,12 @@ def ensure_prefect_api(
     local = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/api"
     if not api_healthy(local):
         if not start:
-            raise ConfigError(
-                f"no Prefect API at {local}: run `prefect server start` or set PREFECT_API_URL"
-            )
+            raise ConfigError(f"no Prefect API at {local}: run `prefect server start` or set PREFECT_API_URL")
         _start_server(log_dir or Path.home() / ".musicflow")
         deadline = time.monotonic() + wait_seconds
         while not api_healthy(local):
             if time.monotonic() > deadline:
-                raise ConfigError(
-                    f"Prefect server did not answer at {local} within {wait_seconds:.0f} s"
-                )
+                raise ConfigError(f"Prefect server did not answer at {local} within {wait_seconds:.0f} s")
             time.sleep(0.5)
     os.environ["PREFECT_API_URL"] = local
     return local
@@ -75,12 +69,17 @@ def ui_url(api_url: str) -> str:
 def _start_server(log_dir: Path) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "prefect-server.log"
-    logger.info(
-        "starting a Prefect server on %s:%s (log: %s)", DEFAULT_HOST, DEFAULT_PORT, log_path
-    )
+    logger.info("starting a Prefect server on %s:%s (log: %s)", DEFAULT_HOST, DEFAULT_PORT, log_path)
     prefect_cli = Path(sys.executable).with_name("prefect")
-    command = [str(prefect_cli) if prefect_cli.exists() else "prefect", "server", "start",
-               "--host", DEFAULT_HOST, "--port", str(DEFAULT_PORT)]  # fmt: skip
+    command = [
+        str(prefect_cli) if prefect_cli.exists() else "prefect",
+        "server",
+        "start",
+        "--host",
+        DEFAULT_HOST,
+        "--port",
+        str(DEFAULT_PORT),
+    ]
     with open(log_path, "ab") as log:
         subprocess.Popen(
             command,

@@ -19,6 +19,7 @@ import tempfile
 import threading
 import warnings
 from dataclasses import dataclass
+from typing import IO
 
 import numpy as np
 
@@ -26,6 +27,8 @@ with warnings.catch_warnings():
     # pydub warns at import when ffmpeg is missing; ffmpeg_binary() raises a clearer error.
     warnings.filterwarnings("ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
     from pydub import AudioSegment
+
+import contextlib
 
 from musicflow.errors import DecodeError, DecoderMissingError
 
@@ -67,9 +70,7 @@ def ffmpeg_binary() -> str:
     """Path of the ffmpeg pydub uses; :class:`DecoderMissingError` when there is none."""
     found = shutil.which(AudioSegment.converter)
     if found is None:
-        raise DecoderMissingError(
-            f"ffmpeg not found (looked for {AudioSegment.converter!r}): {INSTALL_HINT}"
-        )
+        raise DecoderMissingError(f"ffmpeg not found (looked for {AudioSegment.converter!r}): {INSTALL_HINT}")
     return found
 
 
@@ -99,11 +100,25 @@ def decode_audio(source: str | bytes, *, sample_rate: int = 44100) -> DecodedAud
         raise DecodeError("empty file (0 bytes)")
     piped = not isinstance(source, str)
     command = [
-        ffmpeg_binary(), "-hide_banner", "-nostats", "-loglevel", "level+info",
-        "-i", "pipe:0" if piped else source,
-        "-map", "0:a:0", "-map_metadata", "-1", "-c:a", "pcm_f32le", "-ar", str(sample_rate),
-        "-f", "wav", "pipe:1",
-    ]  # fmt: skip
+        ffmpeg_binary(),
+        "-hide_banner",
+        "-nostats",
+        "-loglevel",
+        "level+info",
+        "-i",
+        "pipe:0" if piped else source,
+        "-map",
+        "0:a:0",
+        "-map_metadata",
+        "-1",
+        "-c:a",
+        "pcm_f32le",
+        "-ar",
+        str(sample_rate),
+        "-f",
+        "wav",
+        "pipe:1",
+    ]
     with tempfile.TemporaryFile() as log:
         process = subprocess.Popen(
             command,
@@ -129,7 +144,9 @@ def decode_audio(source: str | bytes, *, sample_rate: int = 44100) -> DecodedAud
     stated = _stated_seconds(messages)
     if stated is not None and decoded.seconds < stated - _TRUNCATION_TOLERANCE_S - 0.02 * stated:
         detail = f" ({_summarise(errors)})" if errors else ""
-        raise DecodeError(f"truncated: decoded {decoded.seconds:.2f} s of the {stated:.2f} s the file states{detail}")
+        raise DecodeError(
+            f"truncated: decoded {decoded.seconds:.2f} s of the {stated:.2f} s the file states{detail}"
+        )
     if errors:
         raise DecodeError(f"corrupt audio: {_summarise(errors)}")
     return decoded
@@ -145,9 +162,7 @@ def encode_audio(
     ffmpeg_binary()
     frames = np.atleast_2d(np.asarray(samples, dtype=np.float32).T).T
     pcm = (np.clip(frames, -1.0, 1.0) * 32767.0).round().astype("<i2")
-    segment = AudioSegment(
-        pcm.tobytes(), frame_rate=sample_rate, sample_width=2, channels=frames.shape[1]
-    )
+    segment = AudioSegment(pcm.tobytes(), frame_rate=sample_rate, sample_width=2, channels=frames.shape[1])
     buffer = io.BytesIO()
     segment.export(buffer, format=format, bitrate=bitrate if format != "wav" else None)
     return buffer.getvalue()
@@ -161,17 +176,15 @@ def _feed_stdin(process: subprocess.Popen[bytes], payload: bytes) -> threading.T
         except (BrokenPipeError, OSError):
             pass  # ffmpeg stopped reading (bad input): its exit code says why
         finally:
-            try:
+            with contextlib.suppress(OSError):
                 process.stdin.close()
-            except OSError:
-                pass
 
     thread = threading.Thread(target=feed, daemon=True)
     thread.start()
     return thread
 
 
-def _read_exact(stream: io.BufferedIOBase, n: int) -> bytes:
+def _read_exact(stream: IO[bytes], n: int) -> bytes:
     data = b""
     while len(data) < n:
         chunk = stream.read(n - len(data))
@@ -181,7 +194,7 @@ def _read_exact(stream: io.BufferedIOBase, n: int) -> bytes:
     return data
 
 
-def _read_wav_stream(stream: io.BufferedIOBase) -> tuple[np.ndarray | None, int]:
+def _read_wav_stream(stream: IO[bytes]) -> tuple[np.ndarray | None, int]:
     """Read a float32 WAV from a pipe, mixing to mono chunk by chunk.
 
     The RIFF/data sizes of a piped WAV are placeholders, so the data chunk is
@@ -214,9 +227,7 @@ def _read_wav_stream(stream: io.BufferedIOBase) -> tuple[np.ndarray | None, int]
         usable = len(data) - len(data) % frame_bytes
         remainder = data[usable:]
         frames = np.frombuffer(data[:usable], dtype="<f4").reshape(-1, channels)
-        pieces.append(
-            frames[:, 0].copy() if channels == 1 else frames.mean(axis=1, dtype=np.float32)
-        )
+        pieces.append(frames[:, 0].copy() if channels == 1 else frames.mean(axis=1, dtype=np.float32))
     samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
     np.clip(samples, -1.0, 1.0, out=samples)
     return samples, channels

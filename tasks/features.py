@@ -59,9 +59,7 @@ def blocks_to_features(blocks: np.ndarray, *, transform: str = "rfft") -> np.nda
         raise ConfigError(f"blocks must be 2-D [n_blocks, block_size], got shape {blocks.shape}")
     # Single precision is 3x faster and round-trips within 1e-6 of the audio.
     signal = blocks.astype(np.float32, copy=False)
-    spectrum = (
-        scipy.fft.rfft(signal, axis=1) if transform == "rfft" else scipy.fft.fft(signal, axis=1)
-    )
+    spectrum = scipy.fft.rfft(signal, axis=1) if transform == "rfft" else scipy.fft.fft(signal, axis=1)
     n_bins = spectrum.shape[1]
     features = np.empty((blocks.shape[0], 2 * n_bins), dtype=np.float32)
     features[:, :n_bins] = spectrum.real
@@ -69,9 +67,7 @@ def blocks_to_features(blocks: np.ndarray, *, transform: str = "rfft") -> np.nda
     return features
 
 
-def features_to_blocks(
-    features: np.ndarray, *, transform: str = "rfft", block_size: int
-) -> np.ndarray:
+def features_to_blocks(features: np.ndarray, *, transform: str = "rfft", block_size: int) -> np.ndarray:
     """Invert :func:`blocks_to_features`.
 
     Parameters

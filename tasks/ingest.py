@@ -127,7 +127,8 @@ def plan_ingest(
     """
     done = {row.song_id: row for row in catalog if row.ok or not retry_failed}
     by_stat = {(row.source, row.bytes, row.mtime): row.song_id for row in done.values()}
-    unknown, known = [], []
+    unknown: list[SourceFile] = []
+    known: list[SourceFile] = []
     for item in files:
         song_id = by_stat.get((item.uri, item.bytes, item.mtime))
         (known if song_id else unknown).append(replace(item, song_id=song_id) if song_id else item)
@@ -246,7 +247,7 @@ def ingest_batch(
                     status=STATUS_FAILED if error else STATUS_OK,
                     error=error,
                     ingested_at=now,
-                )  # fmt: skip
+                )
             )
     return BatchResult(
         rows=rows,
@@ -323,9 +324,7 @@ def refresh_stats(store: Store, dataset_id: str) -> FeatureStats:
     killed between its two commits).
     """
     directory = dataset_dir(dataset_id)
-    n_features = FeatureConfig.from_dict(
-        store.read_json(directory, CONFIG_FILE)["features"]
-    ).n_features
+    n_features = FeatureConfig.from_dict(store.read_json(directory, CONFIG_FILE)["features"]).n_features
     shards = sorted({row.shard for row in read_catalog(store, directory) if row.ok and row.shard})
     current, counted = FeatureStats.empty(n_features), []
     if store.exists(directory, STATS_FILE):

@@ -40,9 +40,7 @@ IO_RETRIES: dict[str, Any] = {
 
 
 @task(name="plan-ingest", **IO_RETRIES)
-def plan_ingest(
-    source: str, store_url: str, config: IngestConfig
-) -> tuple[str, ingest_lib.IngestPlan]:
+def plan_ingest(source: str, store_url: str, config: IngestConfig) -> tuple[str, ingest_lib.IngestPlan]:
     """Check the store, create/check the dataset, list and hash the source, skip known songs."""
     store = open_store(store_url)
     check_writable(store)
@@ -62,8 +60,6 @@ def ingest_batch(
 
 
 @task(name="commit-batch", **IO_RETRIES)
-def commit_batch(
-    store_url: str, dataset_id: str, result: ingest_lib.BatchResult
-) -> list[CatalogRow]:
+def commit_batch(store_url: str, dataset_id: str, result: ingest_lib.BatchResult) -> list[CatalogRow]:
     """Append the batch's catalog rows (the commit point), then merge its statistics."""
     return ingest_lib.commit_batch(open_store(store_url), dataset_id, result)

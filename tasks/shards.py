@@ -163,6 +163,7 @@ class ShardWriter:
             self._discard()
             self.shard = None  # nothing to reference
             return
+        assert self.shard is not None
         self.store.write_bytes(self.stats.to_npz(), self.dataset_dir, stats_name(self.shard))
         if self._write_path != self._final_path:
             self.store.fs.mv(self._write_path, self._final_path, recursive=True)
@@ -175,9 +176,7 @@ class ShardWriter:
             pass  # an orphan is harmless: the catalog never references it
 
 
-def read_blocks(
-    store: Store, dataset_dir: str, shard: str, *, offset: int, n_blocks: int
-) -> np.ndarray:
+def read_blocks(store: Store, dataset_dir: str, shard: str, *, offset: int, n_blocks: int) -> np.ndarray:
     """Read ``n_blocks`` rows starting at ``offset`` from a shard.
 
     Returns
@@ -199,14 +198,8 @@ def read_blocks(
                 first_row = row if first_row is None else first_row
             row += group_rows
         if not groups:
-            return np.zeros(
-                (0, parquet.schema_arrow.field("features").type.list_size), dtype=np.float32
-            )
-        column = (
-            parquet.read_row_groups(groups, columns=["features"])
-            .column("features")
-            .combine_chunks()
-        )
+            return np.zeros((0, parquet.schema_arrow.field("features").type.list_size), dtype=np.float32)
+        column = parquet.read_row_groups(groups, columns=["features"]).column("features").combine_chunks()
         n_features = column.type.list_size
         values = column.values.to_numpy(zero_copy_only=False).reshape(-1, n_features)
         start = offset - (first_row or 0)

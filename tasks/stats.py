@@ -85,8 +85,11 @@ class FeatureStats:
 
     @classmethod
     def from_json(cls, values: dict[str, Any]) -> FeatureStats:
-        return cls(int(values["count"]), np.asarray(values["mean"], dtype=np.float64),
-                   np.asarray(values["m2"], dtype=np.float64))  # fmt: skip
+        return cls(
+            int(values["count"]),
+            np.asarray(values["mean"], dtype=np.float64),
+            np.asarray(values["m2"], dtype=np.float64),
+        )
 
 
 def merge_all(stats: list[FeatureStats], n_features: int) -> FeatureStats:

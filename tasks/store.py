@@ -99,9 +99,7 @@ def open_store(url: str) -> Store:
         raise StoreError(f"invalid store URL {url!r}")
     try:
         fs, root = (
-            fsspec.core.url_to_fs(url, auto_mkdir=True)
-            if _is_local_url(url)
-            else fsspec.core.url_to_fs(url)
+            fsspec.core.url_to_fs(url, auto_mkdir=True) if _is_local_url(url) else fsspec.core.url_to_fs(url)
         )
     except (ValueError, ImportError, OSError) as error:
         raise StoreError(f"cannot open store {url!r}: {error}") from error

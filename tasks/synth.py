@@ -22,9 +22,7 @@ _MAJOR_TRIAD = (0, 4, 7)
 _MINOR_TRIAD = (0, 3, 7)
 
 
-def _note(
-    freq: float, n: int, sample_rate: int, *, harmonics: int = 3, decay: float = 3.0
-) -> np.ndarray:
+def _note(freq: float, n: int, sample_rate: int, *, harmonics: int = 3, decay: float = 3.0) -> np.ndarray:
     t = np.arange(n) / sample_rate
     tone = sum(np.sin(2 * np.pi * freq * k * t) / k for k in range(1, harmonics + 1))
     attack = np.minimum(1.0, t / 0.01)

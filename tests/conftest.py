@@ -68,8 +68,13 @@ def s3_endpoint() -> Iterator[str]:
                 os.environ[key] = value
 
 
-_S3_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION", "AWS_ENDPOINT_URL",
-           "FSSPEC_S3_ENDPOINT_URL")  # fmt: skip
+_S3_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "FSSPEC_S3_ENDPOINT_URL",
+)
 
 
 @pytest.fixture

@@ -48,9 +48,7 @@ def png_bytes(width: int = 8, height: int = 8) -> bytes:
     """A valid little PNG, built by hand so no image library is needed."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-        )
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
     header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit greyscale
     rows = b"".join(b"\x00" + bytes(range(width)) for _ in range(height))
@@ -94,9 +92,7 @@ def test_stereo_wav_decodes_to_mean_of_channels(tmp_path: Path) -> None:
     left = sine(440.0, 0.5, amplitude=0.6)
     right = np.random.default_rng(0).uniform(-0.3, 0.3, n).astype(np.float32)
     stereo = np.stack([left, right], axis=1)
-    source = write(
-        tmp_path / "stereo.wav", encode_audio(stereo, sample_rate=SAMPLE_RATE, format="wav")
-    )
+    source = write(tmp_path / "stereo.wav", encode_audio(stereo, sample_rate=SAMPLE_RATE, format="wav"))
 
     decoded = decode_audio(source)
 
@@ -123,9 +119,7 @@ def test_opposite_channels_cancel(tmp_path: Path) -> None:
 
 def test_mono_wav_is_not_scaled(tmp_path: Path) -> None:
     audio = sine(1000.0, 0.5, amplitude=0.5)
-    source = write(
-        tmp_path / "mono.wav", encode_audio(audio, sample_rate=SAMPLE_RATE, format="wav")
-    )
+    source = write(tmp_path / "mono.wav", encode_audio(audio, sample_rate=SAMPLE_RATE, format="wav"))
 
     decoded = decode_audio(source)
 
@@ -253,11 +247,26 @@ def test_float_wav_beyond_full_scale_is_clipped(tmp_path: Path) -> None:
     raw.write_bytes(audio.astype("<f4").tobytes())
     loud = tmp_path / "loud.wav"
     subprocess.run(
-        [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y",
-         "-f", "f32le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", str(raw),
-         "-c:a", "pcm_f32le", str(loud)],
+        [
+            ffmpeg_binary(),
+            "-hide_banner",
+            "-loglevel",
+            "error",
+            "-y",
+            "-f",
+            "f32le",
+            "-ar",
+            str(SAMPLE_RATE),
+            "-ac",
+            "1",
+            "-i",
+            str(raw),
+            "-c:a",
+            "pcm_f32le",
+            str(loud),
+        ],
         check=True,
-    )  # fmt: skip
+    )
 
     decoded = decode_audio(str(loud))
 
@@ -364,10 +373,15 @@ def test_decode_without_ffmpeg(no_ffmpeg: str, tmp_path: Path) -> None:
     # encode_audio needs ffmpeg too, so the valid WAV is built by hand.
     pcm = np.zeros(100, dtype="<i2").tobytes()
     wav = (
-        b"RIFF" + struct.pack("<I", 36 + len(pcm)) + b"WAVE"
-        + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16)
-        + b"data" + struct.pack("<I", len(pcm)) + pcm
-    )  # fmt: skip
+        b"RIFF"
+        + struct.pack("<I", 36 + len(pcm))
+        + b"WAVE"
+        + b"fmt "
+        + struct.pack("<IHHIIHH", 16, 1, 1, 8000, 16000, 2, 16)
+        + b"data"
+        + struct.pack("<I", len(pcm))
+        + pcm
+    )
     for source in (wav, write(tmp_path / "ok.wav", wav)):
         with pytest.raises(DecoderMissingError) as raised:
             decode_audio(source)

@@ -20,11 +20,17 @@ from tasks.store import open_store
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def musicflow(*args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def musicflow(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "musicflow.cli", *args],
-        capture_output=True, text=True, timeout=timeout, cwd=ROOT, env={**os.environ, **(env or {})},
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
@@ -71,9 +77,12 @@ def test_missing_source_exits_2(tmp_path: Path) -> None:
 
 def test_missing_ffmpeg_says_how_to_install(tmp_path: Path, demo_songs: list[Path]) -> None:
     result = musicflow(
-        "ingest", str(demo_songs[0].parent), "--store", str(tmp_path / "s"),
+        "ingest",
+        str(demo_songs[0].parent),
+        "--store",
+        str(tmp_path / "s"),
         env={"PATH": str(tmp_path)},  # an empty folder: no ffmpeg anywhere
-    )  # fmt: skip
+    )
     assert_one_line_error(result, 1, "ffmpeg not found", "apt-get install ffmpeg")
 
 
@@ -98,11 +107,21 @@ def test_ingest_then_status_json(tmp_path: Path, demo_songs: list[Path]) -> None
     datasets = json.loads(status.stdout)["datasets"]
     assert len(datasets) == 1
     dataset = datasets[0]
-    assert set(dataset) >= {"dataset_id", "songs_ok", "songs_failed", "seconds", "n_blocks", "n_features", "format"}
+    assert set(dataset) >= {
+        "dataset_id",
+        "songs_ok",
+        "songs_failed",
+        "seconds",
+        "n_blocks",
+        "n_features",
+        "format",
+    }
     assert (dataset["songs_ok"], dataset["songs_failed"], dataset["n_features"]) == (2, 1, 11026)
     assert dataset["format"] == "zarr"
     assert dataset["seconds"] == pytest.approx(summary["audio_seconds"], abs=1e-3)
-    assert dataset["n_blocks"] == sum(-(-round(row.seconds * 44100) // 11025) for row in _ok_rows(store, dataset))
+    assert dataset["n_blocks"] == sum(
+        -(-round(row.seconds * 44100) // 11025) for row in _ok_rows(store, dataset)
+    )
 
     table = musicflow("status", "--store", store)
     assert table.returncode == 0 and dataset["dataset_id"][:8] in table.stdout
@@ -127,10 +146,22 @@ def test_killed_run_resumes_with_every_song_once(tmp_path: Path, demo_songs: lis
 
     source, store = tmp_path / "songs", str(tmp_path / "store")
     songs = write_demo_songs(source, n_songs=14, seconds=(2.0, 4.0), seed=500)
-    args = [sys.executable, "-m", "musicflow.cli", "ingest", str(source), "--store", store,
-            "--workers", "1", "--batch-mb", "0.001"]  # fmt: skip — one song per batch, one at a time
-    process = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)  # fmt: skip
+    args = [
+        sys.executable,
+        "-m",
+        "musicflow.cli",
+        "ingest",
+        str(source),
+        "--store",
+        store,
+        "--workers",
+        "1",
+        "--batch-mb",
+        "0.001",
+    ]
+    process = subprocess.Popen(
+        args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     catalog = None
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:

@@ -252,9 +252,7 @@ def test_rfft_is_first_half_of_fft(block_size: int) -> None:
 
 def test_blocks_to_features_default_is_rfft() -> None:
     blocks = random_audio(2 * 64, seed=4).reshape(2, 64)
-    np.testing.assert_array_equal(
-        blocks_to_features(blocks), blocks_to_features(blocks, transform="rfft")
-    )
+    np.testing.assert_array_equal(blocks_to_features(blocks), blocks_to_features(blocks, transform="rfft"))
 
 
 def test_blocks_to_features_rows_are_independent() -> None:
@@ -395,9 +393,7 @@ def test_features_to_blocks_rejects_wrong_width(
     shape: tuple[int, ...], transform: str, block_size: int
 ) -> None:
     with pytest.raises(ConfigError) as raised:
-        features_to_blocks(
-            np.zeros(shape, dtype=np.float32), transform=transform, block_size=block_size
-        )
+        features_to_blocks(np.zeros(shape, dtype=np.float32), transform=transform, block_size=block_size)
     message = str(raised.value)
     assert str(shape) in message
     assert str(n_features_for(block_size, transform)) in message

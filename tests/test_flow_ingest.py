@@ -83,7 +83,9 @@ def third_rows(rows: list, summary: dict) -> list:
 
 
 @pytest.mark.parametrize("shard_format", ["zarr", "parquet"])
-def test_round_trip_through_s3(s3_bucket: str, tmp_path: Path, demo_songs: list[Path], shard_format: str) -> None:
+def test_round_trip_through_s3(
+    s3_bucket: str, tmp_path: Path, demo_songs: list[Path], shard_format: str
+) -> None:
     source = tmp_path / "songs"
     copy_songs(demo_songs[:2], source)
     local_store = str(tmp_path / "local")
@@ -99,8 +101,12 @@ def test_round_trip_through_s3(s3_bucket: str, tmp_path: Path, demo_songs: list[
     remote_rows = {row.song_id: row for row in read_catalog(open_store(s3_store), directory)}
     for row in read_catalog(open_store(local_store), directory):
         twin = remote_rows[row.song_id]
-        ours = read_blocks(open_store(local_store), directory, row.shard, offset=row.offset, n_blocks=row.n_blocks)
-        theirs = read_blocks(open_store(s3_store), directory, twin.shard, offset=twin.offset, n_blocks=twin.n_blocks)
+        ours = read_blocks(
+            open_store(local_store), directory, row.shard, offset=row.offset, n_blocks=row.n_blocks
+        )
+        theirs = read_blocks(
+            open_store(s3_store), directory, twin.shard, offset=twin.offset, n_blocks=twin.n_blocks
+        )
         assert (ours == theirs).all()
 
 
@@ -121,6 +127,8 @@ def test_parquet_and_fft_transform_make_a_separate_dataset(tmp_path: Path, demo_
     assert rfft["dataset_id"] != fft["dataset_id"]
     assert fft["songs_ok"] == 1
     rows = read_catalog(open_store(store), dataset_dir(fft["dataset_id"]))
-    blocks = read_blocks(open_store(store), dataset_dir(fft["dataset_id"]), rows[0].shard, offset=0, n_blocks=1)
+    blocks = read_blocks(
+        open_store(store), dataset_dir(fft["dataset_id"]), rows[0].shard, offset=0, n_blocks=1
+    )
     assert blocks.shape == (1, 22050)
     shutil.rmtree(source)

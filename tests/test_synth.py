@@ -39,9 +39,7 @@ def test_song_length_follows_sample_rate(seconds: float, sample_rate: int) -> No
 
 
 def test_same_seed_same_song() -> None:
-    np.testing.assert_array_equal(
-        synthesize_song(seed=7, seconds=1.0), synthesize_song(seed=7, seconds=1.0)
-    )
+    np.testing.assert_array_equal(synthesize_song(seed=7, seconds=1.0), synthesize_song(seed=7, seconds=1.0))
 
 
 def test_different_seed_different_song() -> None:

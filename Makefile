@@ -1,0 +1,47 @@
+# musicflow: `make demo` runs the pipeline on synthetic songs, `make test` runs the tests.
+# Both create .venv and install what they need (ffmpeg from apt when it is missing).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+export DO_NOT_TRACK = 1
+export PREFECT_SERVER_ANALYTICS_ENABLED = false
+export TF_CPP_MIN_LOG_LEVEL = 2
+
+.PHONY: demo test lint format bench ffmpeg clean
+
+demo: $(STAMP) ffmpeg
+	$(BIN)/musicflow demo
+
+test: $(STAMP) ffmpeg
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(STAMP) ffmpeg
+	$(BIN)/python benchmarks/bench_ingest.py
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+ffmpeg:
+	@command -v ffmpeg >/dev/null 2>&1 || { \
+	  echo "ffmpeg not found: installing it with apt-get"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg >/dev/null; \
+	}
+	@ffmpeg -version | head -n 1
+
+clean:
+	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache .hypothesis

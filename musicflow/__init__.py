@@ -5,6 +5,11 @@ this small core package holds what every layer shares: configuration, errors,
 the Prefect server helper and the command line.
 """
 
+import os
+
+# TensorFlow's C++ INFO/WARNING lines (oneDNN, absl) would bury our output.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
 from musicflow.errors import (
     ConfigError,
     DecodeError,

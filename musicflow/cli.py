@@ -14,7 +14,7 @@ from typing import Annotated, Any
 
 import typer
 
-from musicflow.config import AUDIO_EXTENSIONS, SHARD_FORMATS, TRANSFORMS
+from musicflow.config import AUDIO_EXTENSIONS, LOSSES, PRESETS, SHARD_FORMATS, TRANSFORMS
 from musicflow.errors import ConfigError, MusicflowError, StoreError
 from tasks.synth import DEMO_FORMATS
 
@@ -172,9 +172,11 @@ def _print_ingest_summary(summary: dict[str, Any]) -> None:
 @app.command()
 def status(
     store: StoreOption,
-    as_json: Annotated[bool, typer.Option("--json", help='Print JSON: {"datasets": [...]}.')] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON with datasets and models lists.")
+    ] = False,
 ) -> None:
-    """What the store holds: datasets (and, later, models and generated audio)."""
+    """What the store holds: datasets and models (and, later, generated audio)."""
     from tasks.status import store_status
     from tasks.store import open_store
 
@@ -188,21 +190,127 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"datasets in {store}")
-    columns = [
-        "dataset_id",
-        "songs_ok",
-        "songs_failed",
-        "seconds",
-        "n_blocks",
-        "n_features",
-        "format",
-    ]
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("dataset_id", "format") else "right")
-    for dataset in report["datasets"]:
-        table.add_row(*(str(dataset[column]) for column in columns))
-    Console().print(table)
+    console = Console()
+    sections = {
+        "datasets": ["dataset_id", "songs_ok", "songs_failed", "seconds", "n_blocks", "n_features", "format"],
+        "models": ["model_id", "dataset_id", "state", "epochs", "train_loss", "val_loss", "params"],
+    }
+    for section, columns in sections.items():
+        if not report.get(section):
+            continue
+        table = Table(title=f"{section} in {store}")
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for item in report[section]:
+            table.add_row(*(_cell(item[column]) for column in columns))
+        console.print(table)
+    if not any(report.get(section) for section in sections):
+        console.print(f"{store} holds nothing yet: run `musicflow ingest SONGS --store {store}`")
+
+
+def _cell(value: Any) -> str:
+    return f"{value:.5g}" if isinstance(value, float) else str(value)
+
+
+class LossChoice(enum.StrEnum):
+    mse = "mse"
+    mae = "mae"
+
+
+class PresetChoice(enum.StrEnum):
+    small = "small"
+    gruv = "gruv"
+
+
+assert tuple(LossChoice) == LOSSES and set(PresetChoice) == set(PRESETS)
+
+
+@app.command()
+def train(
+    store: StoreOption,
+    dataset: Annotated[
+        str | None, typer.Option(help="Dataset id [default: the store's only dataset].")
+    ] = None,
+    preset: Annotated[
+        PresetChoice, typer.Option(help="small (fast) or gruv (the seed's model).")
+    ] = PresetChoice.small,
+    epochs: Annotated[
+        int | None, typer.Option(min=1, help="Epochs in all (a resumed run continues to it).")
+    ] = None,
+    hidden: Annotated[int | None, typer.Option(min=1, help="Units of the dense and LSTM layers.")] = None,
+    layers: Annotated[int | None, typer.Option(min=1, help="LSTM layers.")] = None,
+    seq_len: Annotated[
+        int | None, typer.Option(min=1, help="Blocks per training window [40 = 10 s].")
+    ] = None,
+    hop: Annotated[int | None, typer.Option(min=1, help="Blocks between windows [default: seq-len].")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Windows per batch.")] = None,
+    loss: Annotated[LossChoice | None, typer.Option(help="Loss function.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(min=0.0, help="RMSprop learning rate.")] = None,
+    patience: Annotated[
+        int | None, typer.Option(min=1, help="Stop after N epochs without val_loss gain.")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = True,
+    model_id: Annotated[
+        str | None, typer.Option(help="Model folder name [default: preset + config hash].")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the model card as JSON.")] = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Train an LSTM to predict the next FFT block (resumes from the last checkpoint)."""
+    _quiet_console(verbose)
+    from musicflow.config import TrainConfig
+    from musicflow.server import ensure_prefect_api
+    from tasks.store import open_store
+    from tasks.train import resolve_dataset
+
+    config = TrainConfig.from_preset(
+        preset.value,
+        epochs=epochs,
+        hidden=hidden,
+        layers=layers,
+        seq_len=seq_len,
+        hop=hop,
+        batch_size=batch_size,
+        loss=loss.value if loss else None,
+        learning_rate=learning_rate,
+        patience=patience,
+    )
+    opened = open_store(store)
+    if not opened.fs.exists(opened.root):
+        raise StoreError(f"store not found: {store!r}")
+    resolve_dataset(opened, dataset)  # a one-line error before any server starts
+    ensure_prefect_api()
+    from flows.train import train as train_flow
+
+    card = _run_with_progress(
+        train_flow,
+        store=store,
+        dataset=dataset,
+        preset=config.preset,
+        epochs=config.epochs,
+        hidden=config.hidden,
+        layers=config.layers,
+        seq_len=config.seq_len,
+        hop=config.hop,
+        batch_size=config.batch_size,
+        loss=config.loss,
+        learning_rate=config.learning_rate,
+        patience=config.patience,
+        resume=resume,
+        model_id=model_id,
+    )
+    if as_json:
+        typer.echo(json.dumps(card, indent=2))
+        return
+    from rich.console import Console
+
+    Console().print(
+        f"model [bold]{card['model_id']}[/]: {card['epochs']} epochs, "
+        f"train loss {card['train_loss']:.5g}, "
+        f"validation loss {card['val_loss']:.5g} "
+        f"(predicting the mean block: {card['baseline_val_loss']:.5g}), "
+        f"{card['params']:,} parameters"
+    )
 
 
 @app.command()

@@ -133,3 +133,75 @@ class IngestConfig:
             "min_peak_db": self.min_peak_db,
             "retry_failed": self.retry_failed,
         }
+
+
+LOSSES: tuple[str, ...] = ("mse", "mae")
+PRESETS: dict[str, dict[str, Any]] = {
+    # The seed's model (GRUV): for the 22050-feature `fft` dataset, 1024 units, batch 5.
+    "gruv": {"hidden": 1024, "layers": 1, "batch_size": 5, "loss": "mse", "learning_rate": 1e-3},
+    # Small enough that an epoch over the demo songs takes seconds on 2 CPU cores.
+    "small": {"hidden": 256, "layers": 1, "batch_size": 8, "loss": "mse", "learning_rate": 1e-3},
+}
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """How a model is trained; with the dataset id, its hash names the model.
+
+    Windows: inputs are blocks ``t .. t+seq_len-1`` of a song, targets blocks
+    ``t+1 .. t+seq_len``; ``hop`` blocks between window starts (``seq_len`` =
+    no overlap, as the seed). Architecture: Dense(hidden) -> LSTM(hidden) x
+    layers -> Dense(n_features), each applied at every time step.
+    """
+
+    preset: str = "small"
+    hidden: int = 256
+    layers: int = 1
+    seq_len: int = 40
+    hop: int = 40
+    batch_size: int = 8
+    loss: str = "mse"
+    learning_rate: float = 1e-3
+    clipnorm: float = 1.0
+    epochs: int = 10
+    val_fraction: float = 0.1
+    seed: int = 0
+    normalize: bool = True
+    shuffle_buffer: int = 256
+    patience: int | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("preset", self.preset, tuple(PRESETS))
+        check_choice("loss", self.loss, LOSSES)
+        for name in ("hidden", "layers", "seq_len", "hop", "batch_size", "epochs", "shuffle_buffer"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"invalid {name} {value!r}: must be a positive integer")
+        _positive("learning_rate", self.learning_rate, maximum=10.0)
+        _positive("clipnorm", self.clipnorm)
+        if not 0.0 < self.val_fraction < 1.0:
+            raise ConfigError(f"invalid val_fraction {self.val_fraction!r}: must be in (0, 1)")
+        if self.patience is not None and (isinstance(self.patience, bool) or self.patience < 1):
+            raise ConfigError(f"invalid patience {self.patience!r}: must be a positive integer")
+
+    @classmethod
+    def from_preset(cls, preset: str = "small", **overrides: Any) -> TrainConfig:
+        """The preset's values, then every override that is not None."""
+        check_choice("preset", preset, tuple(PRESETS))
+        values = {**PRESETS[preset], **{key: value for key, value in overrides.items() if value is not None}}
+        if "hop" not in values or values["hop"] is None:
+            values["hop"] = values.get("seq_len", cls.seq_len)
+        return cls(preset=preset, **values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        return cls(**values)
+
+    def model_hash(self, dataset_id: str) -> str:
+        """Hash of what determines the trained weights (not the epoch count or patience)."""
+        identity = {key: value for key, value in asdict(self).items() if key not in ("epochs", "patience")}
+        payload = json.dumps({"dataset_id": dataset_id, **identity}, sort_keys=True)
+        return hashlib.sha256(payload.encode()).hexdigest()[:10]

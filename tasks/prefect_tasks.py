@@ -9,13 +9,16 @@ from __future__ import annotations
 
 from typing import Any
 
-from prefect import task
+from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
-from musicflow.config import IngestConfig
+from musicflow.config import IngestConfig, TrainConfig
 from musicflow.errors import MusicflowError
+from musicflow.progress import StageProgress
 from tasks import ingest as ingest_lib
+from tasks import train as train_lib
 from tasks.catalog import CatalogRow, read_catalog
 from tasks.store import check_writable, open_store
 
@@ -63,3 +66,29 @@ def ingest_batch(
 def commit_batch(store_url: str, dataset_id: str, result: ingest_lib.BatchResult) -> list[CatalogRow]:
     """Append the batch's catalog rows (the commit point), then merge its statistics."""
     return ingest_lib.commit_batch(open_store(store_url), dataset_id, result)
+
+
+@task(name="train-model", **{**IO_RETRIES, "retries": 1})
+def train_model(
+    store_url: str, config: TrainConfig, dataset_id: str | None, model_id: str | None, resume: bool
+) -> train_lib.TrainResult:
+    """Train or resume one model (a retry resumes from the last checkpoint)."""
+    logger = get_run_logger()
+    progress: StageProgress | None = None
+
+    def on_epoch(epoch: int, epochs: int, logs: dict[str, float]) -> None:
+        nonlocal progress
+        if progress is None:
+            progress = StageProgress("train", epochs, description="Epochs trained")
+            progress.advance(epoch - 1)
+        progress.advance(
+            1, message=f"epoch {epoch}/{epochs} loss {logs['loss']:.4g} val {logs['val_loss']:.4g}"
+        )
+        logger.info("epoch %d/%d: loss %.5g, val_loss %.5g", epoch, epochs, logs["loss"], logs["val_loss"])
+
+    # A retry resumes from the last checkpoint, whatever the first attempt was asked.
+    context = TaskRunContext.get()
+    resume = resume or (context is not None and context.task_run.run_count > 1)
+    return train_lib.train_model(
+        store_url, config, dataset_id=dataset_id, model_id=model_id, resume=resume, on_epoch=on_epoch
+    )

@@ -8,6 +8,7 @@ from tasks.catalog import read_catalog
 from tasks.ingest import CONFIG_FILE, dataset_dir, summarise_rows
 from tasks.shards import shard_format
 from tasks.store import Store
+from tasks.train import CARD_FILE, CHECKPOINTS, STATE_FILE, model_dir
 
 
 def dataset_status(store: Store, dataset_id: str) -> dict[str, Any]:
@@ -27,11 +28,35 @@ def dataset_status(store: Store, dataset_id: str) -> dict[str, Any]:
     }
 
 
+def model_status(store: Store, model_id: str) -> dict[str, Any] | None:
+    """One model: finished (its card) or still training (its last checkpoint); None if neither."""
+    directory = model_dir(model_id)
+    if store.exists(directory, CARD_FILE):
+        card, state = store.read_json(directory, CARD_FILE), "trained"
+    elif store.exists(directory, CHECKPOINTS, STATE_FILE):
+        card, state = store.read_json(directory, CHECKPOINTS, STATE_FILE), "training"
+    else:
+        return None
+    history = card.get("history", {"loss": [], "val_loss": []})
+    return {
+        "model_id": model_id,
+        "dataset_id": card.get("dataset_id"),
+        "state": state,
+        "epochs": len(history["loss"]),
+        "train_loss": history["loss"][-1] if history["loss"] else None,
+        "val_loss": history["val_loss"][-1] if history["val_loss"] else None,
+        "baseline_val_loss": card.get("baseline_val_loss"),
+        "params": card.get("params"),
+        "preset": card.get("config", {}).get("preset"),
+    }
+
+
 def store_status(store: Store) -> dict[str, Any]:
-    """Everything in the store: ``{"datasets": [...]}``."""
+    """Everything in the store: ``{"datasets": [...], "models": [...]}``."""
     datasets = [
         dataset_status(store, dataset_id)
         for dataset_id in store.list_dirs("datasets")
         if store.exists(dataset_dir(dataset_id), CONFIG_FILE)
     ]
-    return {"store": store.url, "datasets": datasets}
+    models = [found for model_id in store.list_dirs("models") if (found := model_status(store, model_id))]
+    return {"store": store.url, "datasets": datasets, "models": models}

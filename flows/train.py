@@ -1,0 +1,86 @@
+"""Flow ``train``: an LSTM that predicts the next FFT block, from the store's shards.
+
+One task trains (it needs a whole machine); the flow publishes the loss table
+and the loss curve. Running it again resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from musicflow.config import TrainConfig
+from tasks.prefect_tasks import train_model
+from tasks.store import open_store
+from tasks.train import LOSS_CURVE_FILE, model_dir
+
+
+@flow(name="train")
+def train(
+    store: str,
+    dataset: str | None = None,
+    preset: str = "small",
+    epochs: int | None = None,
+    hidden: int | None = None,
+    layers: int | None = None,
+    seq_len: int | None = None,
+    hop: int | None = None,
+    batch_size: int | None = None,
+    loss: str | None = None,
+    learning_rate: float | None = None,
+    patience: int | None = None,
+    normalize: bool = True,
+    seed: int = 0,
+    resume: bool = True,
+    model_id: str | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) a model; returns its card (config, losses per epoch, params...)."""
+    logger = get_run_logger()
+    config = TrainConfig.from_preset(
+        preset,
+        epochs=epochs,
+        hidden=hidden,
+        layers=layers,
+        seq_len=seq_len,
+        hop=hop,
+        batch_size=batch_size,
+        loss=loss,
+        learning_rate=learning_rate,
+        patience=patience,
+        normalize=normalize,
+        seed=seed,
+    )
+    result = train_model(store, config, dataset, model_id, resume)
+    if result.resumed_from:
+        logger.info("resumed %s from epoch %d", result.model_id, result.resumed_from)
+    _publish(store, result.card)
+    return result.card
+
+
+def _publish(store: str, card: dict[str, Any]) -> None:
+    history = card["history"]
+    create_table_artifact(
+        key="train-losses",
+        table=[
+            {"epoch": epoch, "train_loss": round(train_loss, 6), "val_loss": round(val_loss, 6)}
+            for epoch, (train_loss, val_loss) in enumerate(
+                zip(history["loss"], history["val_loss"], strict=True), 1
+            )
+        ],
+        description=f"Losses per epoch (predicting the mean block: {card['baseline_val_loss']:.4g})",
+    )
+    curve = open_store(store).full_url(model_dir(card["model_id"]), LOSS_CURVE_FILE)
+    create_markdown_artifact(
+        key="train-summary",
+        markdown=(
+            f"# Model `{card['model_id']}`\n\n"
+            f"- dataset: `{card['dataset_id']}`\n- epochs: {card['epochs']}\n"
+            f"- train loss: {card['train_loss']:.5g}, validation loss: {card['val_loss']:.5g} "
+            f"(predicting the mean block: {card['baseline_val_loss']:.5g})\n"
+            f"- parameters: {card['params']:,}\n- wall time: {card['wall_seconds']:.1f} s\n"
+            f"- loss curve: [{curve}]({curve})\n"
+        ),
+        description="Trained model",
+    )

@@ -1,0 +1,382 @@
+"""Training with a checkpoint after every epoch, resume, and a model card.
+
+``STORE/models/<model_id>/``::
+
+    checkpoints/epoch-0003.keras   model + optimizer state after epoch 3
+    checkpoints/state.json         last complete epoch, history (written last: the commit)
+    model.keras                    the final model
+    normalization.npz              mean/std the model's inputs were scaled with
+    card.json                      config, dataset, losses per epoch, params, versions, wall time
+    loss-curve.png
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import io
+import os
+import platform
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+import musicflow
+from musicflow.config import FeatureConfig, TrainConfig
+from musicflow.errors import ConfigError, MusicflowError
+from tasks.ingest import CONFIG_FILE, STATS_FILE, dataset_dir
+from tasks.model import build_model
+from tasks.store import Store, open_store
+from tasks.windows import Normalizer, SongWindows, load_split, make_tf_dataset
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "state.json"
+CARD_FILE = "card.json"
+MODEL_FILE = "model.keras"
+NORMALIZATION_FILE = "normalization.npz"
+LOSS_CURVE_FILE = "loss-curve.png"
+KEEP_CHECKPOINTS = 2
+
+EpochCallback = Callable[[int, int, dict[str, float]], None]
+
+
+class TrainingDivergedError(MusicflowError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class CheckpointError(MusicflowError):
+    """A checkpoint cannot be read."""
+
+
+def model_dir(model_id: str) -> str:
+    return f"models/{model_id}"
+
+
+@dataclass
+class TrainResult:
+    model_id: str
+    dataset_id: str
+    epochs: int
+    history: dict[str, list[float]]
+    params: int
+    resumed_from: int
+    wall_seconds: float
+    baseline_val_loss: float
+    card: dict[str, Any] = field(default_factory=dict)
+
+
+def resolve_dataset(store: Store, dataset_id: str | None) -> str:
+    """The dataset to train on: the one named, or the only one in the store."""
+    available = [name for name in store.list_dirs("datasets") if store.exists(dataset_dir(name), CONFIG_FILE)]
+    if dataset_id is not None:
+        if dataset_id not in available:
+            raise ConfigError(
+                f"no dataset {dataset_id!r} in store {store.url!r} (has: {', '.join(available) or 'none'})"
+            )
+        return dataset_id
+    if not available:
+        raise ConfigError(f"no dataset in store {store.url!r}: run `musicflow ingest` first")
+    if len(available) > 1:
+        raise ConfigError(
+            f"store {store.url!r} has {len(available)} datasets, choose one with --dataset: "
+            + ", ".join(available)
+        )
+    return available[0]
+
+
+def default_model_id(dataset_id: str, config: TrainConfig) -> str:
+    return f"{config.preset}-{config.model_hash(dataset_id)}"
+
+
+def train_model(
+    store_url: str,
+    config: TrainConfig,
+    *,
+    dataset_id: str | None = None,
+    model_id: str | None = None,
+    resume: bool = True,
+    on_epoch: EpochCallback | None = None,
+    callbacks: list[Any] | None = None,
+) -> TrainResult:
+    """Train (or resume training) a model on a dataset of the store.
+
+    Parameters
+    ----------
+    store_url : str
+    config : TrainConfig
+    dataset_id : str, optional
+        Defaults to the store's only dataset.
+    model_id : str, optional
+        Defaults to ``<preset>-<hash of dataset and config>``, so running the
+        same command again resumes the same model.
+    resume : bool
+        Continue from the last complete checkpoint (same epoch count, one
+        continuous history); ``False`` starts over.
+    on_epoch : callable, optional
+        ``on_epoch(epoch, epochs, logs)`` after each epoch is checkpointed.
+    callbacks : list of keras callbacks, optional
+        Extra callbacks for ``model.fit``.
+    """
+    import keras
+
+    started = time.perf_counter()
+    store = open_store(store_url)
+    dataset_id = resolve_dataset(store, dataset_id)
+    features = FeatureConfig.from_dict(store.read_json(dataset_dir(dataset_id), CONFIG_FILE)["features"])
+    n_features = features.n_features
+    model_id = model_id or default_model_id(dataset_id, config)
+    directory = model_dir(model_id)
+    _check_identity(store, directory, model_id, dataset_id, config)
+
+    train_rows, val_rows = load_split(store, dataset_id, val_fraction=config.val_fraction, seed=config.seed)
+    needed = config.seq_len + 1
+    if max(row.n_blocks for row in train_rows + val_rows) < needed:
+        longest = max(row.seconds for row in train_rows + val_rows)
+        raise ConfigError(
+            f"every song is shorter than seq_len + 1 = {needed} blocks "
+            f"({needed * features.block_seconds:.2f} s; the longest is {longest:.2f} s): "
+            "use a smaller --seq-len"
+        )
+    normalizer = (
+        Normalizer.from_dataset(store, dataset_id) if config.normalize else Normalizer.identity(n_features)
+    )
+    train_windows = SongWindows(
+        store_url, dataset_id, train_rows, seq_len=config.seq_len, hop=config.hop, normalizer=normalizer
+    )
+    val_windows = SongWindows(
+        store_url, dataset_id, val_rows, seq_len=config.seq_len, hop=config.hop, normalizer=normalizer
+    )
+    for name, windows in (("training", train_windows), ("validation", val_windows)):
+        if windows.n_windows == 0:
+            raise ConfigError(
+                f"the {name} songs give no window of seq_len + 1 = {needed} blocks: "
+                "use a smaller --seq-len or ingest longer songs"
+            )
+
+    state = _load_state(store, directory) if resume else None
+    if state is not None:
+        model = _load_checkpoint(store, directory, state["checkpoint"])
+        initial_epoch, history = (
+            int(state["epoch"]),
+            {key: list(values) for key, values in state["history"].items()},
+        )
+        prior_seconds = float(state.get("wall_seconds", 0.0))
+    else:
+        store.rm(directory, CHECKPOINTS)
+        model = build_model(n_features, config)
+        initial_epoch, history, prior_seconds = 0, {"loss": [], "val_loss": []}, 0.0
+    store.write_bytes(_npz(mean=normalizer.mean, std=normalizer.std), directory, NORMALIZATION_FILE)
+
+    train_data = make_tf_dataset(
+        train_windows,
+        n_features=n_features,
+        batch_size=config.batch_size,
+        shuffle_buffer=config.shuffle_buffer,
+        seed=config.seed,
+    )
+    val_data = make_tf_dataset(val_windows, n_features=n_features, batch_size=config.batch_size)
+    from tasks.checkpoints import Checkpointer
+
+    checkpoint = Checkpointer(
+        store, directory, dataset_id, config, history, on_epoch, started - prior_seconds
+    )
+    fit_callbacks: list[Any] = [keras.callbacks.TerminateOnNaN(), checkpoint, *(callbacks or [])]
+    if config.patience:
+        fit_callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience))
+    if initial_epoch < config.epochs:
+        model.fit(
+            train_data,
+            validation_data=val_data,
+            epochs=config.epochs,
+            initial_epoch=initial_epoch,
+            callbacks=fit_callbacks,
+            shuffle=False,  # the tf.data pipeline shuffles
+            verbose=0,
+        )
+    if checkpoint.diverged is not None:
+        kept = len(history["loss"])
+        raise TrainingDivergedError(
+            f"loss became {checkpoint.diverged} at epoch {kept + 1}; kept the last good checkpoint "
+            f"(epoch {kept}) in {store.full_url(directory, CHECKPOINTS)}: "
+            "lower --learning-rate or check the data"
+        )
+
+    baseline = mean_block_loss(val_windows, config.loss, normalizer)
+    wall = time.perf_counter() - checkpoint.started
+    card: dict[str, Any] = {
+        "model_id": model_id,
+        "dataset_id": dataset_id,
+        "features": features.to_dict(),
+        "config": config.to_dict(),
+        "config_hash": config.model_hash(dataset_id),
+        "epochs": len(history["loss"]),
+        "history": history,
+        "train_loss": history["loss"][-1] if history["loss"] else None,
+        "val_loss": history["val_loss"][-1] if history["val_loss"] else None,
+        "baseline_val_loss": baseline,
+        "params": int(model.count_params()),
+        "train_songs": [row.song_id for row in train_rows],
+        "val_songs": [row.song_id for row in val_rows],
+        "stats": store.full_url(dataset_dir(dataset_id), STATS_FILE),
+        "normalization": NORMALIZATION_FILE,
+        "weights_sha256": "",
+        "wall_seconds": round(wall, 3),
+        "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "versions": versions(),
+    }
+    weights = keras_bytes(model)
+    card["weights_sha256"] = hashlib.sha256(weights).hexdigest()
+    store.write_bytes(weights, directory, MODEL_FILE)
+    store.write_bytes(loss_curve_png(history, baseline, title=model_id), directory, LOSS_CURVE_FILE)
+    store.write_json(card, directory, CARD_FILE)  # last: a card means a complete model
+    return TrainResult(
+        model_id=model_id,
+        dataset_id=dataset_id,
+        epochs=card["epochs"],
+        history=history,
+        params=card["params"],
+        resumed_from=initial_epoch,
+        wall_seconds=wall,
+        baseline_val_loss=baseline,
+        card=card,
+    )
+
+
+def _check_identity(
+    store: Store, directory: str, model_id: str, dataset_id: str, config: TrainConfig
+) -> None:
+    """Refuse a model folder that holds another dataset's or another config's model."""
+    for name in (f"{CHECKPOINTS}/{STATE_FILE}", CARD_FILE):
+        if not store.exists(directory, name):
+            continue
+        try:
+            existing = store.read_json(directory, name)
+        except ValueError as error:
+            raise CheckpointError(
+                f"{store.full_url(directory, name)} is corrupt ({error}): rerun with --no-resume"
+            ) from error
+        theirs = (existing.get("dataset_id"), existing.get("config_hash"))
+        ours = (dataset_id, config.model_hash(dataset_id))
+        if theirs != ours:
+            raise ConfigError(
+                f"model {model_id!r} belongs to dataset {theirs[0]!r} with config {theirs[1]!r}, "
+                f"not dataset {ours[0]!r} with config {ours[1]!r}: choose another --model-id"
+            )
+
+
+def _load_state(store: Store, directory: str) -> dict[str, Any] | None:
+    if not store.exists(directory, CHECKPOINTS, STATE_FILE):
+        return None
+    try:
+        state = store.read_json(directory, CHECKPOINTS, STATE_FILE)
+        return state if state["epoch"] and state["checkpoint"] else None
+    except (ValueError, KeyError) as error:
+        raise CheckpointError(
+            f"checkpoint state in {store.full_url(directory, CHECKPOINTS)} is corrupt ({error}): "
+            "rerun with --no-resume to start over"
+        ) from error
+
+
+def _load_checkpoint(store: Store, directory: str, name: str) -> Any:
+    try:
+        return load_keras(store.read_bytes(directory, name))
+    except Exception as error:  # a truncated zip, a missing file, a bad config: all mean the same
+        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"checkpoint {store.full_url(directory, name)} is corrupt ({reason}): "
+            "rerun with --no-resume to start over"
+        ) from error
+
+
+def load_keras(data: bytes) -> Any:
+    """A Keras model from the bytes of a ``.keras`` file."""
+    import keras
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.keras")
+        with open(path, "wb") as handle:
+            handle.write(data)
+        return keras.models.load_model(path)
+
+
+def keras_bytes(model: Any) -> bytes:
+    """The bytes of ``model`` saved as a ``.keras`` file (weights, config, optimizer state)."""
+    with tempfile.TemporaryDirectory() as folder:
+        path = os.path.join(folder, "model.keras")
+        model.save(path)
+        with open(path, "rb") as handle:
+            return handle.read()
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)  # type: ignore[arg-type]
+    return buffer.getvalue()
+
+
+def mean_block_loss(windows: SongWindows, loss: str, normalizer: Normalizer) -> float:
+    """Loss of always predicting the dataset's mean block: the bar a model must clear."""
+    mean_block = normalizer.apply(normalizer.mean[None, :])[0]
+    total, count = 0.0, 0
+    for _, targets in windows.iter_windows():
+        error = targets - mean_block
+        total += float(np.square(error).sum() if loss == "mse" else np.abs(error).sum())
+        count += error.size
+    return total / max(count, 1)
+
+
+def loss_curve_png(history: dict[str, list[float]], baseline: float, *, title: str) -> bytes:
+    """The train/validation loss per epoch, with the mean-block baseline, as PNG bytes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(6, 3.5), dpi=100)
+    epochs = np.arange(1, len(history["loss"]) + 1)
+    axes.plot(epochs, history["loss"], marker="o", label="train")
+    axes.plot(epochs, history["val_loss"], marker="o", label="validation")
+    axes.axhline(baseline, color="grey", linestyle="--", label="predict the mean block")
+    axes.set(xlabel="epoch", ylabel="loss", title=title)
+    axes.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    return buffer.getvalue()
+
+
+def versions() -> dict[str, str]:
+    """Versions of what made a model: musicflow (and git commit), Python, TensorFlow, Keras, numpy."""
+    import keras
+    import tensorflow as tf
+
+    found = {
+        "musicflow": musicflow.__version__,
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "numpy": np.__version__,
+    }
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+            timeout=5,
+        )
+        if commit.returncode == 0:
+            found["git"] = commit.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return found
+
+
+def read_card(store: Store, model_id: str) -> dict[str, Any]:
+    return store.read_json(model_dir(model_id), CARD_FILE)

@@ -1,0 +1,187 @@
+"""Training windows streamed from the shards, never the whole dataset in memory.
+
+A window of a song is ``inputs = blocks[t : t+L]`` and ``targets =
+blocks[t+1 : t+L+1]`` (L = ``seq_len``), for ``t = 0, hop, 2*hop, ...`` while
+the target fits in the song, so the store keeps whole songs and no song is
+cut at ingest time.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+from musicflow.errors import ConfigError
+from tasks.catalog import CatalogRow, read_catalog
+from tasks.ingest import dataset_dir, read_stats
+from tasks.shards import read_blocks
+from tasks.store import Store, open_store
+
+# A feature that never varies (the imaginary part of the DC and Nyquist bins) keeps scale 1.
+MIN_STD = 1e-6
+
+
+def window_starts(n_blocks: int, *, seq_len: int, hop: int) -> np.ndarray:
+    """Start blocks of the windows of a song of ``n_blocks`` blocks (empty when it is too short)."""
+    last = n_blocks - seq_len - 1
+    return np.arange(0, last + 1, hop) if last >= 0 else np.zeros(0, dtype=np.int64)
+
+
+def count_windows(n_blocks: int, *, seq_len: int, hop: int) -> int:
+    return 0 if n_blocks < seq_len + 1 else (n_blocks - seq_len - 1) // hop + 1
+
+
+def cut_windows(blocks: np.ndarray, *, seq_len: int, hop: int) -> tuple[np.ndarray, np.ndarray]:
+    """All windows of one song.
+
+    Parameters
+    ----------
+    blocks : np.ndarray, shape [n_blocks, n_features]
+
+    Returns
+    -------
+    inputs, targets : np.ndarray, shape [n_windows, seq_len, n_features] each
+        ``targets[i]`` is ``inputs[i]`` shifted one block later.
+    """
+    starts = window_starts(blocks.shape[0], seq_len=seq_len, hop=hop)
+    index = starts[:, None] + np.arange(seq_len)[None, :]
+    return blocks[index], blocks[index + 1]
+
+
+def split_songs(song_ids: list[str], *, val_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic train/validation split by song: at least one song in each part.
+
+    The same songs, fraction and seed always give the same split, whatever
+    the order they are listed in.
+    """
+    ordered = sorted(set(song_ids))
+    if len(ordered) < 2:
+        raise ConfigError(
+            f"a validation split needs at least 2 songs, the dataset has {len(ordered)}: ingest more songs"
+        )
+    permutation = np.random.default_rng(seed).permutation(len(ordered))
+    n_val = min(len(ordered) - 1, max(1, math.ceil(val_fraction * len(ordered))))
+    val = sorted(ordered[i] for i in permutation[:n_val])
+    train = sorted(ordered[i] for i in permutation[n_val:])
+    return train, val
+
+
+@dataclass(frozen=True)
+class Normalizer:
+    """Per-feature standardisation with the dataset's statistics: ``(x - mean) / std``."""
+
+    mean: np.ndarray
+    std: np.ndarray
+
+    @classmethod
+    def identity(cls, n_features: int) -> Normalizer:
+        return cls(np.zeros(n_features, np.float32), np.ones(n_features, np.float32))
+
+    @classmethod
+    def from_dataset(cls, store: Store, dataset_id: str) -> Normalizer:
+        stats = read_stats(store, dataset_id)
+        std = np.where(stats.std < MIN_STD, 1.0, stats.std)
+        return cls(stats.mean.astype(np.float32), std.astype(np.float32))
+
+    def apply(self, features: np.ndarray) -> np.ndarray:
+        return ((features - self.mean) / self.std).astype(np.float32)
+
+    def invert(self, features: np.ndarray) -> np.ndarray:
+        return (features * self.std + self.mean).astype(np.float32)
+
+
+class SongWindows:
+    """The windows of a set of songs of one dataset, read song by song from the store.
+
+    Picklable (holds the store URL, not open files), so it can travel to a worker.
+    """
+
+    def __init__(
+        self,
+        store_url: str,
+        dataset_id: str,
+        rows: list[CatalogRow],
+        *,
+        seq_len: int,
+        hop: int,
+        normalizer: Normalizer | None = None,
+    ) -> None:
+        self.store_url = store_url
+        self.dataset_id = dataset_id
+        self.rows = [row for row in rows if row.ok]
+        self.seq_len = seq_len
+        self.hop = hop
+        self.normalizer = normalizer
+
+    @property
+    def n_windows(self) -> int:
+        return sum(count_windows(row.n_blocks, seq_len=self.seq_len, hop=self.hop) for row in self.rows)
+
+    def song_blocks(self, row: CatalogRow) -> np.ndarray:
+        """A song's (normalised) blocks, shape [n_blocks, n_features]."""
+        assert row.shard is not None
+        store = open_store(self.store_url)
+        blocks = read_blocks(
+            store, dataset_dir(self.dataset_id), row.shard, offset=row.offset, n_blocks=row.n_blocks
+        )
+        return self.normalizer.apply(blocks) if self.normalizer is not None else blocks
+
+    def iter_windows(self, *, seed: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(inputs, targets)`` windows, [seq_len, n_features] each.
+
+        Songs come in catalog order, or shuffled by ``seed``; one song's blocks
+        are in memory at a time.
+        """
+        order = np.arange(len(self.rows))
+        if seed is not None:
+            order = np.random.default_rng(seed).permutation(len(self.rows))
+        for index in order:
+            row = self.rows[index]
+            if count_windows(row.n_blocks, seq_len=self.seq_len, hop=self.hop) == 0:
+                continue
+            inputs, targets = cut_windows(self.song_blocks(row), seq_len=self.seq_len, hop=self.hop)
+            yield from zip(inputs, targets, strict=True)
+
+
+def load_split(
+    store: Store, dataset_id: str, *, val_fraction: float, seed: int
+) -> tuple[list[CatalogRow], list[CatalogRow]]:
+    """The dataset's ok songs, split by song into train and validation rows."""
+    rows = [row for row in read_catalog(store, dataset_dir(dataset_id)) if row.ok]
+    train_ids, val_ids = split_songs([row.song_id for row in rows], val_fraction=val_fraction, seed=seed)
+    by_id = {row.song_id: row for row in rows}
+    return [by_id[i] for i in train_ids], [by_id[i] for i in val_ids]
+
+
+def make_tf_dataset(
+    windows: SongWindows,
+    *,
+    n_features: int,
+    batch_size: int,
+    shuffle_buffer: int = 0,
+    seed: int | None = None,
+) -> object:
+    """A ``tf.data.Dataset`` of ``(inputs, targets)`` batches streamed from ``windows``.
+
+    With ``seed`` set, songs are shuffled anew each epoch and windows pass a
+    bounded shuffle buffer (``shuffle_buffer`` windows); without it, the order
+    is the catalog's, as :meth:`SongWindows.iter_windows`.
+    """
+    import tensorflow as tf
+
+    epoch = {"count": 0}
+
+    def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        epoch_seed = None if seed is None else seed + epoch["count"]
+        epoch["count"] += 1
+        yield from windows.iter_windows(seed=epoch_seed)
+
+    spec = tf.TensorSpec(shape=(windows.seq_len, n_features), dtype=tf.float32)
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=(spec, spec))
+    dataset = dataset.apply(tf.data.experimental.assert_cardinality(windows.n_windows))
+    if seed is not None and shuffle_buffer > 1:
+        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)

@@ -16,6 +16,7 @@ import typer
 
 from musicflow.config import AUDIO_EXTENSIONS, LOSSES, PRESETS, SHARD_FORMATS, TRANSFORMS
 from musicflow.errors import ConfigError, MusicflowError, StoreError
+from tasks.generate import MAX_SECONDS, SEED_KINDS
 from tasks.synth import DEMO_FORMATS
 
 # Before Prefect is imported: no telemetry, and no INFO chatter under our progress bar
@@ -159,7 +160,7 @@ def ingest(
 def _print_ingest_summary(summary: dict[str, Any]) -> None:
     from rich.console import Console
 
-    console = Console()
+    console = Console(soft_wrap=True)
     console.print(
         f"dataset [bold]{summary['dataset_id']}[/]: {summary['songs_ok']} songs ingested, "
         f"{summary['songs_failed']} failed, {summary['songs_skipped']} skipped; "
@@ -173,10 +174,10 @@ def _print_ingest_summary(summary: dict[str, Any]) -> None:
 def status(
     store: StoreOption,
     as_json: Annotated[
-        bool, typer.Option("--json", help="Print JSON with datasets and models lists.")
+        bool, typer.Option("--json", help="Print JSON with datasets, models and generated lists.")
     ] = False,
 ) -> None:
-    """What the store holds: datasets and models (and, later, generated audio)."""
+    """What the store holds: datasets, models and generated clips."""
     from tasks.status import store_status
     from tasks.store import open_store
 
@@ -190,10 +191,11 @@ def status(
     from rich.console import Console
     from rich.table import Table
 
-    console = Console()
+    console = Console(soft_wrap=True)
     sections = {
         "datasets": ["dataset_id", "songs_ok", "songs_failed", "seconds", "n_blocks", "n_features", "format"],
         "models": ["model_id", "dataset_id", "state", "epochs", "train_loss", "val_loss", "params"],
+        "generated": ["run_id", "model_id", "count", "seconds", "collapsed", "location"],
     }
     for section, columns in sections.items():
         if not report.get(section):
@@ -209,6 +211,8 @@ def status(
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, list):
+        return ", ".join(str(item or "no") for item in value)
     return f"{value:.5g}" if isinstance(value, float) else str(value)
 
 
@@ -304,13 +308,188 @@ def train(
         return
     from rich.console import Console
 
-    Console().print(
+    Console(soft_wrap=True).print(
         f"model [bold]{card['model_id']}[/]: {card['epochs']} epochs, "
         f"train loss {card['train_loss']:.5g}, "
         f"validation loss {card['val_loss']:.5g} "
         f"(predicting the mean block: {card['baseline_val_loss']:.5g}), "
         f"{card['params']:,} parameters"
     )
+
+
+class SeedChoice(enum.StrEnum):
+    validation = "validation"
+    audio = "audio"
+    noise = "noise"
+
+
+assert tuple(SeedChoice) == SEED_KINDS
+
+
+def _check_generate_options(seconds: float, count: int, temperature: float, seed_audio: str | None) -> None:
+    if not 0 < seconds <= MAX_SECONDS:
+        raise ConfigError(f"invalid --seconds {seconds!r}: must be in (0, {MAX_SECONDS:g}]")
+    if not 1 <= count <= 100:
+        raise ConfigError(f"invalid --count {count!r}: must be in [1, 100]")
+    if temperature < 0:
+        raise ConfigError(f"invalid --temperature {temperature!r}: must be >= 0")
+    if seed_audio is not None:
+        from tasks.ingest import open_source
+
+        open_source(seed_audio)
+
+
+def _open_existing_store(store: str) -> Any:
+    from tasks.store import open_store
+
+    opened = open_store(store)
+    if not opened.fs.exists(opened.root):
+        raise StoreError(f"store not found: {store!r}")
+    return opened
+
+
+@app.command()
+def generate(
+    store: StoreOption,
+    model: Annotated[str | None, typer.Option(help="Model id [default: the newest trained model].")] = None,
+    seconds: Annotated[float, typer.Option(help="Length of each clip.")] = 10.0,
+    count: Annotated[int, typer.Option(help="Number of clips.")] = 1,
+    seed: Annotated[SeedChoice, typer.Option(help="What primes the model.")] = SeedChoice.validation,
+    seed_audio: Annotated[str | None, typer.Option(help="An audio file to prime the model with.")] = None,
+    temperature: Annotated[float, typer.Option(help="Noise fed back with each block (0 = none).")] = 0.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json.")] = False,
+    verbose: VerboseOption = False,
+) -> None:
+    """Generate clips from a trained model into STORE/generated/<run_id>/ (WAV, MP3, PNG, metrics)."""
+    _quiet_console(verbose)
+    from musicflow.server import ensure_prefect_api
+    from tasks.generate import resolve_model
+    from tasks.store import check_writable
+
+    _check_generate_options(seconds, count, temperature, seed_audio)
+    opened = _open_existing_store(store)
+    resolve_model(opened, model)
+    check_writable(opened)
+    ensure_prefect_api()
+    from flows.generate import generate as generate_flow
+
+    report = generate_flow(
+        store=store,
+        model=model,
+        seconds=seconds,
+        count=count,
+        seed=seed.value,
+        seed_audio=seed_audio,
+        temperature=temperature,
+    )
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        _print_generated(report)
+
+
+def _print_generated(report: dict[str, Any]) -> None:
+    from rich.console import Console
+
+    console = Console(soft_wrap=True)
+    console.print(f"generated by [bold]{report['model_id']}[/] in {report['location']}", highlight=False)
+    for clip in report["clips"]:
+        metrics = clip["metrics"]
+        state = f"[red]collapsed into {metrics['collapsed']}[/]" if metrics["collapsed"] else "ok"
+        console.print(
+            f"  {clip['name']}: {metrics['seconds']:.1f} s, {metrics['rms_dbfs']} dBFS, "
+            f"centroid {metrics['spectral_centroid_hz']:.0f} Hz, {state}  ({', '.join(clip['files'])})",
+            highlight=False,
+        )
+
+
+@app.command()
+def pipeline(
+    source: Annotated[str, typer.Argument(help="Folder, file or fsspec URL of songs.")],
+    store: StoreOption,
+    workers: Annotated[int | None, typer.Option(min=1, help="LocalCluster worker processes.")] = None,
+    dask_address: Annotated[
+        str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://host:8786.")
+    ] = None,
+    preset: Annotated[PresetChoice, typer.Option(help="Model preset.")] = PresetChoice.small,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs.")] = None,
+    hop: Annotated[int | None, typer.Option(min=1, help="Blocks between training windows.")] = None,
+    seconds: Annotated[float, typer.Option(help="Length of each generated clip.")] = 10.0,
+    count: Annotated[int, typer.Option(help="Number of clips.")] = 1,
+    temperature: Annotated[float, typer.Option(help="Noise fed back with each block.")] = 0.0,
+    verbose: VerboseOption = False,
+) -> None:
+    """Ingest -> train -> generate as one flow run (three subflows in the Prefect UI)."""
+    _quiet_console(verbose)
+    _run_pipeline(
+        source=source,
+        store=store,
+        workers=workers,
+        dask_address=dask_address,
+        preset=preset.value,
+        epochs=epochs,
+        hop=hop,
+        seconds=seconds,
+        count=count,
+        temperature=temperature,
+    )
+
+
+def _run_pipeline(*, source: str, store: str, **options: Any) -> dict[str, Any]:
+    from musicflow.cluster import make_task_runner
+    from musicflow.server import ensure_prefect_api
+    from tasks.audio import ffmpeg_binary
+    from tasks.ingest import open_source
+    from tasks.store import check_writable, open_store
+
+    _check_generate_options(options["seconds"], options["count"], options["temperature"], None)
+    ffmpeg_binary()
+    open_source(source)
+    check_writable(open_store(store))
+    make_task_runner(workers=options["workers"], dask_address=options["dask_address"])
+    ensure_prefect_api()
+    from flows.pipeline import pipeline as pipeline_flow
+
+    result = _run_with_progress(pipeline_flow, source=source, store=store, **options)
+    _print_ingest_summary(result["ingest"])
+    card = result["train"]
+    from rich.console import Console
+
+    Console(soft_wrap=True).print(
+        f"model [bold]{card['model_id']}[/]: {card['epochs']} epochs, validation loss {card['val_loss']:.5g} "
+        f"(predicting the mean block: {card['baseline_val_loss']:.5g})"
+    )
+    _print_generated(result["generate"])
+    return result
+
+
+@app.command()
+def serve(
+    source: Annotated[str, typer.Option(help="Songs folder or URL the ingest deployment reads.")],
+    store: StoreOption,
+    cron: Annotated[str, typer.Option(help="Schedule of the generate deployment (UTC).")] = "0 6 * * *",
+    ingest_every: Annotated[float | None, typer.Option(help="Also ingest every N seconds.")] = None,
+    workers: Annotated[int | None, typer.Option(min=1, help="LocalCluster worker processes.")] = None,
+    dask_address: Annotated[str | None, typer.Option(help="Existing Dask scheduler.")] = None,
+) -> None:
+    """Serve the deployments: ingest (on demand/interval), train (after each ingest), generate (cron)."""
+    from deployments.serve import build_deployments
+    from musicflow.server import ensure_prefect_api, ui_url
+
+    deployments = build_deployments(
+        source=source,
+        store=store,
+        generate_cron=cron,
+        ingest_every=ingest_every,
+        workers=workers,
+        dask_address=dask_address,
+    )
+    api = ensure_prefect_api()
+    typer.echo(f"serving {', '.join(d.name for d in deployments)}; UI: {ui_url(api)}  (Ctrl+C to stop)")
+    typer.echo("trigger an ingest: prefect deployment run 'ingest/musicflow-ingest'")
+    from prefect import serve as prefect_serve
+
+    prefect_serve(*deployments)
 
 
 @app.command()
@@ -335,10 +514,12 @@ def synth(
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where songs, store and outputs go.")] = Path("demo"),
     songs: Annotated[int, typer.Option(min=2, help="Synthetic songs to make.")] = 12,
+    epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 8,
+    seconds: Annotated[float, typer.Option(help="Length of the generated clip.")] = 10.0,
     workers: Annotated[int | None, typer.Option(min=1, help="LocalCluster worker processes.")] = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Run the pipeline end to end on synthetic songs, with a local Prefect server and Dask cluster."""
+    """Run ingest -> train -> generate on synthetic songs with a local Prefect server and Dask cluster."""
     _quiet_console(verbose)
     from rich.console import Console
 
@@ -346,20 +527,34 @@ def demo(
     from tasks.audio import ffmpeg_binary
     from tasks.synth import write_demo_songs
 
-    console = Console()
+    console = Console(soft_wrap=True)
     ffmpeg_binary()
     song_dir, store = workdir / "songs", str((workdir / "store").resolve())
     paths = write_demo_songs(song_dir, n_songs=songs, seconds=(10.0, 40.0))
-    console.print(f"[bold]1/2[/] {len(paths)} demo songs (mp3) in {song_dir}")
+    console.print(f"[bold]1/3[/] {len(paths)} demo songs (mp3) in {song_dir}")
     api = ensure_prefect_api(log_dir=workdir.resolve())
-    console.print(f"[bold]2/2[/] ingesting on a Dask LocalCluster; Prefect API {api}")
-    from flows.ingest import ingest as ingest_flow
-
-    summary = _run_with_progress(ingest_flow, source=str(song_dir), store=store, workers=workers)
-    _print_ingest_summary(summary)
-    console.print(f"\nstore:      {store}")
-    console.print(f"status:     musicflow status --store {store}")
-    console.print(f"Prefect UI: {ui_url(api)}  (flow runs, task runs and artifacts)")
+    console.print(f"[bold]2/3[/] Prefect API {api}")
+    console.print("[bold]3/3[/] pipeline: ingest (Dask LocalCluster) -> train (small preset) -> generate")
+    result = _run_pipeline(
+        source=str(song_dir),
+        store=store,
+        workers=workers,
+        dask_address=None,
+        preset="small",
+        epochs=epochs,
+        hop=4,
+        seconds=seconds,
+        count=1,
+        temperature=0.0,
+    )
+    clip = result["generate"]["clips"][0]
+    location = result["generate"]["location"]
+    console.print()
+    for file in clip["files"]:
+        console.print(f"output:     {location}/{file}", highlight=False)
+    console.print(f"metrics:    {location}/metrics.json", highlight=False)
+    console.print(f"store:      {store}  (musicflow status --store {store})", highlight=False)
+    console.print(f"Prefect UI: {ui_url(api)}  (flow runs, task runs and artifacts)", highlight=False)
 
 
 def main(argv: list[str] | None = None) -> None:

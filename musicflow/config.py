@@ -200,8 +200,9 @@ class TrainConfig:
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         return cls(**values)
 
-    def model_hash(self, dataset_id: str) -> str:
-        """Hash of what determines the trained weights (not the epoch count or patience)."""
+    def model_hash(self, dataset_id: str, songs_hash: str = "") -> str:
+        """Hash of what determines the trained weights: the dataset, its songs (they fix the
+        train/validation split) and the config but for the epoch count and patience."""
         identity = {key: value for key, value in asdict(self).items() if key not in ("epochs", "patience")}
-        payload = json.dumps({"dataset_id": dataset_id, **identity}, sort_keys=True)
+        payload = json.dumps({"dataset_id": dataset_id, "songs": songs_hash, **identity}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:10]

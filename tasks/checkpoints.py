@@ -21,6 +21,7 @@ class Checkpointer(keras.callbacks.Callback):
         directory: str,
         dataset_id: str,
         config: TrainConfig,
+        config_hash: str,
         history: dict[str, list[float]],
         on_epoch: EpochCallback | None,
         started: float,
@@ -28,6 +29,7 @@ class Checkpointer(keras.callbacks.Callback):
         super().__init__()
         self.store, self.directory, self.dataset_id, self.config = store, directory, dataset_id, config
         self.history, self.on_epoch, self.started = history, on_epoch, started
+        self.config_hash = config_hash
         self.diverged: str | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
@@ -47,7 +49,7 @@ class Checkpointer(keras.callbacks.Callback):
             "history": self.history,
             "dataset_id": self.dataset_id,
             "config": self.config.to_dict(),
-            "config_hash": self.config.model_hash(self.dataset_id),
+            "config_hash": self.config_hash,
             "wall_seconds": time.perf_counter() - self.started,
         }
         self.store.write_json(state, self.directory, CHECKPOINTS, STATE_FILE)

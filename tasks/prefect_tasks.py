@@ -92,3 +92,29 @@ def train_model(
     return train_lib.train_model(
         store_url, config, dataset_id=dataset_id, model_id=model_id, resume=resume, on_epoch=on_epoch
     )
+
+
+@task(name="generate-clips", **IO_RETRIES)
+def generate_clips(
+    store_url: str,
+    model_id: str | None,
+    seconds: float,
+    count: int,
+    seed: str,
+    seed_audio: str | None,
+    temperature: float,
+    run_id: str,
+) -> dict[str, Any]:
+    """Generate clips into ``generated/<run_id>/`` (a retry rewrites the same run folder)."""
+    from tasks.generate import generate_run
+
+    return generate_run(
+        open_store(store_url),
+        model_id=model_id,
+        seconds=seconds,
+        count=count,
+        seed=seed,
+        seed_audio=seed_audio,
+        temperature=temperature,
+        run_id=run_id,
+    )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from tasks.catalog import read_catalog
+from tasks.generate import METRICS_FILE
 from tasks.ingest import CONFIG_FILE, dataset_dir, summarise_rows
 from tasks.shards import shard_format
 from tasks.store import Store
@@ -52,11 +53,30 @@ def model_status(store: Store, model_id: str) -> dict[str, Any] | None:
 
 
 def store_status(store: Store) -> dict[str, Any]:
-    """Everything in the store: ``{"datasets": [...], "models": [...]}``."""
+    """Everything in the store: ``{"datasets": [...], "models": [...], "generated": [...]}``."""
     datasets = [
         dataset_status(store, dataset_id)
         for dataset_id in store.list_dirs("datasets")
         if store.exists(dataset_dir(dataset_id), CONFIG_FILE)
     ]
     models = [found for model_id in store.list_dirs("models") if (found := model_status(store, model_id))]
-    return {"store": store.url, "datasets": datasets, "models": models}
+    generated = [
+        generated_status(store.read_json("generated", run_id, METRICS_FILE))
+        for run_id in store.list_dirs("generated")
+        if store.exists("generated", run_id, METRICS_FILE)  # runs without it are incomplete
+    ]
+    return {"store": store.url, "datasets": datasets, "models": models, "generated": generated}
+
+
+def generated_status(report: dict[str, Any]) -> dict[str, Any]:
+    """One generation run: its files, length and each clip's metrics."""
+    return {
+        "run_id": report["run_id"],
+        "model_id": report["model_id"],
+        "files": [file for clip in report["clips"] for file in clip["files"]],
+        "seconds": report["seconds"],
+        "count": len(report["clips"]),
+        "collapsed": [clip["metrics"]["collapsed"] for clip in report["clips"]],
+        "metrics": {clip["name"]: clip["metrics"] for clip in report["clips"]},
+        "location": report.get("location"),
+    }

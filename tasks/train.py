@@ -89,8 +89,14 @@ def resolve_dataset(store: Store, dataset_id: str | None) -> str:
     return available[0]
 
 
-def default_model_id(dataset_id: str, config: TrainConfig) -> str:
-    return f"{config.preset}-{config.model_hash(dataset_id)}"
+def default_model_id(dataset_id: str, config: TrainConfig, songs_hash: str) -> str:
+    """``<preset>-<hash>``: the same command on the same songs resumes the same model,
+    and new songs in the dataset give a new model."""
+    return f"{config.preset}-{config.model_hash(dataset_id, songs_hash)}"
+
+
+def songs_hash(song_ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(sorted(song_ids)).encode()).hexdigest()[:12]
 
 
 def train_model(
@@ -129,11 +135,12 @@ def train_model(
     dataset_id = resolve_dataset(store, dataset_id)
     features = FeatureConfig.from_dict(store.read_json(dataset_dir(dataset_id), CONFIG_FILE)["features"])
     n_features = features.n_features
-    model_id = model_id or default_model_id(dataset_id, config)
-    directory = model_dir(model_id)
-    _check_identity(store, directory, model_id, dataset_id, config)
-
     train_rows, val_rows = load_split(store, dataset_id, val_fraction=config.val_fraction, seed=config.seed)
+    songs = songs_hash([row.song_id for row in train_rows + val_rows])
+    config_hash = config.model_hash(dataset_id, songs)
+    model_id = model_id or default_model_id(dataset_id, config, songs)
+    directory = model_dir(model_id)
+    _check_identity(store, directory, model_id, dataset_id, config_hash)
     needed = config.seq_len + 1
     if max(row.n_blocks for row in train_rows + val_rows) < needed:
         longest = max(row.seconds for row in train_rows + val_rows)
@@ -183,7 +190,7 @@ def train_model(
     from tasks.checkpoints import Checkpointer
 
     checkpoint = Checkpointer(
-        store, directory, dataset_id, config, history, on_epoch, started - prior_seconds
+        store, directory, dataset_id, config, config_hash, history, on_epoch, started - prior_seconds
     )
     fit_callbacks: list[Any] = [keras.callbacks.TerminateOnNaN(), checkpoint, *(callbacks or [])]
     if config.patience:
@@ -213,7 +220,7 @@ def train_model(
         "dataset_id": dataset_id,
         "features": features.to_dict(),
         "config": config.to_dict(),
-        "config_hash": config.model_hash(dataset_id),
+        "config_hash": config_hash,
         "epochs": len(history["loss"]),
         "history": history,
         "train_loss": history["loss"][-1] if history["loss"] else None,
@@ -247,9 +254,7 @@ def train_model(
     )
 
 
-def _check_identity(
-    store: Store, directory: str, model_id: str, dataset_id: str, config: TrainConfig
-) -> None:
+def _check_identity(store: Store, directory: str, model_id: str, dataset_id: str, config_hash: str) -> None:
     """Refuse a model folder that holds another dataset's or another config's model."""
     for name in (f"{CHECKPOINTS}/{STATE_FILE}", CARD_FILE):
         if not store.exists(directory, name):
@@ -261,11 +266,11 @@ def _check_identity(
                 f"{store.full_url(directory, name)} is corrupt ({error}): rerun with --no-resume"
             ) from error
         theirs = (existing.get("dataset_id"), existing.get("config_hash"))
-        ours = (dataset_id, config.model_hash(dataset_id))
+        ours = (dataset_id, config_hash)
         if theirs != ours:
             raise ConfigError(
-                f"model {model_id!r} belongs to dataset {theirs[0]!r} with config {theirs[1]!r}, "
-                f"not dataset {ours[0]!r} with config {ours[1]!r}: choose another --model-id"
+                f"model {model_id!r} belongs to dataset {theirs[0]!r} with config/songs hash {theirs[1]!r}, "
+                f"not dataset {ours[0]!r} with config/songs hash {ours[1]!r}: choose another --model-id"
             )
 
 

@@ -1,0 +1,52 @@
+"""Flow ``pipeline``: ingest -> train -> generate, one flow run with three subflows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow
+
+from flows.generate import generate
+from flows.ingest import ingest
+from flows.train import train
+
+
+@flow(name="pipeline")
+def pipeline(
+    source: str,
+    store: str,
+    format: str = "zarr",
+    transform: str = "rfft",
+    workers: int | None = None,
+    dask_address: str | None = None,
+    preset: str = "small",
+    epochs: int | None = None,
+    hidden: int | None = None,
+    seq_len: int | None = None,
+    hop: int | None = None,
+    seconds: float = 10.0,
+    count: int = 1,
+    temperature: float = 0.0,
+) -> dict[str, Any]:
+    """Ingest new songs, train (or resume) a model on the dataset, generate clips from it."""
+    ingested = ingest(
+        source=source,
+        store=store,
+        format=format,
+        transform=transform,
+        workers=workers,
+        dask_address=dask_address,
+    )
+    card = train(
+        store=store,
+        dataset=ingested["dataset_id"],
+        preset=preset,
+        epochs=epochs,
+        hidden=hidden,
+        seq_len=seq_len,
+        hop=hop,
+    )
+    generated = generate(
+        store=store, model=card["model_id"], seconds=seconds, count=count, temperature=temperature
+    )
+    return {"ingest": ingested, "train": card, "generate": generated}

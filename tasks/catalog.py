@@ -79,23 +79,40 @@ def read_catalog(store: Store, dataset_dir: str) -> list[CatalogRow]:
     return table_to_rows(table)
 
 
-def append_rows(store: Store, dataset_dir: str, rows: list[CatalogRow]) -> list[CatalogRow]:
-    """Commit ``rows`` after the existing ones; returns the rows actually added.
+def new_rows(existing: list[CatalogRow], rows: list[CatalogRow]) -> list[CatalogRow]:
+    """The rows of ``rows`` that a commit adds to ``existing``.
 
     A song already committed as ``ok`` keeps its row; a song committed as
-    ``failed`` is replaced by a new row for it (a retry). The catalog file is
-    replaced atomically, so readers see either the old or the new catalog.
+    ``failed`` is replaced by a new row for it (a retry); within ``rows`` the
+    first row of a song wins.
+    """
+    committed = {row.song_id: row.status for row in existing}
+    added: dict[str, CatalogRow] = {}
+    for row in rows:
+        if committed.get(row.song_id) != STATUS_OK and row.song_id not in added:
+            added[row.song_id] = row
+    return list(added.values())
+
+
+def write_catalog(
+    store: Store, dataset_dir: str, existing: list[CatalogRow], added: list[CatalogRow]
+) -> None:
+    """Replace the catalog atomically by ``existing`` (less the songs ``added`` replaces) + ``added``."""
+    replaced = {row.song_id for row in added}
+    rows = [row for row in existing if row.song_id not in replaced] + added
+    buffer = io.BytesIO()
+    pq.write_table(rows_to_table(rows), buffer, compression="zstd")
+    store.write_bytes(buffer.getvalue(), dataset_dir, CATALOG_FILE)
+
+
+def append_rows(store: Store, dataset_dir: str, rows: list[CatalogRow]) -> list[CatalogRow]:
+    """Commit ``rows`` after the existing ones (see :func:`new_rows`); returns the rows added.
+
+    Not safe against concurrent writers by itself: hold the dataset's lock
+    around it (as ``tasks.ingest.commit_batch`` does).
     """
     existing = read_catalog(store, dataset_dir)
-    committed = {row.song_id: row.status for row in existing}
-    new: dict[str, CatalogRow] = {}
-    for row in rows:
-        if committed.get(row.song_id) != STATUS_OK and row.song_id not in new:
-            new[row.song_id] = row
-    added = list(new.values())
-    kept = [row for row in existing if row.song_id not in new]
+    added = new_rows(existing, rows)
     if added or not existing:
-        buffer = io.BytesIO()
-        pq.write_table(rows_to_table(kept + added), buffer, compression="zstd")
-        store.write_bytes(buffer.getvalue(), dataset_dir, CATALOG_FILE)
+        write_catalog(store, dataset_dir, existing, added)
     return added

@@ -24,13 +24,14 @@ import numpy as np
 from musicflow.config import AUDIO_EXTENSIONS, FeatureConfig, IngestConfig
 from musicflow.errors import ConfigError, DecodeError, StoreError
 from tasks.audio import decode_audio
-from tasks.catalog import STATUS_FAILED, STATUS_OK, CatalogRow, append_rows, read_catalog
+from tasks.catalog import STATUS_FAILED, STATUS_OK, CatalogRow, new_rows, read_catalog, write_catalog
 from tasks.features import blocks_to_features, frame_blocks
-from tasks.shards import ShardWriter, read_shard_stats
+from tasks.shards import ShardWriter, read_blocks, read_shard_stats, stats_name
 from tasks.stats import FeatureStats, merge_all
 from tasks.store import Store, is_local_fs, open_store
 
 CONFIG_FILE = "config.json"
+LOCK_FILE = "catalog.lock"
 STATS_FILE = "stats.json"
 _HASH_CHUNK = 1 << 20
 
@@ -309,10 +310,28 @@ def prepare_dataset(store: Store, config: IngestConfig) -> str:
 
 
 def commit_batch(store: Store, dataset_id: str, result: BatchResult) -> list[CatalogRow]:
-    """Commit a batch: its catalog rows first (the commit point), then the statistics."""
+    """Commit a batch under the dataset's lock: catalog rows first (the commit point), then statistics.
+
+    Concurrent runs can decode the same song; the first commit keeps it. When
+    some of a shard's songs are dropped that way, the shard's statistics are
+    recomputed from the songs it keeps, so ``stats.json`` stays exact.
+    """
     directory = dataset_dir(dataset_id)
-    added = append_rows(store, directory, result.rows)
-    refresh_stats(store, dataset_id)
+    with store.lock(directory, LOCK_FILE):
+        existing = read_catalog(store, directory)
+        added = new_rows(existing, result.rows)
+        kept = [row for row in added if row.ok]
+        dropped = [row for row in result.rows if row.ok and row not in added]
+        if result.shard and dropped and kept:
+            blocks = [
+                read_blocks(store, directory, result.shard, offset=row.offset, n_blocks=row.n_blocks)
+                for row in kept
+            ]
+            stats = merge_all([FeatureStats.from_features(item) for item in blocks], blocks[0].shape[1])
+            store.write_bytes(stats.to_npz(), directory, stats_name(result.shard))
+        if added or not existing:
+            write_catalog(store, directory, existing, added)
+        refresh_stats(store, dataset_id)
     return added
 
 

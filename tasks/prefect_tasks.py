@@ -48,7 +48,8 @@ def plan_ingest(source: str, store_url: str, config: IngestConfig) -> tuple[str,
     store = open_store(store_url)
     check_writable(store)
     dataset_id = ingest_lib.prepare_dataset(store, config)
-    ingest_lib.refresh_stats(store, dataset_id)  # heals a run killed between its two commits
+    with store.lock(ingest_lib.dataset_dir(dataset_id), ingest_lib.LOCK_FILE):
+        ingest_lib.refresh_stats(store, dataset_id)  # heals a run killed between its two commits
     files = ingest_lib.list_audio_files(source)
     catalog = read_catalog(store, ingest_lib.dataset_dir(dataset_id))
     return dataset_id, ingest_lib.plan_ingest(files, catalog, retry_failed=config.retry_failed)

@@ -12,9 +12,14 @@ Credentials and endpoints come from the usual places (``AWS_*`` variables,
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import posixpath
+import socket
+import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -87,6 +92,55 @@ class Store:
             if entry["type"] == "directory"
         )
 
+    @contextlib.contextmanager
+    def lock(self, *parts: str, timeout: float = 120.0, stale_after: float = 60.0) -> Iterator[None]:
+        """Hold an exclusive lock file at ``parts`` for the duration of the block.
+
+        The lock is created with an exclusive create (``O_EXCL`` locally, an
+        ``If-None-Match`` conditional PUT on S3), so two processes on any hosts
+        never both hold it. A lock whose holder is a dead process of this host,
+        or older than ``stale_after`` seconds (commits take well under that),
+        belongs to a killed run and is broken. Raises :class:`StoreError` after
+        ``timeout`` seconds of waiting.
+        """
+        path = self.path(*parts)
+        self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        owner = json.dumps(
+            {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "token": uuid.uuid4().hex}
+        ).encode()
+        deadline = time.monotonic() + timeout
+        delay = 0.01
+        while True:
+            try:
+                with self.fs.open(path, "xb") as handle:
+                    handle.write(owner)
+                break
+            except FileExistsError:
+                if self._lock_is_stale(path, stale_after):
+                    with contextlib.suppress(FileNotFoundError, OSError):
+                        self.fs.rm(path)
+                    continue
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"timed out after {timeout:.0f} s waiting for the lock {self.full_url(*parts)}"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.5)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError, OSError):
+                self.fs.rm(path)
+
+    def _lock_is_stale(self, path: str, stale_after: float) -> bool:
+        try:
+            holder = json.loads(self.fs.cat_file(path))
+        except (FileNotFoundError, ValueError, OSError):
+            return False  # vanished or half-written: try again
+        if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))):
+            return True
+        return time.time() - float(holder.get("time", 0)) > stale_after
+
     def rm(self, *parts: str) -> None:
         path = self.path(*parts)
         if self.fs.exists(path):
@@ -116,6 +170,18 @@ def check_writable(store: Store) -> None:
     except Exception as error:  # any backend error means the same thing to the user
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise StoreError(f"cannot write to store {store.url!r}: {reason}") from error
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:

@@ -493,6 +493,29 @@ def serve(
 
 
 @app.command()
+def check(
+    store: StoreOption,
+    repair: Annotated[
+        bool, typer.Option("--repair", help="Remove orphans, re-queue lost songs, rebuild stats.")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the problems as JSON.")] = False,
+) -> None:
+    """Check catalog <-> shards <-> statistics and models; exit 1 when problems are found."""
+    from tasks.check import check_store
+
+    problems = check_store(_open_existing_store(store), repair=repair)
+    if as_json:
+        typer.echo(json.dumps({"problems": [problem.to_dict() for problem in problems]}, indent=2))
+    else:
+        for problem in problems:
+            state = " (repaired)" if problem.repaired else ""
+            typer.echo(f"{problem.kind}: {problem.location}: {problem.detail}{state}")
+        typer.echo(f"{len(problems)} problem(s) found" + (", repaired" if repair and problems else ""))
+    if problems:
+        raise typer.Exit(1)
+
+
+@app.command()
 def synth(
     directory: Annotated[Path, typer.Argument(help="Folder to write the songs to.")],
     songs: Annotated[int, typer.Option(min=1, help="Number of songs.")] = 8,

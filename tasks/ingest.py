@@ -335,23 +335,23 @@ def commit_batch(store: Store, dataset_id: str, result: BatchResult) -> list[Cat
     return added
 
 
-def refresh_stats(store: Store, dataset_id: str) -> FeatureStats:
+def refresh_stats(store: Store, dataset_id: str, *, rebuild: bool = False) -> FeatureStats:
     """Bring ``stats.json`` in line with the shards the catalog references.
 
     Adds the statistics sidecars of newly committed shards; rebuilds from all
     sidecars when ``stats.json`` names a shard the catalog does not (a run
-    killed between its two commits).
+    killed between its two commits), or when ``rebuild``.
     """
     directory = dataset_dir(dataset_id)
     n_features = FeatureConfig.from_dict(store.read_json(directory, CONFIG_FILE)["features"]).n_features
     shards = sorted({row.shard for row in read_catalog(store, directory) if row.ok and row.shard})
     current, counted = FeatureStats.empty(n_features), []
-    if store.exists(directory, STATS_FILE):
+    if store.exists(directory, STATS_FILE) and not rebuild:
         stored = store.read_json(directory, STATS_FILE)
         if set(stored["shards"]) <= set(shards):
             current, counted = FeatureStats.from_json(stored), stored["shards"]
     missing = [shard for shard in shards if shard not in set(counted)]
-    if not missing and store.exists(directory, STATS_FILE):
+    if not missing and store.exists(directory, STATS_FILE) and not rebuild:
         return current
     total = current.merge(
         merge_all([read_shard_stats(store, directory, shard) for shard in missing], n_features)

@@ -1,0 +1,197 @@
+"""Store consistency: catalog <-> shards <-> statistics, and models' weights <-> cards.
+
+:func:`check_store` lists every problem; with ``repair`` it removes orphans,
+drops catalog rows whose blocks are gone (so the next ingest decodes those
+songs again) and rebuilds statistics.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import posixpath
+from dataclasses import asdict, dataclass
+
+from tasks.catalog import CATALOG_FILE, read_catalog, write_catalog
+from tasks.ingest import CONFIG_FILE, LOCK_FILE, STATS_FILE, dataset_dir, refresh_stats
+from tasks.shards import SHARDS_DIR, read_blocks, read_shard_stats, shard_format, stats_name
+from tasks.stats import FeatureStats, merge_all
+from tasks.store import Store
+from tasks.train import CARD_FILE, MODEL_FILE, model_dir
+
+# A shard younger than this may belong to an ingest run still in progress.
+ORPHAN_MIN_AGE_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One inconsistency: what kind, where, in words, and whether it was repaired."""
+
+    kind: str
+    location: str
+    detail: str
+    repaired: bool = False
+
+    def to_dict(self) -> dict[str, object]:
+        return asdict(self)
+
+
+def check_store(
+    store: Store, *, repair: bool = False, orphan_min_age: float = ORPHAN_MIN_AGE_S
+) -> list[Problem]:
+    """Every problem in the store's datasets and models (repaired where possible with ``repair``)."""
+    problems: list[Problem] = []
+    for dataset_id in store.list_dirs("datasets"):
+        if store.exists(dataset_dir(dataset_id), CONFIG_FILE):
+            problems += check_dataset(store, dataset_id, repair=repair, orphan_min_age=orphan_min_age)
+    for model_id in store.list_dirs("models"):
+        problems += check_model(store, model_id)
+    return problems
+
+
+def check_dataset(store: Store, dataset_id: str, *, repair: bool, orphan_min_age: float) -> list[Problem]:
+    directory = dataset_dir(dataset_id)
+    with store.lock(directory, LOCK_FILE):
+        problems: list[Problem] = []
+        rows = read_catalog(store, directory)
+        broken: set[str] = set()
+        by_shard: dict[str, list] = {}
+        for row in rows:
+            if row.ok and row.shard:
+                by_shard.setdefault(row.shard, []).append(row)
+        for shard, shard_rows in sorted(by_shard.items()):
+            where = f"{directory}/{shard}"
+            if not store.exists(directory, shard):
+                broken.update(row.song_id for row in shard_rows)
+                problems.append(
+                    Problem(
+                        "missing-shard", where, f"referenced by {len(shard_rows)} songs but absent", repair
+                    )
+                )
+                continue
+            try:
+                end = max(row.offset + row.n_blocks for row in shard_rows)
+                tail = read_blocks(store, directory, shard, offset=end - 1, n_blocks=1)
+                short = tail.shape[0] != 1
+            except Exception as error:  # unreadable shard: same remedy as a missing one
+                problems.append(Problem("unreadable-shard", where, str(error).splitlines()[0][:200], repair))
+                broken.update(row.song_id for row in shard_rows)
+                continue
+            if short:
+                broken.update(row.song_id for row in shard_rows)
+                problems.append(
+                    Problem("truncated-shard", where, f"has fewer than the {end} blocks referenced", repair)
+                )
+                continue
+            expected = sum(row.n_blocks for row in shard_rows)
+            counted = _sidecar_count(store, directory, shard)
+            if counted != expected:
+                problems.append(
+                    Problem(
+                        "shard-stats", where, f"statistics count {counted} blocks, catalog {expected}", repair
+                    )
+                )
+                if repair:
+                    blocks = [
+                        read_blocks(store, directory, shard, offset=row.offset, n_blocks=row.n_blocks)
+                        for row in shard_rows
+                    ]
+                    stats = merge_all(
+                        [FeatureStats.from_features(item) for item in blocks], blocks[0].shape[1]
+                    )
+                    store.write_bytes(stats.to_npz(), directory, stats_name(shard))
+        problems += _orphans(store, directory, set(by_shard), repair=repair, min_age=orphan_min_age)
+        if repair and broken:
+            kept = [row for row in rows if row.song_id not in broken]
+            write_catalog(store, directory, kept, [])
+            for shard in {row.shard for row in rows if row.song_id in broken and row.shard}:
+                store.rm(directory, shard)  # what is left of it: the songs are decoded again
+                store.rm(directory, stats_name(shard))
+        referenced = sorted(set(by_shard) - {row.shard for row in rows if row.song_id in broken})
+        stats_problem = _stats_problem(store, directory, referenced, rows, broken)
+        if stats_problem:
+            problems.append(Problem("dataset-stats", f"{directory}/{STATS_FILE}", stats_problem, repair))
+        if repair and (broken or stats_problem or any(p.kind == "shard-stats" for p in problems)):
+            refresh_stats(store, dataset_id, rebuild=True)
+        return problems
+
+
+def _sidecar_count(store: Store, directory: str, shard: str) -> int | None:
+    try:
+        return read_shard_stats(store, directory, shard).count
+    except (FileNotFoundError, OSError, ValueError, KeyError):
+        return None
+
+
+def _stats_problem(store: Store, directory: str, referenced: list[str], rows: list, broken: set[str]) -> str:
+    if not store.exists(directory, STATS_FILE):
+        return "stats.json is missing" if referenced else ""
+    stored = store.read_json(directory, STATS_FILE)
+    expected = sum(row.n_blocks for row in rows if row.ok and row.song_id not in broken)
+    if sorted(stored.get("shards", [])) != referenced:
+        return "stats.json does not cover exactly the referenced shards"
+    if int(stored.get("count", -1)) != expected:
+        return f"stats.json counts {stored.get('count')} blocks, the catalog {expected}"
+    return ""
+
+
+def _orphans(
+    store: Store, directory: str, referenced: set[str], *, repair: bool, min_age: float
+) -> list[Problem]:
+    """Shards (and statistics sidecars) nothing references, old enough not to be in progress."""
+    problems: list[Problem] = []
+    now = dt.datetime.now(dt.UTC)
+    shards_path = store.path(directory, SHARDS_DIR)
+    if not store.fs.exists(shards_path):
+        return problems
+    for entry in sorted(store.fs.ls(shards_path, detail=False)):
+        name = posixpath.basename(str(entry).rstrip("/"))
+        relative = f"{SHARDS_DIR}/{name}"
+        owner = relative.removesuffix(".stats.npz").removesuffix(".partial")
+        if owner in referenced or name.startswith(".") or not _is_shard_name(owner):
+            continue
+        if (now - _shard_time(name)).total_seconds() < min_age:
+            continue
+        problems.append(Problem("orphan", f"{directory}/{relative}", "not referenced by the catalog", repair))
+        if repair:
+            store.rm(directory, relative)
+    return problems
+
+
+def _is_shard_name(name: str) -> bool:
+    try:
+        shard_format(name)
+    except Exception:
+        return False
+    return True
+
+
+def _shard_time(name: str) -> dt.datetime:
+    try:
+        return dt.datetime.strptime(name[:15], "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
+    except ValueError:
+        return dt.datetime.min.replace(tzinfo=dt.UTC)
+
+
+def check_model(store: Store, model_id: str) -> list[Problem]:
+    """A finished model's weights must be the file its card describes."""
+    directory = model_dir(model_id)
+    if not store.exists(directory, CARD_FILE):
+        return []
+    card = store.read_json(directory, CARD_FILE)
+    if not store.exists(directory, MODEL_FILE):
+        return [Problem("missing-weights", f"{directory}/{MODEL_FILE}", "the card has no weights file")]
+    digest = hashlib.sha256(store.read_bytes(directory, MODEL_FILE)).hexdigest()
+    if digest != card.get("weights_sha256"):
+        return [
+            Problem(
+                "weights-hash",
+                f"{directory}/{MODEL_FILE}",
+                f"sha256 {digest[:12]} is not the card's {str(card.get('weights_sha256'))[:12]}",
+            )
+        ]
+    if not store.exists(dataset_dir(card.get("dataset_id", "")), CATALOG_FILE):
+        return [
+            Problem("missing-dataset", directory, f"trained on {card.get('dataset_id')!r}, not in the store")
+        ]
+    return []

@@ -1,0 +1,146 @@
+"""``musicflow check``: catalog <-> shards <-> stats consistency, reported and repaired."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import assert_store_consistent
+
+from musicflow.config import IngestConfig
+from tasks.catalog import read_catalog
+from tasks.check import check_store
+from tasks.ingest import (
+    STATS_FILE,
+    commit_batch,
+    dataset_dir,
+    ingest_batch,
+    list_audio_files,
+    plan_ingest,
+    prepare_dataset,
+)
+from tasks.shards import stats_name
+from tasks.stats import FeatureStats
+from tasks.store import open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def ingest_plainly(source: Path, store_url: str) -> str:
+    """Ingest without Prefect or Dask: one batch per song."""
+    store = open_store(store_url)
+    config = IngestConfig()
+    dataset_id = prepare_dataset(store, config)
+    plan = plan_ingest(list_audio_files(str(source)), read_catalog(store, dataset_dir(dataset_id)))
+    for item in plan.todo:
+        commit_batch(
+            store, dataset_id, ingest_batch([item], store_url=store_url, dataset_id=dataset_id, config=config)
+        )
+    return dataset_id
+
+
+@pytest.fixture
+def ingested(tmp_path: Path, demo_songs: list[Path]) -> tuple[str, str, Path]:
+    source = tmp_path / "songs"
+    source.mkdir()
+    for song in demo_songs[:3]:
+        shutil.copy(song, source / song.name)
+    store_url = str(tmp_path / "store")
+    return store_url, ingest_plainly(source, store_url), source
+
+
+def kinds(problems: list) -> list[str]:
+    return sorted(problem.kind for problem in problems)
+
+
+def test_a_clean_store_has_no_problem(ingested: tuple[str, str, Path]) -> None:
+    store_url, _, _ = ingested
+    assert check_store(open_store(store_url)) == []
+
+
+def test_missing_shard_is_requeued_and_reingested(ingested: tuple[str, str, Path]) -> None:
+    store_url, dataset_id, source = ingested
+    store = open_store(store_url)
+    lost = read_catalog(store, dataset_dir(dataset_id))[0]
+    shutil.rmtree(Path(store_url) / dataset_dir(dataset_id) / lost.shard)
+
+    found = check_store(store)
+    assert kinds(found) == ["dataset-stats", "missing-shard"]
+    assert not any(problem.repaired for problem in found)
+
+    repaired = check_store(store, repair=True)
+    assert all(problem.repaired for problem in repaired)
+    assert lost.song_id not in {row.song_id for row in read_catalog(store, dataset_dir(dataset_id))}
+    assert check_store(store) == []
+    assert_store_consistent(store_url, dataset_id)
+
+    ingest_plainly(source, store_url)
+    assert lost.song_id in {row.song_id for row in read_catalog(store, dataset_dir(dataset_id))}
+    assert check_store(store) == []
+    assert_store_consistent(store_url, dataset_id)
+
+
+def test_old_orphans_are_removed_young_ones_kept(ingested: tuple[str, str, Path]) -> None:
+    store_url, dataset_id, _ = ingested
+    shards = Path(store_url) / dataset_dir(dataset_id) / "shards"
+    some_shard = next(shards.glob("*.zarr"))
+    shutil.copytree(some_shard, shards / "20000101T000000-0123456789ab.zarr")
+    shutil.copytree(some_shard, shards / "29990101T000000-0123456789ab.zarr")  # "in progress"
+
+    found = check_store(open_store(store_url), repair=True)
+
+    assert [(problem.kind, Path(problem.location).name) for problem in found] == [
+        ("orphan", "20000101T000000-0123456789ab.zarr")
+    ]
+    assert not (shards / "20000101T000000-0123456789ab.zarr").exists()
+    assert (shards / "29990101T000000-0123456789ab.zarr").exists()
+
+
+def test_wrong_statistics_are_rebuilt(ingested: tuple[str, str, Path]) -> None:
+    store_url, dataset_id, _ = ingested
+    store = open_store(store_url)
+    directory = dataset_dir(dataset_id)
+    stats = store.read_json(directory, STATS_FILE)
+    stats["count"] += 7
+    store.write_json(stats, directory, STATS_FILE)
+    shard = read_catalog(store, directory)[0].shard
+    store.write_bytes(FeatureStats.empty(11026).to_npz(), directory, stats_name(shard))
+
+    assert kinds(check_store(store)) == ["dataset-stats", "shard-stats"]
+    check_store(store, repair=True)
+    assert check_store(store) == []
+    assert_store_consistent(store_url, dataset_id)
+
+
+def test_model_weights_that_do_not_match_the_card(ingested: tuple[str, str, Path]) -> None:
+    store_url, dataset_id, _ = ingested
+    model = Path(store_url) / "models" / "m1"
+    model.mkdir(parents=True)
+    (model / "model.keras").write_bytes(b"other weights")
+    (model / "card.json").write_text(json.dumps({"dataset_id": dataset_id, "weights_sha256": "0" * 64}))
+    assert kinds(check_store(open_store(store_url))) == ["weights-hash"]
+
+
+def test_cli_exit_codes(ingested: tuple[str, str, Path]) -> None:
+    store_url, dataset_id, _ = ingested
+
+    def check(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "musicflow.cli", "check", "--store", store_url, *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
+
+    assert check().returncode == 0
+    (Path(store_url) / dataset_dir(dataset_id) / STATS_FILE).unlink()
+    failed = check("--json")
+    assert failed.returncode == 1
+    assert [problem["kind"] for problem in json.loads(failed.stdout)["problems"]] == ["dataset-stats"]
+    assert check("--repair").returncode == 1
+    assert check().returncode == 0

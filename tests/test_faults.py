@@ -1,0 +1,228 @@
+"""Injected faults leave the store consistent: every song once, catalog and shards agree,
+statistics equal those of a clean run."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import fsspec
+import numpy as np
+import psutil
+import pytest
+from fsspec.implementations.memory import MemoryFileSystem
+from helpers import assert_store_consistent, copy_songs
+
+from tasks.catalog import read_catalog
+from tasks.ingest import dataset_dir, read_stats
+from tasks.store import open_store
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class FlakyFileSystem(MemoryFileSystem):
+    """An in-memory filesystem whose writes fail now and then (seeded), like a bad network."""
+
+    protocol = "flaky"
+    failure_rate = 0.0
+    failures = 0
+    _random = random.Random(0)
+
+    def _maybe_fail(self, path: str) -> None:
+        if self._random.random() < type(self).failure_rate:
+            type(self).failures += 1
+            raise OSError(f"injected write failure on {path}")
+
+    def _open(self, path: str, mode: str = "rb", **kwargs: Any) -> Any:
+        if any(flag in mode for flag in "wax"):
+            self._maybe_fail(path)
+        return super()._open(path, mode, **kwargs)
+
+    def pipe_file(self, path: str, value: bytes, **kwargs: Any) -> None:
+        self._maybe_fail(path)
+        super().pipe_file(path, value, **kwargs)
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize("shard_format", ["zarr", "parquet"])
+def test_intermittent_storage_failures_are_retried(
+    tmp_path: Path, demo_songs: list[Path], shard_format: str
+) -> None:
+    from prefect import flow
+
+    from musicflow.config import IngestConfig
+    from tasks import prefect_tasks
+    from tasks.ingest import list_audio_files, make_batches, plan_ingest, prepare_dataset
+
+    fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
+    source = tmp_path / "songs"
+    copy_songs(demo_songs[:4], source)
+    config = IngestConfig(shard_format=shard_format)
+    store_url = f"flaky://faults-{shard_format}-{os.getpid()}"
+    ingest_batch = prefect_tasks.ingest_batch.with_options(retries=8, retry_delay_seconds=0)
+    commit_batch = prefect_tasks.commit_batch.with_options(retries=8, retry_delay_seconds=0)
+
+    @flow
+    def flaky_ingest() -> str:
+        # The ingest flow's own steps, in-process so the flaky filesystem is registered where they run.
+        store = open_store(store_url)
+        dataset_id = prepare_dataset(store, config)
+        plan = plan_ingest(list_audio_files(str(source)), [])
+        FlakyFileSystem.failure_rate = 0.15
+        for batch in make_batches(plan.todo, batch_bytes=1, min_batches=1):
+            commit_batch(store_url, dataset_id, ingest_batch(batch, store_url, dataset_id, config))
+        FlakyFileSystem.failure_rate = 0.0
+        return dataset_id
+
+    FlakyFileSystem.failures = 0
+    dataset_id = flaky_ingest()
+
+    assert FlakyFileSystem.failures > 0, "no failure was injected"
+    rows = read_catalog(open_store(store_url), dataset_dir(dataset_id))
+    assert sorted(Path(row.source).name for row in rows) == sorted(song.name for song in demo_songs[:4])
+    assert all(row.ok for row in rows)
+    assert_store_consistent(store_url, dataset_id)
+    clean_url = str(tmp_path / "clean")
+    from flows.ingest import ingest
+
+    ingest(source=str(source), store=clean_url, format=shard_format, workers=1)
+    flaky_stats, clean_stats = (
+        read_stats(open_store(store_url), dataset_id),
+        read_stats(open_store(clean_url), dataset_id),
+    )
+    assert flaky_stats.count == clean_stats.count
+    np.testing.assert_allclose(flaky_stats.mean, clean_stats.mean, rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(flaky_stats.std, clean_stats.std, rtol=1e-5, atol=1e-5)
+
+
+def _dask_worker_processes(parent: int) -> list[psutil.Process]:
+    children = psutil.Process(parent).children(recursive=True)
+    # Nannies start workers with multiprocessing's spawn: the worker is a child of a nanny... and the
+    # nannies themselves are children of the flow process. Workers are the leaves running Python.
+    return [child for child in children if "python" in child.name().lower() and not child.children()]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_killed_dask_worker_is_replaced_and_its_batch_retried(tmp_path: Path) -> None:
+    from tasks.synth import write_demo_songs
+
+    source, store = tmp_path / "songs", str(tmp_path / "store")
+    songs = write_demo_songs(source, n_songs=10, seconds=(3.0, 5.0), seed=700)
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "musicflow.cli",
+            "ingest",
+            str(source),
+            "--store",
+            store,
+            "--workers",
+            "2",
+            "--batch-mb",
+            "0.001",
+            "--json",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    killed = None
+    deadline = time.monotonic() + 120
+    while killed is None and time.monotonic() < deadline and process.poll() is None:
+        if list(Path(store).glob("datasets/*/catalog.parquet")):  # the first batch is committed
+            workers = _dask_worker_processes(process.pid)
+            if workers:
+                killed = workers[0].pid
+                os.kill(killed, signal.SIGKILL)
+        time.sleep(0.02)
+    stdout, stderr = process.communicate(timeout=300)
+
+    assert killed is not None, "no worker was killed: the run ended first"
+    assert process.returncode == 0, stderr
+    summary = json.loads(stdout)
+    dataset_id = summary["dataset_id"]
+    rows = read_catalog(open_store(store), dataset_dir(dataset_id))
+    assert sorted(Path(row.source).name for row in rows) == sorted(song.name for song in songs)
+    assert all(row.ok for row in rows)
+    assert_store_consistent(store, dataset_id)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_training_killed_mid_epoch_resumes(tmp_path: Path) -> None:
+    from tasks.synth import write_demo_songs
+
+    source, store = tmp_path / "songs", str(tmp_path / "store")
+    write_demo_songs(source, n_songs=4, seconds=(4.0, 6.0), seed=800)
+
+    def musicflow(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "musicflow.cli", *args],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=300,
+        )
+
+    ingested = musicflow(
+        "ingest",
+        str(source),
+        "--store",
+        store,
+        "--workers",
+        "1",
+        "--block-size",
+        "512",
+        "--sample-rate",
+        "8000",
+    )
+    assert ingested.returncode == 0, ingested.stderr
+    train = [
+        sys.executable,
+        "-m",
+        "musicflow.cli",
+        "train",
+        "--store",
+        store,
+        "--epochs",
+        "40",
+        "--hidden",
+        "32",
+        "--seq-len",
+        "8",
+        "--hop",
+        "1",
+        "--batch-size",
+        "4",
+    ]
+    process = subprocess.Popen(train, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state_files: list[Path] = []
+    deadline = time.monotonic() + 180
+    while time.monotonic() < deadline and process.poll() is None:
+        state_files = list(Path(store).glob("models/*/checkpoints/state.json"))
+        if state_files and json.loads(state_files[0].read_text())["epoch"] >= 2:
+            break
+        time.sleep(0.05)
+    time.sleep(0.3)  # into the next epoch
+    process.kill()
+    process.wait()
+    assert state_files, "training wrote no checkpoint before it was killed"
+    interrupted = json.loads(state_files[0].read_text())
+    assert 2 <= interrupted["epoch"] < 40, "the kill did not land mid-run"
+
+    resumed = musicflow(*train[3:], "--json")
+
+    assert resumed.returncode == 0, resumed.stderr
+    card = json.loads(resumed.stdout)
+    assert card["epochs"] == 40
+    k = interrupted["epoch"]
+    assert card["history"]["loss"][:k] == interrupted["history"]["loss"]
+    assert len(card["history"]["val_loss"]) == 40

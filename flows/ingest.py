@@ -13,7 +13,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.futures import as_completed
 
-from musicflow.cluster import make_task_runner
+from musicflow.cluster import default_workers, make_task_runner
 from musicflow.config import AUDIO_EXTENSIONS, FeatureConfig, IngestConfig
 from musicflow.progress import StageProgress
 from tasks.audio import ffmpeg_binary
@@ -50,7 +50,7 @@ def ingest(
     )
     runner = make_task_runner(workers=workers, dask_address=dask_address)
     dataset_id, plan = plan_ingest(source, store, config)
-    n_workers = workers or 2
+    n_workers = workers or default_workers()
     batches = make_batches(plan.todo, batch_bytes=int(batch_mb * 2**20), min_batches=2 * n_workers)
     logger.info(
         "dataset %s: %d files listed, %d already ingested, %d duplicates, %d to ingest in %d batches",
@@ -65,6 +65,7 @@ def ingest(
         logger.warning("no audio files in %s (looked for %s)", source, ", ".join(AUDIO_EXTENSIONS))
     progress = StageProgress("ingest", len(plan.todo), description=f"Songs ingested into {dataset_id}")
     committed, results = [], []
+    commit_seconds = 0.0
     if batches:
         with runner:
             futures: list[Any] = [
@@ -77,10 +78,13 @@ def ingest(
             for future in as_completed(futures):
                 result = future.result()
                 results.append(result)
+                commit_started = time.perf_counter()
                 committed.extend(commit_batch(store, dataset_id, result))
+                commit_seconds += time.perf_counter() - commit_started
                 progress.advance(len(result.rows), message=f"{len(committed)}/{len(plan.todo)} songs")
     wall = time.perf_counter() - started
     summary = _summarise(dataset_id, store, plan, committed, results, wall)
+    summary["commit_seconds"] = round(commit_seconds, 3)
     _publish(summary)
     logger.info(
         "ingested %d songs (%d failed), %.1f min of audio at %.0fx real time",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import heapq
 import math
 import os
 import posixpath
@@ -150,28 +151,27 @@ def plan_ingest(
 def make_batches(
     files: list[SourceFile], *, batch_bytes: int, min_batches: int = 1
 ) -> list[list[SourceFile]]:
-    """Group files, in order, into batches of at most ``batch_bytes`` of input.
+    """Split files into balanced batches of about ``batch_bytes`` of input at most.
 
-    The limit shrinks so there are at least ``min_batches`` batches when there
-    are that many files (to keep every worker busy). A file larger than the
-    limit gets a batch of its own.
+    There are at least ``min_batches`` batches when there are that many files
+    (pass a multiple of the worker count, so every worker stays busy to the
+    end). Files go largest first to the lightest batch, so batches weigh about
+    the same; within a batch they keep their listing order.
     """
     if batch_bytes <= 0:
         raise ConfigError(f"invalid batch_bytes {batch_bytes!r}: must be positive")
+    if not files:
+        return []
     total = sum(item.bytes for item in files)
-    limit = max(1, min(batch_bytes, math.ceil(total / max(1, min_batches))))
-    batches: list[list[SourceFile]] = []
-    current: list[SourceFile] = []
-    size = 0
-    for item in files:
-        if current and size + item.bytes > limit:
-            batches.append(current)
-            current, size = [], 0
-        current.append(item)
-        size += item.bytes
-    if current:
-        batches.append(current)
-    return batches
+    n_batches = min(len(files), max(min_batches, math.ceil(total / batch_bytes)))
+    loads = [(0, index) for index in range(n_batches)]  # (bytes, batch index) min-heap
+    members: list[list[int]] = [[] for _ in range(n_batches)]
+    for position in sorted(range(len(files)), key=lambda i: -files[i].bytes):
+        load, index = heapq.heappop(loads)
+        members[index].append(position)
+        heapq.heappush(loads, (load + files[position].bytes, index))
+    ordered = sorted((sorted(batch) for batch in members if batch), key=lambda batch: batch[0])
+    return [[files[position] for position in batch] for batch in ordered]
 
 
 def decode_features(
@@ -255,8 +255,25 @@ def ingest_batch(
         shard=writer.shard,
         audio_seconds=audio_seconds,
         task_seconds=time.perf_counter() - started,
-        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        peak_rss_mb=peak_rss_mb(),
     )
+
+
+def peak_rss_mb() -> float:
+    """This process's peak resident memory in MB.
+
+    Linux's ``VmHWM`` is the process's own high-water mark; ``ru_maxrss`` is
+    not, for a worker spawned by a process that was already big (it inherits
+    the parent's peak), so it is only the fallback elsewhere.
+    """
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _local_copy:
@@ -356,7 +373,7 @@ def refresh_stats(store: Store, dataset_id: str, *, rebuild: bool = False) -> Fe
     total = current.merge(
         merge_all([read_shard_stats(store, directory, shard) for shard in missing], n_features)
     )
-    store.write_json({**total.to_json(), "shards": shards}, directory, STATS_FILE)
+    store.write_json({**total.to_json(), "shards": shards}, directory, STATS_FILE, indent=None)
     return total
 
 

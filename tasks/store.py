@@ -78,8 +78,9 @@ class Store:
     def read_json(self, *parts: str) -> Any:
         return json.loads(self.read_bytes(*parts))
 
-    def write_json(self, value: Any, *parts: str) -> None:
-        self.write_bytes(json.dumps(value, indent=2, sort_keys=True).encode(), *parts)
+    def write_json(self, value: Any, *parts: str, indent: int | None = 2) -> None:
+        """Write JSON atomically; ``indent=None`` for large machine-read files."""
+        self.write_bytes(json.dumps(value, indent=indent, sort_keys=True).encode(), *parts)
 
     def list_dirs(self, *parts: str) -> list[str]:
         """Names of the folders directly under ``parts`` (empty when it does not exist)."""

@@ -1,0 +1,663 @@
+"""Ingest throughput against raw ffmpeg decoding and the seed's serial scripts.
+
+Run from the repository root::
+
+    .venv/bin/python benchmarks/bench_ingest.py [--minutes 20] [--workers 2] [--workdir DIR] [--quick]
+
+Everything is measured in one run, on the same generated songs and cores, and
+reported as ratios:
+
+(a) the ``ingest`` flow into a fresh store, in x real time (decoded audio
+    seconds / flow wall seconds): "cold" (the flow starts its own
+    LocalCluster) and "warm" (a LocalCluster started beforehand);
+(b) the decoding speed limit: ``ffmpeg ... -f f32le -`` into numpy, N files at
+    a time; target (a)/(b) >= 0.7. Also 1 file at a time: (b) over that is the
+    parallel speedup the machine gives now (well under N: cores busy elsewhere);
+(c) the seed's serial GRUV scripts (16-bit WAV on disk, scipy, a Python loop of
+    ``np.fft.fft`` over blocks, one ``.npy`` per song); target (a)/(c) >= 2;
+(d) peak RSS per worker (the flow's ``peak_worker_rss_mb``) on the collection
+    and on one 4x larger, a fresh cluster per size; target: within 20%. The
+    clusters are started by a small helper process, because a worker's
+    ru_maxrss starts at the peak RSS of the process that spawned it.
+
+To tell Prefect's cost from the work's, the flow's steps also run on plain Dask
+(same functions, same batches). Every rate is given per wall second and per CPU
+second of this process tree: on a shared machine the wall ratios move with other
+load, the CPU ones much less. It also times ``pydub.AudioSegment.from_file``
+against ``tasks.audio.decode_audio`` (why the project calls ffmpeg itself) and
+where one worker's time goes. Song synthesis is cached in the workdir and never timed.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Before Prefect is imported (by the project's modules too): keep the console for the report.
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+
+import argparse
+import contextlib
+import json
+import math
+import multiprocessing
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SAMPLE_RATE = 44100
+BLOCK_SIZE = 11025
+SONG_SECONDS = (30.0, 90.0)
+SEED = 20240
+LARGE_FACTOR = 4
+PYDUB_FILES = 3
+TARGET_VS_DECODE = 0.7
+TARGET_VS_SEED = 2.0
+TARGET_RSS_GROWTH = 0.2
+
+
+@dataclass(frozen=True)
+class Collection:
+    """Songs in one folder (hard links into the pool), with their total length."""
+
+    name: str
+    directory: Path
+    paths: list[Path]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """Audio decoded, wall seconds, and CPU seconds of this process and all its descendants."""
+
+    audio_seconds: float
+    wall_seconds: float
+    cpu_seconds: float
+
+    @property
+    def x_realtime(self) -> float:
+        return self.audio_seconds / self.wall_seconds
+
+    @property
+    def x_realtime_per_cpu(self) -> float:
+        """Audio seconds per CPU second: what one idle core would give, other load aside."""
+        return self.audio_seconds / self.cpu_seconds
+
+
+@dataclass(frozen=True)
+class IngestRun(Measurement):
+    task_seconds: float
+    body_seconds: float
+    peak_worker_rss_mb: float
+    n_batches: int
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds of this process, its live descendants and every child they reaped.
+
+    Dask workers, ffmpeg and the Prefect server are all descendants, so this is
+    the work a measurement cost, whatever else the machine was doing.
+    """
+    import psutil
+
+    me = psutil.Process()
+    total = 0.0
+    for process in [me, *me.children(recursive=True)]:
+        with contextlib.suppress(psutil.Error):
+            times = process.cpu_times()
+            total += times.user + times.system + times.children_user + times.children_system
+    return total
+
+
+class Clock:
+    """Wall and tree CPU seconds of a ``with`` block."""
+
+    def __enter__(self) -> Clock:
+        self._wall, self._cpu = time.perf_counter(), tree_cpu_seconds()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.wall = time.perf_counter() - self._wall
+        self.cpu = tree_cpu_seconds() - self._cpu
+
+
+# ---------------------------------------------------------------- collection
+
+
+def _probe_seconds(path: Path) -> float:
+    output = subprocess.run(
+        ["ffprobe", "-v", "error", "-show_entries", "format=duration", "-of", "csv=p=0", str(path)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    return float(output.strip())
+
+
+def _write_song(pool: Path, song_seed: int) -> Path:
+    from tasks.synth import write_demo_songs
+
+    (path,) = write_demo_songs(pool, n_songs=1, seconds=SONG_SECONDS, seed=song_seed)
+    return path
+
+
+def make_pool(pool: Path, total_seconds: float, *, workers: int) -> list[tuple[Path, float]]:
+    """Seeded demo songs (30-90 s) in ``pool``, in seed order, lasting ``total_seconds``; cached.
+
+    Missing songs are synthesised in ``workers`` child processes.
+    """
+    lengths_file = pool / "lengths.json"
+    lengths: dict[str, float] = json.loads(lengths_file.read_text()) if lengths_file.exists() else {}
+    songs: list[tuple[Path, float]] = []
+    song_seed = SEED
+    with contextlib.ExitStack() as stack:
+        executor: ProcessPoolExecutor | None = None
+        while (total := sum(seconds for _, seconds in songs)) < total_seconds:
+            cached = pool / f"demo-{song_seed:05d}.mp3"
+            if cached.exists() and cached.name in lengths:
+                songs.append((cached, lengths[cached.name]))
+                song_seed += 1
+                continue
+            if executor is None:
+                executor = stack.enter_context(
+                    ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+                )
+            n_songs = max(workers, math.ceil((total_seconds - total) / statistics.mean(SONG_SECONDS)))
+            seeds = range(song_seed, song_seed + n_songs)
+            for path in executor.map(_write_song, [pool] * n_songs, seeds):
+                lengths[path.name] = _probe_seconds(path)
+                songs.append((path, lengths[path.name]))
+            song_seed += n_songs
+            lengths_file.write_text(json.dumps(lengths, indent=0, sort_keys=True))
+    return songs
+
+
+def link_collection(name: str, directory: Path, songs: list[tuple[Path, float]]) -> Collection:
+    """A folder holding exactly ``songs`` (hard links, copies where links fail)."""
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    paths = []
+    for source, _ in songs:
+        target = directory / source.name
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copy2(source, target)
+        paths.append(target)
+    return Collection(name, directory, paths, sum(seconds for _, seconds in songs))
+
+
+def prefix_lasting(songs: list[tuple[Path, float]], seconds: float) -> list[tuple[Path, float]]:
+    total, count = 0.0, 0
+    while total < seconds and count < len(songs):
+        total += songs[count][1]
+        count += 1
+    return songs[:count]
+
+
+# ---------------------------------------------------------------- (a) ingest flow
+
+
+def run_ingest(
+    collection: Collection, store: Path, *, workers: int, dask_address: str | None = None
+) -> IngestRun:
+    """Run the ``ingest`` flow into a fresh store; the store is removed afterwards."""
+    from flows.ingest import ingest
+
+    shutil.rmtree(store, ignore_errors=True)
+    with Clock() as clock:
+        summary = ingest(
+            source=str(collection.directory), store=str(store), workers=workers, dask_address=dask_address
+        )
+    shutil.rmtree(store, ignore_errors=True)
+    if summary["songs_ok"] != len(collection.paths) or summary["songs_failed"]:
+        raise RuntimeError(f"ingest of {collection.name} did not ingest every song: {summary}")
+    return IngestRun(
+        audio_seconds=summary["audio_seconds"],
+        wall_seconds=clock.wall,
+        cpu_seconds=clock.cpu,
+        task_seconds=summary["task_seconds"],
+        body_seconds=summary["wall_seconds"],
+        peak_worker_rss_mb=summary["peak_worker_rss_mb"],
+        n_batches=len(summary["shards"]),
+    )
+
+
+def run_plain_dask(collection: Collection, store: Path, *, workers: int, dask_address: str) -> Measurement:
+    """The flow's steps, same functions and batches, on plain Dask: what Prefect adds to (a)."""
+    from distributed import Client, as_completed
+
+    from musicflow.config import IngestConfig
+    from tasks import ingest as ingest_lib
+    from tasks.catalog import read_catalog
+    from tasks.store import open_store
+
+    shutil.rmtree(store, ignore_errors=True)
+    config = IngestConfig()
+    with Client(dask_address) as client, Clock() as clock:
+        store_handle = open_store(str(store))
+        dataset_id = ingest_lib.prepare_dataset(store_handle, config)
+        files = ingest_lib.list_audio_files(str(collection.directory))
+        catalog = read_catalog(store_handle, ingest_lib.dataset_dir(dataset_id))
+        plan = ingest_lib.plan_ingest(files, catalog)
+        batches = ingest_lib.make_batches(
+            plan.todo, batch_bytes=int(config.batch_mb * 2**20), min_batches=2 * workers
+        )
+        futures = [
+            client.submit(ingest_lib.ingest_batch, batch, store_url=str(store), dataset_id=dataset_id,
+                          config=config, pure=False)
+            for batch in batches
+        ]  # fmt: skip
+        audio_seconds = 0.0
+        for future in as_completed(futures):
+            result = future.result()
+            audio_seconds += result.audio_seconds
+            ingest_lib.commit_batch(store_handle, dataset_id, result)
+    shutil.rmtree(store, ignore_errors=True)
+    return Measurement(audio_seconds, clock.wall, clock.cpu)
+
+
+# Started by a helper process: a Dask worker's ru_maxrss starts at the peak RSS of
+# the process that spawned it (Linux keeps the high-water mark across vfork+exec),
+# and LocalCluster spawns its workers from the process that creates it.
+_CLUSTER_HELPER = """
+import logging, sys
+from distributed import LocalCluster
+with LocalCluster(n_workers=int(sys.argv[1]), threads_per_worker=1, processes=True,
+                  dashboard_address=None, silence_logs=logging.WARNING) as cluster:
+    print(cluster.scheduler_address, flush=True)
+    sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def local_cluster(workers: int) -> Iterator[str]:
+    """Address of a fresh LocalCluster, the kind a user starts once and reuses (dask_address=...)."""
+    helper = subprocess.Popen(
+        [sys.executable, "-c", _CLUSTER_HELPER, str(workers)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert helper.stdin is not None and helper.stdout is not None
+    try:
+        address = helper.stdout.readline().strip()
+        if not address:
+            raise RuntimeError("the LocalCluster helper exited without an address")
+        yield address
+    finally:
+        helper.stdin.close()  # the helper closes its cluster and exits
+        try:
+            helper.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            helper.kill()
+
+
+def _worker_memory_mb() -> tuple[float, float]:
+    """(ru_maxrss, VmHWM) of this process in MB; VmHWM is this process's own peak only."""
+    high_water = 0.0
+    with contextlib.suppress(OSError), open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                high_water = int(line.split()[1]) / 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, high_water
+
+
+def worker_memory_mb(address: str) -> tuple[float, float]:
+    """Largest (ru_maxrss, VmHWM) over the cluster's workers, in MB."""
+    from distributed import Client
+
+    with Client(address) as client:
+        peaks = client.run(_worker_memory_mb)
+    return max(rss for rss, _ in peaks.values()), max(hwm for _, hwm in peaks.values())
+
+
+# ---------------------------------------------------------------- (b) decoding speed limit
+
+
+def _ffmpeg_f32_mono(path: Path) -> int:
+    pcm = subprocess.run(
+        ["ffmpeg", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1", "-ar", str(SAMPLE_RATE), "-"],
+        capture_output=True,
+        check=True,
+    ).stdout
+    return np.frombuffer(pcm, dtype="<f4").shape[0]
+
+
+def raw_decode(collection: Collection, *, workers: int) -> Measurement:
+    """Decode every file, ``workers`` ffmpegs at a time."""
+    with Clock() as clock, ThreadPoolExecutor(workers) as pool:
+        n_samples = sum(pool.map(_ffmpeg_f32_mono, collection.paths))
+    return Measurement(n_samples / SAMPLE_RATE, clock.wall, clock.cpu)
+
+
+# ---------------------------------------------------------------- (c) the seed's serial scripts
+
+
+def seed_serial(collection: Collection, out_dir: Path) -> Measurement:
+    """GRUV style, one process: mp3 -> 16-bit WAV file -> scipy -> per-block np.fft.fft -> .npy."""
+    import scipy.io.wavfile
+
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    n_samples = 0
+    with Clock() as clock:
+        for path in collection.paths:
+            wav = out_dir / f"{path.stem}.wav"
+            subprocess.run(
+                ["ffmpeg", "-v", "error", "-y", "-i", str(path), "-ac", "1", "-ar", str(SAMPLE_RATE),
+                 "-acodec", "pcm_s16le", str(wav)],
+                check=True,
+            )  # fmt: skip
+            _, data = scipy.io.wavfile.read(wav)
+            audio = data.astype(np.float32) / 32767.0
+            blocks = []
+            for start in range(0, audio.shape[0], BLOCK_SIZE):
+                block = audio[start : start + BLOCK_SIZE]
+                if block.shape[0] < BLOCK_SIZE:
+                    padding = np.zeros(BLOCK_SIZE - block.shape[0], dtype=np.float32)
+                    block = np.concatenate([block, padding])
+                blocks.append(block)
+            fft_blocks = []
+            for block in blocks:
+                spectrum = np.fft.fft(block)
+                fft_blocks.append(np.concatenate((np.real(spectrum), np.imag(spectrum))))
+            np.save(out_dir / f"{path.stem}.npy", np.array(fft_blocks))
+            wav.unlink()
+            n_samples += audio.shape[0]
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return Measurement(n_samples / SAMPLE_RATE, clock.wall, clock.cpu)
+
+
+# ---------------------------------------------------------------- decode path evidence
+
+
+def _pydub_decode(path: Path) -> np.ndarray:
+    from pydub import AudioSegment
+
+    segment = AudioSegment.from_file(str(path), format="mp3")
+    pcm = np.array(segment.get_array_of_samples(), dtype=np.float32)
+    scale = float(1 << (8 * segment.sample_width - 1))
+    return pcm.reshape(-1, segment.channels).mean(axis=1) / scale
+
+
+def decoder_comparison(paths: list[Path], *, rounds: int = 3) -> dict[str, float]:
+    """Best-of-``rounds`` serial seconds over ``paths`` per decoder, rounds interleaved."""
+    from tasks.audio import decode_audio
+
+    decoders: dict[str, Callable[[Path], object]] = {
+        "pydub": _pydub_decode,
+        "decode_audio": lambda path: decode_audio(str(path), sample_rate=SAMPLE_RATE),
+        "ffmpeg f32le": _ffmpeg_f32_mono,
+    }
+    best = dict.fromkeys(decoders, float("inf"))
+    for _ in range(rounds):
+        for name, decode in decoders.items():
+            started = time.perf_counter()
+            for path in paths:
+                decode(path)
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best
+
+
+# ---------------------------------------------------------------- where one worker's time goes
+
+
+def _best_of(rounds: int, call: Callable[[], object]) -> tuple[float, object]:
+    best, result = float("inf"), None
+    for _ in range(rounds):
+        started = time.perf_counter()
+        result = call()
+        best = min(best, time.perf_counter() - started)
+    return best, result
+
+
+def stage_breakdown(collection: Collection, store_dir: Path, *, rounds: int = 2) -> dict[str, float]:
+    """Serial seconds per stage of ``ingest_batch``'s work, over the collection (best of ``rounds``)."""
+    from musicflow.config import FeatureConfig
+    from tasks.audio import decode_audio
+    from tasks.features import blocks_to_features, frame_blocks
+    from tasks.ingest import sha256_of
+    from tasks.shards import ShardWriter
+    from tasks.stats import FeatureStats
+    from tasks.store import open_store
+
+    config = FeatureConfig(sample_rate=SAMPLE_RATE, block_size=BLOCK_SIZE)
+    seconds = dict.fromkeys(("sha256", "decode_audio", "frame+rfft", "writer.add", "  of which stats"), 0.0)
+    shutil.rmtree(store_dir, ignore_errors=True)
+    store = open_store(str(store_dir))
+    writer = ShardWriter(store, "bench", n_features=config.n_features)
+    with writer:
+        for path in collection.paths:
+            seconds["sha256"] += _best_of(rounds, lambda path=path: sha256_of(str(path)))[0]
+            elapsed, audio = _best_of(
+                rounds, lambda path=path: decode_audio(str(path), sample_rate=SAMPLE_RATE)
+            )
+            seconds["decode_audio"] += elapsed
+            samples = audio.samples  # type: ignore[attr-defined]
+            elapsed, features = _best_of(
+                rounds,
+                lambda samples=samples: blocks_to_features(frame_blocks(samples, block_size=BLOCK_SIZE)),
+            )
+            seconds["frame+rfft"] += elapsed
+            seconds["  of which stats"] += _best_of(
+                rounds, lambda features=features: FeatureStats.from_features(features)
+            )[0]
+            seconds["writer.add"] += _best_of(1, lambda features=features: writer.add(features))[0]
+        closing = time.perf_counter()
+    seconds["writer.add"] += time.perf_counter() - closing  # the last flush and the commit
+    shutil.rmtree(store_dir, ignore_errors=True)
+    return seconds
+
+
+# ---------------------------------------------------------------- report
+
+
+def _verdict(value: float, target: float, *, at_most: bool = False) -> str:
+    ok = value <= target if at_most else value >= target
+    return "ok" if ok else "MISSED"
+
+
+def _table(rows: list[tuple[str, ...]]) -> str:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * width for width in widths))
+    return "\n".join(line.rstrip() for line in lines)
+
+
+def _ffmpeg_version() -> str:
+    first = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.splitlines()
+    return first[0].split(" Copyright")[0] if first else "ffmpeg ?"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--minutes", type=float, default=None,
+                        help="audio in the small collection (default 20; 4 with --quick)")  # fmt: skip
+    parser.add_argument("--workers", type=int, default=2, help="Dask workers / parallel ffmpegs")
+    parser.add_argument("--repeats", type=int, default=None,
+                        help="rounds of (a) cold, (a) warm and (b) (default 3; 1 with --quick)")  # fmt: skip
+    parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "musicflow-bench",
+                        help="songs are cached here; stores are made and removed here")  # fmt: skip
+    parser.add_argument("--quick", action="store_true", help="smoke test: 4 min of songs, 1 round")
+    args = parser.parse_args(argv)
+    if args.minutes is None:
+        args.minutes = 4.0 if args.quick else 20.0
+    if args.repeats is None:
+        args.repeats = 1 if args.quick else 3
+    if args.workers < 1 or args.repeats < 1 or args.minutes <= 0:
+        parser.error("--workers, --repeats and --minutes must be positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    # The flow's own ("cold") LocalCluster finds port 8787 taken by the warm one: harmless.
+    warnings.filterwarnings("ignore", message="Port .* is already in use", category=UserWarning)
+    workers: int = args.workers
+    workdir: Path = args.workdir.resolve()
+    log = print  # progress lines; the report comes at the end
+    if shutil.which("ffmpeg") is None or shutil.which("ffprobe") is None:
+        sys.exit("ffmpeg and ffprobe are needed: apt-get install ffmpeg")
+
+    load_before = os.getloadavg()[0]
+    log(f"preparing songs in {workdir / 'pool'} (cached; not timed)")
+    started = time.perf_counter()
+    pool = make_pool(workdir / "pool", LARGE_FACTOR * (args.minutes * 60 + SONG_SECONDS[1]), workers=workers)
+    small_songs = prefix_lasting(pool, args.minutes * 60)
+    small = link_collection("small", workdir / "songs-small", small_songs)
+    large = link_collection(
+        "large", workdir / "songs-large", prefix_lasting(pool, LARGE_FACTOR * small.seconds)
+    )
+    warmup = link_collection("warm-up", workdir / "songs-warmup", small_songs[:2])
+    log(f"  {len(small.paths)} + {len(large.paths)} songs ready in {time.perf_counter() - started:.0f} s")
+    stores = workdir / "stores"
+
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    log("starting a Prefect test server")
+    with prefect_test_harness(server_startup_timeout=120):
+        # Dask worker processes inherit the environment: one API for all of them.
+        os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
+        cold: list[IngestRun] = []
+        warm: list[IngestRun] = []
+        plain: list[Measurement] = []
+        raw: list[Measurement] = []
+        raw_serial: list[Measurement] = []
+        with local_cluster(workers) as address:
+            idle_small = worker_memory_mb(address)
+            log("warm-up ingest (2 songs, not counted)")
+            run_ingest(warmup, stores / "warm-up", workers=workers, dask_address=address)
+            for round_index in range(args.repeats):
+                log(f"round {round_index + 1}/{args.repeats}: (b) raw decode, (a) warm, plain Dask, (a) cold")
+                raw.append(raw_decode(small, workers=workers))
+                raw_serial.append(raw_decode(small, workers=1))
+                warm.append(run_ingest(small, stores / "warm", workers=workers, dask_address=address))
+                plain.append(run_plain_dask(small, stores / "plain", workers=workers, dask_address=address))
+                cold.append(run_ingest(small, stores / "cold", workers=workers))
+            own_small = worker_memory_mb(address)
+        log(f"(d) the {LARGE_FACTOR}x collection on a fresh cluster, and (b) on it")
+        with local_cluster(workers) as address:
+            idle_large = worker_memory_mb(address)
+            large_run = run_ingest(large, stores / "large", workers=workers, dask_address=address)
+            own_large = worker_memory_mb(address)
+        large_raw = raw_decode(large, workers=workers)
+    log("(c) seed-style serial baseline")
+    seed = seed_serial(small, workdir / "seed-npy")
+    log("decoder comparison and stage breakdown (serial)")
+    decoders = decoder_comparison(small.paths[:PYDUB_FILES])
+    stages = stage_breakdown(small, workdir / "stage-store")
+
+    def median(runs: list[IngestRun] | list[Measurement]) -> tuple[float, float]:
+        """Median (x real time, x real time per CPU second) of repeated runs."""
+        return (
+            statistics.median(run.x_realtime for run in runs),
+            statistics.median(run.x_realtime_per_cpu for run in runs),
+        )
+
+    n = workers
+    cold_x, cold_c = median(cold)
+    warm_x, warm_c = median(warm)
+    raw_x, raw_c = median(raw)
+    plain_x, plain_c = median(plain)
+    raw_serial_x, _ = median(raw_serial)
+    seed_x, seed_c = seed.x_realtime, seed.x_realtime_per_cpu
+    small_rss = max(run.peak_worker_rss_mb for run in warm)
+    large_rss = large_run.peak_worker_rss_mb
+    rss_ratio = large_rss / small_rss
+    small_minutes, large_minutes = small.seconds / 60, large.seconds / 60
+    pydub, decode, ffmpeg = decoders["pydub"], decoders["decode_audio"], decoders["ffmpeg f32le"]
+    warm_wall = statistics.median(run.wall_seconds for run in warm)
+    warm_body = statistics.median(run.body_seconds for run in warm)
+
+    def target(value: float, limit: float, *, at_most: bool = False) -> str:
+        sign = "<=" if at_most else ">="
+        return f"{sign} {limit:g} {_verdict(value, limit, at_most=at_most)}"
+
+    def ratio_row(name: str, wall: float, idle: float, limit: float) -> tuple[str, str, str, str]:
+        return (name, f"{wall:.2f}", f"{idle:.2f}", f"{target(wall, limit)} (idle: {_verdict(idle, limit)})")
+
+    rows = [
+        ("measure", "wall", "CPU", "target / detail"),
+        (f"(a) ingest cold, {n} workers (x real time)", f"{cold_x:.0f}x", f"{cold_c:.0f}x",
+         "the flow starts its LocalCluster"),
+        (f"(a) ingest warm, {n} workers (x real time)", f"{warm_x:.0f}x", f"{warm_c:.0f}x",
+         "LocalCluster started beforehand"),
+        ("(a) steps on plain Dask, warm, no Prefect", f"{plain_x:.0f}x", f"{plain_c:.0f}x",
+         "same functions and batches"),
+        (f"(b) ffmpeg f32le, {n} at a time (x real time)", f"{raw_x:.0f}x", f"{raw_c:.0f}x",
+         "decoding speed limit"),
+        ("(c) seed scripts, 1 process (x real time)", f"{seed_x:.0f}x", f"{seed_c:.0f}x",
+         "wav + scipy + fft loop + npy"),
+        ("(b) / (b) with 1 ffmpeg at a time", f"{raw_x / raw_serial_x:.2f}", "",
+         f"ideal {n}; less: cores busy elsewhere"),
+        ratio_row("(a) warm / (b)", warm_x / raw_x, warm_c / raw_c, TARGET_VS_DECODE),
+        ratio_row("(a) cold / (b)", cold_x / raw_x, cold_c / raw_c, TARGET_VS_DECODE),
+        ratio_row("(a) warm / (c)", warm_x / seed_x, n * warm_c / seed_c, TARGET_VS_SEED),
+        ratio_row("(a) cold / (c)", cold_x / seed_x, n * cold_c / seed_c, TARGET_VS_SEED),
+        ("(b) / (c)", f"{raw_x / seed_x:.2f}", f"{n * raw_c / seed_c:.2f}", "the ceiling of (a) / (c)"),
+        ("(a) warm / plain Dask", f"{warm_x / plain_x:.2f}", f"{warm_c / plain_c:.2f}", "what Prefect costs"),
+        ("plain Dask / (b)", f"{plain_x / raw_x:.2f}", f"{plain_c / raw_c:.2f}",
+         "what ingest_batch's work costs"),
+        (f"(a) warm / (b), {LARGE_FACTOR}x collection ({large_minutes:.0f} min)",
+         f"{large_run.x_realtime / large_raw.x_realtime:.2f}",
+         f"{large_run.x_realtime_per_cpu / large_raw.x_realtime_per_cpu:.2f}",
+         f"{large_run.x_realtime:.0f}x / {large_raw.x_realtime:.0f}x wall"),
+        (f"(d) peak worker RSS, {small_minutes:.0f} min (MB)", f"{small_rss:.0f}", "",
+         f"VmHWM {own_small[1]:.0f}; idle worker {idle_small[0]:.0f}"),
+        (f"(d) peak worker RSS, {large_minutes:.0f} min (MB)", f"{large_rss:.0f}", "",
+         f"VmHWM {own_large[1]:.0f}; idle worker {idle_large[0]:.0f}"),
+        ("(d) large / small peak worker RSS", f"{rss_ratio:.2f}", "",
+         target(rss_ratio, 1 + TARGET_RSS_GROWTH, at_most=True)),
+        (f"pydub / decode_audio time, {PYDUB_FILES} songs serial", f"{pydub / decode:.2f}", "",
+         f"{pydub:.2f} s / {decode:.2f} s"),
+        ("decode_audio / ffmpeg f32le time, same songs", f"{decode / ffmpeg:.2f}", "",
+         f"{decode:.2f} s / {ffmpeg:.2f} s"),
+    ]  # fmt: skip
+    stage_total = sum(value for stage, value in stages.items() if not stage.startswith(" "))
+    warm_busy = statistics.median(run.task_seconds / (workers * run.wall_seconds) for run in warm)
+    print()
+    print(
+        f"musicflow ingest benchmark: {len(small.paths)} songs, {small.seconds / 60:.1f} min of mp3 "
+        f"(large: {len(large.paths)} songs, {large.seconds / 60:.1f} min); {workers} workers on "
+        f"{os.cpu_count()} cores (1-min load {load_before:.1f} before, {os.getloadavg()[0]:.1f} after); "
+        f"{_ffmpeg_version()}; median of {args.repeats} round(s)"
+    )
+    print(_table(rows))
+    print(
+        "wall: audio seconds per wall second, and their ratios. CPU: audio seconds per CPU second of\n"
+        "this process tree (workers, ffmpeg, Prefect server included); its ratios estimate an idle\n"
+        f"machine: (a)/(b) = ratio of per-CPU rates, (a)/(c) = {n} x ratio (perfect scaling assumed)."
+    )
+    print()
+    print(
+        f"warm ingest of {small_minutes:.0f} min: {warm_wall:.2f} s wall, of which {warm_body:.2f} s in "
+        f"the flow's body (the rest: Prefect's flow-run set-up and teardown); ingest_batch busy "
+        f"{100 * warm_busy:.0f}% of {workers} x wall; {warm[0].n_batches} batches"
+    )
+    print(
+        f"ingest_batch's work per stage, serial, {small_minutes:.0f} min "
+        f"({small.seconds / stage_total:.0f}x real time):"
+    )
+    for stage, seconds in stages.items():
+        print(f"  {stage:<18} {seconds:6.2f} s  {100 * seconds / stage_total:4.0f}%")
+    print()
+    print("command:", shlex.join(sys.orig_argv))
+
+
+if __name__ == "__main__":
+    main()

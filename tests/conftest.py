@@ -94,3 +94,44 @@ def demo_songs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     from tasks.synth import write_demo_songs
 
     return write_demo_songs(tmp_path_factory.mktemp("songs"), n_songs=6, seconds=(3.0, 6.0), seed=100)
+
+
+TINY_BLOCK = 1024  # 23 ms blocks, 1026 rfft features: a model that trains in seconds
+TINY_TRAIN = {
+    "hidden": 32,
+    "seq_len": 8,
+    "hop": 4,
+    "batch_size": 8,
+    "learning_rate": 3e-3,
+    "val_fraction": 0.25,
+}
+
+
+@pytest.fixture(scope="session")
+def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A local store holding one dataset of 4 periodic 3 s songs (block size 1024);
+    returns ``(store_url, dataset_id)``. Read-only: copy the store before changing it."""
+    from musicflow.config import FeatureConfig, IngestConfig
+    from tests.helpers import ingest_direct, write_periodic_songs
+
+    root = tmp_path_factory.mktemp("tiny")
+    songs = root / "songs"
+    write_periodic_songs(songs, n_songs=4, seconds=3.0, block_size=TINY_BLOCK)
+    store = str(root / "store")
+    config = IngestConfig(features=FeatureConfig(block_size=TINY_BLOCK))
+    return store, ingest_direct(songs, store, config)
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_dataset: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A copy of ``tiny_dataset``'s store with a small model trained for 3 epochs;
+    returns ``(store_url, model_id)``. Read-only: copy the store before changing it."""
+    import shutil
+
+    from musicflow.config import TrainConfig
+    from tasks.train import train_model
+
+    store = str(tmp_path_factory.mktemp("tiny-model") / "store")
+    shutil.copytree(tiny_dataset[0], store)
+    result = train_model(store, TrainConfig.from_preset("small", epochs=3, **TINY_TRAIN))
+    return store, result.model_id

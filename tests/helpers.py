@@ -7,9 +7,11 @@ from pathlib import Path
 
 import numpy as np
 
+from musicflow.config import IngestConfig
+from tasks import prefect_tasks
 from tasks.audio import encode_audio
 from tasks.catalog import read_catalog
-from tasks.ingest import dataset_dir, read_stats
+from tasks.ingest import commit_batch, dataset_dir, ingest_batch, make_batches, read_stats
 from tasks.shards import read_blocks
 from tasks.stats import FeatureStats, merge_all
 from tasks.store import open_store
@@ -61,3 +63,32 @@ def assert_store_consistent(store_url: str, dataset_id: str) -> None:
     assert stats.count == expected.count == sum(row.n_blocks for row in rows if row.ok)
     np.testing.assert_allclose(stats.mean, expected.mean, rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(stats.std, expected.std, rtol=1e-5, atol=1e-5)
+
+
+def ingest_direct(source: str | Path, store_url: str, config: IngestConfig) -> str:
+    """Ingest without Prefect or Dask (the flow's steps, in this process); returns the dataset id."""
+    dataset_id, plan = prefect_tasks.plan_ingest.fn(str(source), store_url, config)
+    store = open_store(store_url)
+    for batch in make_batches(plan.todo, batch_bytes=int(config.batch_mb * 2**20)):
+        result = ingest_batch(batch, store_url=store_url, dataset_id=dataset_id, config=config)
+        commit_batch(store, dataset_id, result)
+    return dataset_id
+
+
+def write_periodic_songs(
+    directory: Path, *, n_songs: int, seconds: float, block_size: int, sample_rate: int = 44100
+) -> list[Path]:
+    """WAV songs that repeat a 4-block pattern of tones (one tone per block, a different set per
+    song): easy to predict, so a small model's loss must fall well below the mean-block baseline."""
+    directory.mkdir(parents=True, exist_ok=True)
+    n = int(seconds * sample_rate)
+    t = np.arange(block_size) / sample_rate
+    paths = []
+    for song in range(n_songs):
+        freqs = [220.0 * 2 ** ((song + 3 * step) / 12) for step in range(4)]
+        pattern = np.concatenate([0.5 * np.sin(2 * np.pi * f * t) for f in freqs]).astype(np.float32)
+        audio = np.tile(pattern, n // pattern.size + 1)[:n]
+        path = directory / f"periodic-{song:02d}.wav"
+        path.write_bytes(encode_audio(audio, sample_rate=sample_rate, format="wav"))
+        paths.append(path)
+    return paths

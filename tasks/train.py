@@ -185,6 +185,7 @@ def train_model(
         batch_size=config.batch_size,
         shuffle_buffer=config.shuffle_buffer,
         seed=config.seed,
+        first_epoch=initial_epoch,
     )
     val_data = make_tf_dataset(val_windows, n_features=n_features, batch_size=config.batch_size)
     from tasks.checkpoints import Checkpointer

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
@@ -22,6 +23,8 @@ from tasks.store import Store, open_store
 
 # A feature that never varies (the imaginary part of the DC and Nyquist bins) keeps scale 1.
 MIN_STD = 1e-6
+
+_T = TypeVar("_T")
 
 
 def window_starts(n_blocks: int, *, seq_len: int, hop: int) -> np.ndarray:
@@ -163,25 +166,43 @@ def make_tf_dataset(
     batch_size: int,
     shuffle_buffer: int = 0,
     seed: int | None = None,
+    first_epoch: int = 0,
 ) -> object:
     """A ``tf.data.Dataset`` of ``(inputs, targets)`` batches streamed from ``windows``.
 
     With ``seed`` set, songs are shuffled anew each epoch and windows pass a
     bounded shuffle buffer (``shuffle_buffer`` windows); without it, the order
-    is the catalog's, as :meth:`SongWindows.iter_windows`.
+    is the catalog's, as :meth:`SongWindows.iter_windows`. Epoch ``k``'s order
+    depends only on ``seed`` and ``k`` (the first iteration is ``first_epoch``),
+    so a run resumed at epoch ``k`` sees the data an uninterrupted run would.
     """
     import tensorflow as tf
 
-    epoch = {"count": 0}
+    epoch = {"count": first_epoch}
 
     def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
         epoch_seed = None if seed is None else seed + epoch["count"]
         epoch["count"] += 1
-        yield from windows.iter_windows(seed=epoch_seed)
+        items = windows.iter_windows(seed=epoch_seed)
+        if epoch_seed is not None and shuffle_buffer > 1:
+            items = _shuffle_buffer(items, shuffle_buffer, np.random.default_rng([epoch_seed, 1]))
+        yield from items
 
     spec = tf.TensorSpec(shape=(windows.seq_len, n_features), dtype=tf.float32)
     dataset = tf.data.Dataset.from_generator(generate, output_signature=(spec, spec))
     dataset = dataset.apply(tf.data.experimental.assert_cardinality(windows.n_windows))
-    if seed is not None and shuffle_buffer > 1:
-        dataset = dataset.shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
     return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _shuffle_buffer(items: Iterator[_T], size: int, rng: np.random.Generator) -> Iterator[_T]:
+    """Items in a random order, holding at most ``size`` of them (as ``tf.data``'s shuffle)."""
+    buffer: list[_T] = []
+    for item in items:
+        if len(buffer) < size:
+            buffer.append(item)
+            continue
+        index = int(rng.integers(size))
+        yield buffer[index]
+        buffer[index] = item
+    for index in rng.permutation(len(buffer)):
+        yield buffer[index]

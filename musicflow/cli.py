@@ -587,13 +587,32 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Abort:
         _fail("aborted", 130)
     except typer.TyperException as error:  # usage errors: bad option values, missing arguments
-        _fail(error.format_message(), getattr(error, "exit_code", 2))
+        _fail(
+            _with_given_value(error, sys.argv[1:] if argv is None else argv), getattr(error, "exit_code", 2)
+        )
     except (ConfigError, StoreError) as error:
         _fail(str(error), 2)
     except MusicflowError as error:
         _fail(str(error), 1)
     if isinstance(result, int) and result:
         sys.exit(result)
+
+
+def _with_given_value(error: typer.TyperException, args: list[str]) -> str:
+    """The usage error's message, naming the value given when the message does not (range checks)."""
+    message = error.format_message()
+    opts = getattr(getattr(error, "param", None), "opts", None) or []
+    given = None
+    for index, arg in enumerate(args):
+        for opt in opts:
+            if arg == opt and index + 1 < len(args):
+                given = args[index + 1]
+            elif arg.startswith(f"{opt}="):
+                given = arg[len(opt) + 1 :]
+    if given is None or repr(given) in message or f" {given} " in f" {message} ":
+        return message
+    head, _, reason = message.partition(": ")
+    return f"{head}: {given!r}: {reason}" if reason else f"{message} (got {given!r})"
 
 
 def _fail(message: str, code: int) -> None:

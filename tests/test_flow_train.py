@@ -1,0 +1,164 @@
+"""The ``train`` flow in the Prefect test harness; ``musicflow train`` and ``status`` as a user runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TINY_TRAIN
+
+from musicflow.config import TrainConfig
+from tasks.store import open_store
+from tasks.train import CHECKPOINTS, STATE_FILE, model_dir, read_card
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def musicflow(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "musicflow.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=dict(os.environ),  # PREFECT_API_URL of the test server, when the fixture is on
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("musicflow: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def _artifacts(flow_run_id: str) -> dict[str, Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def fetch() -> dict[str, Any]:
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            )
+            return {artifact.key: artifact for artifact in found if artifact.key}
+
+    return asyncio.run(fetch())
+
+
+def _table(artifact: Any) -> list[dict[str, Any]]:
+    data = artifact.data
+    return json.loads(data) if isinstance(data, str) else data
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_train_flow_publishes_the_model_and_its_artifacts(
+    tiny_dataset: tuple[str, str], tmp_path: Path
+) -> None:
+    from flows.train import train
+
+    store_url, dataset_id = str(tmp_path / "store"), tiny_dataset[1]
+    shutil.copytree(tiny_dataset[0], store_url)
+    options = {key: TINY_TRAIN[key] for key in ("hidden", "seq_len", "hop", "batch_size", "learning_rate")}
+
+    state = train(store=store_url, epochs=2, return_state=True, **options)
+    card = state.result()
+
+    assert state.is_completed()
+    model_id = card["model_id"]
+    assert card["dataset_id"] == dataset_id and card["epochs"] == 2
+    assert card["config"]["hidden"] == 32 and card["config"]["seq_len"] == 8 and card["config"]["epochs"] == 2
+    store = open_store(store_url)
+    assert read_card(store, model_id) == card
+    weights = store.read_bytes(model_dir(model_id), "model.keras")
+    assert hashlib.sha256(weights).hexdigest() == card["weights_sha256"]
+    assert store.exists(model_dir(model_id), "loss-curve.png")
+    assert store.read_json(model_dir(model_id), CHECKPOINTS, STATE_FILE)["epoch"] == 2
+
+    artifacts = _artifacts(str(state.state_details.flow_run_id))
+    assert {"train-losses", "train-summary", "train-progress"} <= set(artifacts), set(artifacts)
+    table = _table(artifacts["train-losses"])
+    assert [row["epoch"] for row in table] == [1, 2]
+    for row, train_loss, val_loss in zip(
+        table, card["history"]["loss"], card["history"]["val_loss"], strict=True
+    ):
+        assert row["train_loss"] == pytest.approx(train_loss, abs=1e-6)
+        assert row["val_loss"] == pytest.approx(val_loss, abs=1e-6)
+    summary = artifacts["train-summary"].data
+    assert model_id in summary and dataset_id in summary and "loss-curve.png" in summary
+    assert artifacts["train-progress"].data == pytest.approx(100.0)  # the task's progress, all epochs
+
+    # the same flow again resumes the same model to more epochs
+    again = train(store=store_url, epochs=3, **options)
+    assert again["model_id"] == model_id and again["epochs"] == 3
+    assert again["history"]["loss"][:2] == card["history"]["loss"]
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_cli_train_then_status(tiny_dataset: tuple[str, str], tmp_path: Path) -> None:
+    store_url, dataset_id = str(tmp_path / "store"), tiny_dataset[1]
+    shutil.copytree(tiny_dataset[0], store_url)
+    args = ["--store", store_url, "--epochs", "1", "--hidden", "32", "--seq-len", "8", "--hop", "4"]
+
+    result = musicflow("train", *args, "--json")
+
+    assert result.returncode == 0, result.stderr
+    card = json.loads(result.stdout)
+    assert card["epochs"] == 1 and card["dataset_id"] == dataset_id
+    expected = TrainConfig.from_preset("small", epochs=1, hidden=32, seq_len=8, hop=4)
+    assert card["config"] == expected.to_dict()
+
+    status = musicflow("status", "--store", store_url, "--json")
+    assert status.returncode == 0, status.stderr
+    models = json.loads(status.stdout)["models"]
+    assert len(models) == 1
+    model = models[0]
+    assert model["model_id"] == card["model_id"]
+    assert model["dataset_id"] == dataset_id
+    assert model["epochs"] == 1
+    assert model["train_loss"] == pytest.approx(card["history"]["loss"][0])
+    assert model["val_loss"] == pytest.approx(card["history"]["val_loss"][0])
+    assert model["params"] == card["params"] == 4 * (32 * 32 * 2 + 32) + 1026 * 32 + 32 + 32 * 1026 + 1026
+
+    table = musicflow("status", "--store", store_url)
+    assert table.returncode == 0 and card["model_id"][:10] in table.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--loss", "foo"], ["--loss", "foo"]),
+        (["--preset", "nope"], ["--preset", "nope"]),
+        (["--epochs", "0"], ["--epochs", "'0'"]),
+        (["--seq-len=-1"], ["--seq-len", "'-1'"]),
+        (["--hidden", "x"], ["--hidden", "'x'"]),
+    ],
+)
+def test_bad_train_options_exit_2_naming_them(tmp_path: Path, args: list[str], fragments: list[str]) -> None:
+    (tmp_path / "store").mkdir()
+    result = musicflow("train", "--store", str(tmp_path / "store"), *args)
+    assert_one_line_error(result, 2, *fragments)
+
+
+@pytest.mark.usefixtures("prefect_server")  # if the check came too late, no real server gets started
+def test_train_on_a_store_without_dataset(tmp_path: Path) -> None:
+    (tmp_path / "store").mkdir()
+    result = musicflow("train", "--store", str(tmp_path / "store"), "--epochs", "1")
+    assert_one_line_error(result, 2, "no dataset", str(tmp_path / "store"))
+    assert not (tmp_path / "store" / "models").exists()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_train_on_a_missing_store(tmp_path: Path) -> None:
+    result = musicflow("train", "--store", str(tmp_path / "nowhere"), "--epochs", "1")
+    assert_one_line_error(result, 2, "store not found", "nowhere")

@@ -136,8 +136,14 @@ class Store:
     def _lock_is_stale(self, path: str, stale_after: float) -> bool:
         try:
             holder = json.loads(self.fs.cat_file(path))
-        except (FileNotFoundError, ValueError, OSError):
-            return False  # vanished or half-written: try again
+        except FileNotFoundError:
+            return False  # vanished: try again
+        except (ValueError, OSError):
+            # Half-written: its holder is still writing it, or was killed doing so; only age tells.
+            try:
+                return time.time() - self.fs.modified(path).timestamp() > stale_after
+            except (OSError, NotImplementedError):
+                return False
         if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))):
             return True
         return time.time() - float(holder.get("time", 0)) > stale_after

@@ -1,0 +1,290 @@
+"""Unit tests of tasks/store.py: the fsspec store, atomic writes, probing and the lock file.
+
+test_concurrency.py covers the lock between threads on a local disk and a dead local
+holder; here: every backend (local path, file://, memory://, s3 on moto), release on an
+exception, age-based staleness and locks that must *not* be broken.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import fsspec
+import pytest
+
+from musicflow.errors import StoreError
+from tasks.store import Store, check_writable, open_store
+
+KINDS = ["path", "file", "memory", "s3"]
+
+
+def _url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> str:
+    if kind == "path":
+        return str(tmp_path / "store")
+    if kind == "file":
+        return f"file://{tmp_path}/store"
+    if kind == "memory":
+        return f"memory://musicflow-test-{uuid.uuid4().hex[:8]}/store"
+    return request.getfixturevalue("s3_bucket") + "/store"
+
+
+@pytest.fixture(params=KINDS)
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    opened = open_store(_url(request.param, tmp_path, request))
+    yield opened
+    if request.param == "memory":
+        opened.rm()
+
+
+@pytest.fixture(params=["path", "file"])
+def local_store(request: pytest.FixtureRequest, tmp_path: Path) -> Store:
+    return open_store(_url(request.param, tmp_path, request))
+
+
+def _names(store: Store, *parts: str) -> list[str]:
+    return sorted(os.path.basename(path) for path in store.fs.find(store.path(*parts)))
+
+
+# --------------------------------------------------------------------------- open_store
+
+
+def test_open_store_roots(tmp_path: Path) -> None:
+    plain = open_store(str(tmp_path / "a"))
+    assert (plain.root, plain.is_local) == (str(tmp_path / "a"), True)
+    file_url = open_store(f"file://{tmp_path}/a/")
+    assert (file_url.root, file_url.is_local) == (str(tmp_path / "a"), True)
+    memory = open_store("memory://bucket/x")
+    assert (memory.root, memory.is_local) == ("/bucket/x", False)
+    assert memory.path("d", "f") == "/bucket/x/d/f"
+    assert memory.path() == "/bucket/x"
+
+
+@pytest.mark.parametrize("url", ["", "nosuchprotocol-xyz://bucket/store"])
+def test_open_store_rejects_bad_urls_naming_them(url: str) -> None:
+    with pytest.raises(StoreError) as error:
+        open_store(url)
+    assert repr(url) in str(error.value)
+
+
+# --------------------------------------------------------------------------- basic I/O on every backend
+
+
+def test_write_and_read_back(store: Store) -> None:
+    assert not store.exists("a", "b", "f.bin")
+    store.write_bytes(b"\x00first\xff", "a", "b", "f.bin")  # parent folders are created
+    assert store.exists("a", "b", "f.bin")
+    assert store.read_bytes("a", "b", "f.bin") == b"\x00first\xff"
+    store.write_bytes(b"second", "a", "b", "f.bin")
+    assert store.read_bytes("a", "b", "f.bin") == b"second"
+    assert _names(store, "a") == ["f.bin"]  # no temporary file left behind
+
+
+def test_json_round_trip(store: Store) -> None:
+    value = {"b": [1, 2.5, None], "a": {"nested": "é"}, "flag": True}
+    store.write_json(value, "d", "v.json")
+    assert store.read_json("d", "v.json") == value
+    store.write_json(value, "d", "compact.json", indent=None)
+    compact = store.read_bytes("d", "compact.json")
+    assert b"\n" not in compact
+    assert compact.index(b'"a"') < compact.index(b'"b"')  # sorted keys: stable bytes for a value
+    assert json.loads(compact) == value
+
+
+def test_rm_is_recursive_and_ignores_missing(store: Store) -> None:
+    store.write_bytes(b"1", "d", "sub", "x")
+    store.write_bytes(b"2", "d", "y")
+    store.write_bytes(b"3", "keep")
+    store.rm("d")
+    assert not store.exists("d", "sub", "x")
+    assert not store.exists("d", "y")
+    assert store.read_bytes("keep") == b"3"
+    store.rm("d")  # already gone: no error
+    store.rm("never", "there")
+
+
+def test_list_dirs(store: Store) -> None:
+    assert store.list_dirs("models") == []
+    store.write_bytes(b"x", "models", "zeta", "card.json")
+    store.write_bytes(b"x", "models", "alpha", "ckpt", "1.keras")
+    store.write_bytes(b"x", "models", "loose-file.json")
+    assert store.list_dirs("models") == ["alpha", "zeta"]
+    assert store.list_dirs("models", "alpha") == ["ckpt"]
+
+
+def test_full_url_opens_the_same_file(store: Store) -> None:
+    store.write_bytes(b"payload", "d", "f.bin")
+    url = store.full_url("d", "f.bin")
+    if store.is_local:
+        assert "://" not in url
+        assert Path(url).read_bytes() == b"payload"
+    else:
+        assert url.startswith(("memory://", "s3://"))
+    with fsspec.open(url, "rb") as handle:
+        assert handle.read() == b"payload"
+    assert store.full_url().rstrip("/") == url[: -len("/d/f.bin")]
+
+
+# --------------------------------------------------------------------------- atomic writes on a local disk
+
+
+def test_failed_write_keeps_the_old_content(local_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = local_store
+    store.write_bytes(b"old content", "d", "f.bin")
+    real_pipe = store.fs.pipe_file
+
+    def half_then_fail(path: str, data: bytes, **kwargs: object) -> None:
+        real_pipe(path, data[: len(data) // 2])
+        raise OSError("disk full")
+
+    monkeypatch.setattr(store.fs, "pipe_file", half_then_fail)
+    with pytest.raises(OSError, match="disk full"):
+        store.write_bytes(b"new content that is longer", "d", "f.bin")
+    with pytest.raises(OSError, match="disk full"):
+        store.write_bytes(b"brand new", "d", "g.bin")
+    monkeypatch.undo()
+    assert store.read_bytes("d", "f.bin") == b"old content"
+    assert not store.exists("d", "g.bin")
+    assert _names(store, "d") == ["f.bin"]  # the partial files are cleaned up
+
+
+def test_failed_rename_keeps_the_old_content(local_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = local_store
+    store.write_json({"v": 1}, "d", "f.json")
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(store.fs, "mv", fail)
+    with pytest.raises(OSError, match="rename failed"):
+        store.write_json({"v": 2}, "d", "f.json")
+    monkeypatch.undo()
+    assert store.read_json("d", "f.json") == {"v": 1}
+    assert _names(store, "d") == ["f.json"]
+
+
+def test_write_goes_through_a_temporary_sibling(local_store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    store = local_store
+    written: list[str] = []
+    real_pipe = store.fs.pipe_file
+
+    def record(path: str, data: bytes, **kwargs: object) -> None:
+        written.append(path)
+        assert not os.path.exists(store.path("d", "f.bin")), "final name visible before the rename"
+        real_pipe(path, data, **kwargs)
+
+    monkeypatch.setattr(store.fs, "pipe_file", record)
+    store.write_bytes(b"abc", "d", "f.bin")
+    assert len(written) == 1
+    assert written[0] != store.path("d", "f.bin")
+    assert os.path.dirname(written[0]) == store.path("d")  # same folder: rename stays atomic
+    assert Path(store.path("d", "f.bin")).read_bytes() == b"abc"
+
+
+# --------------------------------------------------------------------------- check_writable
+
+
+def test_check_writable_leaves_no_probe(store: Store) -> None:
+    check_writable(store)
+    if store.is_local:
+        assert os.path.isdir(store.root)
+    assert store.fs.find(store.root) == []
+
+
+def test_check_writable_names_an_unwritable_url(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for url in (str(blocker / "store"), f"file://{blocker}/store"):
+        with pytest.raises(StoreError) as error:
+            check_writable(open_store(url))
+        assert repr(url) in str(error.value)
+        assert "\n" not in str(error.value)
+        assert isinstance(error.value.__cause__, OSError)
+
+
+# --------------------------------------------------------------------------- lock
+
+
+def _holder(**overrides: object) -> bytes:
+    value = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "token": "t"}
+    value.update(overrides)
+    return json.dumps(value).encode()
+
+
+def test_lock_is_exclusive_on_every_backend(store: Store) -> None:
+    with store.lock("ds", "catalog.lock"):
+        holder = json.loads(store.read_bytes("ds", "catalog.lock"))
+        assert holder["pid"] == os.getpid()
+        assert holder["host"] == socket.gethostname()
+        # This process is alive and the lock is young: a second acquire must wait, then fail.
+        started = time.monotonic()
+        with pytest.raises(StoreError) as error, store.lock("ds", "catalog.lock", timeout=0.3):
+            pytest.fail("acquired a lock that is held")
+        assert time.monotonic() - started >= 0.3
+        assert store.full_url("ds", "catalog.lock") in str(error.value)
+        assert json.loads(store.read_bytes("ds", "catalog.lock"))["token"] == holder["token"]
+    assert not store.exists("ds", "catalog.lock")
+
+
+def test_lock_is_released_on_an_exception(store: Store) -> None:
+    with pytest.raises(RuntimeError, match="boom"), store.lock("x.lock"):
+        assert store.exists("x.lock")
+        raise RuntimeError("boom")
+    assert not store.exists("x.lock")
+    started = time.monotonic()
+    with store.lock("x.lock", timeout=1):
+        pass
+    assert time.monotonic() - started < 1
+
+
+@pytest.mark.parametrize(
+    "holder",
+    [
+        {"host": "another-host", "pid": 1},  # alive for all we know: another machine
+        {},  # this very process: alive
+    ],
+    ids=["other-host", "live-pid"],
+)
+def test_a_young_lock_of_a_live_holder_is_not_broken(local_store: Store, holder: dict[str, object]) -> None:
+    content = _holder(**holder)
+    local_store.write_bytes(content, "x.lock")
+    with pytest.raises(StoreError, match="timed out"), local_store.lock("x.lock", timeout=0.2):
+        pass
+    assert local_store.read_bytes("x.lock") == content
+
+
+def test_an_old_lock_is_broken_after_stale_after(store: Store) -> None:
+    store.write_bytes(_holder(host="another-host", pid=1, time=time.time() - 120), "x.lock")
+    with store.lock("x.lock", timeout=2, stale_after=60):
+        assert json.loads(store.read_bytes("x.lock"))["host"] == socket.gethostname()
+    assert not store.exists("x.lock")
+
+
+def test_a_dead_holder_is_broken_even_when_young(local_store: Store) -> None:
+    # test_concurrency.py covers a real dead process; here the pid-0/absent pid case.
+    local_store.write_bytes(_holder(pid=0), "x.lock")
+    with local_store.lock("x.lock", timeout=1, stale_after=3600):
+        assert json.loads(local_store.read_bytes("x.lock"))["pid"] == os.getpid()
+
+
+def test_a_fresh_unreadable_lock_is_waited_for(local_store: Store) -> None:
+    # Another process just created the file and has not written its owner yet.
+    local_store.write_bytes(b"", "x.lock")
+    with pytest.raises(StoreError, match="timed out"), local_store.lock("x.lock", timeout=0.2):
+        pass
+    assert local_store.exists("x.lock")
+
+
+def test_an_old_unreadable_lock_is_broken(local_store: Store) -> None:
+    # A holder killed between creating the lock file and writing its owner: without an
+    # age limit on such a file every later commit would time out forever.
+    local_store.write_bytes(b"", "x.lock")
+    old = time.time() - 600
+    os.utime(local_store.path("x.lock"), (old, old))
+    with local_store.lock("x.lock", timeout=2, stale_after=60):
+        assert json.loads(local_store.read_bytes("x.lock"))["pid"] == os.getpid()

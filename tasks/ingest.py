@@ -151,7 +151,7 @@ def plan_ingest(
 def make_batches(
     files: list[SourceFile], *, batch_bytes: int, min_batches: int = 1
 ) -> list[list[SourceFile]]:
-    """Split files into balanced batches of about ``batch_bytes`` of input at most.
+    """Split files into balanced batches of at most ``batch_bytes`` of input (or one larger file).
 
     There are at least ``min_batches`` batches when there are that many files
     (pass a multiple of the worker count, so every worker stays busy to the
@@ -164,12 +164,20 @@ def make_batches(
         return []
     total = sum(item.bytes for item in files)
     n_batches = min(len(files), max(min_batches, math.ceil(total / batch_bytes)))
-    loads = [(0, index) for index in range(n_batches)]  # (bytes, batch index) min-heap
-    members: list[list[int]] = [[] for _ in range(n_batches)]
-    for position in sorted(range(len(files)), key=lambda i: -files[i].bytes):
-        load, index = heapq.heappop(loads)
-        members[index].append(position)
-        heapq.heappush(loads, (load + files[position].bytes, index))
+    order = sorted(range(len(files)), key=lambda i: -files[i].bytes)
+    members: list[list[int]] = []
+    while len(members) != n_batches:  # a file fitted nowhere: balance again over more batches
+        n_batches = max(n_batches, len(members))
+        loads = [(0, 0, index) for index in range(n_batches)]  # (bytes, files, batch index) min-heap
+        members = [[] for _ in range(n_batches)]
+        for position in order:
+            load, count, index = heapq.heappop(loads)
+            if count and load + files[position].bytes > batch_bytes:  # a new batch
+                heapq.heappush(loads, (load, count, index))
+                load, count, index = 0, 0, len(members)
+                members.append([])
+            members[index].append(position)
+            heapq.heappush(loads, (load + files[position].bytes, count + 1, index))
     ordered = sorted((sorted(batch) for batch in members if batch), key=lambda batch: batch[0])
     return [[files[position] for position in batch] for batch in ordered]
 

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from musicflow.config import FeatureConfig, TrainConfig
-from musicflow.errors import ConfigError, MusicflowError
+from musicflow.errors import ConfigError, MusicflowError, StoreError
 from tasks.catalog import read_catalog
 from tasks.features import features_to_blocks
 from tasks.ingest import dataset_dir, decode_features
@@ -320,6 +320,10 @@ def generate_run(
     n_blocks = max(1, round(seconds / features.block_seconds))
     run_id = run_id or new_run_id(model_id)
     directory = f"generated/{run_id}"
+    try:  # before the work: a blocked output folder is a one-line StoreError, not a late traceback
+        store.fs.makedirs(store.path(directory), exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"cannot write to {store.full_url(directory)!r}: {error}") from error
     sample = training_sample(store, loaded)
     reference = (
         reference_distribution(

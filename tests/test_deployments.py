@@ -1,0 +1,234 @@
+"""The deployments built in code (``musicflow serve``) and declared in ``deployments/prefect.yaml``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import inspect
+import os
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
+from prefect.events import DeploymentEventTrigger, DeploymentTriggerTypes
+from pydantic import TypeAdapter
+
+from deployments.serve import DEFAULT_GENERATE_CRON, INGEST_COMPLETED, build_deployments
+from musicflow.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+YAML = ROOT / "deployments" / "prefect.yaml"
+NAMES = ["musicflow-ingest", "musicflow-train", "musicflow-generate"]
+
+
+def by_name(deployments: list[Any]) -> dict[str, Any]:
+    return {deployment.name: deployment for deployment in deployments}
+
+
+@pytest.fixture(scope="module")
+def default() -> dict[str, Any]:
+    return by_name(build_deployments(source="/data/songs", store="/data/store"))
+
+
+def only_schedule(deployment: Any) -> Any:
+    (schedule,) = deployment.schedules
+    return schedule.schedule
+
+
+def test_three_deployments_of_the_three_flows(default: dict[str, Any]) -> None:
+    assert list(default) == NAMES
+    assert {name: d.flow_name for name, d in default.items()} == {
+        "musicflow-ingest": "ingest",
+        "musicflow-train": "train",
+        "musicflow-generate": "generate",
+    }
+    for deployment in default.values():
+        assert deployment.tags == ["musicflow"]
+        assert deployment.parameters["store"] == "/data/store"
+    assert default["musicflow-ingest"].parameters["source"] == "/data/songs"
+
+
+def test_generate_runs_daily_by_default(default: dict[str, Any]) -> None:
+    assert DEFAULT_GENERATE_CRON == "0 6 * * *"
+    schedule = only_schedule(default["musicflow-generate"])
+    assert isinstance(schedule, CronSchedule)
+    assert (schedule.cron, schedule.timezone) == ("0 6 * * *", "UTC")
+    assert default["musicflow-generate"].parameters == {"store": "/data/store", "seconds": 10.0, "count": 1}
+
+
+def test_custom_cron_and_generate_options() -> None:
+    generate = by_name(
+        build_deployments(
+            source="s", store="memory://x", generate_cron="*/15 * * * 1-5", seconds=3.5, count=2
+        )
+    )["musicflow-generate"]
+    schedule = only_schedule(generate)
+    assert schedule.cron == "*/15 * * * 1-5"
+    assert generate.parameters == {"store": "memory://x", "seconds": 3.5, "count": 2}
+
+
+def test_train_is_triggered_by_every_completed_ingest(default: dict[str, Any]) -> None:
+    train = default["musicflow-train"]
+    assert train.schedules in (None, [])
+    (trigger,) = train.triggers
+    assert isinstance(trigger, DeploymentEventTrigger)
+    assert trigger.expect == {"prefect.flow-run.Completed"} == {INGEST_COMPLETED}
+    assert trigger.match_related.root == {"prefect.resource.role": "flow", "prefect.resource.name": "ingest"}
+    assert trigger.enabled
+    assert trigger.threshold == 1 and trigger.within == dt.timedelta(0)
+    assert trigger.posture == "Reactive"
+    assert trigger.parameters == {"store": "/data/store"}
+    assert train.parameters == {"store": "/data/store", "preset": "small", "epochs": None}
+
+
+def flow_run_event(flow_name: str, event: str = INGEST_COMPLETED) -> Any:
+    """An event as Prefect emits it when a flow run of ``flow_name`` changes state."""
+    from prefect.server.events.schemas.events import ReceivedEvent
+
+    return ReceivedEvent(
+        occurred=dt.datetime.now(dt.UTC),
+        event=event,
+        resource={"prefect.resource.id": f"prefect.flow-run.{uuid.uuid4()}"},
+        related=[
+            {
+                "prefect.resource.id": f"prefect.flow.{uuid.uuid4()}",
+                "prefect.resource.role": "flow",
+                "prefect.resource.name": flow_name,
+            }
+        ],
+        id=uuid.uuid4(),
+    )
+
+
+def test_train_trigger_fires_on_completed_ingest_runs_only(default: dict[str, Any]) -> None:
+    from prefect.server.events.schemas.automations import EventTrigger
+
+    (trigger,) = default["musicflow-train"].triggers
+    trigger = trigger.model_copy()
+    deployment_id = uuid.uuid4()
+    trigger.set_deployment_id(deployment_id)
+    automation = trigger.as_automation()
+    (action,) = automation.actions
+    assert (action.deployment_id, action.parameters) == (deployment_id, {"store": "/data/store"})
+    server_side = EventTrigger.model_validate(automation.trigger.model_dump())
+    assert server_side.covers(flow_run_event("ingest"))
+    assert not server_side.covers(flow_run_event("train"))
+    assert not server_side.covers(flow_run_event("generate"))
+    assert not server_side.covers(flow_run_event("ingest", "prefect.flow-run.Failed"))
+    assert not server_side.covers(flow_run_event("ingest", "prefect.flow-run.Running"))
+
+
+def test_ingest_is_on_demand_unless_an_interval_is_given(default: dict[str, Any]) -> None:
+    assert default["musicflow-ingest"].schedules in (None, [])
+    assert default["musicflow-ingest"].triggers in (None, [])
+    ingest = by_name(build_deployments(source="s", store="t", ingest_every=900, workers=2))[
+        "musicflow-ingest"
+    ]
+    schedule = only_schedule(ingest)
+    assert isinstance(schedule, IntervalSchedule)
+    assert schedule.interval == dt.timedelta(seconds=900)
+    assert ingest.parameters["workers"] == 2
+
+
+@pytest.mark.parametrize("cron", ["61 * * * *", "0 6 * *", "daily at six", "0 25 * * *", ""])
+def test_bad_cron_is_refused_naming_it(cron: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        build_deployments(source="s", store="t", generate_cron=cron)
+    assert f"invalid cron schedule {cron!r}" in str(raised.value)
+
+
+@pytest.mark.parametrize("every", [0, -60.0])
+def test_bad_ingest_interval_is_refused_naming_it(every: float) -> None:
+    with pytest.raises(ConfigError, match=f"invalid ingest interval {every!r}"):
+        build_deployments(source="s", store="t", ingest_every=every)
+
+
+def test_deployment_parameters_are_parameters_of_their_flows(default: dict[str, Any]) -> None:
+    from flows.generate import generate
+    from flows.ingest import ingest
+    from flows.train import train
+
+    for flow, name in (
+        (ingest, "musicflow-ingest"),
+        (train, "musicflow-train"),
+        (generate, "musicflow-generate"),
+    ):
+        accepted = set(inspect.signature(flow.fn).parameters)
+        assert set(default[name].parameters) <= accepted, name
+        for trigger in default[name].triggers or []:
+            assert set(trigger.parameters or {}) <= accepted
+
+
+def test_serve_with_a_bad_cron_exits_2_naming_it(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "musicflow.cli",
+            "serve",
+            "--source",
+            str(tmp_path),
+            "--store",
+            str(tmp_path),
+            "--cron",
+            "0 99 * * *",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"},  # must fail before any server
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("musicflow: error: ")
+    assert "'0 99 * * *'" in lines[0]
+
+
+# --- prefect.yaml -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def declared() -> dict[str, dict[str, Any]]:
+    document = yaml.safe_load(YAML.read_text())
+    assert document["name"] == "musicflow"
+    return {deployment["name"]: deployment for deployment in document["deployments"]}
+
+
+def test_yaml_names_the_same_deployments_and_entrypoints(
+    declared: dict[str, dict[str, Any]], default: dict[str, Any]
+) -> None:
+    from prefect.flows import load_flow_from_entrypoint
+
+    assert list(declared) == NAMES
+    for name, deployment in declared.items():
+        path = deployment["entrypoint"].partition(":")[0]
+        assert (ROOT / path).is_file(), deployment["entrypoint"]
+        flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+        assert flow.name == default[name].flow_name
+        assert default[name].entrypoint.endswith(deployment["entrypoint"])
+        assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)
+        assert deployment["tags"] == ["musicflow"]
+        assert deployment["work_pool"]["name"] == "musicflow"
+
+
+def test_yaml_schedules_and_trigger_match_the_code(
+    declared: dict[str, dict[str, Any]], default: dict[str, Any]
+) -> None:
+    (schedule,) = declared["musicflow-generate"]["schedules"]
+    assert CronSchedule(**schedule) == only_schedule(default["musicflow-generate"])
+    assert not declared["musicflow-ingest"].get("schedules")
+    assert not declared["musicflow-train"].get("schedules")
+
+    (raw,) = declared["musicflow-train"]["triggers"]
+    trigger = TypeAdapter(DeploymentTriggerTypes).validate_python(raw)
+    (code,) = default["musicflow-train"].triggers
+    assert isinstance(trigger, DeploymentEventTrigger)
+    assert trigger.expect == code.expect
+    assert trigger.match_related.root == code.match_related.root
+    assert trigger.posture == code.posture and trigger.threshold == code.threshold
+    assert set(trigger.parameters) == set(code.parameters) == {"store"}

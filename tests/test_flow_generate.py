@@ -1,0 +1,327 @@
+"""The ``generate`` and ``pipeline`` flows in the Prefect test harness; ``musicflow generate`` and
+``status`` as a user runs them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from helpers import write_periodic_songs
+
+from tasks.generate import METRICS_FILE
+
+ROOT = Path(__file__).resolve().parents[1]
+SR = 44100
+
+
+def musicflow(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "musicflow.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env=dict(os.environ),  # PREFECT_API_URL of the test server, when the fixture is on
+    )
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """``musicflow ARGS`` in this process (argument checks happen before any flow starts)."""
+    from musicflow.cli import main
+
+    capsys.readouterr()
+    environ = dict(os.environ)  # the CLI quiets Prefect's console logging through the environment
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def assert_one_line_error(err: str, *fragments: str) -> None:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("musicflow: error: "), lines[0]
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+
+
+def copy_store(source: str, destination: Path) -> str:
+    shutil.copytree(source, destination)
+    return str(destination)
+
+
+def _artifacts(flow_run_id: Any) -> dict[str, Any]:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def fetch() -> dict[str, Any]:
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            )
+            return {artifact.key: artifact for artifact in found if artifact.key}
+
+    return asyncio.run(fetch())
+
+
+def _child_flow_runs(flow_run_id: Any) -> dict[str, Any]:
+    """The flow runs whose parent task run belongs to ``flow_run_id``, by flow name."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterParentFlowRunId
+
+    async def fetch() -> dict[str, Any]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(
+                    parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
+                )
+            )
+            return {(await client.read_flow(run.flow_id)).name: run for run in runs}
+
+    return asyncio.run(fetch())
+
+
+def _completed_event(flow_run_id: Any, *, timeout: float = 20.0) -> dict[str, Any]:
+    """The ``prefect.flow-run.Completed`` event the server received for ``flow_run_id``."""
+    from prefect.client.orchestration import get_client
+
+    query = {
+        "filter": {
+            "event": {"name": ["prefect.flow-run.Completed"]},
+            "resource": {"id": [f"prefect.flow-run.{flow_run_id}"]},
+        }
+    }
+
+    async def fetch() -> list[dict[str, Any]]:
+        async with get_client() as client:
+            response = await client.request("POST", "/events/filter", json=query)
+            return response.json()["events"]
+
+    deadline = time.monotonic() + timeout
+    while True:
+        events = asyncio.run(fetch())
+        if events or time.monotonic() > deadline:
+            break
+        time.sleep(0.25)
+    assert len(events) == 1, events
+    return events[0]
+
+
+def _table(artifact: Any) -> list[dict[str, Any]]:
+    data = artifact.data
+    return json.loads(data) if isinstance(data, str) else data
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_generate_flow_writes_the_run_and_publishes_artifacts(
+    tiny_model: tuple[str, str], tmp_path: Path
+) -> None:
+    from flows.generate import generate
+
+    store = copy_store(tiny_model[0], tmp_path / "store")
+    state = generate(store=store, seconds=1.0, count=2, return_state=True)
+    report = state.result()
+
+    assert state.is_completed()
+    assert report["model_id"] == tiny_model[1] and report["count"] == 2
+    run = Path(store, "generated", report["run_id"])
+    assert json.loads((run / METRICS_FILE).read_text()) == json.loads(json.dumps(report))
+    for clip in ("clip-01", "clip-02"):
+        for suffix in ("wav", "mp3", "png"):
+            assert (run / f"{clip}.{suffix}").stat().st_size > 0
+    assert abs((run / "clip-01.wav").stat().st_size - 44 - 2 * SR) <= 2 * 1024
+
+    artifacts = _artifacts(state.state_details.flow_run_id)
+    assert set(artifacts) >= {"generated-clips", "generated-spectrograms"}
+    rows = _table(artifacts["generated-clips"])
+    assert [row["clip"] for row in rows] == ["clip-01", "clip-02"]
+    for row, clip in zip(rows, report["clips"], strict=True):
+        assert row["files"] == ", ".join(clip["files"])
+        assert row["rms_dbfs"] == clip["metrics"]["rms_dbfs"]
+        assert row["collapsed"] == (clip["metrics"]["collapsed"] or "no")
+        assert row["seconds"] == pytest.approx(1.0, abs=0.03)
+    assert report["location"] in artifacts["generated-clips"].description
+    markdown = artifacts["generated-spectrograms"].data
+    assert tiny_model[1] in markdown
+    assert f"{report['location']}/clip-01.png" in markdown and f"{report['location']}/clip-02.png" in markdown
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_generate_flow_fails_on_a_store_without_a_model(
+    tiny_dataset: tuple[str, str], tmp_path: Path
+) -> None:
+    from flows.generate import generate
+
+    store = copy_store(tiny_dataset[0], tmp_path / "store")
+    state = generate(store=store, seconds=1.0, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(Exception, match="no trained model"):
+        state.result()
+    assert not Path(store, "generated").exists()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_generate_flow_fails_fast_on_a_tampered_model(tiny_model: tuple[str, str], tmp_path: Path) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.generate import generate
+    from tasks.generate import ModelMismatchError
+
+    store, model_id = copy_store(tiny_model[0], tmp_path / "store"), tiny_model[1]
+    weights = Path(store, "models", model_id, "model.keras")
+    weights.write_bytes(weights.read_bytes()[:-100] + b"\0" * 100)
+    started = time.monotonic()
+    state = generate(store=store, seconds=1.0, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ModelMismatchError, match=model_id):
+        state.result()
+    assert time.monotonic() - started < 30  # a verdict is not retried with backoff
+
+    async def task_runs() -> list[Any]:
+        async with get_client() as client:
+            return await client.read_task_runs(
+                flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+            )
+
+    (run,) = [run for run in asyncio.run(task_runs()) if run.name.startswith("generate-clips")]
+    assert run.run_count == 1 and run.state.is_failed()
+    assert not Path(store, "generated").exists()
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_pipeline_runs_ingest_train_generate_as_subflows(tmp_path: Path) -> None:
+    from flows.pipeline import pipeline
+
+    source, store = tmp_path / "songs", str(tmp_path / "store")
+    # pipeline() has no block_size: the default 11025-sample blocks, 12 per 3 s song.
+    write_periodic_songs(source, n_songs=4, seconds=3.0, block_size=11025)
+    state = pipeline(
+        source=str(source),
+        store=store,
+        workers=1,
+        epochs=1,
+        hidden=16,
+        seq_len=4,
+        hop=2,
+        seconds=1.0,
+        return_state=True,
+    )
+    result = state.result()
+
+    assert state.is_completed()
+    assert (result["ingest"]["songs_ok"], result["ingest"]["songs_failed"]) == (4, 0)
+    card = result["train"]
+    assert card["dataset_id"] == result["ingest"]["dataset_id"]
+    assert card["epochs"] == 1 and card["config"]["hidden"] == 16 and card["config"]["seq_len"] == 4
+    generated = result["generate"]
+    assert generated["model_id"] == card["model_id"]
+    assert generated["seconds"] == pytest.approx(1.0, abs=0.25)  # whole 0.25 s blocks
+    assert Path(store, "generated", generated["run_id"], METRICS_FILE).is_file()
+    assert Path(store, "models", card["model_id"], "model.keras").is_file()
+
+    children = _child_flow_runs(state.state_details.flow_run_id)
+    assert set(children) == {"ingest", "train", "generate"}
+    assert all(run.state.is_completed() for run in children.values())
+    order = sorted(children, key=lambda name: children[name].start_time)
+    assert order == ["ingest", "train", "generate"]
+    assert children["generate"].parameters["model"] == card["model_id"]
+    assert "generated-clips" in _artifacts(children["generate"].id)
+
+    # The train deployment's trigger fires on the event the ingest subflow really emitted.
+    from prefect.server.events.schemas.automations import EventTrigger
+    from prefect.server.events.schemas.events import ReceivedEvent
+
+    from deployments.serve import ingest_completed_trigger
+
+    trigger = ingest_completed_trigger(store)
+    trigger.set_deployment_id(uuid.uuid4())
+    server_side = EventTrigger.model_validate(trigger.as_automation().trigger.model_dump())
+    completed = {
+        name: ReceivedEvent.model_validate(_completed_event(run.id)) for name, run in children.items()
+    }
+    assert server_side.covers(completed["ingest"])
+    assert not server_side.covers(completed["train"])
+    assert not server_side.covers(completed["generate"])
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_cli_generate_then_status_lists_the_run(tiny_model: tuple[str, str], tmp_path: Path) -> None:
+    store = copy_store(tiny_model[0], tmp_path / "store")
+
+    result = musicflow("generate", "--store", store, "--seconds", "1")
+    assert result.returncode == 0, result.stderr
+    assert tiny_model[1] in result.stdout and "clip-01" in result.stdout
+
+    status = musicflow("status", "--store", store, "--json")
+    assert status.returncode == 0, status.stderr
+    (run,) = json.loads(status.stdout)["generated"]
+    assert run["model_id"] == tiny_model[1]
+    assert run["files"] == ["clip-01.wav", "clip-01.mp3", "clip-01.png"]
+    assert run["seconds"] == pytest.approx(1.0, abs=1024 / SR)
+    assert run["count"] == 1
+    assert set(run["metrics"]) == {"clip-01"}
+    assert run["metrics"]["clip-01"]["seconds"] == pytest.approx(run["seconds"])
+    assert run["collapsed"] == [run["metrics"]["clip-01"]["collapsed"]]
+    folder = Path(store, "generated", run["run_id"])
+    assert sorted(os.listdir(folder)) == sorted([*run["files"], METRICS_FILE])
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--seconds", "0"], "--seconds 0.0"),
+        (["--seconds", "1e9"], "1000000000.0"),
+        (["--count", "0"], "--count 0"),
+        (["--temperature", "-1"], "-1.0"),
+        (["--seed", "chaos"], "chaos"),
+    ],
+)
+def test_cli_generate_argument_errors_exit_2(
+    tiny_model: tuple[str, str], capsys: pytest.CaptureFixture[str], args: list[str], fragment: str
+) -> None:
+    code, out, err = run_cli(capsys, "generate", "--store", tiny_model[0], *args)
+    assert code == 2, err
+    assert_one_line_error(err, fragment)
+    assert out == ""
+    assert not Path(tiny_model[0], "generated").exists()
+
+
+def test_cli_generate_without_a_model_exits_with_one_line(
+    tiny_dataset: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    store = copy_store(tiny_dataset[0], tmp_path / "store")
+    code, _, err = run_cli(capsys, "generate", "--store", store, "--seconds", "1")
+    assert code != 0
+    assert_one_line_error(err, "no trained model", store)
+
+
+def test_cli_generate_on_a_missing_store_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "generate", "--store", str(tmp_path / "nowhere"), "--seconds", "1")
+    assert code == 2
+    assert_one_line_error(err, "nowhere")
+
+
+def test_cli_generate_with_a_bad_seed_file_exits_2(
+    tiny_model: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = run_cli(
+        capsys, "generate", "--store", tiny_model[0], "--seed-audio", str(tmp_path / "missing.wav")
+    )
+    assert code == 2
+    assert_one_line_error(err, "missing.wav")

@@ -1,0 +1,205 @@
+"""Quality metrics of generated audio: level, spectrum, collapse (silence, noise, loop), memorisation."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from tasks.metrics import (
+    LOOP_CORRELATION,
+    MEMORISED_SIMILARITY,
+    NOISE_FLATNESS,
+    SILENCE_DBFS,
+    audio_metrics,
+    loop_score,
+    nearest_training_similarity,
+    power_spectra,
+    reference_distribution,
+    spectral_centroid,
+    spectral_flatness,
+)
+from tasks.synth import synthesize_song
+
+SR = 44100
+BLOCK = 1024
+
+
+def sine(freq: float, n: int, amplitude: float = 0.5) -> np.ndarray:
+    return (amplitude * np.sin(2 * np.pi * freq * np.arange(n) / SR)).astype(np.float32)
+
+
+def song(seed: int = 3, seconds: float = 3.0) -> np.ndarray:
+    return synthesize_song(seed=seed, seconds=seconds).mean(axis=1)
+
+
+def metrics_of(audio: np.ndarray, **kwargs) -> dict:
+    return audio_metrics(audio, sample_rate=SR, block_size=BLOCK, **kwargs)
+
+
+# --- acceptance: collapse is flagged, music is not ---------------------------------------------------
+
+
+def test_a_block_of_silence_is_collapsed_into_silence() -> None:
+    metrics = metrics_of(np.zeros(BLOCK, np.float32))
+    assert metrics["collapsed"] == "silence"
+    assert metrics["rms_dbfs"] is None  # -inf is not valid JSON
+    assert metrics["peak"] == 0.0
+
+
+def test_a_very_quiet_signal_is_silence() -> None:
+    quiet = sine(440.0, SR, amplitude=10 ** ((SILENCE_DBFS - 10) / 20))
+    metrics = metrics_of(quiet)
+    assert metrics["rms_dbfs"] < SILENCE_DBFS
+    assert metrics["collapsed"] == "silence"
+
+
+def test_a_block_of_white_noise_is_collapsed_into_noise() -> None:
+    noise = np.random.default_rng(0).uniform(-0.5, 0.5, BLOCK).astype(np.float32)
+    metrics = metrics_of(noise)
+    assert metrics["collapsed"] == "noise"
+    assert metrics["spectral_flatness"] > NOISE_FLATNESS
+
+
+def test_seconds_of_white_noise_are_noise_not_a_loop() -> None:
+    noise = np.clip(0.3 * np.random.default_rng(1).standard_normal(2 * SR), -1, 1).astype(np.float32)
+    metrics = metrics_of(noise)
+    assert metrics["collapsed"] == "noise"
+    assert metrics["loop_correlation"] < 0.1
+    assert metrics["spectral_centroid_hz"] == pytest.approx(SR / 4, rel=0.05)  # flat spectrum: mid band
+
+
+def test_a_repeating_loop_is_flagged_by_the_loop_score() -> None:
+    pattern = song()[20 * BLOCK : 24 * BLOCK]  # four blocks of music, repeated
+    metrics = metrics_of(np.tile(pattern, 30))
+    assert metrics["loop_correlation"] == pytest.approx(1.0, abs=1e-6)
+    assert metrics["loop_lag_blocks"] == 4
+    assert metrics["spectral_flatness"] < NOISE_FLATNESS  # not flagged as noise first
+    assert metrics["collapsed"] == "loop"
+
+
+@pytest.mark.parametrize("seed", [0, 3, 4])
+def test_a_musical_signal_is_not_flagged(seed: int) -> None:
+    metrics = metrics_of(song(seed))
+    assert metrics["collapsed"] is None, metrics
+    assert metrics["rms_dbfs"] > SILENCE_DBFS
+    assert metrics["spectral_flatness"] < NOISE_FLATNESS
+    assert metrics["loop_correlation"] < LOOP_CORRELATION
+    assert metrics["seconds"] == pytest.approx(3.0)
+
+
+# --- the metric values --------------------------------------------------------------------------------
+
+
+def test_loop_score_finds_the_period_of_identical_blocks() -> None:
+    rng = np.random.default_rng(2)
+    pattern = rng.standard_normal((3, 64))
+    score, lag = loop_score(np.tile(pattern, (8, 1)))
+    assert (score, lag) == (pytest.approx(1.0), 3)
+    score, _ = loop_score(rng.standard_normal((24, 64)))
+    assert score < 0.3
+
+
+@pytest.mark.parametrize("bin_index", [10, 50, 200])
+def test_spectral_centroid_of_a_sine_is_its_frequency(bin_index: int) -> None:
+    freq = bin_index * SR / BLOCK  # on a bin: no leakage
+    power = power_spectra(sine(freq, 4 * BLOCK).reshape(4, BLOCK))
+    centroid = spectral_centroid(power, sample_rate=SR, block_size=BLOCK)
+    np.testing.assert_allclose(centroid, freq, rtol=1e-6)
+    assert metrics_of(sine(freq, 4 * BLOCK))["spectral_centroid_hz"] == pytest.approx(freq, abs=0.01)
+
+
+def test_spectral_centroid_of_an_off_bin_sine_is_near_its_frequency() -> None:
+    metrics = metrics_of(sine(1000.0, SR))
+    assert metrics["spectral_centroid_hz"] == pytest.approx(1000.0, rel=0.1)
+
+
+def test_spectral_centroid_of_silence_is_zero() -> None:
+    power = power_spectra(np.zeros((2, BLOCK)))
+    np.testing.assert_array_equal(spectral_centroid(power, sample_rate=SR, block_size=BLOCK), [0.0, 0.0])
+
+
+def test_flatness_is_one_for_a_flat_spectrum_and_near_zero_for_a_sine() -> None:
+    impulse = np.zeros((1, BLOCK))
+    impulse[0, 0] = 1.0  # exactly flat power spectrum
+    assert spectral_flatness(power_spectra(impulse))[0] == pytest.approx(1.0, abs=1e-9)
+    tone = sine(50 * SR / BLOCK, BLOCK).reshape(1, BLOCK)
+    assert spectral_flatness(power_spectra(tone))[0] < 1e-6
+    assert metrics_of(sine(1000.0, SR))["spectral_flatness"] < 0.05
+
+
+def test_flatness_of_white_noise_is_that_of_a_periodogram() -> None:
+    noise = np.random.default_rng(3).standard_normal((64, BLOCK))
+    flatness = spectral_flatness(power_spectra(noise))
+    # One periodogram of Gaussian noise: exponential bins, geometric/arithmetic mean = exp(-gamma).
+    assert flatness.mean() == pytest.approx(math.exp(-np.euler_gamma), abs=0.03)
+    assert flatness.min() > NOISE_FLATNESS
+
+
+def test_rms_peak_and_clipped_fraction_values() -> None:
+    audio = sine(441.0, SR, amplitude=0.5)
+    metrics = metrics_of(audio, unclipped_peak=1.7, clipped_fraction=0.125)
+    assert metrics["rms_dbfs"] == pytest.approx(20 * math.log10(0.5 / math.sqrt(2)), abs=0.01)  # -9.03
+    assert metrics["peak"] == pytest.approx(0.5, abs=1e-3)
+    assert metrics["unclipped_peak"] == 1.7
+    assert metrics["clipped_fraction"] == 0.125
+    full_scale = np.ones(BLOCK * 2, np.float32) * np.where(np.arange(BLOCK * 2) % 2, 1, -1)
+    assert metrics_of(full_scale.astype(np.float32))["rms_dbfs"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_audio_shorter_than_a_block_still_gets_metrics() -> None:
+    metrics = metrics_of(sine(1000.0, 300))
+    assert metrics["seconds"] == pytest.approx(300 / SR)
+    assert metrics["rms_dbfs"] == pytest.approx(-9.03, abs=0.3)
+
+
+def test_z_scores_against_the_reference_distribution() -> None:
+    training = song(0).reshape(-1)[: 100 * BLOCK].reshape(100, BLOCK)
+    reference = reference_distribution(training, sample_rate=SR)
+    assert reference["n_blocks"] == 100
+    assert reference["centroid_std"] > 0
+    metrics = metrics_of(
+        np.clip(0.3 * np.random.default_rng(4).standard_normal(SR), -1, 1), reference=reference
+    )
+    expected = (metrics["spectral_centroid_hz"] - reference["centroid_mean"]) / reference["centroid_std"]
+    assert metrics["spectral_centroid_hz_z"] == pytest.approx(expected, abs=1e-2)
+    assert metrics["spectral_centroid_hz_z"] > 3  # noise is far brighter than the music
+    assert metrics["spectral_flatness_z"] > 3
+    music = metrics_of(song(0), reference=reference)
+    assert abs(music["spectral_centroid_hz_z"]) < 1
+    assert abs(music["spectral_flatness_z"]) < 2
+
+
+# --- memorisation -------------------------------------------------------------------------------------
+
+
+def test_nearest_training_similarity_is_one_for_a_copy_of_a_training_window() -> None:
+    rng = np.random.default_rng(5)
+    training = rng.standard_normal((200, 96)).astype(np.float32)
+    copied = nearest_training_similarity(training[40:48].copy(), training)
+    assert copied["mean"] == pytest.approx(1.0, abs=1e-5)
+    assert copied["max"] == pytest.approx(1.0, abs=1e-5)
+    assert copied["memorised"] is True
+
+
+def test_nearest_training_similarity_is_low_for_unrelated_data() -> None:
+    rng = np.random.default_rng(6)
+    training = rng.standard_normal((200, 96)).astype(np.float32)
+    unrelated = nearest_training_similarity(rng.standard_normal((8, 96)), training)
+    assert unrelated["mean"] < 0.5
+    assert unrelated["mean"] < MEMORISED_SIMILARITY
+    assert unrelated["memorised"] is False
+
+
+def test_nearest_training_similarity_ignores_scale_and_half_copies_are_in_between() -> None:
+    rng = np.random.default_rng(7)
+    training = rng.standard_normal((100, 64))
+    scaled = nearest_training_similarity(3.0 * training[:4], training)
+    assert scaled["mean"] == pytest.approx(1.0, abs=1e-6)
+    mixed = nearest_training_similarity(
+        np.concatenate([training[:4], rng.standard_normal((4, 64))]), training
+    )
+    assert 0.5 < mixed["mean"] < 0.8
+    assert mixed["max"] == pytest.approx(1.0, abs=1e-6)
+    assert mixed["memorised"] is False

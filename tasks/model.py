@@ -16,15 +16,18 @@ def build_model(n_features: int, config: TrainConfig) -> Any:
     Input and output shapes are ``[batch, time, n_features]``; the time axis
     is free, so the same weights serve training windows and step-wise
     generation. Compiled with RMSprop, gradient clipping and ``config.loss``.
+    The Dense layers act on the last axis, at every time step: the same maths
+    as ``TimeDistributed(Dense)``, 2.6-3x faster per step and up to 2.3x less
+    memory here (benchmarks/bench_train.py).
     """
     import keras
 
     keras.utils.set_random_seed(config.seed)
     inputs = keras.Input(shape=(None, n_features), name="blocks")
-    hidden = keras.layers.TimeDistributed(keras.layers.Dense(config.hidden), name="encode")(inputs)
+    hidden = keras.layers.Dense(config.hidden, name="encode")(inputs)
     for index in range(config.layers):
         hidden = keras.layers.LSTM(config.hidden, return_sequences=True, name=f"lstm_{index}")(hidden)
-    outputs = keras.layers.TimeDistributed(keras.layers.Dense(n_features), name="decode")(hidden)
+    outputs = keras.layers.Dense(n_features, name="decode")(hidden)
     model = keras.Model(inputs, outputs, name="musicflow_lstm")
     compile_model(model, config)
     return model

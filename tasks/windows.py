@@ -146,9 +146,9 @@ class SongWindows:
             if count_windows(row.n_blocks, seq_len=self.seq_len, hop=self.hop) == 0:
                 continue
             inputs, targets = cut_windows(self.song_blocks(row), seq_len=self.seq_len, hop=self.hop)
-            for index in range(inputs.shape[0]):
+            for window in range(inputs.shape[0]):
                 # Copies: a view would keep the song's whole window arrays alive in a shuffle buffer.
-                yield inputs[index].copy(), targets[index].copy()
+                yield inputs[window].copy(), targets[window].copy()
 
 
 def load_split(

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -15,6 +20,8 @@ from tasks.ingest import commit_batch, dataset_dir, ingest_batch, make_batches, 
 from tasks.shards import read_blocks
 from tasks.stats import FeatureStats, merge_all
 from tasks.store import open_store
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def copy_songs(songs: list[Path], directory: Path) -> list[Path]:
@@ -92,3 +99,33 @@ def write_periodic_songs(
         path.write_bytes(encode_audio(audio, sample_rate=sample_rate, format="wav"))
         paths.append(path)
     return paths
+
+
+def musicflow(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """``musicflow ARGS`` as a subprocess, with this process's environment (the test server's
+    PREFECT_API_URL when the fixture is on) updated by ``env``."""
+    return subprocess.run(
+        [sys.executable, "-m", "musicflow.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def flow_run_artifacts(flow_run_id: Any) -> dict[str, Any]:
+    """The keyed artifacts of a flow run, by key, from the Prefect API."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
+
+    async def fetch() -> dict[str, Any]:
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+            )
+            return {artifact.key: artifact for artifact in found if artifact.key}
+
+    return asyncio.run(fetch())

@@ -16,21 +16,7 @@ from helpers import assert_store_consistent, copy_songs
 from tasks.catalog import read_catalog
 from tasks.ingest import dataset_dir
 from tasks.store import open_store
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def musicflow(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 300
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "musicflow.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
+from tests.helpers import ROOT, musicflow
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:

@@ -7,8 +7,6 @@ import asyncio
 import json
 import os
 import shutil
-import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
@@ -18,20 +16,9 @@ import pytest
 from helpers import write_periodic_songs
 
 from tasks.generate import METRICS_FILE
+from tests.helpers import flow_run_artifacts, musicflow
 
-ROOT = Path(__file__).resolve().parents[1]
 SR = 44100
-
-
-def musicflow(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "musicflow.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=dict(os.environ),  # PREFECT_API_URL of the test server, when the fixture is on
-    )
 
 
 def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -63,20 +50,6 @@ def assert_one_line_error(err: str, *fragments: str) -> None:
 def copy_store(source: str, destination: Path) -> str:
     shutil.copytree(source, destination)
     return str(destination)
-
-
-def _artifacts(flow_run_id: Any) -> dict[str, Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    async def fetch() -> dict[str, Any]:
-        async with get_client() as client:
-            found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-            )
-            return {artifact.key: artifact for artifact in found if artifact.key}
-
-    return asyncio.run(fetch())
 
 
 def _child_flow_runs(flow_run_id: Any) -> dict[str, Any]:
@@ -146,7 +119,7 @@ def test_generate_flow_writes_the_run_and_publishes_artifacts(
             assert (run / f"{clip}.{suffix}").stat().st_size > 0
     assert abs((run / "clip-01.wav").stat().st_size - 44 - 2 * SR) <= 2 * 1024
 
-    artifacts = _artifacts(state.state_details.flow_run_id)
+    artifacts = flow_run_artifacts(state.state_details.flow_run_id)
     assert set(artifacts) >= {"generated-clips", "generated-spectrograms"}
     rows = _table(artifacts["generated-clips"])
     assert [row["clip"] for row in rows] == ["clip-01", "clip-02"]
@@ -241,7 +214,7 @@ def test_pipeline_runs_ingest_train_generate_as_subflows(tmp_path: Path) -> None
     order = sorted(children, key=lambda name: children[name].start_time)
     assert order == ["ingest", "train", "generate"]
     assert children["generate"].parameters["model"] == card["model_id"]
-    assert "generated-clips" in _artifacts(children["generate"].id)
+    assert "generated-clips" in flow_run_artifacts(children["generate"].id)
 
     # The train deployment's trigger fires on the event the ingest subflow really emitted.
     from prefect.server.events.schemas.automations import EventTrigger

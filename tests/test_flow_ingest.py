@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import shutil
 from pathlib import Path
 
@@ -14,22 +13,9 @@ from tasks.catalog import CATALOG_FILE, read_catalog
 from tasks.ingest import dataset_dir
 from tasks.shards import read_blocks
 from tasks.store import open_store
+from tests.helpers import flow_run_artifacts
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
-
-
-def _artifacts(flow_run_id: str) -> dict[str, object]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    async def fetch() -> dict[str, object]:
-        async with get_client() as client:
-            found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-            )
-            return {artifact.key: artifact for artifact in found if artifact.key}
-
-    return asyncio.run(fetch())
 
 
 def test_ingest_records_bad_files_and_publishes_artifacts(tmp_path: Path, demo_songs: list[Path]) -> None:
@@ -49,7 +35,7 @@ def test_ingest_records_bad_files_and_publishes_artifacts(tmp_path: Path, demo_s
     for name, fragment in expected_errors.items():
         assert fragment in errors[name], (name, errors[name])
     assert_store_consistent(store, summary["dataset_id"])
-    artifacts = _artifacts(str(state.state_details.flow_run_id))
+    artifacts = flow_run_artifacts(str(state.state_details.flow_run_id))
     assert {"ingest-summary", "ingest-failures", "ingest-progress"} <= set(artifacts)
     assert artifacts["ingest-progress"].data == pytest.approx(100.0)
 

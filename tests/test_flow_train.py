@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,19 +15,7 @@ from conftest import TINY_TRAIN
 from musicflow.config import TrainConfig
 from tasks.store import open_store
 from tasks.train import CHECKPOINTS, STATE_FILE, model_dir, read_card
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def musicflow(*args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "musicflow.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        cwd=ROOT,
-        env=dict(os.environ),  # PREFECT_API_URL of the test server, when the fixture is on
-    )
+from tests.helpers import flow_run_artifacts, musicflow
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
@@ -40,20 +25,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *
     assert lines[0].startswith("musicflow: error: "), lines[0]
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
-
-
-def _artifacts(flow_run_id: str) -> dict[str, Any]:
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
-
-    async def fetch() -> dict[str, Any]:
-        async with get_client() as client:
-            found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
-            )
-            return {artifact.key: artifact for artifact in found if artifact.key}
-
-    return asyncio.run(fetch())
 
 
 def _table(artifact: Any) -> list[dict[str, Any]]:
@@ -85,7 +56,7 @@ def test_train_flow_publishes_the_model_and_its_artifacts(
     assert store.exists(model_dir(model_id), "loss-curve.png")
     assert store.read_json(model_dir(model_id), CHECKPOINTS, STATE_FILE)["epoch"] == 2
 
-    artifacts = _artifacts(str(state.state_details.flow_run_id))
+    artifacts = flow_run_artifacts(str(state.state_details.flow_run_id))
     assert {"train-losses", "train-summary", "train-progress"} <= set(artifacts), set(artifacts)
     table = _table(artifacts["train-losses"])
     assert [row["epoch"] for row in table] == [1, 2]

@@ -7,7 +7,6 @@ of the file's bytes): the first committed row of a song wins.
 
 from __future__ import annotations
 
-import io
 from dataclasses import asdict, dataclass, fields
 
 import pyarrow as pa
@@ -75,7 +74,11 @@ def read_catalog(store: Store, dataset_dir: str) -> list[CatalogRow]:
     """All rows of a dataset's catalog, in commit order (empty when there is none)."""
     if not store.exists(dataset_dir, CATALOG_FILE):
         return []
-    table = pq.read_table(io.BytesIO(store.read_bytes(dataset_dir, CATALOG_FILE)))
+    # Read without starting any Arrow thread (``pq.read_table`` starts some even with
+    # ``use_threads=False``): a process whose Arrow threads are alive at exit aborts now
+    # and then, "terminate called without an active exception" (apache/arrow#34314).
+    data = pa.BufferReader(store.read_bytes(dataset_dir, CATALOG_FILE))
+    table = pq.ParquetFile(data, pre_buffer=False).read(use_threads=False)
     return table_to_rows(table)
 
 
@@ -100,9 +103,9 @@ def write_catalog(
     """Replace the catalog atomically by ``existing`` (less the songs ``added`` replaces) + ``added``."""
     replaced = {row.song_id for row in added}
     rows = [row for row in existing if row.song_id not in replaced] + added
-    buffer = io.BytesIO()
+    buffer = pa.BufferOutputStream()
     pq.write_table(rows_to_table(rows), buffer, compression="zstd")
-    store.write_bytes(buffer.getvalue(), dataset_dir, CATALOG_FILE)
+    store.write_bytes(buffer.getvalue().to_pybytes(), dataset_dir, CATALOG_FILE)
 
 
 def append_rows(store: Store, dataset_dir: str, rows: list[CatalogRow]) -> list[CatalogRow]:

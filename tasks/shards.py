@@ -188,7 +188,7 @@ def read_blocks(store: Store, dataset_dir: str, shard: str, *, offset: int, n_bl
         array = zarr.open_array(store=_zarr_store(store, path, read_only=True), mode="r")
         return np.asarray(array[offset : offset + n_blocks], dtype=np.float32)
     with store.fs.open(path, "rb") as handle:
-        parquet = pq.ParquetFile(handle)
+        parquet = pq.ParquetFile(handle, pre_buffer=False)  # reads stay on this thread (see catalog)
         metadata = parquet.metadata
         groups, first_row, row = [], None, 0
         for index in range(metadata.num_row_groups):
@@ -199,7 +199,11 @@ def read_blocks(store: Store, dataset_dir: str, shard: str, *, offset: int, n_bl
             row += group_rows
         if not groups:
             return np.zeros((0, parquet.schema_arrow.field("features").type.list_size), dtype=np.float32)
-        column = parquet.read_row_groups(groups, columns=["features"]).column("features").combine_chunks()
+        column = (
+            parquet.read_row_groups(groups, columns=["features"], use_threads=False)
+            .column("features")
+            .combine_chunks()
+        )
         n_features = column.type.list_size
         values = column.values.to_numpy(zero_copy_only=False).reshape(-1, n_features)
         start = offset - (first_row or 0)

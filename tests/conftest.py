@@ -111,8 +111,9 @@ TINY_TRAIN = {
 def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A local store holding one dataset of 4 periodic 3 s songs (block size 1024);
     returns ``(store_url, dataset_id)``. Read-only: copy the store before changing it."""
+    from helpers import ingest_direct, write_periodic_songs
+
     from musicflow.config import FeatureConfig, IngestConfig
-    from tests.helpers import ingest_direct, write_periodic_songs
 
     root = tmp_path_factory.mktemp("tiny")
     songs = root / "songs"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import subprocess
@@ -129,3 +130,30 @@ def flow_run_artifacts(flow_run_id: Any) -> dict[str, Any]:
             return {artifact.key: artifact for artifact in found if artifact.key}
 
     return asyncio.run(fetch())
+
+
+_THREADS_SCRIPT = """
+import json, os, sys
+def threads():
+    return set(os.listdir("/proc/self/task"))
+exec(sys.argv[1])
+before = threads()
+exec(sys.argv[2])
+print(json.dumps(sorted(open(f"/proc/self/task/{t}/comm").read().strip() for t in threads() - before)))
+"""
+
+
+def native_threads_started_by(setup: str, action: str) -> list[str]:
+    """Names of the OS threads that running ``action`` (Python source, after ``setup``) starts
+    in a fresh interpreter and leaves alive. Arrow's pool threads that are alive at exit make
+    the process abort now and then ("terminate called without an active exception")."""
+    result = subprocess.run(
+        [sys.executable, "-c", _THREADS_SCRIPT, setup, action],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    names: list[str] = json.loads(result.stdout.strip().splitlines()[-1])
+    return names

@@ -11,12 +11,11 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import assert_store_consistent, copy_songs
+from helpers import ROOT, assert_store_consistent, copy_songs, musicflow
 
 from tasks.catalog import read_catalog
 from tasks.ingest import dataset_dir
 from tasks.store import open_store
-from tests.helpers import ROOT, musicflow
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:

@@ -13,10 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import write_periodic_songs
+from helpers import flow_run_artifacts, musicflow, write_periodic_songs
 
 from tasks.generate import METRICS_FILE
-from tests.helpers import flow_run_artifacts, musicflow
 
 SR = 44100
 

@@ -6,14 +6,13 @@ import shutil
 from pathlib import Path
 
 import pytest
-from helpers import assert_store_consistent, copy_songs, write_bad_inputs
+from helpers import assert_store_consistent, copy_songs, flow_run_artifacts, write_bad_inputs
 
 from flows.ingest import ingest
 from tasks.catalog import CATALOG_FILE, read_catalog
 from tasks.ingest import dataset_dir
 from tasks.shards import read_blocks
 from tasks.store import open_store
-from tests.helpers import flow_run_artifacts
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 

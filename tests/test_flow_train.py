@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 from conftest import TINY_TRAIN
+from helpers import flow_run_artifacts, musicflow
 
 from musicflow.config import TrainConfig
 from tasks.store import open_store
 from tasks.train import CHECKPOINTS, STATE_FILE, model_dir, read_card
-from tests.helpers import flow_run_artifacts, musicflow
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import native_threads_started_by
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -212,3 +213,15 @@ def test_round_trip_on_s3(s3_bucket: str, shard_format: str) -> None:
         raise RuntimeError
     assert writer.shard is None
     assert store.fs.find(store.path("datasets", "other")) == []
+
+
+def test_reading_a_parquet_shard_leaves_no_native_thread(tmp_path: Path) -> None:
+    """Arrow threads alive at exit abort the process now and then (see the catalog's test)."""
+    writer, _ = _write(open_store(str(tmp_path)), _songs([40]), "parquet")
+    setup = "from tasks.shards import read_blocks; from tasks.store import open_store"
+    action = (
+        f"store = open_store({str(tmp_path)!r})\n"
+        f"blocks = read_blocks(store, {DATASET!r}, {writer.shard!r}, offset=3, n_blocks=10)\n"
+        "assert blocks.shape[0] == 10"
+    )
+    assert native_threads_started_by(setup, action) == []

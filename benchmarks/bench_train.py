@@ -8,9 +8,10 @@ Everything is measured in one run, on the same generated songs, and reported
 as ratios where there is a baseline:
 
 (a) ``model.fit`` steps/s of the ``small`` model fed by the shards
-    (``make_tf_dataset(SongWindows(...))``, as ``tasks/train.py`` builds it)
-    against the same windows preloaded in numpy
-    (``tf.data.Dataset.from_tensor_slices``, same shuffle and batch size),
+    (``make_tf_dataset(SongWindows(...), repeat=True)`` and ``steps_per_epoch``,
+    as ``tasks/train.py`` builds it) against the same windows preloaded in
+    numpy (``tf.data.Dataset.from_tensor_slices``, same shuffle and batch size,
+    repeated),
     after a warm-up epoch of each, interleaved rounds; target >= 0.9, by wall
     time and by CPU time of the process (the shard reading competes with the
     model for the cores). On 24 songs (40-80 s) and on 96.
@@ -21,8 +22,8 @@ as ratios where there is a baseline:
     256, a subprocess each; target: flat (4x / 1x <= 1.2). With the default
     shuffle buffer (256 windows; the 1x dataset has more, so the buffer is
     full in both), a small buffer (16) and none (catalog order).
-    ``SongWindows.iter_windows`` yields a copy of each window, so the buffer
-    holds only its windows, not their songs' arrays. The buffer is filled
+    ``SongWindows.iter_spans`` yields a copy of each window's span of blocks,
+    so the buffer holds only its windows, not their songs' arrays. The buffer is filled
     before the first batch, so with fewer windows than the buffer the RSS
     grows with the data.
 
@@ -68,7 +69,7 @@ class Plan:
 
     n_songs: int  # the 1x dataset of (a) and (b)
     c_songs: int  # the 1x dataset of (c): more training windows than the default shuffle buffer
-    fit_epochs: tuple[int, int]  # per model.fit in (a), on the 1x and the 4x dataset
+    fit_epochs: tuple[int, int]  # per model.fit in (a), on the 1x and the 4x dataset (a run has many)
     rounds: tuple[int, int]
     warmup_steps: int
     timed_steps: dict[str, int]
@@ -77,7 +78,7 @@ class Plan:
     def for_run(cls, *, quick: bool) -> Plan:
         if quick:
             return cls(6, 6, (2, 1), (1, 1), 1, {"small": 3, "gruv": 2})
-        return cls(24, 64, (2, 1), (3, 2), 2, {"small": 8, "gruv": 4})
+        return cls(24, 64, (3, 3), (3, 2), 2, {"small": 8, "gruv": 4})
 
 
 @dataclass(frozen=True)
@@ -187,9 +188,12 @@ def _training_input(store_url: str, preset: str) -> tuple[Any, Any, int]:
     return config, windows, features.n_features
 
 
-def _shard_dataset(config: Any, windows: Any, n_features: int, *, buffer: int | None = None) -> Any:
-    """The training pipeline as ``train_model`` builds it; ``buffer`` (windows) overrides the
-    config's shuffle buffer, 0 = no shuffle (catalog order, as the validation pipeline)."""
+def _shard_dataset(
+    config: Any, windows: Any, n_features: int, *, buffer: int | None = None, repeat: bool = True
+) -> Any:
+    """The training pipeline as ``train_model`` builds it (endless: every epoch in turn, for
+    ``fit(steps_per_epoch=...)``); ``buffer`` (windows) overrides the config's shuffle buffer,
+    0 = no shuffle (catalog order, as the validation pipeline); ``repeat=False``: one epoch."""
     from tasks.windows import make_tf_dataset
 
     buffer = config.shuffle_buffer if buffer is None else buffer
@@ -199,6 +203,7 @@ def _shard_dataset(config: Any, windows: Any, n_features: int, *, buffer: int | 
         batch_size=config.batch_size,
         shuffle_buffer=buffer,
         seed=config.seed if buffer else None,
+        repeat=repeat,
     )
 
 
@@ -236,6 +241,8 @@ def _measure_input(model: Any, store_url: str, *, epochs: int, rounds: int) -> d
     import numpy as np
     import tensorflow as tf
 
+    from tasks.windows import steps_per_epoch
+
     config, windows, n_features = _training_input(store_url, "small")
     pairs = list(windows.iter_windows())
     inputs = np.stack([pair[0] for pair in pairs])
@@ -246,15 +253,24 @@ def _measure_input(model: Any, store_url: str, *, epochs: int, rounds: int) -> d
         "memory": tf.data.Dataset.from_tensor_slices((inputs, targets))
         .shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
         .batch(config.batch_size)
+        .repeat()
         .prefetch(tf.data.AUTOTUNE),
     }
+    steps = steps_per_epoch(windows, config.batch_size)
 
     fits: dict[str, list[dict[str, float]]] = {name: [] for name in sources}
     for round_index in range(rounds):
         for name in list(sources) if round_index % 2 == 0 else list(sources)[::-1]:
             timer = _step_timer()
             started, cpu = time.perf_counter(), time.process_time()
-            model.fit(sources[name], epochs=epochs, callbacks=[timer], shuffle=False, verbose=0)
+            model.fit(
+                sources[name],
+                epochs=epochs,
+                steps_per_epoch=steps,
+                callbacks=[timer],
+                shuffle=False,
+                verbose=0,
+            )
             wall, cpu = time.perf_counter() - started, time.process_time() - cpu
             fits[name].append(
                 {
@@ -270,7 +286,7 @@ def _measure_input(model: Any, store_url: str, *, epochs: int, rounds: int) -> d
         "windows": windows.n_windows,
         "songs": len(windows.rows),
         "batch_size": config.batch_size,
-        "steps_per_epoch": math.ceil(windows.n_windows / config.batch_size),
+        "steps_per_epoch": steps,
         "epochs": epochs,
         "rounds": rounds,
         "shuffle_buffer": config.shuffle_buffer,
@@ -321,7 +337,7 @@ def child_step(spec: dict[str, Any]) -> dict[str, Any]:
     if len(usable) < wanted:
         raise RuntimeError(f"{windows.n_windows} windows give too few full batches of {config.batch_size}")
     timer = _step_timer()
-    data = _shard_dataset(config, windows, n_features).repeat()
+    data = _shard_dataset(config, windows, n_features)
     model.fit(
         data, epochs=1, steps_per_epoch=usable[wanted - 1] + 1, callbacks=[timer], shuffle=False, verbose=0
     )
@@ -340,12 +356,14 @@ def child_step(spec: dict[str, Any]) -> dict[str, Any]:
 def child_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     """(c): one epoch of the training input pipeline, no model."""
     config, windows, n_features = _training_input(spec["store"], "small")
-    n_windows, seconds = _iterate(_shard_dataset(config, windows, n_features, buffer=spec["buffer"]))
+    n_windows, seconds = _iterate(
+        _shard_dataset(config, windows, n_features, buffer=spec["buffer"], repeat=False)
+    )
     return {
         "windows": n_windows,
         "songs": len(windows.rows),
         "seconds": seconds,
-        "window_mb": 2 * config.seq_len * n_features * 4 / 2**20,
+        "window_mb": (config.seq_len + 1) * n_features * 4 / 2**20,
     }
 
 
@@ -606,11 +624,12 @@ def report(
             f"{os.cpu_count()} cores; TensorFlow {fed['tensorflow']}, Keras {fed['keras']}",
             _table(rows),
             "",
-            f"a window (inputs + targets) is {window_mb:.1f} MB for rfft, {fft_window_mb:.1f} MB for fft; "
+            f"a window (its span of 41 blocks: inputs + targets) is {window_mb:.1f} MB for rfft, "
+            f"{fft_window_mb:.1f} MB for fft; "
             f"a full shuffle buffer of {buffer} windows holds {buffer * window_mb / 1024:.2f} GB (rfft), "
             f"{buffer * fft_window_mb / 1024:.2f} GB (fft): the pipeline's RSS grows with the dataset "
             f"until it has {buffer} training windows ({buffer * 10 / 60:.0f} min of audio at hop 40), "
-            "then stays flat; iter_windows yields a copy of each window, so a buffered window holds "
+            "then stays flat; iter_spans yields a copy of each span, so a buffered window holds "
             "only itself, not its song's arrays; the no-shuffle rows are mostly TensorFlow itself",
             f"peak RSS is each child's ru_maxrss (os.wait4); it includes this parent's {parent_mb:.0f} MB "
             "at spawn (Linux keeps the high-water mark across exec); VmHWM is the child's own",

@@ -32,7 +32,7 @@ from musicflow.errors import ConfigError, MusicflowError
 from tasks.ingest import CONFIG_FILE, STATS_FILE, dataset_dir
 from tasks.model import build_model
 from tasks.store import Store, open_store
-from tasks.windows import Normalizer, SongWindows, load_split, make_tf_dataset
+from tasks.windows import Normalizer, SongWindows, load_split, make_tf_dataset, steps_per_epoch
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
@@ -186,6 +186,7 @@ def train_model(
         shuffle_buffer=config.shuffle_buffer,
         seed=config.seed,
         first_epoch=initial_epoch,
+        repeat=True,
     )
     val_data = make_tf_dataset(val_windows, n_features=n_features, batch_size=config.batch_size)
     from tasks.checkpoints import Checkpointer
@@ -201,6 +202,7 @@ def train_model(
             train_data,
             validation_data=val_data,
             epochs=config.epochs,
+            steps_per_epoch=steps_per_epoch(train_windows, config.batch_size),
             initial_epoch=initial_epoch,
             callbacks=fit_callbacks,
             shuffle=False,  # the tf.data pipeline shuffles

@@ -92,6 +92,15 @@ class Normalizer:
     def apply(self, features: np.ndarray) -> np.ndarray:
         return ((features - self.mean) / self.std).astype(np.float32)
 
+    def apply_in_place(self, features: np.ndarray) -> np.ndarray:
+        """:meth:`apply` into ``features`` itself when it is a writable float32 array (no new
+        song-sized array), else into a new array (a read-only view of an Arrow buffer)."""
+        if features.dtype != np.float32 or not features.flags.writeable:
+            return self.apply(features)
+        np.subtract(features, self.mean, out=features)
+        np.divide(features, self.std, out=features)
+        return features
+
     def invert(self, features: np.ndarray) -> np.ndarray:
         return (features * self.std + self.mean).astype(np.float32)
 
@@ -130,25 +139,34 @@ class SongWindows:
         blocks = read_blocks(
             store, dataset_dir(self.dataset_id), row.shard, offset=row.offset, n_blocks=row.n_blocks
         )
-        return self.normalizer.apply(blocks) if self.normalizer is not None else blocks
+        return self.normalizer.apply_in_place(blocks) if self.normalizer is not None else blocks
 
-    def iter_windows(self, *, seed: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Yield ``(inputs, targets)`` windows, [seq_len, n_features] each.
+    def iter_spans(self, *, seed: int | None = None) -> Iterator[np.ndarray]:
+        """Yield each window as its span of ``seq_len + 1`` blocks, [seq_len + 1, n_features]:
+        the inputs are ``span[:-1]``, the targets ``span[1:]``.
 
         Songs come in catalog order, or shuffled by ``seed``; one song's blocks
-        are in memory at a time.
+        are in memory at a time. Each span is a copy, so a span held in a
+        shuffle buffer does not keep its whole song alive, and the inputs and
+        targets share it (half the bytes of two separate arrays).
         """
         order = np.arange(len(self.rows))
         if seed is not None:
             order = np.random.default_rng(seed).permutation(len(self.rows))
         for index in order:
             row = self.rows[index]
-            if count_windows(row.n_blocks, seq_len=self.seq_len, hop=self.hop) == 0:
+            starts = window_starts(row.n_blocks, seq_len=self.seq_len, hop=self.hop)
+            if starts.size == 0:
                 continue
-            inputs, targets = cut_windows(self.song_blocks(row), seq_len=self.seq_len, hop=self.hop)
-            for window in range(inputs.shape[0]):
-                # Copies: a view would keep the song's whole window arrays alive in a shuffle buffer.
-                yield inputs[window].copy(), targets[window].copy()
+            blocks = self.song_blocks(row)
+            for start in starts:
+                yield blocks[start : start + self.seq_len + 1].copy()
+
+    def iter_windows(self, *, seed: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Yield ``(inputs, targets)`` windows, [seq_len, n_features] each (views of one span,
+        see :meth:`iter_spans`)."""
+        for span in self.iter_spans(seed=seed):
+            yield span[:-1], span[1:]
 
 
 def load_split(
@@ -161,6 +179,11 @@ def load_split(
     return [by_id[i] for i in train_ids], [by_id[i] for i in val_ids]
 
 
+def steps_per_epoch(windows: SongWindows, batch_size: int) -> int:
+    """Batches in one epoch of :func:`make_tf_dataset` (the last one may be partial)."""
+    return math.ceil(windows.n_windows / batch_size)
+
+
 def make_tf_dataset(
     windows: SongWindows,
     *,
@@ -169,31 +192,58 @@ def make_tf_dataset(
     shuffle_buffer: int = 0,
     seed: int | None = None,
     first_epoch: int = 0,
+    repeat: bool = False,
 ) -> object:
     """A ``tf.data.Dataset`` of ``(inputs, targets)`` batches streamed from ``windows``.
 
     With ``seed`` set, songs are shuffled anew each epoch and windows pass a
     bounded shuffle buffer (``shuffle_buffer`` windows); without it, the order
     is the catalog's, as :meth:`SongWindows.iter_windows`. Epoch ``k``'s order
-    depends only on ``seed`` and ``k`` (the first iteration is ``first_epoch``),
+    depends only on ``seed`` and ``k`` (the first epoch is ``first_epoch``),
     so a run resumed at epoch ``k`` sees the data an uninterrupted run would.
+
+    Each epoch is :func:`steps_per_epoch` batches, its last one partial. Without
+    ``repeat`` each iteration of the dataset is the next epoch; with it, one
+    endless iteration holds every epoch in turn (give ``model.fit`` the
+    ``steps_per_epoch``), so the next epoch's songs are read while this epoch's
+    last batches train instead of after them.
     """
     import tensorflow as tf
 
     epoch = {"count": first_epoch}
 
-    def generate() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        epoch_seed = None if seed is None else seed + epoch["count"]
-        epoch["count"] += 1
-        items = windows.iter_windows(seed=epoch_seed)
+    def epoch_spans(epoch_index: int) -> Iterator[np.ndarray]:
+        epoch_seed = None if seed is None else seed + epoch_index
+        spans = windows.iter_spans(seed=epoch_seed)
         if epoch_seed is not None and shuffle_buffer > 1:
-            items = _shuffle_buffer(items, shuffle_buffer, np.random.default_rng([epoch_seed, 1]))
-        yield from items
+            spans = _shuffle_buffer(spans, shuffle_buffer, np.random.default_rng([epoch_seed, 1]))
+        return spans
 
-    spec = tf.TensorSpec(shape=(windows.seq_len, n_features), dtype=tf.float32)
-    dataset = tf.data.Dataset.from_generator(generate, output_signature=(spec, spec))
-    dataset = dataset.apply(tf.data.experimental.assert_cardinality(windows.n_windows))
-    return dataset.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+    def generate() -> Iterator[np.ndarray]:
+        while True:
+            yield from _batches(epoch_spans(epoch["count"]), batch_size)
+            epoch["count"] += 1
+            if not repeat:
+                return
+
+    spec = tf.TensorSpec(shape=(None, windows.seq_len + 1, n_features), dtype=tf.float32)
+    dataset = tf.data.Dataset.from_generator(generate, output_signature=spec)
+    if not repeat:
+        dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps_per_epoch(windows, batch_size)))
+    dataset = dataset.map(lambda spans: (spans[:, :-1], spans[:, 1:]), num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def _batches(spans: Iterator[np.ndarray], size: int) -> Iterator[np.ndarray]:
+    """Consecutive spans stacked ``size`` at a time, the last stack possibly smaller."""
+    batch: list[np.ndarray] = []
+    for span in spans:
+        batch.append(span)
+        if len(batch) == size:
+            yield np.stack(batch)
+            batch = []
+    if batch:
+        yield np.stack(batch)
 
 
 def _shuffle_buffer(items: Iterator[_T], size: int, rng: np.random.Generator) -> Iterator[_T]:

@@ -28,6 +28,7 @@ from tasks.windows import (
     load_split,
     make_tf_dataset,
     split_songs,
+    steps_per_epoch,
     window_starts,
 )
 
@@ -316,6 +317,30 @@ def test_each_epoch_has_its_own_order_and_resuming_repeats_it(tiny_dataset: tupl
     # a run resumed after 2 epochs streams what epoch 3 of an uninterrupted run streamed
     resumed = make_tf_dataset(windows, **options, first_epoch=2)
     np.testing.assert_array_equal(_streamed(resumed)[0], epochs[2])
+
+
+def test_the_endless_dataset_holds_the_epochs_in_turn(tiny_dataset: tuple[str, str]) -> None:
+    """``repeat=True`` (what training uses): batch k of epoch e is batch k of the e-th pass of the
+    one-epoch dataset, epoch boundaries included (each epoch ends on its own partial batch)."""
+    store_url, dataset_id = tiny_dataset
+    rows = [row for row in read_catalog(open_store(store_url), dataset_dir(dataset_id)) if row.ok]
+    windows = SongWindows(store_url, dataset_id, rows, seq_len=8, hop=4)
+    options = {"n_features": 1026, "batch_size": 8, "shuffle_buffer": 16, "seed": 5, "first_epoch": 1}
+    steps = steps_per_epoch(windows, 8)
+    assert windows.n_windows % 8 != 0  # so every epoch ends on a partial batch
+
+    one_epoch = make_tf_dataset(windows, **options)
+    expected = [list(one_epoch.as_numpy_iterator()) for _ in range(3)]  # type: ignore[attr-defined]
+    endless = make_tf_dataset(windows, **options, repeat=True)
+    batches = list(endless.take(3 * steps).as_numpy_iterator())  # type: ignore[attr-defined]
+
+    assert [len(epoch) for epoch in expected] == [steps] * 3
+    for index, (inputs, targets) in enumerate(batches):
+        expected_inputs, expected_targets = expected[index // steps][index % steps]
+        np.testing.assert_array_equal(inputs, expected_inputs)
+        np.testing.assert_array_equal(targets, expected_targets)
+    first, second = (np.concatenate([b[0] for b in batches[e * steps : (e + 1) * steps]]) for e in (0, 1))
+    assert not np.array_equal(first, second)  # a new order each epoch
 
 
 def test_load_split_rows_match_split_songs(tiny_dataset: tuple[str, str]) -> None:

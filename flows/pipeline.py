@@ -17,6 +17,7 @@ def pipeline(
     store: str,
     format: str = "zarr",
     transform: str = "rfft",
+    block_size: int = 11025,
     workers: int | None = None,
     dask_address: str | None = None,
     preset: str = "small",
@@ -34,6 +35,7 @@ def pipeline(
         store=store,
         format=format,
         transform=transform,
+        block_size=block_size,
         workers=workers,
         dask_address=dask_address,
     )

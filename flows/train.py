@@ -31,6 +31,7 @@ def train(
     loss: str | None = None,
     learning_rate: float | None = None,
     patience: int | None = None,
+    shuffle_buffer: int | None = None,
     normalize: bool = True,
     seed: int = 0,
     resume: bool = True,
@@ -49,6 +50,7 @@ def train(
         loss=loss,
         learning_rate=learning_rate,
         patience=patience,
+        shuffle_buffer=shuffle_buffer,
         normalize=normalize,
         seed=seed,
     )

@@ -253,6 +253,12 @@ def train(
     patience: Annotated[
         int | None, typer.Option(min=1, help="Stop after N epochs without val_loss gain.")
     ] = None,
+    shuffle_buffer: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Windows held for shuffling [256]; each is (seq-len + 1) x features x 4 bytes."
+        ),
+    ] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = True,
     model_id: Annotated[
         str | None, typer.Option(help="Model folder name [default: preset + config hash].")
@@ -278,6 +284,7 @@ def train(
         loss=loss.value if loss else None,
         learning_rate=learning_rate,
         patience=patience,
+        shuffle_buffer=shuffle_buffer,
     )
     opened = open_store(store)
     if not opened.fs.exists(opened.root):
@@ -300,6 +307,7 @@ def train(
         loss=config.loss,
         learning_rate=config.learning_rate,
         patience=config.patience,
+        shuffle_buffer=config.shuffle_buffer,
         resume=resume,
         model_id=model_id,
     )
@@ -411,8 +419,15 @@ def pipeline(
     dask_address: Annotated[
         str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://host:8786.")
     ] = None,
+    format: Annotated[ShardFormatChoice, typer.Option(help="Shard format.")] = ShardFormatChoice.zarr,
+    transform: Annotated[TransformChoice, typer.Option(help="Feature transform.")] = TransformChoice.rfft,
+    block_size: Annotated[int, typer.Option(min=2, help="Samples per block.")] = 11025,
     preset: Annotated[PresetChoice, typer.Option(help="Model preset.")] = PresetChoice.small,
     epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs.")] = None,
+    hidden: Annotated[int | None, typer.Option(min=1, help="Units of the dense and LSTM layers.")] = None,
+    seq_len: Annotated[
+        int | None, typer.Option(min=1, help="Blocks per training window [40 = 10 s].")
+    ] = None,
     hop: Annotated[int | None, typer.Option(min=1, help="Blocks between training windows.")] = None,
     seconds: Annotated[float, typer.Option(help="Length of each generated clip.")] = 10.0,
     count: Annotated[int, typer.Option(help="Number of clips.")] = 1,
@@ -426,8 +441,13 @@ def pipeline(
         store=store,
         workers=workers,
         dask_address=dask_address,
+        format=format.value,
+        transform=transform.value,
+        block_size=block_size,
         preset=preset.value,
         epochs=epochs,
+        hidden=hidden,
+        seq_len=seq_len,
         hop=hop,
         seconds=seconds,
         count=count,

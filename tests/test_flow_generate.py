@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import TINY_BLOCK
 from helpers import flow_run_artifacts, musicflow, write_periodic_songs
 
 from tasks.generate import METRICS_FILE
@@ -181,11 +182,12 @@ def test_pipeline_runs_ingest_train_generate_as_subflows(tmp_path: Path) -> None
     from flows.pipeline import pipeline
 
     source, store = tmp_path / "songs", str(tmp_path / "store")
-    # pipeline() has no block_size: the default 11025-sample blocks, 12 per 3 s song.
-    write_periodic_songs(source, n_songs=4, seconds=3.0, block_size=11025)
+    write_periodic_songs(source, n_songs=4, seconds=1.0, block_size=TINY_BLOCK)
     state = pipeline(
         source=str(source),
         store=store,
+        format="parquet",
+        block_size=TINY_BLOCK,
         workers=1,
         epochs=1,
         hidden=16,
@@ -198,12 +200,14 @@ def test_pipeline_runs_ingest_train_generate_as_subflows(tmp_path: Path) -> None
 
     assert state.is_completed()
     assert (result["ingest"]["songs_ok"], result["ingest"]["songs_failed"]) == (4, 0)
+    assert result["ingest"]["dataset_id"].startswith(f"rfft-b{TINY_BLOCK}-")
+    assert list(Path(store, "datasets", result["ingest"]["dataset_id"], "shards").glob("*.parquet"))
     card = result["train"]
     assert card["dataset_id"] == result["ingest"]["dataset_id"]
     assert card["epochs"] == 1 and card["config"]["hidden"] == 16 and card["config"]["seq_len"] == 4
     generated = result["generate"]
     assert generated["model_id"] == card["model_id"]
-    assert generated["seconds"] == pytest.approx(1.0, abs=0.25)  # whole 0.25 s blocks
+    assert generated["seconds"] == pytest.approx(1.0, abs=TINY_BLOCK / 44100)  # whole blocks
     assert Path(store, "generated", generated["run_id"], METRICS_FILE).is_file()
     assert Path(store, "models", card["model_id"], "model.keras").is_file()
 
@@ -230,6 +234,29 @@ def test_pipeline_runs_ingest_train_generate_as_subflows(tmp_path: Path) -> None
     assert server_side.covers(completed["ingest"])
     assert not server_side.covers(completed["train"])
     assert not server_side.covers(completed["generate"])
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_cli_pipeline_passes_its_options_to_each_flow(tmp_path: Path) -> None:
+    source, store = tmp_path / "songs", str(tmp_path / "store")
+    write_periodic_songs(source, n_songs=3, seconds=1.0, block_size=TINY_BLOCK)
+    options = ["--transform", "fft", "--block-size", str(TINY_BLOCK), "--epochs", "1", "--hidden", "16"]
+    options += ["--seq-len", "4", "--hop", "2", "--seconds", "0.5", "--workers", "1"]
+
+    result = musicflow("pipeline", str(source), "--store", store, *options)
+
+    assert result.returncode == 0, result.stderr
+    status = json.loads(musicflow("status", "--store", store, "--json").stdout)
+    (dataset,) = status["datasets"]
+    assert dataset["dataset_id"].startswith(f"fft-b{TINY_BLOCK}-") and dataset["songs_ok"] == 3
+    assert dataset["n_features"] == 2 * TINY_BLOCK
+    (model,) = status["models"]
+    assert model["dataset_id"] == dataset["dataset_id"] and model["epochs"] == 1
+    card = json.loads(Path(store, "models", model["model_id"], "card.json").read_text())
+    assert (card["config"]["hidden"], card["config"]["seq_len"], card["config"]["hop"]) == (16, 4, 2)
+    (generated,) = status["generated"]
+    assert generated["model_id"] == model["model_id"]
+    assert generated["seconds"] == pytest.approx(0.5, abs=TINY_BLOCK / 44100)
 
 
 @pytest.mark.usefixtures("prefect_server")

@@ -80,13 +80,14 @@ def test_cli_train_then_status(tiny_dataset: tuple[str, str], tmp_path: Path) ->
     store_url, dataset_id = str(tmp_path / "store"), tiny_dataset[1]
     shutil.copytree(tiny_dataset[0], store_url)
     args = ["--store", store_url, "--epochs", "1", "--hidden", "32", "--seq-len", "8", "--hop", "4"]
+    args += ["--shuffle-buffer", "16"]
 
     result = musicflow("train", *args, "--json")
 
     assert result.returncode == 0, result.stderr
     card = json.loads(result.stdout)
     assert card["epochs"] == 1 and card["dataset_id"] == dataset_id
-    expected = TrainConfig.from_preset("small", epochs=1, hidden=32, seq_len=8, hop=4)
+    expected = TrainConfig.from_preset("small", epochs=1, hidden=32, seq_len=8, hop=4, shuffle_buffer=16)
     assert card["config"] == expected.to_dict()
 
     status = musicflow("status", "--store", store_url, "--json")

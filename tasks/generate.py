@@ -17,6 +17,7 @@ import numpy as np
 
 from musicflow.config import FeatureConfig, TrainConfig
 from musicflow.errors import ConfigError, MusicflowError, StoreError
+from musicflow.tfload import load_tensorflow
 from tasks.catalog import read_catalog
 from tasks.features import features_to_blocks
 from tasks.ingest import dataset_dir, decode_features
@@ -104,6 +105,7 @@ def build_step_model(trained: Any) -> tuple[Any, list[tuple[int, int]]]:
     Same layers and weights as ``trained`` (Dense -> LSTM x layers -> Dense);
     returns the model and the ``(batch, units)`` shape of each state input.
     """
+    load_tensorflow()
     import keras
 
     n_features = trained.input_shape[-1]
@@ -156,7 +158,7 @@ def generate_blocks(
     -------
     np.ndarray, shape [n_blocks, n_features], float32 (normalised)
     """
-    import tensorflow as tf
+    tf = load_tensorflow()
 
     step_model, shapes = build_step_model(trained)
     call = tf.function(lambda inputs: step_model(inputs, training=False), reduce_retracing=True)

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from musicflow.config import TrainConfig
-
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from musicflow.tfload import load_tensorflow
 
 
 def build_model(n_features: int, config: TrainConfig) -> Any:
@@ -20,6 +18,7 @@ def build_model(n_features: int, config: TrainConfig) -> Any:
     as ``TimeDistributed(Dense)``, 2.6-3x faster per step and up to 2.3x less
     memory here (benchmarks/bench_train.py).
     """
+    load_tensorflow()
     import keras
 
     keras.utils.set_random_seed(config.seed)
@@ -34,6 +33,7 @@ def build_model(n_features: int, config: TrainConfig) -> Any:
 
 
 def compile_model(model: Any, config: TrainConfig) -> None:
+    load_tensorflow()
     import keras
 
     model.compile(

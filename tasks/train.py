@@ -29,6 +29,7 @@ import numpy as np
 import musicflow
 from musicflow.config import FeatureConfig, TrainConfig
 from musicflow.errors import ConfigError, MusicflowError
+from musicflow.tfload import load_tensorflow
 from tasks.ingest import CONFIG_FILE, STATS_FILE, dataset_dir
 from tasks.model import build_model
 from tasks.store import Store, open_store
@@ -128,6 +129,7 @@ def train_model(
     callbacks : list of keras callbacks, optional
         Extra callbacks for ``model.fit``.
     """
+    load_tensorflow()
     import keras
 
     started = time.perf_counter()
@@ -303,6 +305,7 @@ def _load_checkpoint(store: Store, directory: str, name: str) -> Any:
 
 def load_keras(data: bytes) -> Any:
     """A Keras model from the bytes of a ``.keras`` file."""
+    load_tensorflow()
     import keras
 
     with tempfile.TemporaryDirectory() as folder:
@@ -361,8 +364,8 @@ def loss_curve_png(history: dict[str, list[float]], baseline: float, *, title: s
 
 def versions() -> dict[str, str]:
     """Versions of what made a model: musicflow (and git commit), Python, TensorFlow, Keras, numpy."""
+    tf = load_tensorflow()
     import keras
-    import tensorflow as tf
 
     found = {
         "musicflow": musicflow.__version__,

@@ -16,6 +16,7 @@ from typing import TypeVar
 import numpy as np
 
 from musicflow.errors import ConfigError
+from musicflow.tfload import load_tensorflow
 from tasks.catalog import CatalogRow, read_catalog
 from tasks.ingest import dataset_dir, read_stats
 from tasks.shards import read_blocks
@@ -208,7 +209,7 @@ def make_tf_dataset(
     ``steps_per_epoch``), so the next epoch's songs are read while this epoch's
     last batches train instead of after them.
     """
-    import tensorflow as tf
+    tf = load_tensorflow()
 
     epoch = {"count": first_epoch}
 

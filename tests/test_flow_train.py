@@ -85,6 +85,7 @@ def test_cli_train_then_status(tiny_dataset: tuple[str, str], tmp_path: Path) ->
     result = musicflow("train", *args, "--json")
 
     assert result.returncode == 0, result.stderr
+    assert "InitializeLog" not in result.stderr and "oneDNN" not in result.stderr  # TF's start-up lines
     card = json.loads(result.stdout)
     assert card["epochs"] == 1 and card["dataset_id"] == dataset_id
     expected = TrainConfig.from_preset("small", epochs=1, hidden=32, seq_len=8, hop=4, shuffle_buffer=16)

@@ -54,6 +54,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _report import table, target
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -112,18 +113,6 @@ def prepare_model(workdir: Path) -> tuple[str, str]:
 def blocks_read(n_blocks: int, seed_len: int) -> int:
     """Blocks the re-run method feeds through the model for ``n_blocks`` steps."""
     return n_blocks * seed_len + n_blocks * (n_blocks - 1) // 2
-
-
-def verdict(value: float, target: float, *, at_most: bool = False) -> str:
-    ok = value <= target if at_most else value >= target
-    return f"{'<=' if at_most else '>='} {target:g} {'ok' if ok else 'MISSED'}"
-
-
-def table(rows: list[tuple[str, str, str]]) -> str:
-    widths = [max(len(row[column]) for row in rows) for column in range(3)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -221,7 +210,7 @@ def main(argv: list[str] | None = None) -> None:
     wall_rt, cpu_rt = x_rt(n, ours_med[n])
     rows += [
         (f"(a) stateful, {n * block_s:g} s of audio (x real time)", f"{wall_rt:.1f}",
-         f"{verdict(wall_rt, TARGET_X_REALTIME)}; {ours_med[n].wall:.2f} s wall, median of {args.rounds}"),
+         f"{target(wall_rt, TARGET_X_REALTIME)}; {ours_med[n].wall:.2f} s wall, median of {args.rounds}"),
         ("(a) stateful, audio s per CPU s", f"{cpu_rt:.1f}", f"{ours_med[n].cpu:.2f} CPU s"),
         ("(a) stateful fixed cost, 1-block call (s)", f"{setup.wall:.2f}",
          f"{setup.cpu:.2f} CPU s: step model, tracing, seed of {seed.shape[0]} blocks"),
@@ -237,9 +226,9 @@ def main(argv: list[str] | None = None) -> None:
     long_cpu = ours_med[8 * n].cpu / ours_med[4 * n].cpu
     rows += [
         (f"(b) stateful time {2 * n} / {n} blocks, wall", f"{ratio_wall:.2f}",
-         verdict(ratio_wall, TARGET_LINEAR, at_most=True)),
+         target(ratio_wall, TARGET_LINEAR, at_most=True)),
         ("(b) stateful time 2x / 1x, CPU", f"{ratio_cpu:.2f}",
-         verdict(ratio_cpu, TARGET_LINEAR, at_most=True)),
+         target(ratio_cpu, TARGET_LINEAR, at_most=True)),
         ("(b) stateful time 2x / 1x, net of fixed cost", f"{net:.2f}",
          f"CPU {net_cpu:.2f}; linear = 2 (context)"),
         (f"(b) stateful time {8 * n} / {4 * n} blocks, wall", f"{long_wall:.2f}",

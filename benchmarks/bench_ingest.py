@@ -57,6 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from _report import table, target, verdict
 
 SAMPLE_RATE = 44100
 BLOCK_SIZE = 11025
@@ -466,18 +467,6 @@ def stage_breakdown(collection: Collection, store_dir: Path, *, rounds: int = 2)
 # ---------------------------------------------------------------- report
 
 
-def _verdict(value: float, target: float, *, at_most: bool = False) -> str:
-    ok = value <= target if at_most else value >= target
-    return "ok" if ok else "MISSED"
-
-
-def _table(rows: list[tuple[str, ...]]) -> str:
-    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(line.rstrip() for line in lines)
-
-
 def _ffmpeg_version() -> str:
     first = subprocess.run(["ffmpeg", "-version"], capture_output=True, text=True).stdout.splitlines()
     return first[0].split(" Copyright")[0] if first else "ffmpeg ?"
@@ -584,12 +573,8 @@ def main(argv: list[str] | None = None) -> None:
     warm_wall = statistics.median(run.wall_seconds for run in warm)
     warm_body = statistics.median(run.body_seconds for run in warm)
 
-    def target(value: float, limit: float, *, at_most: bool = False) -> str:
-        sign = "<=" if at_most else ">="
-        return f"{sign} {limit:g} {_verdict(value, limit, at_most=at_most)}"
-
     def ratio_row(name: str, wall: float, idle: float, limit: float) -> tuple[str, str, str, str]:
-        return (name, f"{wall:.2f}", f"{idle:.2f}", f"{target(wall, limit)} (idle: {_verdict(idle, limit)})")
+        return (name, f"{wall:.2f}", f"{idle:.2f}", f"{target(wall, limit)} (idle: {verdict(idle, limit)})")
 
     rows = [
         ("measure", "wall", "CPU", "target / detail"),
@@ -637,7 +622,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{os.cpu_count()} cores (1-min load {load_before:.1f} before, {os.getloadavg()[0]:.1f} after); "
         f"{_ffmpeg_version()}; median of {args.repeats} round(s)"
     )
-    print(_table(rows))
+    print(table(rows))
     print(
         "wall: audio seconds per wall second, and their ratios. CPU: audio seconds per CPU second of\n"
         "this process tree (workers, ffmpeg, Prefect server included); its ratios estimate an idle\n"

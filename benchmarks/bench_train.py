@@ -40,7 +40,6 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import argparse
 import json
-import math
 import resource
 import shlex
 import statistics
@@ -51,6 +50,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from _report import table, target
 
 SONG_SECONDS = (40.0, 80.0)
 SEED = 31000
@@ -322,17 +323,18 @@ def child_input(spec: dict[str, Any]) -> dict[str, Any]:
 def child_step(spec: dict[str, Any]) -> dict[str, Any]:
     """(b): a few ``model.fit`` steps of one preset on its training pipeline from the shards."""
     from tasks.model import build_model
+    from tasks.windows import steps_per_epoch
 
     config, windows, n_features = _training_input(spec["store"], spec["preset"])
     model = build_model(n_features, config)
-    steps_per_epoch = math.ceil(windows.n_windows / config.batch_size)
+    steps = steps_per_epoch(windows, config.batch_size)
     # Skip each pass's short last batch (a cheaper step) and its first (the shuffle buffer fill).
     short_last = windows.n_windows % config.batch_size != 0
     wanted = spec["warmup_steps"] + spec["timed_steps"]
     usable = [
         step
-        for step in range(wanted * (steps_per_epoch + 2))
-        if step % steps_per_epoch != 0 and not (short_last and step % steps_per_epoch == steps_per_epoch - 1)
+        for step in range(wanted * (steps + 2))
+        if step % steps != 0 and not (short_last and step % steps == steps - 1)
     ]
     if len(usable) < wanted:
         raise RuntimeError(f"{windows.n_windows} windows give too few full batches of {config.batch_size}")
@@ -413,13 +415,6 @@ def run_child(task: str, spec: dict[str, Any], *, logs: Path, label: str) -> Chi
         tail = "\n".join(err_path.read_text().splitlines()[-25:])
         raise RuntimeError(f"child {label} failed (exit {process.returncode}, {wall:.0f} s):\n{tail}")
     return ChildRun(json.loads(lines[-1]), usage.ru_maxrss / 1024, wall)
-
-
-def _table(rows: list[tuple[str, str, str]]) -> str:
-    widths = [max(len(row[column]) for row in rows) for column in range(3)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * width for width in widths))
-    return "\n".join(line.rstrip() for line in lines)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -537,11 +532,6 @@ def report(
 ) -> str:
     """The results table and its notes."""
 
-    def target(value: float, limit: float, *, at_most: bool = False) -> str:
-        sign = "<=" if at_most else ">="
-        ok = value <= limit if at_most else value >= limit
-        return f"{sign} {limit:g} {'ok' if ok else 'MISSED'}"
-
     def vmhwm(run: ChildRun) -> str:
         return f"VmHWM {run.result['vmhwm_mb']:.0f}"
 
@@ -622,7 +612,7 @@ def report(
             f"{datasets['rfft_large']['audio_seconds'] / 60:.1f} min; (c): 1x = {datasets['c']['songs']}, "
             f"4x = {datasets['c_large']['songs']} songs; train split, windows of 40 blocks; "
             f"{os.cpu_count()} cores; TensorFlow {fed['tensorflow']}, Keras {fed['keras']}",
-            _table(rows),
+            table(rows),
             "",
             f"a window (its span of 41 blocks: inputs + targets) is {window_mb:.1f} MB for rfft, "
             f"{fft_window_mb:.1f} MB for fft; "

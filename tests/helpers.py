@@ -132,6 +132,12 @@ def flow_run_artifacts(flow_run_id: Any) -> dict[str, Any]:
     return asyncio.run(fetch())
 
 
+def artifact_table(artifact: Any) -> list[dict[str, Any]]:
+    """The rows of a table artifact (the API gives its data as a JSON string or as a list)."""
+    data = artifact.data
+    return json.loads(data) if isinstance(data, str) else data
+
+
 _THREADS_SCRIPT = """
 import json, os, sys
 def threads():

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import TINY_BLOCK
-from helpers import flow_run_artifacts, musicflow, write_periodic_songs
+from helpers import artifact_table, flow_run_artifacts, musicflow, write_periodic_songs
 
 from tasks.generate import METRICS_FILE
 
@@ -95,11 +95,6 @@ def _completed_event(flow_run_id: Any, *, timeout: float = 20.0) -> dict[str, An
     return events[0]
 
 
-def _table(artifact: Any) -> list[dict[str, Any]]:
-    data = artifact.data
-    return json.loads(data) if isinstance(data, str) else data
-
-
 @pytest.mark.usefixtures("prefect_server")
 def test_generate_flow_writes_the_run_and_publishes_artifacts(
     tiny_model: tuple[str, str], tmp_path: Path
@@ -121,7 +116,7 @@ def test_generate_flow_writes_the_run_and_publishes_artifacts(
 
     artifacts = flow_run_artifacts(state.state_details.flow_run_id)
     assert set(artifacts) >= {"generated-clips", "generated-spectrograms"}
-    rows = _table(artifacts["generated-clips"])
+    rows = artifact_table(artifacts["generated-clips"])
     assert [row["clip"] for row in rows] == ["clip-01", "clip-02"]
     for row, clip in zip(rows, report["clips"], strict=True):
         assert row["files"] == ", ".join(clip["files"])

@@ -7,11 +7,10 @@ import json
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any
 
 import pytest
 from conftest import TINY_TRAIN
-from helpers import flow_run_artifacts, musicflow
+from helpers import artifact_table, flow_run_artifacts, musicflow
 
 from musicflow.config import TrainConfig
 from tasks.store import open_store
@@ -25,11 +24,6 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *
     assert lines[0].startswith("musicflow: error: "), lines[0]
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
-
-
-def _table(artifact: Any) -> list[dict[str, Any]]:
-    data = artifact.data
-    return json.loads(data) if isinstance(data, str) else data
 
 
 @pytest.mark.usefixtures("prefect_server")
@@ -58,7 +52,7 @@ def test_train_flow_publishes_the_model_and_its_artifacts(
 
     artifacts = flow_run_artifacts(str(state.state_details.flow_run_id))
     assert {"train-losses", "train-summary", "train-progress"} <= set(artifacts), set(artifacts)
-    table = _table(artifacts["train-losses"])
+    table = artifact_table(artifacts["train-losses"])
     assert [row["epoch"] for row in table] == [1, 2]
     for row, train_loss, val_loss in zip(
         table, card["history"]["loss"], card["history"]["val_loss"], strict=True

@@ -9,7 +9,7 @@ export DO_NOT_TRACK = 1
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export TF_CPP_MIN_LOG_LEVEL = 2
 
-.PHONY: demo test lint format bench ffmpeg clean
+.PHONY: demo test lint format bench ffmpeg clean constraints
 
 demo: $(STAMP) ffmpeg
 	$(BIN)/musicflow demo
@@ -29,11 +29,23 @@ format: $(STAMP)
 bench: $(STAMP) ffmpeg
 	$(BIN)/python benchmarks/bench_ingest.py
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
+
+# Re-resolve every dependency from pyproject.toml alone in a scratch venv and freeze it into
+# constraints.txt; then `make test` (it reinstalls .venv from the new pins) and commit both.
+constraints:
+	rm -rf .venv-constraints
+	$(PYTHON) -m venv .venv-constraints
+	.venv-constraints/bin/python -m pip install --quiet --upgrade pip
+	.venv-constraints/bin/python -m pip install --quiet -e '.[dev]'
+	{ sed -n '1,/^# (a fresh venv/p' constraints.txt; \
+	  .venv-constraints/bin/python -m pip freeze --exclude-editable | grep -v '^musicflow'; } > constraints.txt.new
+	mv constraints.txt.new constraints.txt
+	rm -rf .venv-constraints
 
 ffmpeg:
 	@command -v ffmpeg >/dev/null 2>&1 || { \

@@ -242,6 +242,7 @@ def run_plain_dask(collection: Collection, store: Path, *, workers: int, dask_ad
     from distributed import Client, as_completed
 
     from musicflow.config import IngestConfig
+    from tasks import dataset as dataset_lib
     from tasks import ingest as ingest_lib
     from tasks.catalog import read_catalog
     from tasks.store import open_store
@@ -250,9 +251,9 @@ def run_plain_dask(collection: Collection, store: Path, *, workers: int, dask_ad
     config = IngestConfig()
     with Client(dask_address) as client, Clock() as clock:
         store_handle = open_store(str(store))
-        dataset_id = ingest_lib.prepare_dataset(store_handle, config)
+        dataset_id = dataset_lib.prepare_dataset(store_handle, config)
         files = ingest_lib.list_audio_files(str(collection.directory))
-        catalog = read_catalog(store_handle, ingest_lib.dataset_dir(dataset_id))
+        catalog = read_catalog(store_handle, dataset_lib.dataset_dir(dataset_id))
         plan = ingest_lib.plan_ingest(files, catalog)
         batches = ingest_lib.make_batches(
             plan.todo, batch_bytes=int(config.batch_mb * 2**20), min_batches=2 * workers
@@ -266,7 +267,7 @@ def run_plain_dask(collection: Collection, store: Path, *, workers: int, dask_ad
         for future in as_completed(futures):
             result = future.result()
             audio_seconds += result.audio_seconds
-            ingest_lib.commit_batch(store_handle, dataset_id, result)
+            dataset_lib.commit_batch(store_handle, dataset_id, result)
     shutil.rmtree(store, ignore_errors=True)
     return Measurement(audio_seconds, clock.wall, clock.cpu)
 

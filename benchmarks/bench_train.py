@@ -112,15 +112,8 @@ def child_build(spec: dict[str, Any]) -> dict[str, Any]:
 
     from musicflow.config import FeatureConfig, IngestConfig
     from tasks.catalog import read_catalog
-    from tasks.ingest import (
-        commit_batch,
-        dataset_dir,
-        ingest_batch,
-        list_audio_files,
-        make_batches,
-        plan_ingest,
-        prepare_dataset,
-    )
+    from tasks.dataset import commit_batch, dataset_dir, prepare_dataset
+    from tasks.ingest import ingest_batch, list_audio_files, make_batches, plan_ingest
     from tasks.store import open_store
 
     pool, workers = Path(spec["pool"]), int(spec["workers"])
@@ -168,7 +161,7 @@ def child_build(spec: dict[str, Any]) -> dict[str, Any]:
 def _training_input(store_url: str, preset: str) -> tuple[Any, Any, int]:
     """(TrainConfig, the training SongWindows, n_features) exactly as ``train_model`` sets them up."""
     from musicflow.config import FeatureConfig, TrainConfig
-    from tasks.ingest import CONFIG_FILE, dataset_dir
+    from tasks.dataset import CONFIG_FILE, dataset_dir
     from tasks.store import open_store
     from tasks.train import resolve_dataset
     from tasks.windows import Normalizer, SongWindows, load_split

@@ -112,7 +112,7 @@ def append_rows(store: Store, dataset_dir: str, rows: list[CatalogRow]) -> list[
     """Commit ``rows`` after the existing ones (see :func:`new_rows`); returns the rows added.
 
     Not safe against concurrent writers by itself: hold the dataset's lock
-    around it (as ``tasks.ingest.commit_batch`` does).
+    around it (as ``tasks.dataset.commit_batch`` does).
     """
     existing = read_catalog(store, dataset_dir)
     added = new_rows(existing, rows)

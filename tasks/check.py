@@ -13,7 +13,7 @@ import posixpath
 from dataclasses import asdict, dataclass
 
 from tasks.catalog import CATALOG_FILE, read_catalog, write_catalog
-from tasks.ingest import CONFIG_FILE, LOCK_FILE, STATS_FILE, dataset_dir, refresh_stats
+from tasks.dataset import LOCK_FILE, STATS_FILE, dataset_dir, list_datasets, refresh_stats
 from tasks.shards import SHARDS_DIR, read_blocks, read_shard_stats, shard_format, stats_name
 from tasks.stats import FeatureStats, merge_all
 from tasks.store import Store
@@ -41,9 +41,8 @@ def check_store(
 ) -> list[Problem]:
     """Every problem in the store's datasets and models (repaired where possible with ``repair``)."""
     problems: list[Problem] = []
-    for dataset_id in store.list_dirs("datasets"):
-        if store.exists(dataset_dir(dataset_id), CONFIG_FILE):
-            problems += check_dataset(store, dataset_id, repair=repair, orphan_min_age=orphan_min_age)
+    for dataset_id in list_datasets(store):
+        problems += check_dataset(store, dataset_id, repair=repair, orphan_min_age=orphan_min_age)
     for model_id in store.list_dirs("models"):
         problems += check_model(store, model_id)
     return problems

@@ -11,11 +11,9 @@ import hashlib
 import heapq
 import math
 import os
-import posixpath
 import resource
 import tempfile
 import time
-from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
@@ -23,22 +21,15 @@ import fsspec
 import numpy as np
 
 from musicflow.config import AUDIO_EXTENSIONS, FeatureConfig, IngestConfig
-from musicflow.errors import ConfigError, DecodeError, StoreError
+from musicflow.errors import ConfigError, DecodeError
 from tasks.audio import decode_audio
-from tasks.catalog import STATUS_FAILED, STATUS_OK, CatalogRow, new_rows, read_catalog, write_catalog
-from tasks.features import blocks_to_features, frame_blocks
-from tasks.shards import ShardWriter, read_blocks, read_shard_stats, stats_name
-from tasks.stats import FeatureStats, merge_all
-from tasks.store import Store, is_local_fs, open_store
+from tasks.catalog import STATUS_FAILED, STATUS_OK, CatalogRow
+from tasks.dataset import BatchResult, dataset_dir
+from tasks.shards import ShardWriter
+from tasks.store import is_local_fs, open_store
+from tasks.transforms import get_transform
 
-CONFIG_FILE = "config.json"
-LOCK_FILE = "catalog.lock"
-STATS_FILE = "stats.json"
 _HASH_CHUNK = 1 << 20
-
-
-def dataset_dir(dataset_id: str) -> str:
-    return posixpath.join("datasets", dataset_id)
 
 
 @dataclass(frozen=True)
@@ -59,17 +50,6 @@ class IngestPlan:
     known: list[SourceFile] = field(default_factory=list)
     duplicates: list[SourceFile] = field(default_factory=list)
     n_listed: int = 0
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """What one batch task returns: small metadata, never arrays."""
-
-    rows: list[CatalogRow]
-    shard: str | None
-    audio_seconds: float
-    task_seconds: float
-    peak_rss_mb: float
 
 
 def list_audio_files(source: str) -> list[SourceFile]:
@@ -190,17 +170,17 @@ def decode_features(
     Returns ``(features [n_blocks, n_features] float32, seconds, channels)``;
     raises :class:`DecodeError` for undecodable, too short or silent audio.
     """
+    transform = get_transform(features)
     audio = decode_audio(path, sample_rate=features.sample_rate)
-    if audio.samples.shape[0] < features.block_size:
+    if audio.samples.shape[0] < transform.frame_step:
         raise DecodeError(
-            f"too short: {audio.seconds:.3f} s is less than one block ({features.block_seconds:.3f} s)"
+            f"too short: {audio.seconds:.3f} s is less than one block ({transform.frame_seconds:.3f} s)"
         )
     peak = float(np.abs(audio.samples).max())
     if peak <= 10 ** (min_peak_db / 20):
         level = f"{20 * math.log10(peak):.1f} dBFS" if peak > 0 else "-inf dBFS"
         raise DecodeError(f"silent: peak level {level} is below {min_peak_db:g} dBFS")
-    blocks = frame_blocks(audio.samples, block_size=features.block_size)
-    return blocks_to_features(blocks, transform=features.transform), audio.seconds, audio.channels
+    return transform.forward(audio.samples), audio.seconds, audio.channels
 
 
 def ingest_batch(
@@ -311,84 +291,6 @@ class _local_copy:
             self._temporary.close()
 
 
-def prepare_dataset(store: Store, config: IngestConfig) -> str:
-    """Create the dataset folder and its ``config.json`` (or check it); returns the dataset id."""
-    features = config.features
-    dataset_id = features.dataset_id
-    directory = dataset_dir(dataset_id)
-    if store.exists(directory, CONFIG_FILE):
-        stored = FeatureConfig.from_dict(store.read_json(directory, CONFIG_FILE)["features"])
-        if stored != features:
-            raise StoreError(f"dataset {dataset_id!r} holds features {stored}, not {features}")
-    else:
-        store.write_json(
-            {
-                "dataset_id": dataset_id,
-                "features": features.to_dict(),
-                "shard_format": config.shard_format,
-                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-            },
-            directory,
-            CONFIG_FILE,
-        )
-    return dataset_id
-
-
-def commit_batch(store: Store, dataset_id: str, result: BatchResult) -> list[CatalogRow]:
-    """Commit a batch under the dataset's lock: catalog rows first (the commit point), then statistics.
-
-    Concurrent runs can decode the same song; the first commit keeps it. When
-    some of a shard's songs are dropped that way, the shard's statistics are
-    recomputed from the songs it keeps, so ``stats.json`` stays exact.
-    """
-    directory = dataset_dir(dataset_id)
-    with store.lock(directory, LOCK_FILE):
-        existing = read_catalog(store, directory)
-        added = new_rows(existing, result.rows)
-        kept = [row for row in added if row.ok]
-        dropped = [row for row in result.rows if row.ok and row not in added]
-        if result.shard and dropped and kept:
-            blocks = [
-                read_blocks(store, directory, result.shard, offset=row.offset, n_blocks=row.n_blocks)
-                for row in kept
-            ]
-            stats = merge_all([FeatureStats.from_features(item) for item in blocks], blocks[0].shape[1])
-            store.write_bytes(stats.to_npz(), directory, stats_name(result.shard))
-        if added or not existing:
-            write_catalog(store, directory, existing, added)
-        refresh_stats(store, dataset_id)
-    return added
-
-
-def refresh_stats(store: Store, dataset_id: str, *, rebuild: bool = False) -> FeatureStats:
-    """Bring ``stats.json`` in line with the shards the catalog references.
-
-    Adds the statistics sidecars of newly committed shards; rebuilds from all
-    sidecars when ``stats.json`` names a shard the catalog does not (a run
-    killed between its two commits), or when ``rebuild``.
-    """
-    directory = dataset_dir(dataset_id)
-    n_features = FeatureConfig.from_dict(store.read_json(directory, CONFIG_FILE)["features"]).n_features
-    shards = sorted({row.shard for row in read_catalog(store, directory) if row.ok and row.shard})
-    current, counted = FeatureStats.empty(n_features), []
-    if store.exists(directory, STATS_FILE) and not rebuild:
-        stored = store.read_json(directory, STATS_FILE)
-        if set(stored["shards"]) <= set(shards):
-            current, counted = FeatureStats.from_json(stored), stored["shards"]
-    missing = [shard for shard in shards if shard not in set(counted)]
-    if not missing and store.exists(directory, STATS_FILE) and not rebuild:
-        return current
-    total = current.merge(
-        merge_all([read_shard_stats(store, directory, shard) for shard in missing], n_features)
-    )
-    store.write_json({**total.to_json(), "shards": shards}, directory, STATS_FILE, indent=None)
-    return total
-
-
-def read_stats(store: Store, dataset_id: str) -> FeatureStats:
-    return FeatureStats.from_json(store.read_json(dataset_dir(dataset_id), STATS_FILE))
-
-
 def _mtime(info: dict[str, object]) -> float | None:
     value = info.get("mtime") or info.get("LastModified") or info.get("last_modified")
     if isinstance(value, dt.datetime):
@@ -396,15 +298,3 @@ def _mtime(info: dict[str, object]) -> float | None:
     if isinstance(value, int | float):
         return float(value)
     return None
-
-
-def summarise_rows(rows: Iterable[CatalogRow]) -> dict[str, float]:
-    """Counts and totals of catalog rows, for artifacts and ``musicflow status``."""
-    rows = list(rows)
-    ok = [row for row in rows if row.ok]
-    return {
-        "songs_ok": len(ok),
-        "songs_failed": len(rows) - len(ok),
-        "seconds": round(sum(row.seconds for row in ok), 3),
-        "n_blocks": sum(row.n_blocks for row in ok),
-    }

@@ -17,9 +17,10 @@ from prefect.tasks import exponential_backoff
 from musicflow.config import IngestConfig, TrainConfig
 from musicflow.errors import MusicflowError
 from musicflow.progress import StageProgress
+from tasks import dataset as dataset_lib
 from tasks import ingest as ingest_lib
 from tasks import train as train_lib
-from tasks.catalog import CatalogRow, read_catalog
+from tasks.catalog import CatalogRow
 from tasks.store import check_writable, open_store
 
 
@@ -47,26 +48,26 @@ def plan_ingest(source: str, store_url: str, config: IngestConfig) -> tuple[str,
     """Check the store, create/check the dataset, list and hash the source, skip known songs."""
     store = open_store(store_url)
     check_writable(store)
-    dataset_id = ingest_lib.prepare_dataset(store, config)
-    with store.lock(ingest_lib.dataset_dir(dataset_id), ingest_lib.LOCK_FILE):
-        ingest_lib.refresh_stats(store, dataset_id)  # heals a run killed between its two commits
+    dataset_id = dataset_lib.prepare_dataset(store, config)
+    with store.lock(dataset_lib.dataset_dir(dataset_id), dataset_lib.LOCK_FILE):
+        dataset_lib.refresh_stats(store, dataset_id)  # heals a run killed between its two commits
     files = ingest_lib.list_audio_files(source)
-    catalog = read_catalog(store, ingest_lib.dataset_dir(dataset_id))
+    catalog = dataset_lib.read_rows(store, dataset_id)
     return dataset_id, ingest_lib.plan_ingest(files, catalog, retry_failed=config.retry_failed)
 
 
 @task(name="ingest-batch", **IO_RETRIES)
 def ingest_batch(
     files: list[ingest_lib.SourceFile], store_url: str, dataset_id: str, config: IngestConfig
-) -> ingest_lib.BatchResult:
+) -> dataset_lib.BatchResult:
     """Decode + featurise + write one shard (runs on a Dask worker)."""
     return ingest_lib.ingest_batch(files, store_url=store_url, dataset_id=dataset_id, config=config)
 
 
 @task(name="commit-batch", **IO_RETRIES)
-def commit_batch(store_url: str, dataset_id: str, result: ingest_lib.BatchResult) -> list[CatalogRow]:
+def commit_batch(store_url: str, dataset_id: str, result: dataset_lib.BatchResult) -> list[CatalogRow]:
     """Append the batch's catalog rows (the commit point), then merge its statistics."""
-    return ingest_lib.commit_batch(open_store(store_url), dataset_id, result)
+    return dataset_lib.commit_batch(open_store(store_url), dataset_id, result)
 
 
 @task(name="train-model", **{**IO_RETRIES, "retries": 1})

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.catalog import read_catalog
+from tasks.dataset import list_datasets, read_config, read_rows, summarise_rows
 from tasks.generate import METRICS_FILE
-from tasks.ingest import CONFIG_FILE, dataset_dir, summarise_rows
 from tasks.shards import shard_format
 from tasks.store import Store
 from tasks.train import CARD_FILE, CHECKPOINTS, STATE_FILE, model_dir
@@ -14,9 +13,8 @@ from tasks.train import CARD_FILE, CHECKPOINTS, STATE_FILE, model_dir
 
 def dataset_status(store: Store, dataset_id: str) -> dict[str, Any]:
     """One dataset: id, songs ok/failed, seconds, n_blocks, n_features, format."""
-    directory = dataset_dir(dataset_id)
-    config = store.read_json(directory, CONFIG_FILE)
-    rows = read_catalog(store, directory)
+    config = read_config(store, dataset_id)
+    rows = read_rows(store, dataset_id)
     formats = sorted({shard_format(row.shard) for row in rows if row.ok and row.shard})
     return {
         "dataset_id": dataset_id,
@@ -54,11 +52,7 @@ def model_status(store: Store, model_id: str) -> dict[str, Any] | None:
 
 def store_status(store: Store) -> dict[str, Any]:
     """Everything in the store: ``{"datasets": [...], "models": [...], "generated": [...]}``."""
-    datasets = [
-        dataset_status(store, dataset_id)
-        for dataset_id in store.list_dirs("datasets")
-        if store.exists(dataset_dir(dataset_id), CONFIG_FILE)
-    ]
+    datasets = [dataset_status(store, dataset_id) for dataset_id in list_datasets(store)]
     models = [found for model_id in store.list_dirs("models") if (found := model_status(store, model_id))]
     generated = [
         generated_status(store.read_json("generated", run_id, METRICS_FILE))

@@ -27,10 +27,10 @@ from typing import Any
 import numpy as np
 
 import musicflow
-from musicflow.config import FeatureConfig, TrainConfig
+from musicflow.config import TrainConfig
 from musicflow.errors import ConfigError, MusicflowError
 from musicflow.tfload import load_tensorflow
-from tasks.ingest import CONFIG_FILE, STATS_FILE, dataset_dir
+from tasks.dataset import STATS_FILE, dataset_dir, list_datasets, read_features
 from tasks.model import build_model
 from tasks.store import Store, open_store
 from tasks.windows import Normalizer, SongWindows, load_split, make_tf_dataset, steps_per_epoch
@@ -73,7 +73,7 @@ class TrainResult:
 
 def resolve_dataset(store: Store, dataset_id: str | None) -> str:
     """The dataset to train on: the one named, or the only one in the store."""
-    available = [name for name in store.list_dirs("datasets") if store.exists(dataset_dir(name), CONFIG_FILE)]
+    available = list_datasets(store)
     if dataset_id is not None:
         if dataset_id not in available:
             raise ConfigError(
@@ -135,7 +135,7 @@ def train_model(
     started = time.perf_counter()
     store = open_store(store_url)
     dataset_id = resolve_dataset(store, dataset_id)
-    features = FeatureConfig.from_dict(store.read_json(dataset_dir(dataset_id), CONFIG_FILE)["features"])
+    features = read_features(store, dataset_id)
     n_features = features.n_features
     train_rows, val_rows = load_split(store, dataset_id, val_fraction=config.val_fraction, seed=config.seed)
     songs = songs_hash([row.song_id for row in train_rows + val_rows])

@@ -18,7 +18,7 @@ import numpy as np
 from musicflow.errors import ConfigError
 from musicflow.tfload import load_tensorflow
 from tasks.catalog import CatalogRow, read_catalog
-from tasks.ingest import dataset_dir, read_stats
+from tasks.dataset import dataset_dir, read_stats
 from tasks.shards import read_blocks
 from tasks.store import Store, open_store
 

@@ -17,7 +17,8 @@ from musicflow.config import IngestConfig
 from tasks import prefect_tasks
 from tasks.audio import encode_audio
 from tasks.catalog import read_catalog
-from tasks.ingest import commit_batch, dataset_dir, ingest_batch, make_batches, read_stats
+from tasks.dataset import commit_batch, dataset_dir, read_stats
+from tasks.ingest import ingest_batch, make_batches
 from tasks.shards import read_blocks
 from tasks.stats import FeatureStats, merge_all
 from tasks.store import open_store

@@ -35,17 +35,8 @@ from tasks.catalog import (
     table_to_rows,
     write_catalog,
 )
-from tasks.ingest import (
-    STATS_FILE,
-    SourceFile,
-    dataset_dir,
-    list_audio_files,
-    make_batches,
-    plan_ingest,
-    prepare_dataset,
-    read_stats,
-    refresh_stats,
-)
+from tasks.dataset import STATS_FILE, dataset_dir, prepare_dataset, read_stats, refresh_stats
+from tasks.ingest import SourceFile, list_audio_files, make_batches, plan_ingest
 from tasks.shards import ShardWriter
 from tasks.stats import FeatureStats, merge_all
 from tasks.store import open_store

@@ -14,15 +14,8 @@ from helpers import assert_store_consistent
 from musicflow.config import IngestConfig
 from tasks.catalog import read_catalog
 from tasks.check import check_store
-from tasks.ingest import (
-    STATS_FILE,
-    commit_batch,
-    dataset_dir,
-    ingest_batch,
-    list_audio_files,
-    plan_ingest,
-    prepare_dataset,
-)
+from tasks.dataset import STATS_FILE, commit_batch, dataset_dir, prepare_dataset
+from tasks.ingest import ingest_batch, list_audio_files, plan_ingest
 from tasks.shards import stats_name
 from tasks.stats import FeatureStats
 from tasks.store import open_store

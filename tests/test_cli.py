@@ -14,7 +14,7 @@ import pytest
 from helpers import ROOT, assert_store_consistent, copy_songs, musicflow
 
 from tasks.catalog import read_catalog
-from tasks.ingest import dataset_dir
+from tasks.dataset import dataset_dir
 from tasks.store import open_store
 
 

@@ -13,7 +13,7 @@ import pytest
 from helpers import assert_store_consistent
 
 from tasks.catalog import read_catalog
-from tasks.ingest import dataset_dir
+from tasks.dataset import dataset_dir
 from tasks.store import StoreError, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,7 +97,8 @@ def test_two_runs_at_once_commit_every_song_once(tmp_path: Path) -> None:
 
 def test_overlapping_batches_keep_stats_exact(tmp_path: Path, demo_songs: list[Path]) -> None:
     from musicflow.config import IngestConfig
-    from tasks.ingest import commit_batch, hash_files, ingest_batch, list_audio_files, prepare_dataset
+    from tasks.dataset import commit_batch, prepare_dataset
+    from tasks.ingest import hash_files, ingest_batch, list_audio_files
 
     store_url = str(tmp_path / "store")
     store = open_store(store_url)

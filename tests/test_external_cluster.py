@@ -16,7 +16,7 @@ import pytest
 from helpers import assert_store_consistent, copy_songs
 
 from tasks.catalog import read_catalog
-from tasks.ingest import dataset_dir
+from tasks.dataset import dataset_dir
 from tasks.shards import read_blocks
 from tasks.store import open_store
 

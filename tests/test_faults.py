@@ -21,7 +21,7 @@ from fsspec.implementations.memory import MemoryFileSystem
 from helpers import assert_store_consistent, copy_songs
 
 from tasks.catalog import read_catalog
-from tasks.ingest import dataset_dir, read_stats
+from tasks.dataset import dataset_dir, read_stats
 from tasks.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +59,8 @@ def test_intermittent_storage_failures_are_retried(
 
     from musicflow.config import IngestConfig
     from tasks import prefect_tasks
-    from tasks.ingest import list_audio_files, make_batches, plan_ingest, prepare_dataset
+    from tasks.dataset import prepare_dataset
+    from tasks.ingest import list_audio_files, make_batches, plan_ingest
 
     fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
     source = tmp_path / "songs"

@@ -10,7 +10,7 @@ from helpers import assert_store_consistent, copy_songs, flow_run_artifacts, wri
 
 from flows.ingest import ingest
 from tasks.catalog import CATALOG_FILE, read_catalog
-from tasks.ingest import dataset_dir
+from tasks.dataset import dataset_dir
 from tasks.shards import read_blocks
 from tasks.store import open_store
 

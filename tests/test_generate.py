@@ -18,6 +18,7 @@ from helpers import write_periodic_songs
 
 from musicflow.errors import ConfigError, StoreError
 from tasks.audio import encode_audio
+from tasks.dataset import dataset_dir
 from tasks.generate import (
     MAX_SECONDS,
     METRICS_FILE,
@@ -28,7 +29,7 @@ from tasks.generate import (
     load_trained_model,
     seed_blocks,
 )
-from tasks.ingest import dataset_dir, decode_features
+from tasks.ingest import decode_features
 from tasks.status import store_status
 from tasks.store import open_store
 from tasks.train import CARD_FILE, MODEL_FILE, model_dir

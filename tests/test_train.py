@@ -18,7 +18,7 @@ from helpers import ingest_direct, write_periodic_songs
 from musicflow.config import FeatureConfig, IngestConfig, TrainConfig
 from musicflow.errors import ConfigError
 from tasks.catalog import read_catalog
-from tasks.ingest import dataset_dir
+from tasks.dataset import dataset_dir
 from tasks.shards import read_blocks
 from tasks.store import open_store
 from tasks.train import (

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from musicflow.config import FeatureConfig, IngestConfig
 from musicflow.errors import ConfigError
 from tasks.catalog import read_catalog
-from tasks.ingest import dataset_dir, read_stats
+from tasks.dataset import dataset_dir, read_stats
 from tasks.shards import read_blocks, shard_format
 from tasks.store import open_store
 from tasks.windows import (

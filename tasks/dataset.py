@@ -1,0 +1,178 @@
+"""The dataset repository: where a dataset lives in the store and how it is read and committed.
+
+``STORE/datasets/<dataset_id>/``::
+
+    config.json        the feature config (what a row of a shard means)
+    catalog.parquet    one row per song, the single source of truth (:mod:`tasks.catalog`)
+    shards/            feature shards (:mod:`tasks.shards`) with their statistics sidecars
+    stats.json         per-feature statistics of the shards the catalog references
+
+Ingest, training, generation, status and ``check`` all go through this
+module; none of it decodes audio, so training and generation never import
+the decoder.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import posixpath
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from musicflow.config import FeatureConfig, IngestConfig
+from musicflow.errors import ConfigError, StoreError
+from tasks.catalog import CatalogRow, new_rows, read_catalog, write_catalog
+from tasks.shards import read_blocks, read_shard_stats, stats_name
+from tasks.stats import FeatureStats, merge_all
+from tasks.store import Store
+
+DATASETS_DIR = "datasets"
+CONFIG_FILE = "config.json"
+LOCK_FILE = "catalog.lock"
+STATS_FILE = "stats.json"
+
+
+def dataset_dir(dataset_id: str) -> str:
+    """Folder of a dataset inside the store."""
+    return posixpath.join(DATASETS_DIR, dataset_id)
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one batch task returns: small metadata, never arrays."""
+
+    rows: list[CatalogRow]
+    shard: str | None
+    audio_seconds: float
+    task_seconds: float
+    peak_rss_mb: float
+
+
+def prepare_dataset(store: Store, config: IngestConfig) -> str:
+    """Create the dataset folder and its ``config.json`` (or check it); returns the dataset id."""
+    features = config.features
+    dataset_id = features.dataset_id
+    directory = dataset_dir(dataset_id)
+    if store.exists(directory, CONFIG_FILE):
+        stored = FeatureConfig.from_dict(store.read_json(directory, CONFIG_FILE)["features"])
+        if stored != features:
+            raise StoreError(f"dataset {dataset_id!r} holds features {stored}, not {features}")
+    else:
+        store.write_json(
+            {
+                "dataset_id": dataset_id,
+                "features": features.to_dict(),
+                "shard_format": config.shard_format,
+                "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+            },
+            directory,
+            CONFIG_FILE,
+        )
+    return dataset_id
+
+
+def commit_batch(store: Store, dataset_id: str, result: BatchResult) -> list[CatalogRow]:
+    """Commit a batch under the dataset's lock: catalog rows first (the commit point), then statistics.
+
+    Concurrent runs can decode the same song; the first commit keeps it. When
+    some of a shard's songs are dropped that way, the shard's statistics are
+    recomputed from the songs it keeps, so ``stats.json`` stays exact.
+    """
+    directory = dataset_dir(dataset_id)
+    with store.lock(directory, LOCK_FILE):
+        existing = read_catalog(store, directory)
+        added = new_rows(existing, result.rows)
+        kept = [row for row in added if row.ok]
+        dropped = [row for row in result.rows if row.ok and row not in added]
+        if result.shard and dropped and kept:
+            blocks = [
+                read_blocks(store, directory, result.shard, offset=row.offset, n_blocks=row.n_blocks)
+                for row in kept
+            ]
+            stats = merge_all([FeatureStats.from_features(item) for item in blocks], blocks[0].shape[1])
+            store.write_bytes(stats.to_npz(), directory, stats_name(result.shard))
+        if added or not existing:
+            write_catalog(store, directory, existing, added)
+        refresh_stats(store, dataset_id)
+    return added
+
+
+def refresh_stats(store: Store, dataset_id: str, *, rebuild: bool = False) -> FeatureStats:
+    """Bring ``stats.json`` in line with the shards the catalog references.
+
+    Adds the statistics sidecars of newly committed shards; rebuilds from all
+    sidecars when ``stats.json`` names a shard the catalog does not (a run
+    killed between its two commits), or when ``rebuild``.
+    """
+    directory = dataset_dir(dataset_id)
+    n_features = FeatureConfig.from_dict(store.read_json(directory, CONFIG_FILE)["features"]).n_features
+    shards = sorted({row.shard for row in read_catalog(store, directory) if row.ok and row.shard})
+    current, counted = FeatureStats.empty(n_features), []
+    if store.exists(directory, STATS_FILE) and not rebuild:
+        stored = store.read_json(directory, STATS_FILE)
+        if set(stored["shards"]) <= set(shards):
+            current, counted = FeatureStats.from_json(stored), stored["shards"]
+    missing = [shard for shard in shards if shard not in set(counted)]
+    if not missing and store.exists(directory, STATS_FILE) and not rebuild:
+        return current
+    total = current.merge(
+        merge_all([read_shard_stats(store, directory, shard) for shard in missing], n_features)
+    )
+    store.write_json({**total.to_json(), "shards": shards}, directory, STATS_FILE, indent=None)
+    return total
+
+
+def read_stats(store: Store, dataset_id: str) -> FeatureStats:
+    return FeatureStats.from_json(store.read_json(dataset_dir(dataset_id), STATS_FILE))
+
+
+def summarise_rows(rows: Iterable[CatalogRow]) -> dict[str, float]:
+    """Counts and totals of catalog rows, for artifacts and ``musicflow status``."""
+    rows = list(rows)
+    ok = [row for row in rows if row.ok]
+    return {
+        "songs_ok": len(ok),
+        "songs_failed": len(rows) - len(ok),
+        "seconds": round(sum(row.seconds for row in ok), 3),
+        "n_blocks": sum(row.n_blocks for row in ok),
+    }
+
+
+def list_datasets(store: Store) -> list[str]:
+    """Ids of the datasets in the store (folders with a ``config.json``), sorted."""
+    return [name for name in store.list_dirs(DATASETS_DIR) if store.exists(dataset_dir(name), CONFIG_FILE)]
+
+
+def read_config(store: Store, dataset_id: str) -> dict[str, Any]:
+    """The dataset's ``config.json``; :class:`ConfigError` naming the dataset when there is none."""
+    if not store.exists(dataset_dir(dataset_id), CONFIG_FILE):
+        raise ConfigError(f"no dataset {dataset_id!r} in store {store.url!r}")
+    config: dict[str, Any] = store.read_json(dataset_dir(dataset_id), CONFIG_FILE)
+    return config
+
+
+def read_features(store: Store, dataset_id: str) -> FeatureConfig:
+    """The feature config the dataset's shards were made with."""
+    return FeatureConfig.from_dict(read_config(store, dataset_id)["features"])
+
+
+def read_rows(store: Store, dataset_id: str, *, ok_only: bool = False) -> list[CatalogRow]:
+    """The dataset's catalog rows in commit order (only ``ok`` songs with ``ok_only``)."""
+    rows = read_catalog(store, dataset_dir(dataset_id))
+    return [row for row in rows if row.ok] if ok_only else rows
+
+
+def read_song(store: Store, dataset_id: str, row: CatalogRow, *, n_blocks: int | None = None) -> np.ndarray:
+    """One song's feature rows (the first ``n_blocks`` of them), shape [n, n_features] float32."""
+    if not row.ok or row.shard is None:
+        raise StoreError(f"song {row.song_id[:12]} of dataset {dataset_id!r} has no blocks ({row.status})")
+    return read_blocks(
+        store,
+        dataset_dir(dataset_id),
+        row.shard,
+        offset=row.offset,
+        n_blocks=row.n_blocks if n_blocks is None else min(n_blocks, row.n_blocks),
+    )

@@ -19,12 +19,13 @@ from musicflow.config import FeatureConfig, TrainConfig
 from musicflow.errors import ConfigError, MusicflowError, StoreError
 from musicflow.tfload import load_tensorflow
 from tasks.catalog import read_catalog
-from tasks.features import features_to_blocks
-from tasks.ingest import dataset_dir, decode_features
+from tasks.dataset import dataset_dir, list_datasets, read_features
+from tasks.features import frame_blocks
 from tasks.metrics import audio_metrics, nearest_training_similarity, reference_distribution
 from tasks.shards import read_blocks
 from tasks.store import Store, check_writable
 from tasks.train import CARD_FILE, MODEL_FILE, NORMALIZATION_FILE, load_keras, model_dir
+from tasks.transforms import get_transform
 from tasks.windows import Normalizer
 
 MAX_SECONDS = 3600.0
@@ -82,11 +83,11 @@ def load_trained_model(store: Store, model_id: str) -> LoadedModel:
             f"(sha256 {str(card.get('weights_sha256'))[:12]}): retrain it or restore the file"
         )
     dataset_id = card["dataset_id"]
-    if not store.exists(dataset_dir(dataset_id), "config.json"):
+    if dataset_id not in list_datasets(store):
         raise ModelMismatchError(
             f"model {model_id!r} was trained on dataset {dataset_id!r}, which is not in the store"
         )
-    features = FeatureConfig.from_dict(store.read_json(dataset_dir(dataset_id), "config.json")["features"])
+    features = read_features(store, dataset_id)
     model = load_keras(weights)
     if model.output_shape[-1] != features.n_features:
         raise ModelMismatchError(
@@ -214,6 +215,7 @@ def seed_blocks(
         if not seed_audio:
             raise ConfigError("seed kind 'audio' needs --seed-audio FILE")
         from musicflow.errors import DecodeError
+        from tasks.ingest import decode_features  # the only place generation decodes audio
 
         try:
             features, _, _ = decode_features(seed_audio, features=loaded.features)
@@ -252,11 +254,7 @@ def to_audio(normalised: np.ndarray, loaded: LoadedModel) -> tuple[np.ndarray, f
 
     Returns ``(audio [n_blocks * block_size] float32, unclipped peak, clipped fraction)``.
     """
-    features = loaded.normalizer.invert(normalised)
-    blocks = features_to_blocks(
-        features, transform=loaded.features.transform, block_size=loaded.features.block_size
-    )
-    audio = blocks.reshape(-1)
+    audio = get_transform(loaded.features).inverse(loaded.normalizer.invert(normalised))
     if not np.isfinite(audio).all():
         raise MusicflowError(f"model {loaded.model_id!r} generated non-finite values")
     peak = float(np.abs(audio).max()) if audio.size else 0.0
@@ -329,7 +327,7 @@ def generate_run(
     sample = training_sample(store, loaded)
     reference = (
         reference_distribution(
-            features_to_blocks(sample, transform=features.transform, block_size=features.block_size),
+            frame_blocks(get_transform(features).inverse(sample), block_size=features.block_size),
             sample_rate=features.sample_rate,
         )
         if sample.shape[0]

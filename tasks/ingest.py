@@ -26,7 +26,7 @@ from tasks.audio import decode_audio
 from tasks.catalog import STATUS_FAILED, STATUS_OK, CatalogRow
 from tasks.dataset import BatchResult, dataset_dir
 from tasks.shards import ShardWriter
-from tasks.store import is_local_fs, open_store
+from tasks.store import is_local_fs, open_store, url_to_fs
 from tasks.transforms import get_transform
 
 _HASH_CHUNK = 1 << 20
@@ -73,7 +73,7 @@ def list_audio_files(source: str) -> list[SourceFile]:
 def open_source(source: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """Filesystem and path of an existing source; :class:`ConfigError` naming it otherwise."""
     try:
-        fs, root = fsspec.core.url_to_fs(source)
+        fs, root = url_to_fs(source)
         exists = fs.exists(root)
     except (ValueError, ImportError, OSError) as error:
         raise ConfigError(f"invalid source {source!r}: {error}") from error
@@ -84,7 +84,8 @@ def open_source(source: str) -> tuple[fsspec.AbstractFileSystem, str]:
 
 def sha256_of(uri: str) -> str:
     digest = hashlib.sha256()
-    with fsspec.open(uri, "rb") as handle:
+    fs, path = url_to_fs(uri)
+    with fs.open(path, "rb") as handle:
         while chunk := handle.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
@@ -276,7 +277,7 @@ class _local_copy:
         self._temporary: tempfile._TemporaryFileWrapper[bytes] | None = None
 
     def __enter__(self) -> tuple[str, str]:
-        fs, path = fsspec.core.url_to_fs(self.uri)
+        fs, path = url_to_fs(self.uri)
         if is_local_fs(fs):
             return path, sha256_of(path)
         data = fs.cat_file(path)

@@ -154,14 +154,50 @@ class Store:
             self.fs.rm(path, recursive=True)
 
 
+# fsspec options (credentials, endpoint...) by URL prefix; see register_storage_options.
+_STORAGE_OPTIONS: dict[str, dict[str, Any]] = {}
+
+
+def register_storage_options(url_prefix: str, options: dict[str, Any] | None) -> None:
+    """Use ``options`` (fsspec storage options) for every URL under ``url_prefix`` in this process.
+
+    The source and the store can each have their own (two S3 endpoints, two
+    sets of credentials). Registration is per process: whoever sends work to
+    another process (a Dask worker) sends the options along and registers them
+    there. ``None`` or ``{}`` removes the prefix's options.
+    """
+    if options:
+        _STORAGE_OPTIONS[url_prefix] = dict(options)
+    else:
+        _STORAGE_OPTIONS.pop(url_prefix, None)
+
+
+def registered_storage_options() -> dict[str, dict[str, Any]]:
+    """Every registered prefix and its options (to send to another process)."""
+    return {prefix: dict(options) for prefix, options in _STORAGE_OPTIONS.items()}
+
+
+def storage_options_for(url: str) -> dict[str, Any]:
+    """The registered options of the longest prefix of ``url`` (empty when none matches)."""
+    matches = [prefix for prefix in _STORAGE_OPTIONS if url.startswith(prefix)]
+    return dict(_STORAGE_OPTIONS[max(matches, key=len)]) if matches else {}
+
+
+def url_to_fs(url: str, **options: Any) -> tuple[fsspec.AbstractFileSystem, str]:
+    """``fsspec.core.url_to_fs`` with the options registered for ``url`` (``options`` win).
+
+    Every place that opens a URL goes through here, so registered credentials
+    reach every filesystem musicflow opens.
+    """
+    return fsspec.core.url_to_fs(url, **{**storage_options_for(url), **options})
+
+
 def open_store(url: str) -> Store:
     """Open the store at ``url``; :class:`StoreError` names the URL when that fails."""
     if not url or not isinstance(url, str):
         raise StoreError(f"invalid store URL {url!r}")
     try:
-        fs, root = (
-            fsspec.core.url_to_fs(url, auto_mkdir=True) if _is_local_url(url) else fsspec.core.url_to_fs(url)
-        )
+        fs, root = url_to_fs(url, auto_mkdir=True) if _is_local_url(url) else url_to_fs(url)
     except (ValueError, ImportError, OSError) as error:
         raise StoreError(f"cannot open store {url!r}: {error}") from error
     return Store(url=url, fs=fs, root=root.rstrip("/") or root)

@@ -288,3 +288,26 @@ def test_an_old_unreadable_lock_is_broken(local_store: Store) -> None:
     os.utime(local_store.path("x.lock"), (old, old))
     with local_store.lock("x.lock", timeout=2, stale_after=60):
         assert json.loads(local_store.read_bytes("x.lock"))["pid"] == os.getpid()
+
+
+def test_registered_storage_options_reach_the_filesystem_by_longest_prefix() -> None:
+    from tasks.store import (
+        register_storage_options,
+        registered_storage_options,
+        storage_options_for,
+        url_to_fs,
+    )
+
+    register_storage_options("s3://songs", {"endpoint_url": "http://127.0.0.1:1", "anon": True})
+    register_storage_options("s3://songs/private", {"endpoint_url": "http://127.0.0.1:2", "anon": True})
+    try:
+        assert storage_options_for("s3://songs/a.mp3")["endpoint_url"] == "http://127.0.0.1:1"
+        assert storage_options_for("s3://songs/private/b.mp3")["endpoint_url"] == "http://127.0.0.1:2"
+        assert storage_options_for("s3://store/x") == {}
+        fs, path = url_to_fs("s3://songs/private/b.mp3")
+        assert fs.storage_options["endpoint_url"] == "http://127.0.0.1:2" and path == "songs/private/b.mp3"
+        assert set(registered_storage_options()) == {"s3://songs", "s3://songs/private"}
+    finally:
+        register_storage_options("s3://songs", None)
+        register_storage_options("s3://songs/private", None)
+    assert storage_options_for("s3://songs/a.mp3") == {}

@@ -432,6 +432,12 @@ def test_served_deployments_run_on_schedule_and_on_new_songs(live: Live, tmp_pat
         if run["state_type"] == "COMPLETED" and run["flow"] in expected:
             assert expected[run["flow"]] <= set(live.artifacts(run["id"])), (run["flow"], run["name"])
 
+    print(
+        f"live loop: {len(ingests)} ingest runs into the store ({len(scheduled)} on the interval, "
+        f"{len(adding)} added songs, {sum(run['state_type'] == 'CANCELLED' for run in ingests)} cancelled by "
+        f"the concurrency limit), {len(triggered)} triggered trainings, "
+        f"{len(generates)} cron generates completed; 1 ingest into another store triggered nothing"
+    )
     screenshots(live, tmp_path, [run["name"] for run in triggered])
 
 
@@ -463,12 +469,15 @@ def screenshots(live: Live, tmp_path: Path, train_runs: list[str]) -> None:
             for name in ("musicflow-ingest", "musicflow-train", "musicflow-generate"):
                 page.get_by_text(name).first.wait_for(timeout=60_000)
             page.wait_for_timeout(1500)
-            page.screenshot(path=str(tmp_path / "prefect-ui-deployments.png"))
+            page.screenshot(
+                path=str(tmp_path / "prefect-ui-deployments.png"),
+                clip={"x": 0, "y": 0, "width": 1500, "height": 420},
+            )
             page.goto(f"{ui}/v2/runs")
             for name in train_runs:  # the triggered trainings are listed
                 page.get_by_text(name).first.wait_for(timeout=60_000)
             page.wait_for_timeout(1500)
-            page.screenshot(path=str(tmp_path / "prefect-ui-runs.png"))
+            page.screenshot(path=str(tmp_path / "prefect-ui-runs.png"), full_page=True)
         finally:
             browser.close()
     keep = os.environ.get("MUSICFLOW_UI_SCREENSHOTS")

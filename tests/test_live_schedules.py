@@ -36,7 +36,7 @@ import httpx
 import psutil
 import pytest
 from conftest import TINY_BLOCK
-from helpers import write_periodic_songs
+from helpers import CHROMIUM, CHROMIUM_ARGS, write_periodic_songs
 
 from tasks.events import DATASET_UPDATED, store_key
 
@@ -443,26 +443,15 @@ def test_served_deployments_run_on_schedule_and_on_new_songs(live: Live, tmp_pat
 
 def screenshots(live: Live, tmp_path: Path, train_runs: list[str]) -> None:
     """The UI shows the three deployments and their runs (skipped without Chromium/Playwright)."""
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     try:
         from playwright.sync_api import sync_playwright
     except ImportError:
         return
-    if chromium is None:
+    if CHROMIUM is None:
         return
     ui = live.api.removesuffix("/api")
     with sync_playwright() as driver:
-        browser = driver.chromium.launch(
-            executable_path=chromium,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                "--disable-sync",
-            ],
-        )
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             page.goto(f"{ui}/v2/deployments")

@@ -1,5 +1,6 @@
 # musicflow: `make demo` runs the pipeline on synthetic songs, `make test` runs the tests.
-# Both create .venv and install what they need (ffmpeg from apt when it is missing).
+# Both create .venv and install what they need (ffmpeg, and Chromium for the UI tests, from apt
+# when they are missing).
 
 PYTHON ?= python3
 VENV   ?= .venv
@@ -9,12 +10,12 @@ export DO_NOT_TRACK = 1
 export PREFECT_SERVER_ANALYTICS_ENABLED = false
 export TF_CPP_MIN_LOG_LEVEL = 2
 
-.PHONY: demo test lint format bench ffmpeg clean constraints
+.PHONY: demo test lint format bench ffmpeg chromium clean constraints
 
 demo: $(STAMP) ffmpeg
 	$(BIN)/musicflow demo
 
-test: $(STAMP) ffmpeg
+test: $(STAMP) ffmpeg chromium
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -54,6 +55,15 @@ ffmpeg:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq ffmpeg >/dev/null; \
 	}
 	@ffmpeg -version | head -n 1
+
+# Debian's chromium, for the tests that look at the Prefect UI (Playwright drives it; no browser download).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "chromium not found: installing it with apt-get"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium >/dev/null; \
+	}
+	@{ command -v chromium || command -v chromium-browser; } >/dev/null && echo "chromium: $$({ command -v chromium || command -v chromium-browser; })"
 
 clean:
 	rm -rf $(VENV) demo .pytest_cache .mypy_cache .ruff_cache .hypothesis

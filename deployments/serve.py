@@ -1,12 +1,18 @@
 """The musicflow deployments, built in code and served by ``musicflow serve``.
 
 - ``musicflow-ingest``: on demand, and every ``ingest_every`` seconds if given,
-  to pick up new songs in the source;
-- ``musicflow-train``: triggered by every completed ``ingest`` flow run (a
-  Prefect deployment event trigger); new songs give a new model, the same
-  songs resume the last one;
+  to pick up new songs in the source; one at a time (a run that finds another
+  one running is cancelled: the running one picks the songs up, or the next);
+- ``musicflow-train``: triggered by the ``musicflow.dataset.updated`` event
+  that an ingest emits when it commits new songs to *this* store
+  (:mod:`tasks.events`), with the event's dataset id as its ``dataset``
+  parameter; one at a time (the next waits for its turn). New songs give a new
+  model; a finished model is final;
 - ``musicflow-generate``: on a cron schedule (daily at 06:00 UTC by default).
 
+Credentials never go into the parameters (the UI shows them): the deployments
+name Prefect blocks (``store_block``/``source_block``), or the flow-run
+processes inherit what ``musicflow serve`` registered (``tasks.credentials``).
 ``prefect.yaml`` beside this file declares the same deployments for ``prefect deploy``.
 """
 
@@ -14,22 +20,33 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.events import DeploymentEventTrigger
 
+from musicflow.config import FeatureConfig, IngestConfig, TrainConfig
 from musicflow.errors import ConfigError
+from tasks.events import DATASET_UPDATED, STORE_LABEL, store_key
 
 DEFAULT_GENERATE_CRON = "0 6 * * *"
-INGEST_COMPLETED = "prefect.flow-run.Completed"
+DATASET_ID_TEMPLATE = "{{ event.payload.dataset_id }}"  # rendered by the server when the trigger fires
+TRAIN_OPTIONS = ("hidden", "layers", "seq_len", "hop", "batch_size", "learning_rate", "patience")
+
+# Ingests never overlap: an interval tick that finds one running is cancelled (it would only wait
+# to list the same files). Trainings of a store queue up, one at a time.
+INGEST_CONCURRENCY = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW)
+TRAIN_CONCURRENCY = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
-def ingest_completed_trigger(store: str) -> DeploymentEventTrigger:
-    """Fire once for each completed flow run of the ``ingest`` flow."""
+def dataset_updated_trigger(store: str) -> DeploymentEventTrigger:
+    """Fire once for each ``musicflow.dataset.updated`` event of ``store``; the run trains the
+    event's dataset."""
+    key = store_key(store)
     return DeploymentEventTrigger(
-        name="train-after-ingest",
-        description="Train when an ingest flow run completes",
-        expect={INGEST_COMPLETED},
-        match_related={"prefect.resource.role": "flow", "prefect.resource.name": "ingest"},
-        parameters={"store": store},
+        name="train-on-new-songs",
+        description=f"Train when an ingest commits new songs to {key}",
+        expect={DATASET_UPDATED},
+        match={STORE_LABEL: key},
+        parameters={"dataset": DATASET_ID_TEMPLATE},
     )
 
 
@@ -41,12 +58,23 @@ def build_deployments(
     ingest_every: float | None = None,
     workers: int | None = None,
     dask_address: str | None = None,
+    shard_format: str = "zarr",
+    transform: str = "rfft",
+    block_size: int = 11025,
+    sample_rate: int = 44100,
     preset: str = "small",
     epochs: int | None = None,
+    train_options: dict[str, Any] | None = None,
     seconds: float = 10.0,
     count: int = 1,
+    store_block: str | None = None,
+    source_block: str | None = None,
 ) -> list[Any]:
-    """The three deployments (``RunnerDeployment`` objects), ready for ``prefect.serve``."""
+    """The three deployments (``RunnerDeployment`` objects), ready for ``prefect.serve``.
+
+    ``train_options`` are the train flow's model options (``hidden``, ``seq_len``...);
+    every value is checked here, so a bad one fails before anything is served.
+    """
     from prefect.schedules import Cron
 
     from flows.generate import generate
@@ -56,24 +84,47 @@ def build_deployments(
     _check_cron(generate_cron)
     if ingest_every is not None and ingest_every <= 0:
         raise ConfigError(f"invalid ingest interval {ingest_every!r}: must be positive seconds")
+    IngestConfig(
+        features=FeatureConfig(sample_rate=sample_rate, block_size=block_size, transform=transform),
+        shard_format=shard_format,
+    )
+    model = {key: value for key, value in (train_options or {}).items() if value is not None}
+    unknown = sorted(set(model) - set(TRAIN_OPTIONS))
+    if unknown:
+        raise ConfigError(f"invalid train options {unknown!r}: expected some of {', '.join(TRAIN_OPTIONS)}")
+    TrainConfig.from_preset(preset, epochs=epochs, **model)
+    blocks = {"store_block": store_block} if store_block else {}
     ingest_deployment = ingest.to_deployment(
         name="musicflow-ingest",
         interval=ingest_every,
-        parameters={"source": source, "store": store, "workers": workers, "dask_address": dask_address},
-        description="Decode new songs into feature shards",
+        parameters=_given(
+            source=source,
+            store=store,
+            format=shard_format,
+            transform=transform,
+            block_size=block_size,
+            sample_rate=sample_rate,
+            workers=workers,
+            dask_address=dask_address,
+            source_block=source_block,
+            **blocks,
+        ),
+        concurrency_limit=INGEST_CONCURRENCY,
+        description="Decode new songs into feature shards; announces the songs it adds",
         tags=["musicflow"],
     )
     train_deployment = train.to_deployment(
         name="musicflow-train",
-        triggers=[ingest_completed_trigger(store)],
-        parameters={"store": store, "preset": preset, "epochs": epochs},
-        description="Train the LSTM after each completed ingest",
+        triggers=[dataset_updated_trigger(store)],
+        parameters=_given(store=store, preset=preset, epochs=epochs, **model, **blocks),
+        concurrency_limit=TRAIN_CONCURRENCY,
+        description="Train the LSTM when an ingest adds songs to this store",
         tags=["musicflow"],
     )
     generate_deployment = generate.to_deployment(
         name="musicflow-generate",
         schedules=[Cron(generate_cron, timezone="UTC")],
-        parameters={"store": store, "seconds": seconds, "count": count},
+        parameters=_given(store=store, seconds=seconds, count=count, **blocks),
         description="Generate clips from the newest model",
         tags=["musicflow"],
     )
@@ -85,6 +136,11 @@ def serve_deployments(**options: Any) -> None:
     from prefect import serve
 
     serve(*build_deployments(**options))
+
+
+def _given(**parameters: Any) -> dict[str, Any]:
+    """The parameters that were given (None means the flow's default)."""
+    return {key: value for key, value in parameters.items() if value is not None}
 
 
 def _check_cron(expression: str) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from tasks.credentials import use_storage
 from tasks.generate import new_run_id, resolve_model
 from tasks.prefect_tasks import generate_clips
 from tasks.store import open_store
@@ -25,9 +26,14 @@ def generate(
     seed: str = "validation",
     seed_audio: str | None = None,
     temperature: float = 0.0,
+    store_block: str | None = None,
 ) -> dict[str, Any]:
-    """Generate ``count`` clips of ``seconds`` from ``model`` (default: the newest); returns metrics.json."""
+    """Generate ``count`` clips of ``seconds`` from ``model`` (default: the newest); returns metrics.json.
+
+    ``store_block`` names a Prefect block with the store's credentials (``s3-bucket/NAME``...).
+    """
     logger = get_run_logger()
+    use_storage(store, store_block=store_block)
     model_id = resolve_model(open_store(store), model)
     report = generate_clips(
         store, model_id, seconds, count, seed, seed_audio, temperature, new_run_id(model_id)

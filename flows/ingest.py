@@ -11,14 +11,18 @@ from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
+from prefect.events import emit_event
 from prefect.futures import as_completed
 
 from musicflow.cluster import default_workers, make_task_runner
 from musicflow.config import AUDIO_EXTENSIONS, FeatureConfig, IngestConfig
 from musicflow.progress import StageProgress
 from tasks.audio import ffmpeg_binary
+from tasks.credentials import use_storage
+from tasks.events import dataset_updated_event, should_announce
 from tasks.ingest import make_batches
 from tasks.prefect_tasks import commit_batch, ingest_batch, plan_ingest
+from tasks.store import registered_storage_options
 
 
 @flow(name="ingest", log_prints=False)
@@ -33,14 +37,22 @@ def ingest(
     workers: int | None = None,
     dask_address: str | None = None,
     retry_failed: bool = False,
+    announce: bool = True,
+    store_block: str | None = None,
+    source_block: str | None = None,
 ) -> dict[str, Any]:
     """Decode every new song under ``source`` into feature shards in ``store``.
 
     Returns a summary: dataset_id, songs ok/failed/skipped, audio seconds,
-    throughput (x real time) and the failed files with their errors.
+    throughput (x real time) and the failed files with their errors. When new
+    songs were committed and ``announce`` is on, emits ``musicflow.dataset.updated``
+    (what the train deployment is triggered by; the pipeline turns it off, it
+    trains anyway). ``store_block``/``source_block`` name Prefect blocks with the
+    credentials of the store/source (``s3-bucket/NAME``, ``aws-credentials/NAME``).
     """
     started = time.perf_counter()
     logger = get_run_logger()
+    use_storage(store, store_block=store_block, source=source, source_block=source_block)
     ffmpeg_binary()  # fail fast, here, rather than once per song on every worker
     config = IngestConfig(
         features=FeatureConfig(sample_rate=sample_rate, block_size=block_size, transform=transform),
@@ -71,7 +83,13 @@ def ingest(
             futures: list[Any] = [
                 runner.submit(
                     ingest_batch,
-                    {"files": batch, "store_url": store, "dataset_id": dataset_id, "config": config},
+                    {
+                        "files": batch,
+                        "store_url": store,
+                        "dataset_id": dataset_id,
+                        "config": config,
+                        "storage_options": registered_storage_options(),
+                    },
                 )
                 for batch in batches
             ]
@@ -85,7 +103,14 @@ def ingest(
     wall = time.perf_counter() - started
     summary = _summarise(dataset_id, store, plan, committed, results, wall)
     summary["commit_seconds"] = round(commit_seconds, 3)
+    summary["announced"] = announce and should_announce(summary)
     _publish(summary)
+    if summary["announced"]:
+        emit_event(
+            **dataset_updated_event(
+                store, dataset_id, songs_added=summary["songs_ok"], songs_failed=summary["songs_failed"]
+            )
+        )
     logger.info(
         "ingested %d songs (%d failed), %.1f min of audio at %.0fx real time",
         summary["songs_ok"],

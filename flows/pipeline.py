@@ -28,8 +28,14 @@ def pipeline(
     seconds: float = 10.0,
     count: int = 1,
     temperature: float = 0.0,
+    store_block: str | None = None,
+    source_block: str | None = None,
 ) -> dict[str, Any]:
-    """Ingest new songs, train (or resume) a model on the dataset, generate clips from it."""
+    """Ingest new songs, train (or resume) a model on the dataset, generate clips from it.
+
+    Its ingest does not announce the new songs (``announce=False``): the train deployment's
+    trigger would train a second time what this flow trains next.
+    """
     ingested = ingest(
         source=source,
         store=store,
@@ -38,6 +44,9 @@ def pipeline(
         block_size=block_size,
         workers=workers,
         dask_address=dask_address,
+        announce=False,
+        store_block=store_block,
+        source_block=source_block,
     )
     card = train(
         store=store,
@@ -47,8 +56,14 @@ def pipeline(
         hidden=hidden,
         seq_len=seq_len,
         hop=hop,
+        store_block=store_block,
     )
     generated = generate(
-        store=store, model=card["model_id"], seconds=seconds, count=count, temperature=temperature
+        store=store,
+        model=card["model_id"],
+        seconds=seconds,
+        count=count,
+        temperature=temperature,
+        store_block=store_block,
     )
     return {"ingest": ingested, "train": card, "generate": generated}

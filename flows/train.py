@@ -12,6 +12,7 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from musicflow.config import TrainConfig
+from tasks.credentials import use_storage
 from tasks.prefect_tasks import train_model
 from tasks.store import open_store
 from tasks.train import LOSS_CURVE_FILE, model_dir
@@ -36,9 +37,17 @@ def train(
     seed: int = 0,
     resume: bool = True,
     model_id: str | None = None,
+    store_block: str | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) a model; returns its card (config, losses per epoch, params...)."""
+    """Train (or resume) a model; returns its card (config, losses per epoch, params...).
+
+    A finished model is final: with ``epochs`` left out, or not above the epochs it has,
+    the run returns its card. ``dataset`` is what the train deployment's trigger fills
+    from the ``musicflow.dataset.updated`` event. ``store_block`` names a Prefect block
+    with the store's credentials (``s3-bucket/NAME``, ``aws-credentials/NAME``).
+    """
     logger = get_run_logger()
+    use_storage(store, store_block=store_block)
     config = TrainConfig.from_preset(
         preset,
         epochs=epochs,
@@ -54,9 +63,27 @@ def train(
         normalize=normalize,
         seed=seed,
     )
-    result = train_model(store, config, dataset, model_id, resume)
-    if result.resumed_from:
+    result = train_model(store, config, dataset, model_id, resume, epochs is not None)
+    if result.resumed_from >= result.epochs:
+        logger.info(
+            "%s is final (%s after %d epochs, best epoch %d): nothing to train; "
+            "ask for more epochs than %d to train it further",
+            result.model_id,
+            result.stop_reason,
+            result.epochs,
+            result.best_epoch,
+            result.epochs,
+        )
+    elif result.resumed_from:
         logger.info("resumed %s from epoch %d", result.model_id, result.resumed_from)
+    logger.info(
+        "%s: %s after %d epochs; kept epoch %d (validation loss %.5g)",
+        result.model_id,
+        result.stop_reason,
+        result.epochs,
+        result.best_epoch,
+        result.card["val_loss"],
+    )
     _publish(store, result.card)
     return result.card
 
@@ -78,7 +105,9 @@ def _publish(store: str, card: dict[str, Any]) -> None:
         key="train-summary",
         markdown=(
             f"# Model `{card['model_id']}`\n\n"
-            f"- dataset: `{card['dataset_id']}`\n- epochs: {card['epochs']}\n"
+            f"- dataset: `{card['dataset_id']}`\n- epochs: {card['epochs']} "
+            f"({card.get('stop_reason', 'completed')}; the model is epoch "
+            f"{card.get('best_epoch', card['epochs'])}, the best validation loss)\n"
             f"- train loss: {card['train_loss']:.5g}, validation loss: {card['val_loss']:.5g} "
             f"(predicting the mean block: {card['baseline_val_loss']:.5g})\n"
             f"- parameters: {card['params']:,}\n- wall time: {card['wall_seconds']:.1f} s\n"

@@ -16,8 +16,10 @@ import typer
 
 from musicflow.config import AUDIO_EXTENSIONS, LOSSES, PRESETS, SHARD_FORMATS, TRANSFORMS
 from musicflow.errors import ConfigError, MusicflowError, StoreError
-from tasks.generate import MAX_SECONDS, SEED_KINDS
-from tasks.synth import DEMO_FORMATS
+
+# Nothing of the DSP/ML stack (numpy, scipy, TensorFlow, pydub, zarr, pyarrow) nor Prefect is
+# imported up here: `musicflow --help` and a bad argument answer at once. Each command imports
+# what it needs (tests/test_cli.py checks sys.modules after --help).
 
 # Before Prefect is imported: no telemetry, and no INFO chatter under our progress bar
 # (run logs still reach the Prefect UI at INFO).
@@ -42,9 +44,9 @@ class DemoFormatChoice(enum.StrEnum):
     flac = "flac"
 
 
-# The choices above are spelled out for typer; they must stay those of the config.
+# The choices above are spelled out for typer; they must stay those of the config
+# (and DemoFormatChoice those of tasks.synth.DEMO_FORMATS: tests/test_cli.py).
 assert tuple(TransformChoice) == TRANSFORMS and tuple(ShardFormatChoice) == SHARD_FORMATS
-assert tuple(DemoFormatChoice) == DEMO_FORMATS
 
 app = typer.Typer(
     name="musicflow",
@@ -59,6 +61,46 @@ StoreOption = Annotated[
     str, typer.Option("--store", help="Store URL: a local path, file://, s3://, memory://...")
 ]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect and Dask logs.")]
+StorageOptionsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--storage-options",
+        metavar="JSON",
+        help="fsspec options of the store, as JSON or @FILE (credentials, endpoint), e.g. "
+        '\'{"key": "...", "secret": "...", "endpoint_url": "http://127.0.0.1:9000"}\'. '
+        "They stay in this process (and its Dask workers): never in flow-run parameters.",
+    ),
+]
+SourceOptionsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--source-options",
+        metavar="JSON",
+        help="fsspec options of the source, as JSON or @FILE (it may be on another endpoint).",
+    ),
+]
+
+
+def _use_storage_options(
+    store: str | None,
+    storage_options: str | None,
+    source: str | None = None,
+    source_options: str | None = None,
+) -> None:
+    """Register the store's and the source's fsspec options in this process (bad JSON: exit 2)."""
+    from tasks.credentials import parse_storage_options
+    from tasks.store import register_storage_options
+
+    parsed = [
+        (url, parse_storage_options(value, name))
+        for url, value, name in (
+            (store, storage_options, "--storage-options"),
+            (source, source_options, "--source-options"),
+        )
+        if url is not None
+    ]
+    for url, options in parsed:
+        register_storage_options(url, options)
 
 
 def _quiet_console(verbose: bool) -> None:
@@ -82,12 +124,16 @@ def _progress_bar(console: Any) -> Any:
 
 
 def _run_with_progress(function: Any, **kwargs: Any) -> Any:
-    """Run a flow with a rich progress bar fed by :mod:`musicflow.progress`."""
+    """Run a flow showing :mod:`musicflow.progress` reports: a rich progress bar on a terminal,
+    one plain line per epoch or batch otherwise (cron, CI, a log file)."""
     from rich.console import Console
 
-    from musicflow.progress import listening
+    from musicflow.progress import LinePrinter, listening
 
     console = Console(stderr=True)
+    if not console.is_terminal:
+        with listening(LinePrinter(sys.stderr)):
+            return function(**kwargs)
     bars: dict[str, Any] = {}
     with _progress_bar(console) as progress:
 
@@ -119,10 +165,13 @@ def ingest(
     batch_mb: Annotated[float, typer.Option(min=0.001, help="Compressed audio per Dask task, in MB.")] = 32.0,
     retry_failed: Annotated[bool, typer.Option(help="Decode again songs that failed before.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    storage_options: StorageOptionsOption = None,
+    source_options: SourceOptionsOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Decode new songs into FFT feature shards (skips songs already ingested)."""
     _quiet_console(verbose)
+    _use_storage_options(store, storage_options, source, source_options)
     from musicflow.cluster import make_task_runner
     from musicflow.server import ensure_prefect_api
     from tasks.audio import ffmpeg_binary
@@ -176,8 +225,10 @@ def status(
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON with datasets, models and generated lists.")
     ] = False,
+    storage_options: StorageOptionsOption = None,
 ) -> None:
     """What the store holds: datasets, models and generated clips."""
+    _use_storage_options(store, storage_options)
     from tasks.status import store_status
     from tasks.store import open_store
 
@@ -239,7 +290,12 @@ def train(
         PresetChoice, typer.Option(help="small (fast) or gruv (the seed's model).")
     ] = PresetChoice.small,
     epochs: Annotated[
-        int | None, typer.Option(min=1, help="Epochs in all (a resumed run continues to it).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Epochs in all [10 for small]; a resumed run continues to it, and a finished "
+            "model is trained further only when it is given and above its epochs.",
+        ),
     ] = None,
     hidden: Annotated[int | None, typer.Option(min=1, help="Units of the dense and LSTM layers.")] = None,
     layers: Annotated[int | None, typer.Option(min=1, help="LSTM layers.")] = None,
@@ -264,10 +320,13 @@ def train(
         str | None, typer.Option(help="Model folder name [default: preset + config hash].")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the model card as JSON.")] = False,
+    storage_options: StorageOptionsOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Train an LSTM to predict the next FFT block (resumes from the last checkpoint)."""
+    """Train an LSTM to predict the next FFT block (resumes from the last checkpoint; a finished
+    model is final unless --epochs asks for more epochs than it has)."""
     _quiet_console(verbose)
+    _use_storage_options(store, storage_options)
     from musicflow.config import TrainConfig
     from musicflow.server import ensure_prefect_api
     from tasks.store import open_store
@@ -298,7 +357,7 @@ def train(
         store=store,
         dataset=dataset,
         preset=config.preset,
-        epochs=config.epochs,
+        epochs=epochs,  # None: the preset's, and a finished model stays final
         hidden=config.hidden,
         layers=config.layers,
         seq_len=config.seq_len,
@@ -331,10 +390,12 @@ class SeedChoice(enum.StrEnum):
     noise = "noise"
 
 
-assert tuple(SeedChoice) == SEED_KINDS
+# SeedChoice must stay tasks.generate.SEED_KINDS (tests/test_cli.py).
 
 
 def _check_generate_options(seconds: float, count: int, temperature: float, seed_audio: str | None) -> None:
+    from tasks.generate import MAX_SECONDS
+
     if not 0 < seconds <= MAX_SECONDS:
         raise ConfigError(f"invalid --seconds {seconds!r}: must be in (0, {MAX_SECONDS:g}]")
     if not 1 <= count <= 100:
@@ -366,10 +427,12 @@ def generate(
     seed_audio: Annotated[str | None, typer.Option(help="An audio file to prime the model with.")] = None,
     temperature: Annotated[float, typer.Option(help="Noise fed back with each block (0 = none).")] = 0.0,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json.")] = False,
+    storage_options: StorageOptionsOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Generate clips from a trained model into STORE/generated/<run_id>/ (WAV, MP3, PNG, metrics)."""
     _quiet_console(verbose)
+    _use_storage_options(store, storage_options)
     from musicflow.server import ensure_prefect_api
     from tasks.generate import resolve_model
     from tasks.store import check_writable
@@ -432,10 +495,13 @@ def pipeline(
     seconds: Annotated[float, typer.Option(help="Length of each generated clip.")] = 10.0,
     count: Annotated[int, typer.Option(help="Number of clips.")] = 1,
     temperature: Annotated[float, typer.Option(help="Noise fed back with each block.")] = 0.0,
+    storage_options: StorageOptionsOption = None,
+    source_options: SourceOptionsOption = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Ingest -> train -> generate as one flow run (three subflows in the Prefect UI)."""
     _quiet_console(verbose)
+    _use_storage_options(store, storage_options, source, source_options)
     _run_pipeline(
         source=source,
         store=store,
@@ -491,10 +557,42 @@ def serve(
     ingest_every: Annotated[float | None, typer.Option(help="Also ingest every N seconds.")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="LocalCluster worker processes.")] = None,
     dask_address: Annotated[str | None, typer.Option(help="Existing Dask scheduler.")] = None,
+    format: Annotated[ShardFormatChoice, typer.Option(help="Shard format.")] = ShardFormatChoice.zarr,
+    transform: Annotated[TransformChoice, typer.Option(help="Feature transform.")] = TransformChoice.rfft,
+    block_size: Annotated[int, typer.Option(min=2, help="Samples per block.")] = 11025,
+    sample_rate: Annotated[int, typer.Option(min=1000, max=384000, help="Decode rate in Hz.")] = 44100,
+    preset: Annotated[PresetChoice, typer.Option(help="Model preset.")] = PresetChoice.small,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs.")] = None,
+    hidden: Annotated[int | None, typer.Option(min=1, help="Units of the dense and LSTM layers.")] = None,
+    layers: Annotated[int | None, typer.Option(min=1, help="LSTM layers.")] = None,
+    seq_len: Annotated[int | None, typer.Option(min=1, help="Blocks per training window.")] = None,
+    hop: Annotated[int | None, typer.Option(min=1, help="Blocks between training windows.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Windows per batch.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(min=0.0, help="RMSprop learning rate.")] = None,
+    patience: Annotated[
+        int | None, typer.Option(min=1, help="Stop after N epochs without val_loss gain.")
+    ] = None,
+    seconds: Annotated[float, typer.Option(help="Length of each generated clip.")] = 10.0,
+    count: Annotated[int, typer.Option(help="Clips per generate run.")] = 1,
+    storage_options: StorageOptionsOption = None,
+    source_options: SourceOptionsOption = None,
+    store_block: Annotated[
+        str | None,
+        typer.Option(
+            help="Prefect block with the store's credentials (s3-bucket/NAME, aws-credentials/NAME)."
+        ),
+    ] = None,
+    source_block: Annotated[
+        str | None, typer.Option(help="Prefect block with the source's credentials.")
+    ] = None,
 ) -> None:
-    """Serve the deployments: ingest (on demand/interval), train (after each ingest), generate (cron)."""
+    """Serve the deployments: ingest (on demand/interval), train (when an ingest adds songs to this
+    store), generate (cron). Flow runs run here, in child processes."""
+    _use_storage_options(store, storage_options, source, source_options)
+    _check_generate_options(seconds, count, 0.0, None)
     from deployments.serve import build_deployments
     from musicflow.server import ensure_prefect_api, ui_url
+    from tasks.credentials import export_storage_options
 
     deployments = build_deployments(
         source=source,
@@ -503,8 +601,28 @@ def serve(
         ingest_every=ingest_every,
         workers=workers,
         dask_address=dask_address,
+        shard_format=format.value,
+        transform=transform.value,
+        block_size=block_size,
+        sample_rate=sample_rate,
+        preset=preset.value,
+        epochs=epochs,
+        train_options={
+            "hidden": hidden,
+            "layers": layers,
+            "seq_len": seq_len,
+            "hop": hop,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "patience": patience,
+        },
+        seconds=seconds,
+        count=count,
+        store_block=store_block,
+        source_block=source_block,
     )
     api = ensure_prefect_api()
+    export_storage_options()  # the flow-run processes inherit them; the API never sees them
     typer.echo(f"serving {', '.join(d.name for d in deployments)}; UI: {ui_url(api)}  (Ctrl+C to stop)")
     typer.echo("trigger an ingest: prefect deployment run 'ingest/musicflow-ingest'")
     from prefect import serve as prefect_serve
@@ -519,8 +637,10 @@ def check(
         bool, typer.Option("--repair", help="Remove orphans, re-queue lost songs, rebuild stats.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the problems as JSON.")] = False,
+    storage_options: StorageOptionsOption = None,
 ) -> None:
     """Check catalog <-> shards <-> statistics and models; exit 1 when problems are found."""
+    _use_storage_options(store, storage_options)
     from tasks.check import check_store
 
     problems = check_store(_open_existing_store(store), repair=repair)

@@ -3,17 +3,35 @@
 from __future__ import annotations
 
 import math
+import posixpath
 import time
 
 import keras
 
 from musicflow.config import TrainConfig
 from tasks.store import Store
-from tasks.train import CHECKPOINTS, KEEP_CHECKPOINTS, STATE_FILE, EpochCallback, keras_bytes
+from tasks.train import (
+    CHECKPOINTS,
+    KEEP_CHECKPOINTS,
+    STATE_FILE,
+    STOP_COMPLETED,
+    STOP_EARLY,
+    EpochCallback,
+    best_epoch,
+    checkpoint_name,
+    keras_bytes,
+)
 
 
 class Checkpointer(keras.callbacks.Callback):
-    """Checkpoint after each finite epoch, then commit ``state.json``; note a NaN/inf loss and stop."""
+    """Checkpoint after each finite epoch, then commit ``state.json``; note a NaN/inf loss and stop.
+
+    Early stopping lives here rather than in ``keras.callbacks.EarlyStopping`` so that it
+    counts from the saved history: a resumed run stops where an uninterrupted one would.
+    ``patience_from`` is the epoch the patience window may start at (a finished model
+    trained further gets a fresh window). The best validation epoch's checkpoint is
+    never pruned: it becomes the final model.
+    """
 
     def __init__(
         self,
@@ -25,12 +43,16 @@ class Checkpointer(keras.callbacks.Callback):
         history: dict[str, list[float]],
         on_epoch: EpochCallback | None,
         started: float,
+        *,
+        patience_from: int = 0,
     ) -> None:
         super().__init__()
         self.store, self.directory, self.dataset_id, self.config = store, directory, dataset_id, config
         self.history, self.on_epoch, self.started = history, on_epoch, started
         self.config_hash = config_hash
+        self.patience_from = patience_from
         self.diverged: str | None = None
+        self.stop_reason: str | None = None
 
     def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
         logs = dict(logs or {})
@@ -41,20 +63,41 @@ class Checkpointer(keras.callbacks.Callback):
             return
         self.history["loss"].append(float(logs["loss"]))
         self.history["val_loss"].append(float(logs["val_loss"]))
-        name = f"{CHECKPOINTS}/epoch-{epoch + 1:04d}.keras"
-        self.store.write_bytes(keras_bytes(self.model), self.directory, name)
+        done = epoch + 1
+        best = best_epoch(self.history["val_loss"])
+        patience = self.config.patience
+        if done >= self.config.epochs:
+            self.stop_reason = STOP_COMPLETED
+        elif patience and done - max(best, self.patience_from) >= patience:
+            self.stop_reason = STOP_EARLY
+            self.model.stop_training = True
+        self.store.write_bytes(keras_bytes(self.model), self.directory, checkpoint_name(done))
         state = {
-            "epoch": epoch + 1,
-            "checkpoint": name,
+            "epoch": done,
+            "checkpoint": checkpoint_name(done),
             "history": self.history,
+            "best_epoch": best,
+            "stop_reason": self.stop_reason,
             "dataset_id": self.dataset_id,
             "config": self.config.to_dict(),
             "config_hash": self.config_hash,
             "wall_seconds": time.perf_counter() - self.started,
         }
         self.store.write_json(state, self.directory, CHECKPOINTS, STATE_FILE)
-        stale = epoch + 1 - KEEP_CHECKPOINTS
-        if stale >= 1:
-            self.store.rm(self.directory, f"{CHECKPOINTS}/epoch-{stale:04d}.keras")
+        self._prune(keep={*range(done - KEEP_CHECKPOINTS + 1, done + 1), best})
         if self.on_epoch is not None:
-            self.on_epoch(epoch + 1, self.config.epochs, {"loss": losses[0], "val_loss": losses[1]})
+            self.on_epoch(done, self.config.epochs, {"loss": losses[0], "val_loss": losses[1]})
+
+    def _prune(self, *, keep: set[int]) -> None:
+        """Remove the epoch checkpoints that are neither recent nor the best (after the commit)."""
+        folder = self.store.path(self.directory, CHECKPOINTS)
+        for path in self.store.fs.ls(folder, detail=False):
+            name = posixpath.basename(path.rstrip("/"))
+            if not (name.startswith("epoch-") and name.endswith(".keras")):
+                continue
+            try:
+                epoch = int(name[len("epoch-") : -len(".keras")])
+            except ValueError:
+                continue
+            if epoch not in keep:
+                self.store.rm(self.directory, CHECKPOINTS, name)

@@ -21,6 +21,7 @@ from tasks import dataset as dataset_lib
 from tasks import ingest as ingest_lib
 from tasks import train as train_lib
 from tasks.catalog import CatalogRow
+from tasks.credentials import register_all
 from tasks.store import check_writable, open_store
 
 
@@ -58,9 +59,18 @@ def plan_ingest(source: str, store_url: str, config: IngestConfig) -> tuple[str,
 
 @task(name="ingest-batch", **IO_RETRIES)
 def ingest_batch(
-    files: list[ingest_lib.SourceFile], store_url: str, dataset_id: str, config: IngestConfig
+    files: list[ingest_lib.SourceFile],
+    store_url: str,
+    dataset_id: str,
+    config: IngestConfig,
+    storage_options: dict[str, dict[str, Any]] | None = None,
 ) -> dataset_lib.BatchResult:
-    """Decode + featurise + write one shard (runs on a Dask worker)."""
+    """Decode + featurise + write one shard (runs on a Dask worker).
+
+    ``storage_options`` is the flow process's ``registered_storage_options()``: a worker
+    process has none of its own, so they are registered here before anything is opened.
+    """
+    register_all(storage_options)
     return ingest_lib.ingest_batch(files, store_url=store_url, dataset_id=dataset_id, config=config)
 
 
@@ -72,9 +82,15 @@ def commit_batch(store_url: str, dataset_id: str, result: dataset_lib.BatchResul
 
 @task(name="train-model", **{**IO_RETRIES, "retries": 1})
 def train_model(
-    store_url: str, config: TrainConfig, dataset_id: str | None, model_id: str | None, resume: bool
+    store_url: str,
+    config: TrainConfig,
+    dataset_id: str | None,
+    model_id: str | None,
+    resume: bool,
+    extend: bool = False,
 ) -> train_lib.TrainResult:
-    """Train or resume one model (a retry resumes from the last checkpoint)."""
+    """Train or resume one model (a retry resumes from the last checkpoint, and a model that
+    finished is final: a retry returns its card)."""
     logger = get_run_logger()
     progress: StageProgress | None = None
 
@@ -92,7 +108,13 @@ def train_model(
     context = TaskRunContext.get()
     resume = resume or (context is not None and context.task_run.run_count > 1)
     return train_lib.train_model(
-        store_url, config, dataset_id=dataset_id, model_id=model_id, resume=resume, on_epoch=on_epoch
+        store_url,
+        config,
+        dataset_id=dataset_id,
+        model_id=model_id,
+        resume=resume,
+        extend=extend,
+        on_epoch=on_epoch,
     )
 
 

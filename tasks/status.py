@@ -42,8 +42,11 @@ def model_status(store: Store, model_id: str) -> dict[str, Any] | None:
         "dataset_id": card.get("dataset_id"),
         "state": state,
         "epochs": len(history["loss"]),
-        "train_loss": history["loss"][-1] if history["loss"] else None,
-        "val_loss": history["val_loss"][-1] if history["val_loss"] else None,
+        # a finished model is its best validation epoch (the card's losses); a training its last
+        "train_loss": card.get("train_loss", history["loss"][-1] if history["loss"] else None),
+        "val_loss": card.get("val_loss", history["val_loss"][-1] if history["val_loss"] else None),
+        "best_epoch": card.get("best_epoch"),
+        "stop_reason": card.get("stop_reason"),
         "baseline_val_loss": card.get("baseline_val_loss"),
         "params": card.get("params"),
         "preset": card.get("config", {}).get("preset"),

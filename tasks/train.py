@@ -2,25 +2,34 @@
 
 ``STORE/models/<model_id>/``::
 
-    checkpoints/epoch-0003.keras   model + optimizer state after epoch 3
-    checkpoints/state.json         last complete epoch, history (written last: the commit)
-    model.keras                    the final model
+    checkpoints/epoch-0003.keras   model + optimizer state after epoch 3 (the last two epochs
+                                   and the best validation epoch are kept)
+    checkpoints/state.json         last complete epoch, history, best epoch, why it stopped
+                                   (written last: the commit)
+    train.lock                     held by the run training the model
+    model.keras                    the final model: the best validation epoch
     normalization.npz              mean/std the model's inputs were scaled with
-    card.json                      config, dataset, losses per epoch, params, versions, wall time
+    card.json                      config, dataset, losses per epoch, best epoch, stop reason,
+                                   params, versions, wall time (written last: a finished model)
     loss-curve.png
+
+A finished model (a card) is final: training it again returns its card, unless
+more epochs than it has are asked for explicitly (``extend``).
 """
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import io
+import json
 import os
 import platform
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -28,7 +37,7 @@ import numpy as np
 
 import musicflow
 from musicflow.config import TrainConfig
-from musicflow.errors import ConfigError, MusicflowError
+from musicflow.errors import ConfigError, MusicflowError, StoreError
 from musicflow.tfload import load_tensorflow
 from tasks.dataset import STATS_FILE, dataset_dir, list_datasets, read_features
 from tasks.model import build_model
@@ -41,7 +50,13 @@ CARD_FILE = "card.json"
 MODEL_FILE = "model.keras"
 NORMALIZATION_FILE = "normalization.npz"
 LOSS_CURVE_FILE = "loss-curve.png"
-KEEP_CHECKPOINTS = 2
+TRAIN_LOCK_FILE = "train.lock"
+KEEP_CHECKPOINTS = 2  # the last epochs kept, besides the best one
+
+# Why a finished training stopped (the card's ``stop_reason``).
+STOP_COMPLETED = "completed"  # it trained every epoch asked for
+STOP_EARLY = "early_stopping"  # --patience epochs without a better validation loss
+STOP_INTERRUPTED = "stopped"  # a callback stopped it before the last epoch
 
 EpochCallback = Callable[[int, int, dict[str, float]], None]
 
@@ -52,6 +67,10 @@ class TrainingDivergedError(MusicflowError):
 
 class CheckpointError(MusicflowError):
     """A checkpoint cannot be read."""
+
+
+class ModelBusyError(MusicflowError):
+    """Another live run is training the same model (it holds the model folder's lock)."""
 
 
 def model_dir(model_id: str) -> str:
@@ -69,6 +88,8 @@ class TrainResult:
     wall_seconds: float
     baseline_val_loss: float
     card: dict[str, Any] = field(default_factory=dict)
+    stop_reason: str = "completed"
+    best_epoch: int = 0
 
 
 def resolve_dataset(store: Store, dataset_id: str | None) -> str:
@@ -107,10 +128,18 @@ def train_model(
     dataset_id: str | None = None,
     model_id: str | None = None,
     resume: bool = True,
+    extend: bool = False,
     on_epoch: EpochCallback | None = None,
     callbacks: list[Any] | None = None,
 ) -> TrainResult:
     """Train (or resume training) a model on a dataset of the store.
+
+    A finished model (its card says why it stopped: ``completed``, ``early_stopping``...)
+    is final: training it again, or a Prefect retry, returns its card and trains
+    nothing, unless ``extend`` asks for more epochs than it was trained. The final
+    ``model.keras`` is the epoch with the best validation loss, not the last one.
+    While it trains, the run holds the model folder's lock: a second run on the same
+    model fails at once with :class:`ModelBusyError`.
 
     Parameters
     ----------
@@ -124,25 +153,25 @@ def train_model(
     resume : bool
         Continue from the last complete checkpoint (same epoch count, one
         continuous history); ``False`` starts over.
+    extend : bool
+        Train a finished model further, to ``config.epochs``, when that is more
+        than the epochs it has (the CLI sets it when ``--epochs`` is given).
     on_epoch : callable, optional
         ``on_epoch(epoch, epochs, logs)`` after each epoch is checkpointed.
     callbacks : list of keras callbacks, optional
-        Extra callbacks for ``model.fit``.
+        Extra callbacks for ``model.fit`` (they run before the checkpoint of each epoch).
     """
     load_tensorflow()
-    import keras
 
     started = time.perf_counter()
     store = open_store(store_url)
     dataset_id = resolve_dataset(store, dataset_id)
     features = read_features(store, dataset_id)
-    n_features = features.n_features
     train_rows, val_rows = load_split(store, dataset_id, val_fraction=config.val_fraction, seed=config.seed)
     songs = songs_hash([row.song_id for row in train_rows + val_rows])
     config_hash = config.model_hash(dataset_id, songs)
     model_id = model_id or default_model_id(dataset_id, config, songs)
-    directory = model_dir(model_id)
-    _check_identity(store, directory, model_id, dataset_id, config_hash)
+    n_features = features.n_features
     needed = config.seq_len + 1
     if max(row.n_blocks for row in train_rows + val_rows) < needed:
         longest = max(row.seconds for row in train_rows + val_rows)
@@ -167,6 +196,53 @@ def train_model(
                 "use a smaller --seq-len or ingest longer songs"
             )
 
+    directory = model_dir(model_id)
+    with hold_model(store, model_id):
+        _check_identity(store, directory, model_id, dataset_id, config_hash)
+        finished = read_finished_card(store, model_id) if resume else None
+        if finished is not None and not (extend and config.epochs > finished["epochs"]):
+            return _result_from_card(finished, resumed_from=finished["epochs"])
+        return _train(
+            store,
+            config,
+            features=features,
+            dataset_id=dataset_id,
+            rows=(train_rows, val_rows),
+            windows=(train_windows, val_windows),
+            normalizer=normalizer,
+            model_id=model_id,
+            config_hash=config_hash,
+            resume=resume,
+            extend=extend,
+            on_epoch=on_epoch,
+            callbacks=callbacks,
+            started=started,
+        )
+
+
+def _train(
+    store: Store,
+    config: TrainConfig,
+    *,
+    features: Any,
+    dataset_id: str,
+    rows: tuple[list[Any], list[Any]],
+    windows: tuple[SongWindows, SongWindows],
+    normalizer: Normalizer,
+    model_id: str,
+    config_hash: str,
+    resume: bool,
+    extend: bool,
+    on_epoch: EpochCallback | None,
+    callbacks: list[Any] | None,
+    started: float,
+) -> TrainResult:
+    import keras
+
+    train_rows, val_rows = rows
+    train_windows, val_windows = windows
+    n_features = features.n_features
+    directory = model_dir(model_id)
     state = _load_state(store, directory) if resume else None
     if state is not None:
         model = _load_checkpoint(store, directory, state["checkpoint"])
@@ -175,40 +251,57 @@ def train_model(
             {key: list(values) for key, values in state["history"].items()},
         )
         prior_seconds = float(state.get("wall_seconds", 0.0))
+        stop_reason = state.get("stop_reason")  # set when the run stopped (completed, early stopping)
     else:
+        if resume and store.exists(directory, CARD_FILE):
+            raise CheckpointError(
+                f"model {model_id!r} has a card but no checkpoint in "
+                f"{store.full_url(directory, CHECKPOINTS)} to continue from: rerun with --no-resume"
+            )
+        store.rm(directory, CARD_FILE)  # first: a card means a complete model
         store.rm(directory, CHECKPOINTS)
         model = build_model(n_features, config)
-        initial_epoch, history, prior_seconds = 0, {"loss": [], "val_loss": []}, 0.0
+        initial_epoch, history, prior_seconds, stop_reason = 0, {"loss": [], "val_loss": []}, 0.0, None
     store.write_bytes(_npz(mean=normalizer.mean, std=normalizer.std), directory, NORMALIZATION_FILE)
 
-    train_data = make_tf_dataset(
-        train_windows,
-        n_features=n_features,
-        batch_size=config.batch_size,
-        shuffle_buffer=config.shuffle_buffer,
-        seed=config.seed,
-        first_epoch=initial_epoch,
-        repeat=True,
-    )
-    val_data = make_tf_dataset(val_windows, n_features=n_features, batch_size=config.batch_size)
+    # A run that stopped is final unless asked for more epochs; then patience counts afresh.
+    wants_more = config.epochs > initial_epoch and (stop_reason is None or extend)
     from tasks.checkpoints import Checkpointer
 
     checkpoint = Checkpointer(
-        store, directory, dataset_id, config, config_hash, history, on_epoch, started - prior_seconds
+        store,
+        directory,
+        dataset_id,
+        config,
+        config_hash,
+        history,
+        on_epoch,
+        started - prior_seconds,
+        patience_from=initial_epoch if stop_reason is not None else 0,
     )
-    fit_callbacks: list[Any] = [keras.callbacks.TerminateOnNaN(), checkpoint, *(callbacks or [])]
-    if config.patience:
-        fit_callbacks.append(keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.patience))
-    if initial_epoch < config.epochs:
+    if wants_more:
+        train_data = make_tf_dataset(
+            train_windows,
+            n_features=n_features,
+            batch_size=config.batch_size,
+            shuffle_buffer=config.shuffle_buffer,
+            seed=config.seed,
+            first_epoch=initial_epoch,
+            repeat=True,
+        )
+        val_data = make_tf_dataset(val_windows, n_features=n_features, batch_size=config.batch_size)
         model.fit(
             train_data,
             validation_data=val_data,
             epochs=config.epochs,
             steps_per_epoch=steps_per_epoch(train_windows, config.batch_size),
             initial_epoch=initial_epoch,
-            callbacks=fit_callbacks,
+            callbacks=[keras.callbacks.TerminateOnNaN(), *(callbacks or []), checkpoint],
             shuffle=False,  # the tf.data pipeline shuffles
             verbose=0,
+        )
+        stop_reason = checkpoint.stop_reason or (
+            STOP_COMPLETED if len(history["loss"]) >= config.epochs else STOP_INTERRUPTED
         )
     if checkpoint.diverged is not None:
         kept = len(history["loss"])
@@ -217,8 +310,10 @@ def train_model(
             f"(epoch {kept}) in {store.full_url(directory, CHECKPOINTS)}: "
             "lower --learning-rate or check the data"
         )
+    stop_reason = stop_reason or STOP_COMPLETED
 
     baseline = mean_block_loss(val_windows, config.loss, normalizer)
+    weights, best = _best_weights(store, directory, history, model)
     wall = time.perf_counter() - checkpoint.started
     card: dict[str, Any] = {
         "model_id": model_id,
@@ -228,35 +323,103 @@ def train_model(
         "config_hash": config_hash,
         "epochs": len(history["loss"]),
         "history": history,
-        "train_loss": history["loss"][-1] if history["loss"] else None,
-        "val_loss": history["val_loss"][-1] if history["val_loss"] else None,
+        "stop_reason": stop_reason,
+        "best_epoch": best,
+        "train_loss": history["loss"][best - 1],
+        "val_loss": history["val_loss"][best - 1],
         "baseline_val_loss": baseline,
         "params": int(model.count_params()),
         "train_songs": [row.song_id for row in train_rows],
         "val_songs": [row.song_id for row in val_rows],
         "stats": store.full_url(dataset_dir(dataset_id), STATS_FILE),
         "normalization": NORMALIZATION_FILE,
-        "weights_sha256": "",
+        "weights_sha256": hashlib.sha256(weights).hexdigest(),
         "wall_seconds": round(wall, 3),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": versions(),
     }
-    weights = keras_bytes(model)
-    card["weights_sha256"] = hashlib.sha256(weights).hexdigest()
     store.write_bytes(weights, directory, MODEL_FILE)
-    store.write_bytes(loss_curve_png(history, baseline, title=model_id), directory, LOSS_CURVE_FILE)
-    store.write_json(card, directory, CARD_FILE)  # last: a card means a complete model
-    return TrainResult(
-        model_id=model_id,
-        dataset_id=dataset_id,
-        epochs=card["epochs"],
-        history=history,
-        params=card["params"],
-        resumed_from=initial_epoch,
-        wall_seconds=wall,
-        baseline_val_loss=baseline,
-        card=card,
+    store.write_bytes(
+        loss_curve_png(history, baseline, title=model_id, best_epoch=best), directory, LOSS_CURVE_FILE
     )
+    store.write_json(card, directory, CARD_FILE)  # last: a card means a complete model
+    return _result_from_card(card, resumed_from=initial_epoch)
+
+
+def _result_from_card(card: dict[str, Any], *, resumed_from: int) -> TrainResult:
+    return TrainResult(
+        model_id=card["model_id"],
+        dataset_id=card["dataset_id"],
+        epochs=card["epochs"],
+        history=card["history"],
+        params=card["params"],
+        resumed_from=resumed_from,
+        wall_seconds=card["wall_seconds"],
+        baseline_val_loss=card["baseline_val_loss"],
+        card=card,
+        stop_reason=card.get("stop_reason", STOP_COMPLETED),
+        best_epoch=card.get("best_epoch", card["epochs"]),
+    )
+
+
+def best_epoch(val_losses: list[float]) -> int:
+    """The 1-based epoch of the lowest validation loss (the first one on a tie); 0 when none."""
+    return int(np.argmin(val_losses)) + 1 if val_losses else 0
+
+
+def checkpoint_name(epoch: int) -> str:
+    return f"{CHECKPOINTS}/epoch-{epoch:04d}.keras"
+
+
+def _best_weights(
+    store: Store, directory: str, history: dict[str, list[float]], model: Any
+) -> tuple[bytes, int]:
+    """The ``.keras`` bytes of the best validation epoch (its checkpoint is never pruned) and its number."""
+    best = best_epoch(history["val_loss"])
+    if best and store.exists(directory, checkpoint_name(best)):
+        return store.read_bytes(directory, checkpoint_name(best)), best
+    # A checkpoint folder from before best epochs were kept: the last epoch is what there is.
+    return keras_bytes(model), len(history["loss"])
+
+
+def read_finished_card(store: Store, model_id: str) -> dict[str, Any] | None:
+    """The card of a finished model, or None (no card: never finished, or still training)."""
+    directory = model_dir(model_id)
+    if not store.exists(directory, CARD_FILE):
+        return None
+    try:
+        return dict(store.read_json(directory, CARD_FILE))
+    except ValueError as error:
+        raise CheckpointError(
+            f"{store.full_url(directory, CARD_FILE)} is corrupt ({error}): rerun with --no-resume"
+        ) from error
+
+
+@contextlib.contextmanager
+def hold_model(store: Store, model_id: str) -> Iterator[None]:
+    """Hold ``models/<model_id>/train.lock`` for the block; :class:`ModelBusyError` at once when
+    another live run holds it (the store's lock renews itself while held, breaks a dead holder's)."""
+    directory = model_dir(model_id)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(store.lock(directory, TRAIN_LOCK_FILE, timeout=0))
+        except StoreError as error:
+            if not store.exists(directory, TRAIN_LOCK_FILE):
+                raise
+            raise ModelBusyError(
+                f"model {model_id!r} is being trained by another run ({_lock_holder(store, directory)}): "
+                "wait for it to finish, or train another --model-id"
+            ) from error
+        yield
+
+
+def _lock_holder(store: Store, directory: str) -> str:
+    try:
+        holder = json.loads(store.read_bytes(directory, TRAIN_LOCK_FILE))
+        since = dt.datetime.fromtimestamp(float(holder["time"]), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        return f"pid {holder['pid']} on {holder['host']}, since {since}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"holder of {store.full_url(directory, TRAIN_LOCK_FILE)}"
 
 
 def _check_identity(store: Store, directory: str, model_id: str, dataset_id: str, config_hash: str) -> None:
@@ -341,8 +504,10 @@ def mean_block_loss(windows: SongWindows, loss: str, normalizer: Normalizer) -> 
     return total / max(count, 1)
 
 
-def loss_curve_png(history: dict[str, list[float]], baseline: float, *, title: str) -> bytes:
-    """The train/validation loss per epoch, with the mean-block baseline, as PNG bytes."""
+def loss_curve_png(
+    history: dict[str, list[float]], baseline: float, *, title: str, best_epoch: int | None = None
+) -> bytes:
+    """The train/validation loss per epoch, with the mean-block baseline (and the kept epoch), as PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -353,6 +518,8 @@ def loss_curve_png(history: dict[str, list[float]], baseline: float, *, title: s
     axes.plot(epochs, history["loss"], marker="o", label="train")
     axes.plot(epochs, history["val_loss"], marker="o", label="validation")
     axes.axhline(baseline, color="grey", linestyle="--", label="predict the mean block")
+    if best_epoch:
+        axes.axvline(best_epoch, color="green", linestyle=":", label=f"kept: epoch {best_epoch}")
     axes.set(xlabel="epoch", ylabel="loss", title=title)
     axes.legend()
     figure.tight_layout()

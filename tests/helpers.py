@@ -118,6 +118,19 @@ def musicflow(
     )
 
 
+# Headless Chromium (Debian's, driven by Playwright) as the UI tests run it: no sandbox (root in a
+# container), no GPU, nothing fetched from the network.
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+]
+
+
 def flow_run_artifacts(flow_run_id: Any) -> dict[str, Any]:
     """The keyed artifacts of a flow run, by key, from the Prefect API."""
     from prefect.client.orchestration import get_client

@@ -1,4 +1,6 @@
-"""The deployments built in code (``musicflow serve``) and declared in ``deployments/prefect.yaml``."""
+"""The deployments built in code (``musicflow serve``) and declared in ``deployments/prefect.yaml``,
+as objects: what they are made of. tests/test_live_schedules.py is the proof that a real server
+runs them (schedules, the trigger, the concurrency limits)."""
 
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.events import DeploymentEventTrigger, DeploymentTriggerTypes
 from pydantic import TypeAdapter
 
-from deployments.serve import DEFAULT_GENERATE_CRON, INGEST_COMPLETED, build_deployments
+from deployments.serve import DATASET_ID_TEMPLATE, DEFAULT_GENERATE_CRON, build_deployments
 from musicflow.errors import ConfigError
+from tasks.events import DATASET_UPDATED, dataset_updated_event, store_key
 
 ROOT = Path(__file__).resolve().parents[1]
 YAML = ROOT / "deployments" / "prefect.yaml"
@@ -49,7 +52,14 @@ def test_three_deployments_of_the_three_flows(default: dict[str, Any]) -> None:
     for deployment in default.values():
         assert deployment.tags == ["musicflow"]
         assert deployment.parameters["store"] == "/data/store"
-    assert default["musicflow-ingest"].parameters["source"] == "/data/songs"
+    assert default["musicflow-ingest"].parameters == {
+        "source": "/data/songs",
+        "store": "/data/store",
+        "format": "zarr",
+        "transform": "rfft",
+        "block_size": 11025,
+        "sample_rate": 44100,
+    }
 
 
 def test_generate_runs_daily_by_default(default: dict[str, Any]) -> None:
@@ -71,40 +81,59 @@ def test_custom_cron_and_generate_options() -> None:
     assert generate.parameters == {"store": "memory://x", "seconds": 3.5, "count": 2}
 
 
-def test_train_is_triggered_by_every_completed_ingest(default: dict[str, Any]) -> None:
+def test_train_is_triggered_by_new_songs_in_its_store(default: dict[str, Any]) -> None:
     train = default["musicflow-train"]
     assert train.schedules in (None, [])
     (trigger,) = train.triggers
     assert isinstance(trigger, DeploymentEventTrigger)
-    assert trigger.expect == {"prefect.flow-run.Completed"} == {INGEST_COMPLETED}
-    assert trigger.match_related.root == {"prefect.resource.role": "flow", "prefect.resource.name": "ingest"}
+    assert trigger.expect == {"musicflow.dataset.updated"} == {DATASET_UPDATED}
+    assert trigger.match.root == {"musicflow.store": "/data/store"}
     assert trigger.enabled
     assert trigger.threshold == 1 and trigger.within == dt.timedelta(0)
     assert trigger.posture == "Reactive"
-    assert trigger.parameters == {"store": "/data/store"}
-    assert train.parameters == {"store": "/data/store", "preset": "small", "epochs": None}
+    # the store is the deployment's; the dataset comes from the event, rendered by the server
+    assert (
+        trigger.parameters
+        == {"dataset": "{{ event.payload.dataset_id }}"}
+        == {"dataset": DATASET_ID_TEMPLATE}
+    )
+    assert train.parameters == {"store": "/data/store", "preset": "small"}
 
 
-def flow_run_event(flow_name: str, event: str = INGEST_COMPLETED) -> Any:
-    """An event as Prefect emits it when a flow run of ``flow_name`` changes state."""
+def test_the_trigger_matches_the_store_however_it_is_spelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "store").mkdir()
+    for spelling in ("store", "./store/", str(tmp_path / "store"), f"file://{tmp_path}/store"):
+        assert store_key(spelling) == str(tmp_path / "store"), spelling
+    assert store_key("s3://bucket/some/prefix/") == "s3://bucket/some/prefix"
+
+
+def received(event: dict[str, Any]) -> Any:
+    """An event as the server receives it."""
     from prefect.server.events.schemas.events import ReceivedEvent
 
-    return ReceivedEvent(
-        occurred=dt.datetime.now(dt.UTC),
-        event=event,
-        resource={"prefect.resource.id": f"prefect.flow-run.{uuid.uuid4()}"},
-        related=[
-            {
-                "prefect.resource.id": f"prefect.flow.{uuid.uuid4()}",
-                "prefect.resource.role": "flow",
-                "prefect.resource.name": flow_name,
-            }
-        ],
-        id=uuid.uuid4(),
+    return ReceivedEvent(occurred=dt.datetime.now(dt.UTC), id=uuid.uuid4(), **event)
+
+
+def flow_run_completed(flow_name: str) -> Any:
+    return received(
+        {
+            "event": "prefect.flow-run.Completed",
+            "resource": {"prefect.resource.id": f"prefect.flow-run.{uuid.uuid4()}"},
+            "related": [
+                {
+                    "prefect.resource.id": f"prefect.flow.{uuid.uuid4()}",
+                    "prefect.resource.role": "flow",
+                    "prefect.resource.name": flow_name,
+                }
+            ],
+        }
     )
 
 
-def test_train_trigger_fires_on_completed_ingest_runs_only(default: dict[str, Any]) -> None:
+def test_train_trigger_fires_on_this_stores_dataset_updates_only(default: dict[str, Any]) -> None:
     from prefect.server.events.schemas.automations import EventTrigger
 
     (trigger,) = default["musicflow-train"].triggers
@@ -113,13 +142,93 @@ def test_train_trigger_fires_on_completed_ingest_runs_only(default: dict[str, An
     trigger.set_deployment_id(deployment_id)
     automation = trigger.as_automation()
     (action,) = automation.actions
-    assert (action.deployment_id, action.parameters) == (deployment_id, {"store": "/data/store"})
+    assert (action.deployment_id, action.parameters) == (deployment_id, {"dataset": DATASET_ID_TEMPLATE})
     server_side = EventTrigger.model_validate(automation.trigger.model_dump())
-    assert server_side.covers(flow_run_event("ingest"))
-    assert not server_side.covers(flow_run_event("train"))
-    assert not server_side.covers(flow_run_event("generate"))
-    assert not server_side.covers(flow_run_event("ingest", "prefect.flow-run.Failed"))
-    assert not server_side.covers(flow_run_event("ingest", "prefect.flow-run.Running"))
+    ours = dataset_updated_event("/data/store", "rfft-x", songs_added=2, songs_failed=0)
+    assert server_side.covers(received(ours))
+    assert not server_side.covers(
+        received(dataset_updated_event("/data/other", "rfft-x", songs_added=2, songs_failed=0))
+    )
+    assert not server_side.covers(
+        received(dataset_updated_event("/data/store2", "rfft-x", songs_added=2, songs_failed=0))
+    )
+    assert not server_side.covers(flow_run_completed("ingest"))  # a completed ingest that added nothing
+    assert not server_side.covers(received({**ours, "event": "musicflow.dataset.checked"}))
+
+
+def test_ingests_never_overlap_and_trainings_queue(default: dict[str, Any]) -> None:
+    from prefect.client.schemas.objects import ConcurrencyLimitStrategy
+
+    ingest, train, generate = (default[name] for name in NAMES)
+    assert ingest.concurrency_limit == 1
+    assert ingest.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.CANCEL_NEW
+    assert train.concurrency_limit == 1
+    assert train.concurrency_options.collision_strategy == ConcurrencyLimitStrategy.ENQUEUE
+    assert generate.concurrency_limit is None
+
+
+def test_serve_options_become_the_flows_parameters() -> None:
+    built = by_name(
+        build_deployments(
+            source="s3://songs/in",
+            store="s3://models/store",
+            block_size=1024,
+            transform="fft",
+            shard_format="parquet",
+            sample_rate=22050,
+            epochs=3,
+            train_options={"hidden": 32, "seq_len": 8, "hop": 4, "batch_size": 8, "patience": None},
+            seconds=1.5,
+            count=2,
+            store_block="s3-bucket/models",
+            source_block="aws-credentials/songs",
+        )
+    )
+    assert built["musicflow-ingest"].parameters == {
+        "source": "s3://songs/in",
+        "store": "s3://models/store",
+        "format": "parquet",
+        "transform": "fft",
+        "block_size": 1024,
+        "sample_rate": 22050,
+        "store_block": "s3-bucket/models",
+        "source_block": "aws-credentials/songs",
+    }
+    assert built["musicflow-train"].parameters == {
+        "store": "s3://models/store",
+        "preset": "small",
+        "epochs": 3,
+        "hidden": 32,
+        "seq_len": 8,
+        "hop": 4,
+        "batch_size": 8,
+        "store_block": "s3-bucket/models",
+    }
+    assert built["musicflow-generate"].parameters == {
+        "store": "s3://models/store",
+        "seconds": 1.5,
+        "count": 2,
+        "store_block": "s3-bucket/models",
+    }
+    (trigger,) = built["musicflow-train"].triggers
+    assert trigger.match.root == {"musicflow.store": "s3://models/store"}
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        ({"block_size": 1}, "invalid block_size 1"),
+        ({"transform": "wavelet"}, "invalid transform 'wavelet'"),
+        ({"shard_format": "csv"}, "invalid format 'csv'"),
+        ({"epochs": 0}, "invalid epochs 0"),
+        ({"train_options": {"hidden": -3}}, "invalid hidden -3"),
+        ({"train_options": {"dropout": 0.5}}, "invalid train options ['dropout']"),
+    ],
+)
+def test_bad_serve_options_are_refused_naming_them(options: dict[str, Any], fragment: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        build_deployments(source="s", store="t", **options)
+    assert fragment in str(raised.value)
 
 
 def test_ingest_is_on_demand_unless_an_interval_is_given(default: dict[str, Any]) -> None:
@@ -161,6 +270,23 @@ def test_deployment_parameters_are_parameters_of_their_flows(default: dict[str, 
         assert set(default[name].parameters) <= accepted, name
         for trigger in default[name].triggers or []:
             assert set(trigger.parameters or {}) <= accepted
+    full = by_name(
+        build_deployments(
+            source="s",
+            store="t",
+            epochs=2,
+            train_options=dict.fromkeys(("hidden", "layers", "seq_len", "hop", "batch_size", "patience"), 2)
+            | {"learning_rate": 0.01},
+            store_block="s3-bucket/a",
+            source_block="s3-bucket/b",
+        )
+    )
+    for flow, name in (
+        (ingest, "musicflow-ingest"),
+        (train, "musicflow-train"),
+        (generate, "musicflow-generate"),
+    ):
+        assert set(full[name].parameters) <= set(inspect.signature(flow.fn).parameters), name
 
 
 def test_serve_with_a_bad_cron_exits_2_naming_it(tmp_path: Path) -> None:
@@ -229,6 +355,11 @@ def test_yaml_schedules_and_trigger_match_the_code(
     (code,) = default["musicflow-train"].triggers
     assert isinstance(trigger, DeploymentEventTrigger)
     assert trigger.expect == code.expect
-    assert trigger.match_related.root == code.match_related.root
+    assert trigger.match.root == {"musicflow.store": "{{ $MUSICFLOW_STORE }}"}
+    assert set(trigger.match.root) == set(code.match.root)
     assert trigger.posture == code.posture and trigger.threshold == code.threshold
-    assert set(trigger.parameters) == set(code.parameters) == {"store"}
+    assert trigger.parameters == code.parameters == {"dataset": DATASET_ID_TEMPLATE}
+    for name, strategy in (("musicflow-ingest", "CANCEL_NEW"), ("musicflow-train", "ENQUEUE")):
+        limit = declared[name]["concurrency_limit"]
+        assert limit == {"limit": default[name].concurrency_limit, "collision_strategy": strategy}
+        assert default[name].concurrency_options.collision_strategy.value == strategy

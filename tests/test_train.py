@@ -110,7 +110,12 @@ def test_model_card(tiny_dataset: tuple[str, str], tiny_model: tuple[str, str]) 
     history = card["history"]
     assert card["epochs"] == len(history["loss"]) == len(history["val_loss"]) == 3
     assert all(np.isfinite(history["loss"])) and all(np.isfinite(history["val_loss"]))
-    assert card["train_loss"] == history["loss"][-1] and card["val_loss"] == history["val_loss"][-1]
+    best = card["best_epoch"]
+    assert history["val_loss"][best - 1] == min(history["val_loss"])
+    assert (
+        card["train_loss"] == history["loss"][best - 1] and card["val_loss"] == history["val_loss"][best - 1]
+    )
+    assert card["stop_reason"] == "completed"
     # Dense(1026 -> 32), LSTM(32), Dense(32 -> 1026)
     assert card["params"] == (1026 * 32 + 32) + 4 * (32 * 32 + 32 * 32 + 32) + (32 * 1026 + 1026)
     assert len(card["val_songs"]) == 1 and len(card["train_songs"]) == 3
@@ -128,7 +133,7 @@ def test_model_card(tiny_dataset: tuple[str, str], tiny_model: tuple[str, str]) 
     np.testing.assert_array_equal(saved["mean"], normalizer.mean)
     np.testing.assert_array_equal(saved["std"], normalizer.std)
 
-    # model.keras is the trained model: it scores the card's last validation loss
+    # model.keras is the kept model: it scores the card's (best) validation loss
     model = load_keras(weights)
     assert model.count_params() == card["params"]
     rows = {row.song_id: row for row in read_catalog(store, dataset_dir(card["dataset_id"]))}
@@ -155,7 +160,9 @@ def test_resume_continues_the_history(tiny_dataset: tuple[str, str], tmp_path: P
     assert state_of(store_url, first.model_id)["epoch"] == 2
 
     reported: list[tuple[int, int, dict[str, float]]] = []
-    resumed = train_model(store_url, tiny_config(4), on_epoch=lambda *call: reported.append(call))
+    resumed = train_model(
+        store_url, tiny_config(4), extend=True, on_epoch=lambda *call: reported.append(call)
+    )
 
     assert resumed.model_id == first.model_id  # same command, same model
     assert (resumed.epochs, resumed.resumed_from) == (4, 2)
@@ -168,7 +175,10 @@ def test_resume_continues_the_history(tiny_dataset: tuple[str, str], tmp_path: P
     assert card["history"] == resumed.history and card["epochs"] == 4
     assert card["config"]["epochs"] == 4
     assert state_of(store_url, first.model_id)["epoch"] == 4
-    assert checkpoint_files(store_url, first.model_id) == ["epoch-0003.keras", "epoch-0004.keras", STATE_FILE]
+    kept = sorted({3, 4, resumed.best_epoch})  # the last two epochs and the best one
+    assert checkpoint_files(store_url, first.model_id) == [f"epoch-{n:04d}.keras" for n in kept] + [
+        STATE_FILE
+    ]
 
     # asked again: nothing left to train
     again = train_model(store_url, tiny_config(4))
@@ -193,7 +203,7 @@ def test_checkpoints_round_trip_through_s3(tiny_dataset: tuple[str, str], s3_buc
     assert store.fs.exists(store.path(model_dir(first.model_id), CHECKPOINTS, "epoch-0001.keras"))
     assert state_of(store_url, first.model_id)["epoch"] == 1
 
-    resumed = train_model(store_url, tiny_config(2))
+    resumed = train_model(store_url, tiny_config(2), extend=True)
 
     assert (resumed.epochs, resumed.resumed_from) == (2, 1)
     assert resumed.history["loss"][:1] == first.history["loss"]
@@ -305,7 +315,7 @@ def test_corrupt_checkpoint(tiny_model: tuple[str, str], tmp_path: Path, damaged
     target.write_bytes(b"\x00garbage, not a keras zip nor json" * 10)
 
     with pytest.raises(CheckpointError, match="--no-resume") as error:
-        train_model(store_url, tiny_config(4))
+        train_model(store_url, tiny_config(4), extend=True)
     assert "corrupt" in str(error.value)
     if damaged == "checkpoint":
         assert str(target) in str(error.value)

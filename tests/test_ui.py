@@ -6,7 +6,6 @@ Skipped only when Chromium or Playwright is missing; `.ci/run` installs Debian's
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,9 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import copy_songs
+from helpers import CHROMIUM, CHROMIUM_ARGS, copy_songs
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ROOT = Path(__file__).resolve().parents[1]
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(
@@ -102,17 +100,7 @@ def test_ui_shows_the_ingest_run_task_runs_and_summary(
     ui = ui_server.removesuffix("/api")
 
     with playwright.sync_playwright() as driver:
-        browser = driver.chromium.launch(
-            executable_path=CHROMIUM,
-            args=[
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-background-networking",
-                "--disable-component-update",
-                "--no-first-run",
-                "--disable-sync",
-            ],
-        )
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1000})
             page.goto(f"{ui}/v2/runs/flow-run/{run_id}")

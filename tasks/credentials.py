@@ -1,0 +1,180 @@
+"""Storage credentials for the store and the source, without process-wide ``AWS_*`` variables.
+
+Three ways in, all ending in :func:`tasks.store.register_storage_options` for a URL:
+
+- the CLI's ``--storage-options JSON`` (store) and ``--source-options JSON``
+  (source): fsspec options for this process (:func:`parse_storage_options`);
+  ``musicflow serve`` hands them to the flow runs it starts through the
+  environment of their processes (:func:`export_storage_options`), never
+  through flow-run parameters, which the Prefect UI shows;
+- a Prefect block named by a flow parameter (``store_block``/``source_block``:
+  ``s3-bucket/NAME``, ``aws-credentials/NAME`` or ``minio-credentials/NAME``
+  from prefect-aws): the parameter is the block's name, the secret stays in
+  the block (:func:`block_storage_options`);
+- whatever the flow registered is sent on to the Dask workers as a task
+  argument, and registered there before anything else (:func:`register_all`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from musicflow.errors import ConfigError
+from tasks.store import register_storage_options, registered_storage_options
+
+STORAGE_OPTIONS_ENV = "MUSICFLOW_STORAGE_OPTIONS"
+BLOCK_TYPES = ("s3-bucket", "aws-credentials", "minio-credentials")
+
+
+def parse_storage_options(value: str | None, option: str = "--storage-options") -> dict[str, Any]:
+    """fsspec options from a JSON object, or from ``@FILE`` holding one (keeps secrets out of the
+    shell history); ``None`` or ``""`` is no options. :class:`ConfigError` names the bad value."""
+    if value is None or not value.strip():
+        return {}
+    text = value
+    if value.startswith("@"):
+        try:
+            text = Path(value[1:]).read_text()
+        except OSError as error:
+            raise ConfigError(
+                f"invalid {option} {value!r}: cannot read {value[1:]!r} ({error.strerror})"
+            ) from error
+    try:
+        parsed = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"invalid {option} {value!r}: not JSON ({error.msg} at line {error.lineno} column {error.colno})"
+        ) from error
+    if not isinstance(parsed, dict):
+        raise ConfigError(
+            f'invalid {option} {value!r}: expected a JSON object such as {{"key": "...", "secret": "..."}}'
+        )
+    return parsed
+
+
+def register_all(options_by_prefix: dict[str, dict[str, Any]] | None) -> None:
+    """Register every prefix of ``options_by_prefix`` (what ``registered_storage_options()`` gave
+    in another process)."""
+    for prefix, options in (options_by_prefix or {}).items():
+        register_storage_options(prefix, options)
+
+
+def export_storage_options() -> None:
+    """Put this process's registered options into the environment its child processes inherit."""
+    registered = registered_storage_options()
+    if registered:
+        os.environ[STORAGE_OPTIONS_ENV] = json.dumps(registered)
+    else:
+        os.environ.pop(STORAGE_OPTIONS_ENV, None)
+
+
+def import_storage_options() -> None:
+    """Register the options a parent process exported (:func:`export_storage_options`)."""
+    raw = os.environ.get(STORAGE_OPTIONS_ENV)
+    if not raw:
+        return
+    try:
+        exported = json.loads(raw)
+    except json.JSONDecodeError as error:
+        raise ConfigError(
+            f"invalid {STORAGE_OPTIONS_ENV} in the environment: not JSON ({error.msg})"
+        ) from error
+    if not isinstance(exported, dict) or not all(isinstance(value, dict) for value in exported.values()):
+        raise ConfigError(
+            f"invalid {STORAGE_OPTIONS_ENV} in the environment: expected {{url prefix: options}}"
+        )
+    register_all(exported)
+
+
+def use_storage(
+    store: str | None = None,
+    *,
+    store_block: str | None = None,
+    source: str | None = None,
+    source_block: str | None = None,
+) -> None:
+    """What a flow calls first: the options its parent exported, then those of the blocks it names."""
+    import_storage_options()
+    for url, block in ((store, store_block), (source, source_block)):
+        if block:
+            if not url:
+                raise ConfigError(f"block {block!r} given without the URL it is for")
+            register_storage_options(url, block_storage_options(block, url))
+
+
+def block_storage_options(block_name: str, url: str) -> dict[str, Any]:
+    """The s3fs options of a prefect-aws block (``s3-bucket/NAME``, ``aws-credentials/NAME``,
+    ``minio-credentials/NAME``) for ``url``."""
+    block_type, _, name = block_name.partition("/")
+    if block_type not in BLOCK_TYPES or not name:
+        raise ConfigError(
+            f"invalid block {block_name!r}: expected TYPE/NAME with TYPE one of {', '.join(BLOCK_TYPES)}"
+        )
+    import prefect_aws  # noqa: F401  (registers the block types)
+    from prefect.blocks.core import Block
+
+    try:
+        block = Block.load(block_name)
+    except (ValueError, KeyError) as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise ConfigError(f"cannot load Prefect block {block_name!r}: {reason}") from error
+    return storage_options_from_block(block, url, block_name=block_name)
+
+
+def storage_options_from_block(block: Any, url: str, *, block_name: str = "") -> dict[str, Any]:
+    """s3fs options from an ``S3Bucket``, ``AwsCredentials`` or ``MinIOCredentials`` block object."""
+    from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
+
+    label = block_name or type(block).__name__
+    if isinstance(block, S3Bucket):
+        bucket = url.split("://", 1)[-1].split("/", 1)[0]
+        if not url.startswith("s3://") or bucket != block.bucket_name:
+            raise ConfigError(
+                f"block {label!r} is for bucket {block.bucket_name!r}, not for {url!r}: "
+                "name the bucket's block, or an aws-credentials block"
+            )
+        block = block.credentials
+    if isinstance(block, MinIOCredentials):
+        options: dict[str, Any] = {
+            "key": block.minio_root_user,
+            "secret": block.minio_root_password.get_secret_value(),
+        }
+    elif isinstance(block, AwsCredentials):
+        options = {}
+        if block.assume_role_arn:
+            frozen = block.get_boto3_session().get_credentials().get_frozen_credentials()
+            options.update(key=frozen.access_key, secret=frozen.secret_key, token=frozen.token)
+        else:
+            if block.aws_access_key_id:
+                options["key"] = block.aws_access_key_id
+            if block.aws_secret_access_key is not None:
+                options["secret"] = block.aws_secret_access_key.get_secret_value()
+            if block.aws_session_token:
+                options["token"] = block.aws_session_token
+            if block.profile_name:
+                options["profile"] = block.profile_name
+    else:
+        raise ConfigError(
+            f"block {label!r} is a {type(block).__name__}: "
+            "expected S3Bucket, AwsCredentials or MinIOCredentials"
+        )
+    client_kwargs: dict[str, Any] = {}
+    if block.region_name:
+        client_kwargs["region_name"] = block.region_name
+    parameters = block.aws_client_parameters
+    if parameters.endpoint_url:
+        options["endpoint_url"] = parameters.endpoint_url
+    if parameters.verify_cert_path:
+        client_kwargs["verify"] = str(parameters.verify_cert_path)
+    elif parameters.verify is False:
+        client_kwargs["verify"] = False
+    if not parameters.use_ssl:
+        options["use_ssl"] = False
+    if parameters.config:
+        options["config_kwargs"] = dict(parameters.config)
+    if client_kwargs:
+        options["client_kwargs"] = client_kwargs
+    return options

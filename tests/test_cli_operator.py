@@ -1,0 +1,123 @@
+"""The CLI as an operator meets it: ``--help`` at once (no DSP/ML stack imported), one progress line
+per epoch when the output is not a terminal, one-line errors for bad storage options.
+(One line per ingest batch: tests/test_credentials.py, whose ``musicflow ingest`` output is a pipe.)"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from helpers import ROOT, musicflow
+
+HEAVY = ("numpy", "scipy", "tensorflow", "keras", "pydub", "zarr", "pyarrow", "prefect", "distributed")
+HEAVY += ("dask", "matplotlib", "fsspec", "s3fs")
+
+_IMPORTS_AFTER = """
+import json, sys
+sys.argv = ["musicflow", *json.loads(sys.argv[1])]
+from musicflow.cli import main
+code = 0
+try:
+    main()
+except SystemExit as exit:
+    code = exit.code
+print(json.dumps({"code": code, "modules": sorted(sys.modules)}), file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["train", "--help"], ["serve", "--help"], ["ingest", "--help"]])
+def test_help_imports_none_of_the_dsp_ml_stack(args: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-c", _IMPORTS_AFTER, json.dumps(args)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+    )
+    report = json.loads(result.stderr.strip().splitlines()[-1])
+    assert report["code"] == 0, result.stderr
+    assert "Usage:" in result.stdout
+    loaded = {name.split(".")[0] for name in report["modules"]}
+    assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
+
+
+def test_the_clis_choices_are_the_libraries() -> None:
+    from musicflow.cli import DemoFormatChoice, SeedChoice
+    from tasks.generate import SEED_KINDS
+    from tasks.synth import DEMO_FORMATS
+
+    assert tuple(SeedChoice) == SEED_KINDS
+    assert tuple(DemoFormatChoice) == DEMO_FORMATS
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (
+            ["status", "--store", "s3://b/x", "--storage-options", "{bad json"],
+            "invalid --storage-options '{bad json'",
+        ),
+        (["check", "--store", "s3://b/x", "--storage-options", "[1, 2]"], "expected a JSON object"),
+        (
+            ["ingest", "s3://songs", "--store", "s3://b/x", "--source-options", "nope"],
+            "invalid --source-options 'nope'",
+        ),
+        (["train", "--store", "s3://b/x", "--storage-options", "@/nonexistent/creds.json"], "cannot read"),
+        (["serve", "--source", "s", "--store", "t", "--source-options", "{"], "invalid --source-options '{'"),
+    ],
+)
+def test_bad_storage_options_exit_2_naming_them(args: list[str], fragment: str) -> None:
+    result = musicflow(*args, env={"PREFECT_API_URL": "http://127.0.0.1:9/api"}, timeout=60)
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("musicflow: error: "), result.stderr
+    assert fragment in lines[0], lines[0]
+
+
+def piped_lines(command: list[str], *, env: dict[str, str], timeout: float = 240) -> list[tuple[str, bool]]:
+    """Run ``musicflow COMMAND`` with its output on a pipe; every stderr line with whether the
+    process was still running when the line arrived."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "musicflow.cli", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, **env},
+    )
+    lines: list[tuple[str, bool]] = []
+    deadline = time.monotonic() + timeout
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            lines.append((line.rstrip("\n"), process.poll() is None))
+            assert time.monotonic() < deadline, "timed out"
+        process.wait(timeout=60)
+    finally:
+        process.kill()
+        process.wait()
+    assert process.returncode == 0, "\n".join(line for line, _ in lines)
+    return lines
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_train_without_a_terminal_prints_a_line_per_epoch(
+    tiny_dataset: tuple[str, str], tmp_path: Path
+) -> None:
+    store = tmp_path / "store"
+    shutil.copytree(tiny_dataset[0], store)
+    args = ["train", "--store", str(store), "--epochs", "3", "--hidden", "16", "--seq-len", "8", "--hop", "4"]
+
+    lines = piped_lines(args, env={})
+
+    epochs = [(line, running) for line, running in lines if " epoch " in line]
+    assert [line.split(" (")[0] for line, _ in epochs] == ["train: 1/3", "train: 2/3", "train: 3/3"], lines
+    assert all("loss" in line and "val" in line and line.endswith(" s]") for line, _ in epochs)
+    assert epochs[0][1], "the first epoch's line only came when training was over"
+    assert not any("\r" in line or "\x1b[" in line for line, _ in lines)  # no progress-bar redraws

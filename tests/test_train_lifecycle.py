@@ -1,0 +1,229 @@
+"""A training's life: a finished model is final (re-run, Prefect retry), keeps its best validation
+epoch, says why it stopped, is continued only by asking for more epochs; two runs never train
+the same model folder at once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import keras
+import pytest
+from conftest import TINY_TRAIN
+
+from musicflow.config import TrainConfig
+from tasks.store import open_store
+from tasks.train import (
+    CARD_FILE,
+    CHECKPOINTS,
+    MODEL_FILE,
+    STATE_FILE,
+    ModelBusyError,
+    checkpoint_name,
+    model_dir,
+    read_card,
+    train_model,
+)
+
+
+def tiny_config(epochs: int, **overrides: Any) -> TrainConfig:
+    return TrainConfig.from_preset("small", epochs=epochs, **{**TINY_TRAIN, **overrides})
+
+
+class ScriptedValLoss(keras.callbacks.Callback):
+    """Replace each epoch's validation loss by the next scripted value (it runs before the
+    checkpoint), so that when patience ends training, and which epoch is best, is known."""
+
+    def __init__(self, values: list[float]) -> None:
+        super().__init__()
+        self.values = values
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        assert logs is not None
+        logs["val_loss"] = self.values[epoch]
+
+
+def files(store_url: str, model_id: str) -> dict[str, bytes]:
+    """Every file of the model folder (but the lock), by path: what a no-op run must leave as it is."""
+    root = Path(store_url) / model_dir(model_id)
+    return {
+        str(path.relative_to(root)): path.read_bytes()
+        for path in sorted(root.rglob("*"))
+        if path.is_file() and path.name != "train.lock"
+    }
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@pytest.fixture
+def store_url(tiny_dataset: tuple[str, str], tmp_path: Path) -> str:
+    target = tmp_path / "store"
+    shutil.copytree(tiny_dataset[0], target)
+    return str(target)
+
+
+def test_early_stopped_model_keeps_its_best_epoch_and_stays_final(store_url: str) -> None:
+    # validation: 1.0, 0.5 (best), 0.7, 0.8 -> patience 2 ends it after epoch 4 of 8
+    script = [1.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99]
+    result = train_model(store_url, tiny_config(8, patience=2), callbacks=[ScriptedValLoss(script)])
+
+    assert (result.epochs, result.stop_reason, result.best_epoch) == (4, "early_stopping", 2)
+    store = open_store(store_url)
+    directory = model_dir(result.model_id)
+    card = read_card(store, result.model_id)
+    assert card["stop_reason"] == "early_stopping" and card["best_epoch"] == 2 and card["epochs"] == 4
+    assert card["history"]["val_loss"] == script[:4]
+    assert card["val_loss"] == 0.5 and card["train_loss"] == card["history"]["loss"][1]
+    # the final model is epoch 2's checkpoint, which pruning kept besides the last two
+    assert sorted(path.name for path in (Path(store_url) / directory / CHECKPOINTS).iterdir()) == [
+        "epoch-0002.keras",
+        "epoch-0003.keras",
+        "epoch-0004.keras",
+        STATE_FILE,
+    ]
+    best = store.read_bytes(directory, checkpoint_name(2))
+    assert sha(store.read_bytes(directory, MODEL_FILE)) == sha(best) == card["weights_sha256"]
+
+    # the same command again (or with --epochs not beyond 4) trains nothing and rewrites nothing
+    before = files(store_url, result.model_id)
+    epochs_seen: list[int] = []
+    for again in (
+        train_model(store_url, tiny_config(8, patience=2), on_epoch=lambda e, *_: epochs_seen.append(e)),
+        train_model(store_url, tiny_config(4, patience=2), extend=True),
+    ):
+        assert (again.epochs, again.resumed_from, again.stop_reason, again.best_epoch) == (
+            4,
+            4,
+            "early_stopping",
+            2,
+        )
+        assert again.card == card
+    assert epochs_seen == []
+    assert files(store_url, result.model_id) == before
+
+    # killed after the checkpoints, before the card: the resumed run trains nothing either
+    (Path(store_url) / directory / CARD_FILE).unlink()
+    (Path(store_url) / directory / MODEL_FILE).unlink()
+    healed = train_model(store_url, tiny_config(8, patience=2), on_epoch=lambda e, *_: epochs_seen.append(e))
+    assert epochs_seen == []
+    assert (healed.epochs, healed.stop_reason, healed.best_epoch) == (4, "early_stopping", 2)
+    assert sha(store.read_bytes(directory, MODEL_FILE)) == sha(best)
+
+    # an explicit --epochs beyond what was done continues it, with a fresh patience window
+    longer = train_model(
+        store_url, tiny_config(6, patience=2), extend=True, callbacks=[ScriptedValLoss(script)]
+    )
+    assert (longer.resumed_from, longer.epochs, longer.stop_reason, longer.best_epoch) == (
+        4,
+        6,
+        "completed",
+        2,
+    )
+    assert longer.history["val_loss"] == script[:6]
+    assert sha(store.read_bytes(directory, MODEL_FILE)) == sha(best)  # epoch 2 is still the best
+
+
+def test_completed_model_is_final_unless_more_epochs_are_asked_for(store_url: str) -> None:
+    first = train_model(store_url, tiny_config(2))
+    assert (first.stop_reason, first.epochs) == ("completed", 2)
+    before = files(store_url, first.model_id)
+
+    # a re-run without --epochs gets the preset's 10 but does not continue a finished model
+    again = train_model(store_url, TrainConfig.from_preset("small", **{**TINY_TRAIN, "epochs": 10}))
+    assert again.model_id == first.model_id and (again.epochs, again.resumed_from) == (2, 2)
+    assert files(store_url, first.model_id) == before
+
+    more = train_model(store_url, tiny_config(3), extend=True)
+    assert (more.epochs, more.resumed_from, more.stop_reason) == (3, 2, "completed")
+    assert more.history["loss"][:2] == first.history["loss"]
+    assert more.best_epoch == 1 + more.history["val_loss"].index(min(more.history["val_loss"]))
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_prefect_retry_does_not_train_a_finished_run_again(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first attempt trains every epoch, then fails writing its outputs (an I/O error, which
+    is retried); the retry writes the card from the checkpoints without training an epoch."""
+    from prefect import flow
+
+    import tasks.train
+    from tasks.checkpoints import Checkpointer
+    from tasks.prefect_tasks import train_model as train_task
+
+    epochs_trained: list[int] = []
+    checkpoint = Checkpointer.on_epoch_end
+
+    def counting(self: Checkpointer, epoch: int, logs: dict[str, float] | None = None) -> None:
+        epochs_trained.append(epoch + 1)
+        checkpoint(self, epoch, logs)
+
+    real_curve = tasks.train.loss_curve_png
+    failures = []
+
+    def fails_once(*args: Any, **kwargs: Any) -> bytes:
+        if not failures:
+            failures.append(1)
+            raise OSError("injected: store unreachable")
+        return real_curve(*args, **kwargs)
+
+    monkeypatch.setattr(Checkpointer, "on_epoch_end", counting)
+    monkeypatch.setattr(tasks.train, "loss_curve_png", fails_once)
+
+    @flow
+    def train_once() -> Any:
+        return train_task(store_url, tiny_config(3), None, None, False)  # --no-resume: starts over
+
+    result = train_once()
+
+    assert failures == [1]  # the first attempt did fail
+    assert epochs_trained == [1, 2, 3]  # and the retry trained nothing
+    assert (result.epochs, result.stop_reason, result.resumed_from) == (3, "completed", 3)
+    assert read_card(open_store(store_url), result.model_id)["history"] == result.history
+
+
+def test_two_trainings_of_one_model_at_once(store_url: str) -> None:
+    """While one run trains a model, a second run of the same model fails at once, naming the model
+    and the holder; the first is not disturbed, and the lock is gone when it ends."""
+    inside, release = threading.Event(), threading.Event()
+    outcome: dict[str, Any] = {}
+
+    def first_epoch_waits(epoch: int, *_: Any) -> None:
+        if epoch == 1:
+            inside.set()
+            assert release.wait(120), "the test never released the first training"
+
+    def run_first() -> None:
+        try:
+            outcome["result"] = train_model(store_url, tiny_config(2), on_epoch=first_epoch_waits)
+        except BaseException as error:  # reported by the main thread
+            outcome["error"] = error
+
+    first = threading.Thread(target=run_first)
+    first.start()
+    try:
+        assert inside.wait(120), outcome.get("error")
+        started = time.monotonic()
+        with pytest.raises(ModelBusyError) as busy:
+            train_model(store_url, tiny_config(2))
+        assert time.monotonic() - started < 20  # fails fast, does not wait for the holder
+    finally:
+        release.set()
+        first.join(120)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    message = str(busy.value)
+    assert "\n" not in message
+    assert f"model {result.model_id!r} is being trained by another run" in message
+    assert f"pid {os.getpid()} on {socket.gethostname()}" in message
+    assert result.epochs == 2 and result.stop_reason == "completed"
+    assert not (Path(store_url) / model_dir(result.model_id) / "train.lock").exists()
+    assert train_model(store_url, tiny_config(2)).card == result.card  # free again, and final

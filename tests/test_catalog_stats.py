@@ -23,8 +23,10 @@ from musicflow.config import FeatureConfig, IngestConfig
 from musicflow.errors import ConfigError
 from tasks import ingest
 from tasks.catalog import (
+    CATALOG_DIR,
     CATALOG_FILE,
     CATALOG_SCHEMA,
+    SOURCE_BYTES,
     STATUS_FAILED,
     STATUS_OK,
     CatalogRow,
@@ -73,7 +75,7 @@ def test_rows_round_trip_through_parquet() -> None:
         row("b" * 64, STATUS_FAILED, mtime=None, error="not audio: ünïcode"),
     ]
     table = rows_to_table(rows)
-    assert table.schema == CATALOG_SCHEMA
+    assert table.schema == CATALOG_SCHEMA.append(SOURCE_BYTES)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     back = pq.read_table(io.BytesIO(buffer.getvalue()))
@@ -90,6 +92,8 @@ def test_rows_round_trip_through_parquet() -> None:
         "status",
         "error",
         "ingested_at",
+        "warnings",
+        "source_bytes",
     ]
     assert back.schema.field("bytes").type == pa.int64()
     assert back.schema.field("offset").type == pa.int64()
@@ -112,7 +116,6 @@ def test_read_and_write_catalog(tmp_path: Path) -> None:
     assert read_catalog(store, DIR) == []
     rows = [row("a"), row("b", STATUS_FAILED), row("c")]
     write_catalog(store, DIR, [], rows)
-    assert store.exists(DIR, CATALOG_FILE)
     assert read_catalog(store, DIR) == rows
     # A retried song replaces its failed row; the order is the commit order.
     retried = row("b", n_blocks=3, shard="shards/b.zarr")
@@ -148,7 +151,7 @@ def test_new_rows() -> None:
 def test_append_rows_never_duplicates(tmp_path: Path) -> None:
     store = open_store(str(tmp_path))
     assert append_rows(store, DIR, []) == []
-    assert store.exists(DIR, CATALOG_FILE)  # an empty catalog marks a dataset with nothing yet
+    assert not store.exists(DIR, CATALOG_DIR)  # nothing to commit: nothing written
     assert read_catalog(store, DIR) == []
 
     first = [row("a"), row("b", STATUS_FAILED)]
@@ -161,9 +164,9 @@ def test_append_rows_never_duplicates(tmp_path: Path) -> None:
         ("c", STATUS_OK, 0),
         ("b", STATUS_OK, 2),
     ]
-    before = os.stat(store.path(DIR, CATALOG_FILE)).st_mtime_ns
+    before = sorted(os.listdir(store.path(DIR, CATALOG_DIR)))
     assert append_rows(store, DIR, [row("a"), row("c")]) == []
-    assert os.stat(store.path(DIR, CATALOG_FILE)).st_mtime_ns == before  # nothing to add: not rewritten
+    assert sorted(os.listdir(store.path(DIR, CATALOG_DIR))) == before  # nothing to add: no new version
     assert read_catalog(store, DIR) == catalog
 
 
@@ -459,12 +462,19 @@ def test_refresh_stats_follows_the_catalog(tmp_path: Path) -> None:
     expected = FeatureStats.from_features(np.concatenate(data[:2]))
     _assert_stats_equal(refresh_stats(store, dataset_id), expected)
     _assert_stats_equal(read_stats(store, dataset_id), expected)
-    assert store.read_json(directory, STATS_FILE)["shards"] == sorted(shards[:2])
-    # stats.json counting a shard the catalog does not reference (a run killed between its
-    # two commits) is rebuilt from the referenced shards only.
+    assert store.read_json(directory, STATS_FILE)["version"] == 2  # the catalog version it covers
+    # stats.json of a store from before the catalog log (it listed its shards) is migrated,
+    # and one counting a shard the catalog does not reference is rebuilt from the referenced ones.
     counted_too_much = expected.merge(FeatureStats.from_features(data[2]))
     store.write_json({**counted_too_much.to_json(), "shards": sorted(shards)}, directory, STATS_FILE)
     _assert_stats_equal(refresh_stats(store, dataset_id), expected)
+    # A run killed between its catalog commit and its statistics: the next refresh catches up.
+    commit(2)
+    _assert_stats_equal(refresh_stats(store, dataset_id), FeatureStats.from_features(np.concatenate(data)))
+    store.write_json({**expected.to_json(), "version": 2}, directory, STATS_FILE)
+    _assert_stats_equal(refresh_stats(store, dataset_id), FeatureStats.from_features(np.concatenate(data)))
+    assert store.read_json(directory, STATS_FILE)["version"] == 3
+    expected = FeatureStats.from_features(np.concatenate(data))
     _assert_stats_equal(read_stats(store, dataset_id), expected)
     # A failed row adds nothing.
     append_rows(store, directory, [row("bad", STATUS_FAILED)])

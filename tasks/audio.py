@@ -18,7 +18,7 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
@@ -165,7 +165,7 @@ class AudioStream:
     def _ffmpeg(self, ffmpeg: str) -> Iterator[np.ndarray]:
         piped = not isinstance(self.source, str)
         # "file:" so that a name holding ":" or starting with "-" is never read as a protocol or option.
-        target = "pipe:0" if piped else f"file:{self.source}"
+        target = "file:" + self.source if isinstance(self.source, str) else "pipe:0"
         command = [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "level+verbose", "-i", target,
                    "-map", "0:a:0", "-map_metadata", "-1", "-af", MONO_MIX, "-ar", str(self.sample_rate),
                    "-c:a", "pcm_f32le", "-f", "f32le", "pipe:1"]  # fmt: skip
@@ -275,7 +275,9 @@ class AudioStream:
                 f"of the {expected / native:.2f} s the file states"
             )
 
-    def _resampled(self, ffmpeg: str, chunks: Iterator[np.ndarray], native: int) -> Iterator[np.ndarray]:
+    def _resampled(
+        self, ffmpeg: str, chunks: Iterator[np.ndarray], native: int
+    ) -> Generator[np.ndarray, None, int]:
         command = [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "error", "-f", "f32le",
                    "-ar", str(native), "-ac", "1", "-i", "pipe:0",
                    "-ar", str(self.sample_rate), "-f", "f32le", "pipe:1"]  # fmt: skip

@@ -118,6 +118,10 @@ def ingest(
     ] = None,
     batch_mb: Annotated[float, typer.Option(min=0.001, help="Compressed audio per Dask task, in MB.")] = 32.0,
     retry_failed: Annotated[bool, typer.Option(help="Decode again songs that failed before.")] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(help="Fail every song the decoder reports errors for (default: keep concealed ones)."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     verbose: VerboseOption = False,
 ) -> None:
@@ -148,6 +152,7 @@ def ingest(
         workers=workers,
         dask_address=dask_address,
         retry_failed=retry_failed,
+        strict=strict,
     )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -163,7 +168,8 @@ def _print_ingest_summary(summary: dict[str, Any]) -> None:
     console = Console(soft_wrap=True)
     console.print(
         f"dataset [bold]{summary['dataset_id']}[/]: {summary['songs_ok']} songs ingested, "
-        f"{summary['songs_failed']} failed, {summary['songs_skipped']} skipped; "
+        f"{summary['songs_failed']} failed, {summary['songs_skipped']} skipped, "
+        f"{len(summary.get('warnings', []))} kept with decode warnings; "
         f"{summary['audio_seconds'] / 60:.1f} min of audio at {summary['x_realtime']:.0f}x real time"
     )
     for failure in summary["failures"]:

@@ -204,6 +204,7 @@ class AudioStream:
             n_errors=max(facts.n_errors, len(errors)),
             packets=facts.packets,
             frames=facts.frames,
+            size_seconds=self.n_bytes * 8 / (1000 * facts.kbps) if facts.kbps else None,
             strict=self.strict,
         )
 
@@ -322,13 +323,15 @@ def judge_decode(
     n_errors: int,
     packets: int | None,
     frames: int | None,
+    size_seconds: float | None = None,
     strict: bool = False,
 ) -> str | None:
     """The decode policy (see :class:`AudioStream`): the warnings of a kept song, or :class:`DecodeError`.
 
     ``stated_seconds`` is the container's length (``stated_exact`` False when
     ffmpeg only estimated it from the bitrate); ``packets`` and ``frames`` are
-    ffmpeg's counts of packets read and frames decoded.
+    ffmpeg's counts of packets read and frames decoded; ``size_seconds`` is
+    the file's size at the stream's bitrate (an estimate too).
     """
     short = (
         stated_seconds is not None
@@ -354,10 +357,16 @@ def judge_decode(
         shares.append(decoded_seconds / stated_seconds)
     if packets:
         shares.append((frames or 0) / packets)
+    if size_seconds:
+        shares.append(decoded_seconds / size_seconds)
     share = min(1.0, *shares) if shares else 1.0
     exact_share = decoded_seconds / stated_seconds if stated_exact and stated_seconds else None
     if exact_share is not None and exact_share < MIN_DECODED_OF_EXACT:
-        raise DecodeError(truncated if short else f"corrupt audio: {exact_share:.0%} decoded{detail}")
+        if n_errors <= 2:  # a clean cut, or one broken frame where the file ends
+            raise DecodeError(truncated)
+        raise DecodeError(
+            f"corrupt audio: mostly undecodable, {exact_share:.0%} of the stated length decoded{detail}"
+        )
     if share < MIN_DECODED_OF_ESTIMATE:
         raise DecodeError(
             f"corrupt audio: mostly undecodable, about {share:.0%} of the stream decoded{detail}"
@@ -408,6 +417,7 @@ class _LogFacts:
     channels: int
     packets: int | None
     frames: int | None
+    kbps: float | None
 
 
 def _read_log(log: IO[bytes], *, keep_errors: int = 20) -> _LogFacts:
@@ -417,6 +427,7 @@ def _read_log(log: IO[bytes], *, keep_errors: int = 20) -> _LogFacts:
     estimated = False
     stated = None
     channels = 0
+    kbps = None
     packets = frames = None
     in_input = True
     for raw in log:
@@ -435,9 +446,11 @@ def _read_log(log: IO[bytes], *, keep_errors: int = 20) -> _LogFacts:
             stated = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
         if in_input and not channels and (match := _INPUT_AUDIO.search(line)):
             channels = _layout_channels(match.group(1))
+            if rate := re.search(r", (\d+(?:\.\d+)?) kb/s", match.group(1)):
+                kbps = float(rate.group(1))
         if packets is None and (match := _FINAL_STATS.search(line)):
             packets, frames = int(match.group(1)), int(match.group(2))
-    return _LogFacts(errors, n_errors, estimated, stated, channels, packets, frames)
+    return _LogFacts(errors, n_errors, estimated, stated, channels, packets, frames, kbps)
 
 
 def _layout_channels(description: str) -> int:

@@ -218,6 +218,7 @@ class CatalogLog:
         self.snapshot = -1  # version of the snapshot the view starts from
         self.segments = 0  # segments after that snapshot
         self.status: dict[str, str] = {}
+        self.shard: dict[str, str | None] = {}  # song_id -> shard of its committed row
 
     # ------------------------------------------------------------------ reading
 
@@ -268,9 +269,9 @@ class CatalogLog:
         return view
 
     def _reset(self, view: pa.Table, version: int, snapshot: int, segments: int) -> None:
-        self.status = dict(
-            zip(view.column("song_id").to_pylist(), view.column("status").to_pylist(), strict=True)
-        )
+        ids = view.column("song_id").to_pylist()
+        self.status = dict(zip(ids, view.column("status").to_pylist(), strict=True))
+        self.shard = dict(zip(ids, view.column("shard").to_pylist(), strict=True))
         self.version, self.snapshot, self.segments = version, snapshot, segments
 
     def refresh(self) -> None:
@@ -301,11 +302,10 @@ class CatalogLog:
             self.version = version
 
     def _apply(self, table: pa.Table) -> None:
-        for song_id, status in zip(
-            table.column("song_id").to_pylist(), table.column("status").to_pylist(), strict=True
-        ):
+        columns = (table.column(name).to_pylist() for name in ("song_id", "status", "shard"))
+        for song_id, status, shard in zip(*columns, strict=True):
             if self.status.get(song_id) != STATUS_OK:
-                self.status[song_id] = status
+                self.status[song_id], self.shard[song_id] = status, shard
 
     def changes_since(self, version: int) -> list[CatalogRow] | None:
         """Rows committed after ``version``; None when that history was compacted or rewritten."""
@@ -338,7 +338,7 @@ class CatalogLog:
                 _encode(rows_to_table(added), "segment"), self.dataset_dir, _version_name(version)
             ):
                 for row in added:
-                    self.status[row.song_id] = row.status
+                    self.status[row.song_id], self.shard[row.song_id] = row.status, row.shard
                 self.version, self.segments = version, self.segments + 1
                 return added
 
@@ -365,7 +365,10 @@ class CatalogLog:
             _encode(table, "snapshot", same_as), self.dataset_dir, _version_name(version)
         ):
             raise StoreError(f"the catalog of {self.dataset_dir} changed while a snapshot was written")
-        self._reset(table, version, version, 0)
+        if rows is None:  # the status of every song is what read_table() just loaded
+            self.version, self.snapshot, self.segments = version, version, 0
+        else:
+            self._reset(table, version, version, 0)
         self._remove_before(version)
         return version
 

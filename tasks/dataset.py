@@ -90,7 +90,15 @@ def commit_batch(store: Store, dataset_id: str, result: BatchResult) -> list[Cat
     directory = dataset_dir(dataset_id)
     with store.lock(directory, LOCK_FILE):
         log = catalog_log(store, directory)
-        added = log.append(result.rows)
+        fresh = log.append(result.rows)
+        # A retried commit (the first attempt committed, then failed before it returned) finds its
+        # rows committed with its own shard: they are this batch's, not duplicates to drop.
+        ours = [
+            row
+            for row in result.rows
+            if row.ok and row not in fresh and log.shard.get(row.song_id) == row.shard
+        ]
+        added = fresh + ours
         kept = [row for row in added if row.ok]
         dropped = [row for row in result.rows if row.ok and row not in added]
         if result.shard and dropped:
@@ -104,10 +112,12 @@ def commit_batch(store: Store, dataset_id: str, result: BatchResult) -> list[Cat
             else:
                 store.rm(directory, result.shard)
                 store.rm(directory, stats_name(result.shard))
-        if not _add_to_stats(store, dataset_id, log, added, shard=result.shard if kept else None):
+        new_shard = result.shard if any(row.ok for row in fresh) else None
+        if not _add_to_stats(store, dataset_id, log, fresh, shard=new_shard):
             refresh_stats(store, dataset_id)
-        if log.compact_if_due():
-            refresh_stats(store, dataset_id)  # the snapshot's version, same content
+        before = log.version
+        if log.compact_if_due() and not _bump_stats_version(store, directory, before, log.version):
+            refresh_stats(store, dataset_id)
     return added
 
 
@@ -126,6 +136,17 @@ def _add_to_stats(
     if shard:
         total = total.merge(read_shard_stats(store, directory, shard))
     _write_stats(store, directory, total, log.version)
+    return True
+
+
+def _bump_stats_version(store: Store, directory: str, old: int, new: int) -> bool:
+    """After a compaction (same songs, a new version): stats.json of ``old`` now covers ``new``."""
+    if not store.exists(directory, STATS_FILE):
+        return False
+    stored = store.read_json(directory, STATS_FILE)
+    if stored.get("version") != old:
+        return False
+    _write_stats(store, directory, FeatureStats.from_json(stored), new)
     return True
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import corrupt_frames, mostly_garbage, write_vbr_without_header
 from pydub import AudioSegment
 
 from musicflow.errors import DecodeError, DecoderMissingError, MusicflowError
@@ -59,14 +60,6 @@ def png_bytes(width: int = 8, height: int = 8) -> bytes:
         + chunk(b"IDAT", zlib.compress(rows))
         + chunk(b"IEND", b"")
     )
-
-
-@pytest.fixture(scope="module")
-def long_mp3() -> bytes:
-    """~20 s of a chord as mp3, for the truncation and corruption tests."""
-    t = np.arange(20 * SAMPLE_RATE) / SAMPLE_RATE
-    chord = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6)) / 4
-    return encode_audio(chord.astype(np.float32), sample_rate=SAMPLE_RATE, format="mp3")
 
 
 def assert_useful_message(error: BaseException) -> str:
@@ -359,36 +352,21 @@ def _ffmpeg(*args: str) -> None:
 
 
 def test_a_few_corrupted_frames_are_concealed(tmp_path: Path, long_mp3: bytes) -> None:
-    data = bytearray(long_mp3)
-    rng = np.random.default_rng(5)
-    for share in (0.3, 0.5, 0.7):  # three spots of 600 random bytes: a few frames each
-        start = int(len(data) * share)
-        data[start : start + 600] = rng.integers(0, 256, 600, dtype=np.uint8).tobytes()
-    decoded = decode_audio(write(tmp_path / "frames.mp3", bytes(data)))
+    decoded = decode_audio(write(tmp_path / "frames.mp3", corrupt_frames(long_mp3)))
     assert decoded.seconds == pytest.approx(20.0, abs=0.5)
     assert decoded.warnings and "decode error" in decoded.warnings
 
 
 def test_a_mostly_garbage_file_fails(tmp_path: Path, long_mp3: bytes) -> None:
-    head = long_mp3[: len(long_mp3) // 10]  # 2 s of real audio, then 9x as many random bytes
-    garbage = np.random.default_rng(6).integers(0, 256, len(long_mp3), dtype=np.uint8).tobytes()
     with pytest.raises(DecodeError, match="corrupt") as raised:
-        decode_audio(write(tmp_path / "garbage.mp3", head + garbage))
+        decode_audio(write(tmp_path / "garbage.mp3", mostly_garbage(long_mp3)))
     assert "undecodable" in assert_useful_message(raised.value)
 
 
 def test_vbr_mp3_without_header_and_a_quiet_intro_is_whole(tmp_path: Path) -> None:
     """Without a Xing/Info header ffmpeg estimates the length from the first frames' bitrate:
     a silent intro (the lowest bitrate) makes the estimate far too long. The decoded length wins."""
-    intro = np.zeros(8 * SAMPLE_RATE, dtype=np.float32)
-    t = np.arange(12 * SAMPLE_RATE) / SAMPLE_RATE
-    music = (0.4 * np.sin(2 * np.pi * 330 * t) * (1 + np.sin(2 * np.pi * 0.5 * t)) / 2).astype(np.float32)
-    noise = np.random.default_rng(7).normal(0, 0.05, t.size).astype(np.float32)
-    raw = tmp_path / "song.f32"
-    raw.write_bytes(np.concatenate([intro, music + noise]).astype("<f4").tobytes())
-    mp3 = tmp_path / "vbr.mp3"
-    _ffmpeg("-f", "f32le", "-ar", str(SAMPLE_RATE), "-ac", "1", "-i", str(raw),
-            "-c:a", "libmp3lame", "-q:a", "2", "-write_xing", "0", str(mp3))  # fmt: skip
+    mp3 = write_vbr_without_header(tmp_path / "vbr.mp3", intro_seconds=8.0, seconds=12.0)
 
     decoded = decode_audio(str(mp3))
 

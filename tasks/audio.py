@@ -98,6 +98,15 @@ def ffmpeg_binary() -> str:
     return found
 
 
+# Formats libsndfile reads and ffmpeg has no demuxer for (ffmpeg may misread them as another).
+_SNDFILE_ONLY = frozenset({"MAT4", "MAT5", "PVF", "XI", "HTK", "SDS", "AVR", "SD2", "MPC2K", "PAF", "WVE"})
+
+
+class DecoderFallback(DecodeError):
+    """ffmpeg's decode failed after it gave chunks, and libsndfile can open the file: decode again
+    with ``AudioStream(..., decoder="libsndfile")``, discarding what the failed decode gave."""
+
+
 class AudioStream:
     """Decode a file chunk by chunk to float32 mono at ``sample_rate``, in bounded memory.
 
@@ -113,7 +122,9 @@ class AudioStream:
     - a decode with errors is kept, with ``warnings``, when most of the stream
       decoded (:data:`MIN_DECODED_OF_EXACT` of an exact length,
       :data:`MIN_DECODED_OF_ESTIMATE` of estimates), and fails otherwise;
-    - a file ffmpeg cannot open at all is read with libsndfile when it can.
+    - a file ffmpeg cannot open, or decodes badly, is read with libsndfile when
+      libsndfile can open it (after a bad partial decode, :class:`DecoderFallback`
+      tells the consumer to start again with ``decoder="libsndfile"``).
 
     ``strict=True`` is the older policy: any decoder error fails the song as
     corrupt, any shortfall of the stated length as truncated. ffmpeg is killed
@@ -127,10 +138,12 @@ class AudioStream:
         sample_rate: int = 44100,
         strict: bool = False,
         timeout: float | None = None,
+        decoder: str = "ffmpeg",
     ) -> None:
         self.source = source
         self.sample_rate = sample_rate
         self.strict = strict
+        self.start_with = decoder
         self.n_bytes = os.path.getsize(source) if isinstance(source, str) else len(source)
         self.timeout = decode_timeout(self.n_bytes) if timeout is None else timeout
         self.channels = 0
@@ -146,17 +159,22 @@ class AudioStream:
         if self.n_bytes == 0:
             raise DecodeError("empty file (0 bytes)")
         ffmpeg = ffmpeg_binary()
-        failure: DecodeError | None = None
+        if self.start_with == "libsndfile":
+            self.decoder = "libsndfile"
+            yield from self._sndfile(ffmpeg)
+            return
         try:
             yield from self._ffmpeg(ffmpeg)
             return
         except DecodeError as error:
-            if self.n_samples:
+            # libsndfile reads some files ffmpeg refuses (some Vorbis), and formats ffmpeg has no
+            # demuxer for, which it may misread as another format. A file ffmpeg decoded in part
+            # in its own format keeps ffmpeg's verdict (truncated, corrupt).
+            sndfile_format = self._sndfile_format()
+            if sndfile_format is None or (self.n_samples and sndfile_format not in _SNDFILE_ONLY):
                 raise
-            failure = error
-        # ffmpeg gave nothing at all: libsndfile reads some files ffmpeg refuses (some Vorbis).
-        if not self._sndfile_can_open():
-            raise failure
+            if self.n_samples:  # the consumer has chunks of a bad decode: it starts again
+                raise DecoderFallback(str(error)) from error
         self.decoder = "libsndfile"
         yield from self._sndfile(ffmpeg)
 
@@ -227,16 +245,17 @@ class AudioStream:
 
     # ------------------------------------------------------------------ libsndfile
 
-    def _sndfile_can_open(self) -> bool:
+    def _sndfile_format(self) -> str | None:
+        """libsndfile's name of the file's format ("WAV", "MAT5"...), None when it cannot open it."""
         try:
             import soundfile
         except ImportError:  # pragma: no cover - a dependency; without it, ffmpeg's verdict stands
-            return False
+            return None
         try:
             with soundfile.SoundFile(self._sndfile_source()) as handle:
-                return bool(handle.frames or handle.seekable() is False)
+                return str(handle.format) if handle.frames else None
         except Exception:  # libsndfile's verdict on a file ffmpeg refused: not audio either
-            return False
+            return None
 
     def _sndfile_source(self) -> Any:
         return self.source if isinstance(self.source, str) else io.BytesIO(bytes(self.source))
@@ -401,7 +420,13 @@ def decode_audio(
         ffmpeg is not installed.
     """
     stream = AudioStream(source, sample_rate=sample_rate, strict=strict, timeout=timeout)
-    pieces = list(stream)
+    try:
+        pieces = list(stream)
+    except DecoderFallback:
+        stream = AudioStream(
+            source, sample_rate=sample_rate, strict=strict, timeout=timeout, decoder="libsndfile"
+        )
+        pieces = list(stream)
     samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
     return DecodedAudio(
         samples=samples, sample_rate=sample_rate, channels=stream.channels, warnings=stream.warnings

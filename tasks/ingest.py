@@ -32,7 +32,7 @@ import numpy as np
 
 from musicflow.config import AUDIO_EXTENSIONS, FeatureConfig, IngestConfig
 from musicflow.errors import ConfigError, DecodeError, DecoderMissingError
-from tasks.audio import AudioStream, decode_timeout
+from tasks.audio import AudioStream, DecoderFallback, decode_timeout
 from tasks.catalog import STATUS_FAILED, STATUS_OK, CatalogRow, display_text
 from tasks.dataset import BatchResult, dataset_dir
 from tasks.shards import ShardWriter
@@ -280,7 +280,9 @@ def decode_features(
     raises :class:`DecodeError` for undecodable, too short or silent audio.
     """
     rows: list[np.ndarray] = []
-    song = featurise_stream(path, features=features, min_peak_db=min_peak_db, strict=strict, sink=rows.append)
+    song = featurise_stream(
+        path, features=features, min_peak_db=min_peak_db, strict=strict, sink=rows.append, restart=rows.clear
+    )
     return (
         np.concatenate(rows) if rows else np.zeros((0, features.n_features), np.float32),
         song.seconds,
@@ -305,25 +307,37 @@ def featurise_stream(
     min_peak_db: float = -60.0,
     strict: bool = False,
     timeout: float | None = None,
+    restart: Callable[[], Any] | None = None,
 ) -> StreamedSong:
     """Decode a local file chunk by chunk and hand its feature rows to ``sink`` as they come.
 
     The transform's streaming :class:`~tasks.transforms.Featurizer` gives
     exactly what ``forward`` gives on the whole signal; nothing here depends on
-    which transform it is. Memory: one decoded chunk and its rows. Raises
+    which transform it is. Memory: one decoded chunk and its rows. When the
+    decoder has to start again (:class:`~tasks.audio.DecoderFallback`),
+    ``restart`` is called to discard the rows ``sink`` got. Raises
     :class:`DecodeError` (after ``sink`` got some rows: the caller discards
     them) for undecodable, too short or silent audio.
     """
     transform = get_transform(features)
-    featurizer = transform.featurizer()
-    stream = AudioStream(path, sample_rate=features.sample_rate, strict=strict, timeout=timeout)
-    peak = 0.0
-    for chunk in stream:
-        if chunk.shape[0]:
-            peak = max(peak, float(chunk.max()), -float(chunk.min()))
-        rows = featurizer.push(chunk)
-        if rows.shape[0]:
-            sink(rows)
+    for decoder in ("ffmpeg", "libsndfile"):
+        featurizer = transform.featurizer()
+        stream = AudioStream(
+            path, sample_rate=features.sample_rate, strict=strict, timeout=timeout, decoder=decoder
+        )
+        peak = 0.0
+        try:
+            for chunk in stream:
+                if chunk.shape[0]:
+                    peak = max(peak, float(chunk.max()), -float(chunk.min()))
+                rows = featurizer.push(chunk)
+                if rows.shape[0]:
+                    sink(rows)
+            break
+        except DecoderFallback:
+            if restart is None:
+                raise
+            restart()  # ffmpeg decoded it badly; libsndfile can open it: from the start
     if stream.n_samples < transform.frame_step:
         raise DecodeError(
             f"too short: {stream.seconds:.3f} s is less than one block ({transform.frame_seconds:.3f} s)"
@@ -424,6 +438,7 @@ def _ingest_file(item: SourceFile, writer: ShardWriter, config: IngestConfig, no
                 min_peak_db=config.min_peak_db,
                 strict=config.strict,
                 timeout=decode_timeout(item.bytes),
+                restart=lambda: _restart_song(writer),
             )
             song_id = content_hash()
         offset, n_blocks = writer.end_song(keep=True)
@@ -453,6 +468,11 @@ def _ingest_file(item: SourceFile, writer: ShardWriter, config: IngestConfig, no
         ingested_at=now,
         warnings=song.warnings,
     )
+
+
+def _restart_song(writer: ShardWriter) -> None:
+    writer.end_song(keep=False)
+    writer.begin_song()
 
 
 @contextmanager

@@ -224,8 +224,8 @@ def write_odd_files(directory: Path, songs: list[Path], long_mp3: bytes) -> dict
     outcomes = {name: ("failed", fragment) for name, fragment in expected.items()}
     shutil.copy(songs[0], directory / "plain.mp3")
     outcomes["plain.mp3"] = ("ok", "")
-    shutil.copy(songs[0], directory / "copy-of-plain.mp3")
-    outcomes["copy-of-plain.mp3"] = ("duplicate", "")
+    shutil.copy(songs[0], directory / "zz-copy-of-plain.mp3")
+    outcomes["zz-copy-of-plain.mp3"] = ("duplicate", "")
     shutil.copy(songs[1], directory / "chained::name.mp3")  # fsspec would read "::" as a URL chain
     outcomes["chained::name.mp3"] = ("ok", "")
     odd_name = os.fsdecode(b"caf\xe9-latin1.mp3")  # not UTF-8: pyarrow refuses it as a string

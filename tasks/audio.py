@@ -195,19 +195,9 @@ class AudioStream:
                 stderr=log,
             )
             feeder = _feed_stdin(process, bytes(self.source)) if piped else None  # type: ignore[arg-type]
-            with _Watchdog(self.timeout, process) as watchdog:
-                try:
-                    assert process.stdout is not None
-                    yield from self._read_samples(process.stdout)
-                finally:
-                    process.stdout.close()  # type: ignore[union-attr]
-                    returncode = _wait(process)
-                    if feeder is not None:
-                        feeder.join(timeout=5)
+            returncode = yield from self._pump(process, feeder)
             log.seek(0)
             facts = _read_log(log)
-        if watchdog.fired:
-            raise DecodeError(f"timed out: decoding took longer than {self.timeout:.0f} s (ffmpeg stopped)")
         self.channels = facts.channels
         errors = facts.errors
         if self.n_samples == 0:
@@ -320,17 +310,25 @@ class AudioStream:
 
         feeder = threading.Thread(target=feed, daemon=True)
         feeder.start()
+        yield from self._pump(process, feeder)
+        return counted[0]
+
+    def _pump(
+        self, process: subprocess.Popen[bytes], feeder: threading.Thread | None
+    ) -> Generator[np.ndarray, None, int]:
+        """Chunks of ``process``'s stdout until it ends, killed after ``timeout``; its exit code."""
         with _Watchdog(self.timeout, process) as watchdog:
             try:
                 assert process.stdout is not None
                 yield from self._read_samples(process.stdout)
             finally:
                 process.stdout.close()  # type: ignore[union-attr]
-                _wait(process)
-                feeder.join(timeout=5)
+                returncode = _wait(process)
+                if feeder is not None:
+                    feeder.join(timeout=5)
         if watchdog.fired:
             raise DecodeError(f"timed out: decoding took longer than {self.timeout:.0f} s (ffmpeg stopped)")
-        return counted[0]
+        return returncode
 
 
 def judge_decode(

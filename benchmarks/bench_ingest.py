@@ -227,7 +227,9 @@ def drascula_collection(workdir: Path) -> Collection:
         subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
         subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", DRASCULA_PACKAGE], check=True, env=env)
         listed = subprocess.run(["dpkg", "-L", DRASCULA_PACKAGE], capture_output=True, text=True, check=True)
-    oggs = sorted(Path(line) for line in listed.stdout.splitlines() if line.endswith(".ogg"))
+    # The package lists each track under several paths (links for each game language): one per name.
+    oggs = sorted({Path(line).name: Path(line) for line in listed.stdout.splitlines()
+                   if line.endswith(".ogg") and Path(line).is_file()}.values())  # fmt: skip
     directory = workdir / "drascula-mp3"
     directory.mkdir(parents=True, exist_ok=True)
     paths, seconds = [], 0.0

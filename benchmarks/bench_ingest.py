@@ -3,9 +3,12 @@
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_ingest.py [--minutes 20] [--workers 2] [--workdir DIR] [--quick]
+                                               [--no-real]
 
-Everything is measured in one run, on the same generated songs and cores, and
-reported as ratios:
+Everything is measured in one run, on the same songs and cores, and reported
+as ratios, on two collections: generated songs, and a real one, Debian's
+``drascula-music`` (31 Ogg Vorbis tracks, 47 min; apt-get installs it when it
+is missing), converted to mp3 here once (cached) so that both are decoded from mp3:
 
 (a) the ``ingest`` flow into a fresh store, in x real time (decoded audio
     seconds / flow wall seconds): "cold" (the flow starts its own
@@ -15,6 +18,8 @@ reported as ratios:
     parallel speedup the machine gives now (well under N: cores busy elsewhere);
 (c) the seed's serial GRUV scripts (16-bit WAV on disk, scipy, a Python loop of
     ``np.fft.fft`` over blocks, one ``.npy`` per song); target (a)/(c) >= 2;
+(e) a no-op re-run: the flow again on the same source and store, where
+    nothing is new; target <= 0.1 of the full (cold) run's wall time;
 (d) peak RSS per worker (the flow's ``peak_worker_rss_mb``) on the collection
     and on one 4x larger, a fresh cluster per size; target: within 20%. The
     clusters are started by a small helper process, because a worker's
@@ -207,6 +212,76 @@ def prefix_lasting(songs: list[tuple[Path, float]], seconds: float) -> list[tupl
         total += songs[count][1]
         count += 1
     return songs[:count]
+
+
+DRASCULA_PACKAGE = "drascula-music"
+TARGET_NOOP = 0.1
+
+
+def drascula_collection(workdir: Path) -> Collection:
+    """Debian's drascula-music as mp3 in ``workdir`` (installed with apt-get and converted once)."""
+    listed = subprocess.run(["dpkg", "-L", DRASCULA_PACKAGE], capture_output=True, text=True)
+    if listed.returncode != 0:
+        sudo = [] if os.geteuid() == 0 else ["sudo"]
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", DRASCULA_PACKAGE], check=True, env=env)
+        listed = subprocess.run(["dpkg", "-L", DRASCULA_PACKAGE], capture_output=True, text=True, check=True)
+    # The package lists each track under several paths (links for each game language): one per name.
+    oggs = sorted({Path(line).name: Path(line) for line in listed.stdout.splitlines()
+                   if line.endswith(".ogg") and Path(line).is_file()}.values())  # fmt: skip
+    directory = workdir / "drascula-mp3"
+    directory.mkdir(parents=True, exist_ok=True)
+    paths, seconds = [], 0.0
+    for ogg in oggs:
+        mp3 = directory / f"{ogg.stem}.mp3"
+        if not mp3.exists():
+            partial = mp3.with_suffix(".partial.mp3")
+            subprocess.run(["ffmpeg", "-v", "error", "-y", "-i", str(ogg),
+                            "-c:a", "libmp3lame", "-b:a", "192k", str(partial)], check=True)  # fmt: skip
+            partial.rename(mp3)
+        paths.append(mp3)
+        seconds += _probe_seconds(mp3)
+    return Collection("drascula", directory, paths, seconds)
+
+
+def run_noop(collection: Collection, store: Path, *, workers: int) -> tuple[float, float]:
+    """(cold full run, no-op re-run) wall seconds: the flow twice on one store, nothing new the 2nd time."""
+    from flows.ingest import ingest
+
+    shutil.rmtree(store, ignore_errors=True)
+    with Clock() as full:
+        first = ingest(source=str(collection.directory), store=str(store), workers=workers)
+    with Clock() as again:
+        second = ingest(source=str(collection.directory), store=str(store), workers=workers)
+    shutil.rmtree(store, ignore_errors=True)
+    if first["songs_ok"] != len(collection.paths) or second["songs_skipped"] != len(collection.paths):
+        raise RuntimeError(f"unexpected re-run of {collection.name}: {first} / {second}")
+    return full.wall, again.wall
+
+
+def core_ratios(collection: Collection, stores: Path, *, workers: int, address: str, repeats: int,
+                out_dir: Path) -> dict[str, float]:  # fmt: skip
+    """(a) warm and cold, (b), (c) and (e) on one collection, medians over ``repeats`` rounds."""
+    raw = [raw_decode(collection, workers=workers) for _ in range(repeats)]
+    warm = [
+        run_ingest(collection, stores / "warm", workers=workers, dask_address=address) for _ in range(repeats)
+    ]
+    cold = [run_ingest(collection, stores / "cold", workers=workers) for _ in range(repeats)]
+    noop = [run_noop(collection, stores / "noop", workers=workers) for _ in range(repeats)]
+    seed = seed_serial(collection, out_dir)
+    raw_x = statistics.median(run.x_realtime for run in raw)
+    return {
+        "minutes": collection.seconds / 60,
+        "songs": len(collection.paths),
+        "warm_x": statistics.median(run.x_realtime for run in warm),
+        "cold_x": statistics.median(run.x_realtime for run in cold),
+        "raw_x": raw_x,
+        "seed_x": seed.x_realtime,
+        "noop_ratio": statistics.median(again / full for full, again in noop),
+        "noop_s": statistics.median(again for _, again in noop),
+        "full_s": statistics.median(full for full, _ in noop),
+    }
 
 
 # ---------------------------------------------------------------- (a) ingest flow
@@ -483,6 +558,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workdir", type=Path, default=Path(tempfile.gettempdir()) / "musicflow-bench",
                         help="songs are cached here; stores are made and removed here")  # fmt: skip
     parser.add_argument("--quick", action="store_true", help="smoke test: 4 min of songs, 1 round")
+    parser.add_argument(
+        "--no-real", action="store_true", help=f"skip the real collection ({DRASCULA_PACKAGE})"
+    )
     args = parser.parse_args(argv)
     if args.minutes is None:
         args.minutes = 4.0 if args.quick else 20.0
@@ -540,6 +618,15 @@ def main(argv: list[str] | None = None) -> None:
                 plain.append(run_plain_dask(small, stores / "plain", workers=workers, dask_address=address))
                 cold.append(run_ingest(small, stores / "cold", workers=workers))
             own_small = worker_memory_mb(address)
+            log("core ratios (a)/(b), (a)/(c), (e) on the synthetic collection")
+            seed_dir = workdir / "seed-npy"
+            cores = {"synthetic": core_ratios(small, stores, workers=workers, address=address,
+                                              repeats=args.repeats, out_dir=seed_dir)}  # fmt: skip
+            if not args.no_real:
+                log(f"core ratios on the real collection ({DRASCULA_PACKAGE})")
+                real = drascula_collection(workdir)
+                cores["drascula"] = core_ratios(real, stores, workers=workers, address=address,
+                                                repeats=args.repeats, out_dir=seed_dir)  # fmt: skip
         log(f"(d) the {LARGE_FACTOR}x collection on a fresh cluster, and (b) on it")
         with local_cluster(workers) as address:
             idle_large = worker_memory_mb(address)
@@ -641,6 +728,27 @@ def main(argv: list[str] | None = None) -> None:
     )
     for stage, seconds in stages.items():
         print(f"  {stage:<18} {seconds:6.2f} s  {100 * seconds / stage_total:4.0f}%")
+    print()
+    core_rows = [("collection", "songs", "min", "(a) warm / (b)", "(a) cold / (b)", "(a) warm / (c)",
+                  "(a) cold / (c)", "(e) no-op / full")]  # fmt: skip
+    for name, core in cores.items():
+        vs_raw_warm, vs_raw_cold = core["warm_x"] / core["raw_x"], core["cold_x"] / core["raw_x"]
+        vs_seed_warm, vs_seed_cold = core["warm_x"] / core["seed_x"], core["cold_x"] / core["seed_x"]
+        core_rows.append((
+            name, f"{core['songs']:.0f}", f"{core['minutes']:.1f}",
+            f"{vs_raw_warm:.2f} {verdict(vs_raw_warm, TARGET_VS_DECODE)}",
+            f"{vs_raw_cold:.2f} {verdict(vs_raw_cold, TARGET_VS_DECODE)}",
+            f"{vs_seed_warm:.2f} {verdict(vs_seed_warm, TARGET_VS_SEED)}",
+            f"{vs_seed_cold:.2f} {verdict(vs_seed_cold, TARGET_VS_SEED)}",
+            f"{core['noop_ratio']:.3f} {verdict(core['noop_ratio'], TARGET_NOOP, at_most=True)}"
+            f" ({core['noop_s']:.2f} s / {core['full_s']:.2f} s)",
+        ))  # fmt: skip
+    print(f"targets: (a)/(b) >= {TARGET_VS_DECODE}, (a)/(c) >= {TARGET_VS_SEED}, (e) <= {TARGET_NOOP} "
+          "(wall, measured in this run; (a) cold includes starting the LocalCluster)")  # fmt: skip
+    print(table(core_rows))
+    for name, core in cores.items():
+        print(f"  {name}: (a) warm {core['warm_x']:.0f}x, cold {core['cold_x']:.0f}x, "
+              f"(b) {core['raw_x']:.0f}x, (c) {core['seed_x']:.0f}x real time")  # fmt: skip
     print()
     print("command:", shlex.join(sys.orig_argv))
 

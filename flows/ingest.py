@@ -1,7 +1,9 @@
 """Flow ``ingest``: songs -> FFT feature shards in the store, fanned out on Dask.
 
-Reads top to bottom: plan (list, hash, skip known) -> one Dask task per batch
--> commit each batch as it finishes -> summary artifacts.
+Reads top to bottom: plan (list, compare with the catalog) -> one Dask task per
+batch, largest first -> commit each batch as it finishes (a batch that fails is
+retried file by file, a file that still fails is a failed row) -> summary
+artifacts. Nothing new to ingest: no Dask cluster is started at all.
 """
 
 from __future__ import annotations
@@ -18,11 +20,16 @@ from musicflow.cluster import default_workers, make_task_runner
 from musicflow.config import AUDIO_EXTENSIONS, FeatureConfig, IngestConfig
 from musicflow.progress import StageProgress
 from tasks.audio import ffmpeg_binary
+from tasks.catalog import display_text
 from tasks.credentials import use_storage
+from tasks.dataset import BatchResult
 from tasks.events import dataset_updated_event, should_announce
-from tasks.ingest import make_batches
+from tasks.ingest import failed_row, make_batches
 from tasks.prefect_tasks import commit_batch, ingest_batch, plan_ingest
 from tasks.store import registered_storage_options
+
+# Batches per worker: enough that the last ones are small and every worker stays busy to the end.
+BATCHES_PER_WORKER = 4
 
 
 @flow(name="ingest", log_prints=False)
@@ -37,6 +44,7 @@ def ingest(
     workers: int | None = None,
     dask_address: str | None = None,
     retry_failed: bool = False,
+    strict: bool = False,
     announce: bool = True,
     store_block: str | None = None,
     source_block: str | None = None,
@@ -44,7 +52,8 @@ def ingest(
     """Decode every new song under ``source`` into feature shards in ``store``.
 
     Returns a summary: dataset_id, songs ok/failed/skipped, audio seconds,
-    throughput (x real time) and the failed files with their errors. When new
+    throughput (x real time), the failed files with their errors and the kept
+    songs that decoded with warnings; bad files never fail the run. When new
     songs were committed and ``announce`` is on, emits ``musicflow.dataset.updated``
     (what the train deployment is triggered by; the pipeline turns it off, it
     trains anyway). ``store_block``/``source_block`` name Prefect blocks with the
@@ -59,11 +68,15 @@ def ingest(
         shard_format=format,
         batch_mb=batch_mb,
         retry_failed=retry_failed,
+        strict=strict,
     )
     runner = make_task_runner(workers=workers, dask_address=dask_address)
     dataset_id, plan = plan_ingest(source, store, config)
     n_workers = workers or default_workers()
-    batches = make_batches(plan.todo, batch_bytes=int(batch_mb * 2**20), min_batches=2 * n_workers)
+    batches = make_batches(
+        plan.todo, batch_bytes=int(batch_mb * 2**20), min_batches=BATCHES_PER_WORKER * n_workers
+    )
+    batches.sort(key=lambda batch: -sum(item.bytes for item in batch))  # largest first: an even tail
     logger.info(
         "dataset %s: %d files listed, %d already ingested, %d duplicates, %d to ingest in %d batches",
         dataset_id,
@@ -78,28 +91,42 @@ def ingest(
     progress = StageProgress("ingest", len(plan.todo), description=f"Songs ingested into {dataset_id}")
     committed, results = [], []
     commit_seconds = 0.0
-    if batches:
+    if batches:  # only then a Dask cluster: a re-run with nothing new is stat checks only
         with runner:
-            futures: list[Any] = [
-                runner.submit(
-                    ingest_batch,
-                    {
-                        "files": batch,
-                        "store_url": store,
-                        "dataset_id": dataset_id,
-                        "config": config,
-                        "storage_options": registered_storage_options(),
-                    },
-                )
-                for batch in batches
-            ]
-            for future in as_completed(futures):
-                result = future.result()
-                results.append(result)
-                commit_started = time.perf_counter()
-                committed.extend(commit_batch(store, dataset_id, result))
-                commit_seconds += time.perf_counter() - commit_started
-                progress.advance(len(result.rows), message=f"{len(committed)}/{len(plan.todo)} songs")
+
+            def submit(batch: list[Any]) -> Any:
+                parameters = {
+                    "files": batch,
+                    "store_url": store,
+                    "dataset_id": dataset_id,
+                    "config": config,
+                    "storage_options": registered_storage_options(),
+                }
+                return runner.submit(ingest_batch, parameters)
+
+            pending = [(submit(batch), batch) for batch in batches]
+            while pending:
+                retries = []
+                futures = {id(future): (future, batch) for future, batch in pending}
+                for future in as_completed([future for future, _ in pending]):
+                    _, batch = futures[id(future)]
+                    try:
+                        result = future.result()
+                    except Exception as error:  # after its retries: isolate the file(s) at fault
+                        reason = _reason(error)
+                        if len(batch) > 1:
+                            logger.warning("a batch of %d files failed (%s): retrying them one by one",
+                                           len(batch), reason)  # fmt: skip
+                            retries += [(submit([item]), [item]) for item in batch]
+                            continue
+                        logger.warning("%s failed: %s", display_text(batch[0].uri), reason)
+                        result = BatchResult([failed_row(batch[0], reason)], None, 0.0, 0.0, 0.0)
+                    results.append(result)
+                    commit_started = time.perf_counter()
+                    committed.extend(commit_batch(store, dataset_id, result))
+                    commit_seconds += time.perf_counter() - commit_started
+                    progress.advance(len(result.rows), message=f"{len(committed)}/{len(plan.todo)} songs")
+                pending = retries
     wall = time.perf_counter() - started
     summary = _summarise(dataset_id, store, plan, committed, results, wall)
     summary["commit_seconds"] = round(commit_seconds, 3)
@@ -112,13 +139,19 @@ def ingest(
             )
         )
     logger.info(
-        "ingested %d songs (%d failed), %.1f min of audio at %.0fx real time",
+        "ingested %d songs (%d failed, %d with warnings), %.1f min of audio at %.0fx real time",
         summary["songs_ok"],
         summary["songs_failed"],
+        len(summary["warnings"]),
         summary["audio_seconds"] / 60,
         summary["x_realtime"],
     )
     return summary
+
+
+def _reason(error: BaseException) -> str:
+    text = " ".join(str(error).split())
+    return f"{type(error).__name__}: {display_text(text)[:300]}" if text else type(error).__name__
 
 
 def _summarise(
@@ -139,7 +172,12 @@ def _summarise(
         "x_realtime": round(audio_seconds / wall, 1) if wall > 0 else 0.0,
         "peak_worker_rss_mb": round(max((result.peak_rss_mb for result in results), default=0.0), 1),
         "shards": [result.shard for result in results if result.shard],
-        "failures": [{"source": row.source, "error": row.error} for row in committed if not row.ok],
+        "failures": [
+            {"source": display_text(row.source), "error": row.error} for row in committed if not row.ok
+        ],
+        "warnings": [
+            {"source": display_text(row.source), "warnings": row.warnings} for row in ok if row.warnings
+        ],
     }
 
 
@@ -150,6 +188,7 @@ def _publish(summary: dict[str, Any]) -> None:
             {"metric": "dataset", "value": summary["dataset_id"]},
             {"metric": "songs ingested", "value": summary["songs_ok"]},
             {"metric": "songs failed", "value": summary["songs_failed"]},
+            {"metric": "songs kept with decode warnings", "value": len(summary["warnings"])},
             {
                 "metric": "songs skipped (already ingested or duplicate)",
                 "value": summary["songs_skipped"],
@@ -165,4 +204,10 @@ def _publish(summary: dict[str, Any]) -> None:
             key="ingest-failures",
             table=summary["failures"],
             description="Files recorded as failed (skipped), with the decoder's error",
+        )
+    if summary["warnings"]:
+        create_table_artifact(
+            key="ingest-warnings",
+            table=summary["warnings"],
+            description="Songs kept although the decoder reported (concealed) errors",
         )

@@ -164,6 +164,10 @@ def ingest(
     ] = None,
     batch_mb: Annotated[float, typer.Option(min=0.001, help="Compressed audio per Dask task, in MB.")] = 32.0,
     retry_failed: Annotated[bool, typer.Option(help="Decode again songs that failed before.")] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(help="Fail every song the decoder reports errors for (default: keep concealed ones)."),
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     storage_options: StorageOptionsOption = None,
     source_options: SourceOptionsOption = None,
@@ -197,6 +201,7 @@ def ingest(
         workers=workers,
         dask_address=dask_address,
         retry_failed=retry_failed,
+        strict=strict,
     )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -212,7 +217,8 @@ def _print_ingest_summary(summary: dict[str, Any]) -> None:
     console = Console(soft_wrap=True)
     console.print(
         f"dataset [bold]{summary['dataset_id']}[/]: {summary['songs_ok']} songs ingested, "
-        f"{summary['songs_failed']} failed, {summary['songs_skipped']} skipped; "
+        f"{summary['songs_failed']} failed, {summary['songs_skipped']} skipped, "
+        f"{len(summary.get('warnings', []))} kept with decode warnings; "
         f"{summary['audio_seconds'] / 60:.1f} min of audio at {summary['x_realtime']:.0f}x real time"
     )
     for failure in summary["failures"]:

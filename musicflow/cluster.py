@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import re
 
 from prefect_dask import DaskTaskRunner
@@ -14,10 +13,24 @@ _ADDRESS = re.compile(r"^(tcp|tls|ucx|inproc|ws|wss)://[^\s/]+(:\d+)?/?$")
 
 
 def default_workers() -> int:
-    return max(1, os.cpu_count() or 1)
+    """Cores this process may use: CPU affinity and the cgroup's CPU quota (v1 or v2), not the host's
+    core count (a container limited to 2 cores on a 64-core host gets 2 workers)."""
+    from dask.system import cpu_count
+
+    return max(1, cpu_count())
 
 
-def make_task_runner(*, workers: int | None = None, dask_address: str | None = None) -> DaskTaskRunner:
+def worker_memory_limit(n_workers: int) -> int:
+    """Bytes each of ``n_workers`` workers may use: the cgroup's memory limit (v1 or v2), the RSS
+    rlimit or the host's memory, whichever is least, shared out."""
+    from distributed.system import memory_limit
+
+    return max(1, memory_limit() // max(1, n_workers))
+
+
+def make_task_runner(
+    *, workers: int | None = None, dask_address: str | None = None, memory_limit: int | str | None = None
+) -> DaskTaskRunner:
     """A Prefect task runner on Dask.
 
     Parameters
@@ -28,6 +41,8 @@ def make_task_runner(*, workers: int | None = None, dask_address: str | None = N
     dask_address : str, optional
         ``tcp://host:8786`` of an existing scheduler (dask-kubernetes,
         dask-jobqueue, Coiled...); ``workers`` is then ignored.
+    memory_limit : int or str, optional
+        Per worker (bytes, or Dask's "2GiB"); defaults to :func:`worker_memory_limit`.
     """
     # Dask's INFO chatter about nannies and workers would drown the flow's own logs.
     logging.getLogger("distributed").setLevel(logging.WARNING)
@@ -46,5 +61,6 @@ def make_task_runner(*, workers: int | None = None, dask_address: str | None = N
             "processes": True,
             "dashboard_address": None,
             "silence_logs": logging.WARNING,
+            "memory_limit": worker_memory_limit(n_workers) if memory_limit is None else memory_limit,
         },
     )

@@ -108,9 +108,11 @@ class FeatureConfig:
 class IngestConfig:
     """Everything an ingest run needs besides the source and the store.
 
-    ``batch_mb`` bounds the compressed audio one Dask task decodes, and so the
-    memory a worker needs; ``min_peak_db`` is the level under which a song
-    counts as silent and is recorded as failed.
+    ``batch_mb`` bounds the compressed audio one Dask task decodes (songs are
+    decoded in chunks, so a worker's memory does not depend on it);
+    ``min_peak_db`` is the level under which a song counts as silent and is
+    recorded as failed; ``strict`` fails any song the decoder reported errors
+    for (otherwise a song whose errors were concealed is kept, with warnings).
     """
 
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -118,6 +120,7 @@ class IngestConfig:
     batch_mb: float = 32.0
     min_peak_db: float = -60.0
     retry_failed: bool = False
+    strict: bool = False
 
     def __post_init__(self) -> None:
         check_choice("format", self.shard_format, SHARD_FORMATS)
@@ -132,6 +135,7 @@ class IngestConfig:
             "batch_mb": self.batch_mb,
             "min_peak_db": self.min_peak_db,
             "retry_failed": self.retry_failed,
+            "strict": self.strict,
         }
 
 

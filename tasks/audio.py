@@ -9,17 +9,18 @@ our encoder (mp3 export) and the single place the ffmpeg path is configured.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import re
 import shutil
-import struct
 import subprocess
 import tempfile
 import threading
 import warnings
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 import numpy as np
 
@@ -28,20 +29,40 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
     from pydub import AudioSegment
 
-import contextlib
-
 from musicflow.errors import DecodeError, DecoderMissingError
 
 INSTALL_HINT = (
     "install it with `apt-get install ffmpeg` (Debian/Ubuntu), `brew install ffmpeg` (macOS) "
     "or `conda install -c conda-forge ffmpeg`, or point pydub.AudioSegment.converter at it"
 )
-_READ_BYTES = 1 << 20
+_READ_BYTES = 1 << 20  # ffmpeg output read per chunk: 262144 float32 samples, 6 s at 44.1 kHz
 _ERROR_LEVEL = re.compile(r"\[(?:error|fatal|panic)\] ")
-_CONTEXT = re.compile(r"\[(?:error|fatal|panic)\] |\[[\w:]+ @ 0x[0-9a-f]+\] ")
+_CONTEXT = re.compile(r"\[(?:error|fatal|panic|warning|info|verbose)\] |\[[\w:/.#-]+ @ 0x[0-9a-f]+\] ")
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
-# A decode that stops this much short of the container's stated length is a truncated file.
+_INPUT_AUDIO = re.compile(r"Stream #0:\d+\S*: Audio: (.*)")
+_FINAL_STATS = re.compile(r"Input stream #0:\d+ \(audio\): (\d+) packets read .*?; (\d+) frames decoded")
+_LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "downmix": 2, "quad": 4, "hexagonal": 6, "octagonal": 8}
+# ffmpeg warns so when a container has no exact length (an mp3 without a Xing/Info header).
+_ESTIMATED = "Estimating duration from bitrate"
+# A decode that stops this much short of the container's stated (exact) length is a truncated file.
 _TRUNCATION_TOLERANCE_S = 0.5
+# With decode errors, the least share of the stream that must decode for the song to be kept:
+# of an exact stated length (errors conceal a few frames, they do not lose a tenth of a song),
+# and of ffmpeg's estimates (bitrate-based length, packets that decoded), which are rougher.
+MIN_DECODED_OF_EXACT = 0.9
+MIN_DECODED_OF_ESTIMATE = 0.5
+# ffmpeg's mono mix: the mean of the channels, (L + R) / 2 for stereo, for up to 64 channels
+# ("<" renormalises the gains over the channels the input has; -ac 1 would weight them otherwise).
+MONO_MIX = "aformat=sample_fmts=flt|fltp,pan=mono|c0<" + "+".join(f"c{index}" for index in range(64))
+# Decoding time limit: a base plus a time per byte, far beyond what any real decoder needs
+# (ffmpeg decodes mp3 at ~10 MB/s per core), so only a hung decoder or a stalled read hits it.
+DECODE_TIMEOUT_BASE_S = 120.0
+DECODE_TIMEOUT_S_PER_MB = 4.0
+
+
+def decode_timeout(n_bytes: int) -> float:
+    """Seconds a decode of an ``n_bytes`` file may take before it is stopped."""
+    return DECODE_TIMEOUT_BASE_S + DECODE_TIMEOUT_S_PER_MB * n_bytes / 2**20
 
 
 @dataclass(frozen=True)
@@ -51,15 +72,18 @@ class DecodedAudio:
     Attributes
     ----------
     samples : np.ndarray, shape [n_samples], float32 in [-1, 1]
-        Mono mix, ``mean`` of the channels (pydub's ``(L + R) / 2`` for stereo).
+        Mono mix, the mean of the channels (``(L + R) / 2`` for stereo).
     sample_rate : int
     channels : int
         Channels in the source before the mono mix.
+    warnings : str or None
+        Decode errors that were concealed (the song was kept), in a line.
     """
 
     samples: np.ndarray
     sample_rate: int
     channels: int
+    warnings: str | None = None
 
     @property
     def seconds(self) -> float:
@@ -74,8 +98,304 @@ def ffmpeg_binary() -> str:
     return found
 
 
-def decode_audio(source: str | bytes, *, sample_rate: int = 44100) -> DecodedAudio:
-    """Decode a file to float32 mono at ``sample_rate``.
+# Formats libsndfile reads and ffmpeg has no demuxer for (ffmpeg may misread them as another).
+_SNDFILE_ONLY = frozenset({"MAT4", "MAT5", "PVF", "XI", "HTK", "SDS", "AVR", "SD2", "MPC2K", "PAF", "WVE"})
+
+
+class DecoderFallback(DecodeError):
+    """ffmpeg's decode failed after it gave chunks, and libsndfile can open the file: decode again
+    with ``AudioStream(..., decoder="libsndfile")``, discarding what the failed decode gave."""
+
+
+class AudioStream:
+    """Decode a file chunk by chunk to float32 mono at ``sample_rate``, in bounded memory.
+
+    Iterate it for chunks (``np.ndarray [k] float32`` in [-1, 1]); once the
+    iteration is over, ``channels``, ``n_samples`` and ``warnings`` describe the
+    decode. The verdict comes at the end of the iteration: :class:`DecodeError`
+    for empty, non-audio, truncated or mostly undecodable input (the caller
+    discards what it consumed). Policy (``strict=False``):
+
+    - the decoded length is trusted over a length ffmpeg only estimates (an mp3
+      without a Xing/Info header); a file is truncated when its container
+      states an exact length that the decode falls short of;
+    - a decode with errors is kept, with ``warnings``, when most of the stream
+      decoded (:data:`MIN_DECODED_OF_EXACT` of an exact length,
+      :data:`MIN_DECODED_OF_ESTIMATE` of estimates), and fails otherwise;
+    - a file ffmpeg cannot open, or decodes badly, is read with libsndfile when
+      libsndfile can open it (after a bad partial decode, :class:`DecoderFallback`
+      tells the consumer to start again with ``decoder="libsndfile"``).
+
+    ``strict=True`` is the older policy: any decoder error fails the song as
+    corrupt, any shortfall of the stated length as truncated. ffmpeg is killed
+    after ``timeout`` seconds (default :func:`decode_timeout` of the size).
+    """
+
+    def __init__(
+        self,
+        source: str | bytes,
+        *,
+        sample_rate: int = 44100,
+        strict: bool = False,
+        timeout: float | None = None,
+        decoder: str = "ffmpeg",
+    ) -> None:
+        self.source = source
+        self.sample_rate = sample_rate
+        self.strict = strict
+        self.start_with = decoder
+        self.n_bytes = os.path.getsize(source) if isinstance(source, str) else len(source)
+        self.timeout = decode_timeout(self.n_bytes) if timeout is None else timeout
+        self.channels = 0
+        self.n_samples = 0
+        self.warnings: str | None = None
+        self.decoder = "ffmpeg"
+
+    @property
+    def seconds(self) -> float:
+        return self.n_samples / self.sample_rate
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        if self.n_bytes == 0:
+            raise DecodeError("empty file (0 bytes)")
+        ffmpeg = ffmpeg_binary()
+        if self.start_with == "libsndfile":
+            self.decoder = "libsndfile"
+            yield from self._sndfile(ffmpeg)
+            return
+        try:
+            yield from self._ffmpeg(ffmpeg)
+            return
+        except DecodeError as error:
+            # libsndfile reads some files ffmpeg refuses (some Vorbis), and formats ffmpeg has no
+            # demuxer for, which it may misread as another format. A file ffmpeg decoded in part
+            # in its own format keeps ffmpeg's verdict (truncated, corrupt).
+            sndfile_format = self._sndfile_format()
+            if sndfile_format is None or (self.n_samples and sndfile_format not in _SNDFILE_ONLY):
+                raise
+            if self.n_samples:  # the consumer has chunks of a bad decode: it starts again
+                raise DecoderFallback(str(error)) from error
+        self.decoder = "libsndfile"
+        yield from self._sndfile(ffmpeg)
+
+    # ------------------------------------------------------------------ ffmpeg
+
+    def _ffmpeg(self, ffmpeg: str) -> Iterator[np.ndarray]:
+        piped = not isinstance(self.source, str)
+        # "file:" so that a name holding ":" or starting with "-" is never read as a protocol or option.
+        target = "file:" + self.source if isinstance(self.source, str) else "pipe:0"
+        command = [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "level+verbose", "-i", target,
+                   "-map", "0:a:0", "-map_metadata", "-1", "-af", MONO_MIX, "-ar", str(self.sample_rate),
+                   "-c:a", "pcm_f32le", "-f", "f32le", "pipe:1"]  # fmt: skip
+        with tempfile.TemporaryFile() as log:
+            process = subprocess.Popen(
+                command,
+                stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=log,
+            )
+            feeder = _feed_stdin(process, bytes(self.source)) if piped else None  # type: ignore[arg-type]
+            returncode = yield from self._pump(process, feeder)
+            log.seek(0)
+            facts = _read_log(log)
+        self.channels = facts.channels
+        errors = facts.errors
+        if self.n_samples == 0:
+            raise DecodeError(_summarise(errors) or f"ffmpeg exited with code {returncode}")
+        if returncode != 0 and not errors:
+            errors = [f"ffmpeg exited with code {returncode}"]
+        self.warnings = judge_decode(
+            decoded_seconds=self.seconds,
+            stated_seconds=facts.stated_seconds,
+            stated_exact=not facts.estimated,
+            errors=errors,
+            n_errors=max(facts.n_errors, len(errors)),
+            packets=facts.packets,
+            frames=facts.frames,
+            size_seconds=self.n_bytes * 8 / (1000 * facts.kbps) if facts.kbps else None,
+            strict=self.strict,
+        )
+
+    def _read_samples(self, stream: IO[bytes]) -> Iterator[np.ndarray]:
+        remainder = b""
+        while True:
+            data = stream.read(_READ_BYTES)
+            if not data:
+                break
+            if remainder:
+                data = remainder + data
+            usable = len(data) - len(data) % 4
+            remainder = data[usable:]
+            if not usable:
+                continue
+            samples = np.frombuffer(data, dtype="<f4", count=usable // 4).copy()
+            np.clip(samples, -1.0, 1.0, out=samples)
+            self.n_samples += samples.shape[0]
+            yield samples
+
+    # ------------------------------------------------------------------ libsndfile
+
+    def _sndfile_format(self) -> str | None:
+        """libsndfile's name of the file's format ("WAV", "MAT5"...), None when it cannot open it."""
+        try:
+            import soundfile
+        except ImportError:  # pragma: no cover - a dependency; without it, ffmpeg's verdict stands
+            return None
+        try:
+            with soundfile.SoundFile(self._sndfile_source()) as handle:
+                return str(handle.format) if handle.frames else None
+        except Exception:  # libsndfile's verdict on a file ffmpeg refused: not audio either
+            return None
+
+    def _sndfile_source(self) -> Any:
+        return self.source if isinstance(self.source, str) else io.BytesIO(bytes(self.source))
+
+    def _sndfile(self, ffmpeg: str) -> Iterator[np.ndarray]:
+        """Read with libsndfile, mix to mono, and resample with ffmpeg when the rates differ."""
+        import soundfile
+
+        with soundfile.SoundFile(self._sndfile_source()) as handle:
+            self.channels = handle.channels
+            native = handle.samplerate
+            expected = handle.frames
+
+            def mono_chunks() -> Iterator[np.ndarray]:
+                for block in handle.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+                    mixed = block[:, 0].copy()
+                    for channel in range(1, block.shape[1]):
+                        mixed += block[:, channel]
+                    if block.shape[1] > 1:
+                        mixed *= np.float32(1.0 / block.shape[1])
+                    yield mixed
+
+            if native == self.sample_rate:
+                decoded = 0
+                for chunk in mono_chunks():
+                    decoded += chunk.shape[0]
+                    np.clip(chunk, -1.0, 1.0, out=chunk)
+                    self.n_samples += chunk.shape[0]
+                    yield chunk
+            else:
+                decoded = yield from self._resampled(ffmpeg, mono_chunks(), native)
+        if self.n_samples == 0:
+            raise DecodeError("libsndfile read no samples")
+        if expected and decoded < expected - _TRUNCATION_TOLERANCE_S * native:
+            raise DecodeError(
+                f"truncated: decoded {decoded / native:.2f} s "
+                f"of the {expected / native:.2f} s the file states"
+            )
+
+    def _resampled(
+        self, ffmpeg: str, chunks: Iterator[np.ndarray], native: int
+    ) -> Generator[np.ndarray, None, int]:
+        command = [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "error", "-f", "f32le",
+                   "-ar", str(native), "-ac", "1", "-i", "pipe:0",
+                   "-ar", str(self.sample_rate), "-f", "f32le", "pipe:1"]  # fmt: skip
+        process = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
+        )
+        counted = [0]
+
+        def feed() -> None:
+            assert process.stdin is not None
+            try:
+                for chunk in chunks:
+                    counted[0] += chunk.shape[0]
+                    process.stdin.write(chunk.astype("<f4").tobytes())
+            except (BrokenPipeError, OSError):
+                pass
+            finally:
+                with contextlib.suppress(OSError):
+                    process.stdin.close()
+
+        feeder = threading.Thread(target=feed, daemon=True)
+        feeder.start()
+        yield from self._pump(process, feeder)
+        return counted[0]
+
+    def _pump(
+        self, process: subprocess.Popen[bytes], feeder: threading.Thread | None
+    ) -> Generator[np.ndarray, None, int]:
+        """Chunks of ``process``'s stdout until it ends, killed after ``timeout``; its exit code."""
+        with _Watchdog(self.timeout, process) as watchdog:
+            try:
+                assert process.stdout is not None
+                yield from self._read_samples(process.stdout)
+            finally:
+                process.stdout.close()  # type: ignore[union-attr]
+                returncode = _wait(process)
+                if feeder is not None:
+                    feeder.join(timeout=5)
+        if watchdog.fired:
+            raise DecodeError(f"timed out: decoding took longer than {self.timeout:.0f} s (ffmpeg stopped)")
+        return returncode
+
+
+def judge_decode(
+    *,
+    decoded_seconds: float,
+    stated_seconds: float | None,
+    stated_exact: bool,
+    errors: list[str],
+    n_errors: int,
+    packets: int | None,
+    frames: int | None,
+    size_seconds: float | None = None,
+    strict: bool = False,
+) -> str | None:
+    """The decode policy (see :class:`AudioStream`): the warnings of a kept song, or :class:`DecodeError`.
+
+    ``stated_seconds`` is the container's length (``stated_exact`` False when
+    ffmpeg only estimated it from the bitrate); ``packets`` and ``frames`` are
+    ffmpeg's counts of packets read and frames decoded; ``size_seconds`` is
+    the file's size at the stream's bitrate (an estimate too).
+    """
+    short = (
+        stated_seconds is not None
+        and decoded_seconds < stated_seconds - _TRUNCATION_TOLERANCE_S - 0.02 * stated_seconds
+    )
+    detail = f" ({_summarise(errors)})" if errors else ""
+    truncated = (
+        f"truncated: decoded {decoded_seconds:.2f} s of the {stated_seconds or 0:.2f} s "
+        f"the file states{detail}"
+    )
+    if strict:
+        if short:
+            raise DecodeError(truncated)
+        if errors:
+            raise DecodeError(f"corrupt audio: {_summarise(errors)}")
+        return None
+    if not errors:
+        if short and stated_exact:
+            raise DecodeError(truncated)
+        return None
+    shares = []
+    if stated_seconds:
+        shares.append(decoded_seconds / stated_seconds)
+    if packets:
+        shares.append((frames or 0) / packets)
+    if size_seconds:
+        shares.append(decoded_seconds / size_seconds)
+    share = min(1.0, *shares) if shares else 1.0
+    exact_share = decoded_seconds / stated_seconds if stated_exact and stated_seconds else None
+    if exact_share is not None and exact_share < MIN_DECODED_OF_EXACT:
+        if n_errors <= 2:  # a clean cut, or one broken frame where the file ends
+            raise DecodeError(truncated)
+        raise DecodeError(
+            f"corrupt audio: mostly undecodable, {exact_share:.0%} of the stated length decoded{detail}"
+        )
+    if share < MIN_DECODED_OF_ESTIMATE:
+        raise DecodeError(
+            f"corrupt audio: mostly undecodable, about {share:.0%} of the stream decoded{detail}"
+        )
+    count = f"{n_errors} decode error{'s' if n_errors != 1 else ''}"
+    return f"{count} concealed, {share:.0%} of the stream decoded: {_summarise(errors)}"
+
+
+def decode_audio(
+    source: str | bytes, *, sample_rate: int = 44100, strict: bool = False, timeout: float | None = None
+) -> DecodedAudio:
+    """Decode a whole file to float32 mono at ``sample_rate`` (see :class:`AudioStream`).
 
     Parameters
     ----------
@@ -83,6 +403,8 @@ def decode_audio(source: str | bytes, *, sample_rate: int = 44100) -> DecodedAud
         A local file path, or the file's bytes (piped to ffmpeg's stdin).
     sample_rate : int
         Output rate; ffmpeg resamples.
+    strict : bool
+        Fail on any decoder error (see :class:`AudioStream`).
 
     Returns
     -------
@@ -91,65 +413,117 @@ def decode_audio(source: str | bytes, *, sample_rate: int = 44100) -> DecodedAud
     Raises
     ------
     DecodeError
-        Empty, non-audio, corrupt (the decoder reported errors) or truncated
-        input (decoded length short of the length the container states).
+        Empty, non-audio, mostly corrupt or truncated input.
     DecoderMissingError
         ffmpeg is not installed.
     """
-    if (os.path.getsize(source) if isinstance(source, str) else len(source)) == 0:
-        raise DecodeError("empty file (0 bytes)")
-    piped = not isinstance(source, str)
-    command = [
-        ffmpeg_binary(),
-        "-hide_banner",
-        "-nostats",
-        "-loglevel",
-        "level+info",
-        "-i",
-        "pipe:0" if piped else source,
-        "-map",
-        "0:a:0",
-        "-map_metadata",
-        "-1",
-        "-c:a",
-        "pcm_f32le",
-        "-ar",
-        str(sample_rate),
-        "-f",
-        "wav",
-        "pipe:1",
-    ]
-    with tempfile.TemporaryFile() as log:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=log,
+    stream = AudioStream(source, sample_rate=sample_rate, strict=strict, timeout=timeout)
+    try:
+        pieces = list(stream)
+    except DecoderFallback:
+        stream = AudioStream(
+            source, sample_rate=sample_rate, strict=strict, timeout=timeout, decoder="libsndfile"
         )
-        feeder = _feed_stdin(process, bytes(source)) if piped else None  # type: ignore[arg-type]
-        try:
-            assert process.stdout is not None
-            samples, channels = _read_wav_stream(process.stdout)
-        finally:
-            process.stdout.close()  # type: ignore[union-attr]
-            returncode = process.wait()
-            if feeder is not None:
-                feeder.join()
-        log.seek(0)
-        messages = log.read().decode("utf-8", "replace").splitlines()
-    errors = [_CONTEXT.sub("", line).strip() for line in messages if _ERROR_LEVEL.search(line)]
-    if returncode != 0 or samples is None:
-        raise DecodeError(_summarise(errors) or f"ffmpeg exited with code {returncode}")
-    decoded = DecodedAudio(samples=samples, sample_rate=sample_rate, channels=channels)
-    stated = _stated_seconds(messages)
-    if stated is not None and decoded.seconds < stated - _TRUNCATION_TOLERANCE_S - 0.02 * stated:
-        detail = f" ({_summarise(errors)})" if errors else ""
-        raise DecodeError(
-            f"truncated: decoded {decoded.seconds:.2f} s of the {stated:.2f} s the file states{detail}"
-        )
-    if errors:
-        raise DecodeError(f"corrupt audio: {_summarise(errors)}")
-    return decoded
+        pieces = list(stream)
+    samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
+    return DecodedAudio(
+        samples=samples, sample_rate=sample_rate, channels=stream.channels, warnings=stream.warnings
+    )
+
+
+@dataclass(frozen=True)
+class _LogFacts:
+    errors: list[str]
+    n_errors: int
+    estimated: bool
+    stated_seconds: float | None
+    channels: int
+    packets: int | None
+    frames: int | None
+    kbps: float | None
+
+
+def _read_log(log: IO[bytes], *, keep_errors: int = 20) -> _LogFacts:
+    """What ffmpeg's ``level+verbose`` log says, read line by line (a garbage file logs a lot)."""
+    errors: list[str] = []
+    n_errors = 0
+    estimated = False
+    stated = None
+    channels = 0
+    kbps = None
+    packets = frames = None
+    in_input = True
+    for raw in log:
+        line = raw.decode("utf-8", "replace").rstrip()
+        if _ERROR_LEVEL.search(line):
+            n_errors += 1
+            if len(errors) < keep_errors:
+                errors.append(_CONTEXT.sub("", line).strip())
+            continue
+        if line.startswith("[info] Output #0") or "Output #0," in line:
+            in_input = False
+        if _ESTIMATED in line:
+            estimated = True
+        if in_input and stated is None and (match := _DURATION.search(line)):
+            hours, minutes, seconds = match.groups()
+            stated = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        if in_input and not channels and (match := _INPUT_AUDIO.search(line)):
+            channels = _layout_channels(match.group(1))
+            if rate := re.search(r", (\d+(?:\.\d+)?) kb/s", match.group(1)):
+                kbps = float(rate.group(1))
+        if packets is None and (match := _FINAL_STATS.search(line)):
+            packets, frames = int(match.group(1)), int(match.group(2))
+    return _LogFacts(errors, n_errors, estimated, stated, channels, packets, frames, kbps)
+
+
+def _layout_channels(description: str) -> int:
+    """Channels of ffmpeg's stream description, e.g. ``mp3, 44100 Hz, stereo, fltp, 128 kb/s``."""
+    fields = [field.strip() for field in description.split(", ")]
+    for index, field in enumerate(fields[:-1]):
+        if field.endswith(" Hz"):
+            layout = fields[index + 1]
+            if match := re.match(r"(\d+) channels", layout):
+                return int(match.group(1))
+            name = layout.split("(")[0]
+            if name in _LAYOUT_CHANNELS:
+                return _LAYOUT_CHANNELS[name]
+            if match := re.match(r"(\d+)\.(\d+)$", name):
+                return int(match.group(1)) + int(match.group(2))
+    return 0
+
+
+def _kill(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        process.kill()
+
+
+def _wait(process: subprocess.Popen[bytes]) -> int:
+    try:
+        return process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        _kill(process)
+        return process.wait()
+
+
+class _Watchdog:
+    """Kill a process after ``seconds`` unless the ``with`` block ends first; ``fired`` says if it did."""
+
+    def __init__(self, seconds: float, process: subprocess.Popen[bytes]) -> None:
+        self.fired = False
+        self._process = process
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def _fire(self) -> None:
+        self.fired = True
+        _kill(self._process)
+
+    def __enter__(self) -> _Watchdog:
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._timer.cancel()
 
 
 def encode_audio(
@@ -182,69 +556,6 @@ def _feed_stdin(process: subprocess.Popen[bytes], payload: bytes) -> threading.T
     thread = threading.Thread(target=feed, daemon=True)
     thread.start()
     return thread
-
-
-def _read_exact(stream: IO[bytes], n: int) -> bytes:
-    data = b""
-    while len(data) < n:
-        chunk = stream.read(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
-
-
-def _read_wav_stream(stream: IO[bytes]) -> tuple[np.ndarray | None, int]:
-    """Read a float32 WAV from a pipe, mixing to mono chunk by chunk.
-
-    The RIFF/data sizes of a piped WAV are placeholders, so the data chunk is
-    read to the end of the stream. Returns ``(None, 0)`` when there is no WAV.
-    """
-    header = _read_exact(stream, 12)
-    if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
-        return None, 0
-    channels = 0
-    while True:
-        chunk_header = _read_exact(stream, 8)
-        if len(chunk_header) < 8:
-            return None, 0
-        chunk_id, size = chunk_header[:4], struct.unpack("<I", chunk_header[4:])[0]
-        if chunk_id == b"data":
-            break
-        body = _read_exact(stream, size + (size & 1))
-        if chunk_id == b"fmt ":
-            channels = struct.unpack("<H", body[2:4])[0]
-    if channels < 1:
-        return None, 0
-    frame_bytes = 4 * channels
-    pieces: list[np.ndarray] = []
-    remainder = b""
-    while True:
-        data = stream.read(_READ_BYTES)
-        if not data:
-            break
-        data = remainder + data
-        usable = len(data) - len(data) % frame_bytes
-        remainder = data[usable:]
-        frames = np.frombuffer(data[:usable], dtype="<f4").reshape(-1, channels)
-        mixed = frames[:, 0].copy()
-        for channel in range(1, channels):  # 15x faster than frames.mean(axis=1) for stereo
-            mixed += frames[:, channel]
-        if channels > 1:
-            mixed *= np.float32(1.0 / channels)
-        pieces.append(mixed)
-    samples = np.concatenate(pieces) if pieces else np.zeros(0, dtype=np.float32)
-    np.clip(samples, -1.0, 1.0, out=samples)
-    return samples, channels
-
-
-def _stated_seconds(messages: list[str]) -> float | None:
-    for line in messages:
-        match = _DURATION.search(line)
-        if match:
-            hours, minutes, seconds = match.groups()
-            return int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-    return None
 
 
 def _summarise(errors: list[str]) -> str:

@@ -12,7 +12,7 @@ import hashlib
 import posixpath
 from dataclasses import asdict, dataclass
 
-from tasks.catalog import CATALOG_FILE, read_catalog, write_catalog
+from tasks.catalog import catalog_log, has_catalog, table_to_rows, write_catalog
 from tasks.dataset import LOCK_FILE, STATS_FILE, dataset_dir, list_datasets, refresh_stats
 from tasks.shards import SHARDS_DIR, read_blocks, read_shard_stats, shard_format, stats_name
 from tasks.stats import FeatureStats, merge_all
@@ -50,9 +50,11 @@ def check_store(
 
 def check_dataset(store: Store, dataset_id: str, *, repair: bool, orphan_min_age: float) -> list[Problem]:
     directory = dataset_dir(dataset_id)
-    with store.lock(directory, LOCK_FILE):
+    with store.lock(directory, LOCK_FILE) as held:
         problems: list[Problem] = []
-        rows = read_catalog(store, directory)
+        log = catalog_log(store, directory)
+        rows = table_to_rows(log.read_table())
+        version = log.version
         broken: set[str] = set()
         by_shard: dict[str, list] = {}
         for row in rows:
@@ -102,12 +104,15 @@ def check_dataset(store: Store, dataset_id: str, *, repair: bool, orphan_min_age
         problems += _orphans(store, directory, set(by_shard), repair=repair, min_age=orphan_min_age)
         if repair and broken:
             kept = [row for row in rows if row.song_id not in broken]
-            write_catalog(store, directory, kept, [])
+            held.ensure()  # still ours (renewed all along): nobody committed since the rows were read
+            # ...and based_on refuses the write anyway if a commit got in: never a stale view.
+            write_catalog(store, directory, kept, [], based_on=version)
             for shard in {row.shard for row in rows if row.song_id in broken and row.shard}:
                 store.rm(directory, shard)  # what is left of it: the songs are decoded again
                 store.rm(directory, stats_name(shard))
-        referenced = sorted(set(by_shard) - {row.shard for row in rows if row.song_id in broken})
-        stats_problem = _stats_problem(store, directory, referenced, rows, broken)
+        stats_problem = _stats_problem(
+            store, directory, log.version if repair and broken else version, rows, broken
+        )
         if stats_problem:
             problems.append(Problem("dataset-stats", f"{directory}/{STATS_FILE}", stats_problem, repair))
         if repair and (broken or stats_problem or any(p.kind == "shard-stats" for p in problems)):
@@ -122,13 +127,14 @@ def _sidecar_count(store: Store, directory: str, shard: str) -> int | None:
         return None
 
 
-def _stats_problem(store: Store, directory: str, referenced: list[str], rows: list, broken: set[str]) -> str:
+def _stats_problem(store: Store, directory: str, version: int, rows: list, broken: set[str]) -> str:
+    referenced = any(row.ok and row.song_id not in broken for row in rows)
     if not store.exists(directory, STATS_FILE):
         return "stats.json is missing" if referenced else ""
     stored = store.read_json(directory, STATS_FILE)
     expected = sum(row.n_blocks for row in rows if row.ok and row.song_id not in broken)
-    if sorted(stored.get("shards", [])) != referenced:
-        return "stats.json does not cover exactly the referenced shards"
+    if stored.get("version") != version:
+        return f"stats.json covers catalog version {stored.get('version')}, the catalog is at {version}"
     if int(stored.get("count", -1)) != expected:
         return f"stats.json counts {stored.get('count')} blocks, the catalog {expected}"
     return ""
@@ -189,7 +195,7 @@ def check_model(store: Store, model_id: str) -> list[Problem]:
                 f"sha256 {digest[:12]} is not the card's {str(card.get('weights_sha256'))[:12]}",
             )
         ]
-    if not store.exists(dataset_dir(card.get("dataset_id", "")), CATALOG_FILE):
+    if not has_catalog(store, dataset_dir(card.get("dataset_id", ""))):
         return [
             Problem("missing-dataset", directory, f"trained on {card.get('dataset_id')!r}, not in the store")
         ]

@@ -3,9 +3,12 @@
 ``STORE/datasets/<dataset_id>/``::
 
     config.json        the feature config (what a row of a shard means)
-    catalog.parquet    one row per song, the single source of truth (:mod:`tasks.catalog`)
+    catalog/           one row per song, the single source of truth: a log of Parquet
+                       segments and snapshots (:mod:`tasks.catalog`)
+    catalog.lock       held while committing (:meth:`tasks.store.Store.lock`)
     shards/            feature shards (:mod:`tasks.shards`) with their statistics sidecars
-    stats.json         per-feature statistics of the shards the catalog references
+    stats.json         per-feature statistics of the shards the catalog references, and
+                       the catalog version they cover
 
 Ingest, training, generation, status and ``check`` all go through this
 module; none of it decodes audio, so training and generation never import
@@ -24,7 +27,7 @@ import numpy as np
 
 from musicflow.config import FeatureConfig, IngestConfig
 from musicflow.errors import ConfigError, StoreError
-from tasks.catalog import CatalogRow, new_rows, read_catalog, write_catalog
+from tasks.catalog import CatalogLog, CatalogRow, catalog_log, read_catalog, table_to_rows
 from tasks.shards import read_blocks, read_shard_stats, stats_name
 from tasks.stats import FeatureStats, merge_all
 from tasks.store import Store
@@ -77,51 +80,113 @@ def prepare_dataset(store: Store, config: IngestConfig) -> str:
 def commit_batch(store: Store, dataset_id: str, result: BatchResult) -> list[CatalogRow]:
     """Commit a batch under the dataset's lock: catalog rows first (the commit point), then statistics.
 
+    The rows go into one new catalog segment, and the batch's shard statistics
+    are merged into ``stats.json``: the cost is the batch's, not the catalog's.
     Concurrent runs can decode the same song; the first commit keeps it. When
     some of a shard's songs are dropped that way, the shard's statistics are
-    recomputed from the songs it keeps, so ``stats.json`` stays exact.
+    recomputed from the songs it keeps (a shard left with none is removed), so
+    ``stats.json`` stays exact.
     """
     directory = dataset_dir(dataset_id)
     with store.lock(directory, LOCK_FILE):
-        existing = read_catalog(store, directory)
-        added = new_rows(existing, result.rows)
+        log = catalog_log(store, directory)
+        fresh = log.append(result.rows)
+        # A retried commit (the first attempt committed, then failed before it returned) finds its
+        # rows committed with its own shard: they are this batch's, not duplicates to drop.
+        ours = [
+            row
+            for row in result.rows
+            if row.ok and row not in fresh and log.shard.get(row.song_id) == row.shard
+        ]
+        added = fresh + ours
         kept = [row for row in added if row.ok]
         dropped = [row for row in result.rows if row.ok and row not in added]
-        if result.shard and dropped and kept:
-            blocks = [
-                read_blocks(store, directory, result.shard, offset=row.offset, n_blocks=row.n_blocks)
-                for row in kept
-            ]
-            stats = merge_all([FeatureStats.from_features(item) for item in blocks], blocks[0].shape[1])
-            store.write_bytes(stats.to_npz(), directory, stats_name(result.shard))
-        if added or not existing:
-            write_catalog(store, directory, existing, added)
-        refresh_stats(store, dataset_id)
+        if result.shard and dropped:
+            if kept:
+                blocks = [
+                    read_blocks(store, directory, result.shard, offset=row.offset, n_blocks=row.n_blocks)
+                    for row in kept
+                ]
+                stats = merge_all([FeatureStats.from_features(item) for item in blocks], blocks[0].shape[1])
+                store.write_bytes(stats.to_npz(), directory, stats_name(result.shard))
+            else:
+                store.rm(directory, result.shard)
+                store.rm(directory, stats_name(result.shard))
+        new_shard = result.shard if any(row.ok for row in fresh) else None
+        if not _add_to_stats(store, dataset_id, log, fresh, shard=new_shard):
+            refresh_stats(store, dataset_id)
+        before = log.version
+        if log.compact_if_due() and not _bump_stats_version(store, directory, before, log.version):
+            refresh_stats(store, dataset_id)
     return added
+
+
+def _add_to_stats(
+    store: Store, dataset_id: str, log: CatalogLog, added: list[CatalogRow], *, shard: str | None
+) -> bool:
+    """Merge one just-committed segment into ``stats.json``; False when stats.json is not the version
+    before it (then :func:`refresh_stats` catches up)."""
+    directory = dataset_dir(dataset_id)
+    if not added or not store.exists(directory, STATS_FILE):
+        return False
+    stored = store.read_json(directory, STATS_FILE)
+    if stored.get("version") != log.version - 1:
+        return False
+    total = FeatureStats.from_json(stored)
+    if shard:
+        total = total.merge(read_shard_stats(store, directory, shard))
+    _write_stats(store, directory, total, log.version)
+    return True
+
+
+def _bump_stats_version(store: Store, directory: str, old: int, new: int) -> bool:
+    """After a compaction (same songs, a new version): stats.json of ``old`` now covers ``new``."""
+    if not store.exists(directory, STATS_FILE):
+        return False
+    stored = store.read_json(directory, STATS_FILE)
+    if stored.get("version") != old:
+        return False
+    _write_stats(store, directory, FeatureStats.from_json(stored), new)
+    return True
+
+
+def _write_stats(store: Store, directory: str, stats: FeatureStats, version: int) -> None:
+    store.write_json({**stats.to_json(), "version": version}, directory, STATS_FILE, indent=None)
 
 
 def refresh_stats(store: Store, dataset_id: str, *, rebuild: bool = False) -> FeatureStats:
     """Bring ``stats.json`` in line with the shards the catalog references.
 
-    Adds the statistics sidecars of newly committed shards; rebuilds from all
-    sidecars when ``stats.json`` names a shard the catalog does not (a run
-    killed between its two commits), or when ``rebuild``.
+    ``stats.json`` names the catalog version it covers: the shards of the
+    segments committed since are merged in (a run killed between its two
+    commits). Everything is rebuilt from the statistics sidecars of all
+    referenced shards when that history is gone (compacted or rewritten by
+    ``check --repair``), when ``stats.json`` is missing or from before the log,
+    or when ``rebuild``.
     """
     directory = dataset_dir(dataset_id)
     n_features = FeatureConfig.from_dict(store.read_json(directory, CONFIG_FILE)["features"]).n_features
-    shards = sorted({row.shard for row in read_catalog(store, directory) if row.ok and row.shard})
-    current, counted = FeatureStats.empty(n_features), []
+    log = catalog_log(store, directory)
+    log.refresh()
     if store.exists(directory, STATS_FILE) and not rebuild:
         stored = store.read_json(directory, STATS_FILE)
-        if set(stored["shards"]) <= set(shards):
-            current, counted = FeatureStats.from_json(stored), stored["shards"]
-    missing = [shard for shard in shards if shard not in set(counted)]
-    if not missing and store.exists(directory, STATS_FILE) and not rebuild:
-        return current
-    total = current.merge(
-        merge_all([read_shard_stats(store, directory, shard) for shard in missing], n_features)
-    )
-    store.write_json({**total.to_json(), "shards": shards}, directory, STATS_FILE, indent=None)
+        current = FeatureStats.from_json(stored)
+        version = stored.get("version")
+        if version == log.version:
+            return current
+        if isinstance(version, int) and version < log.version:
+            changes = log.changes_since(version)
+            if changes is not None:
+                shards = sorted({row.shard for row in changes if row.ok and row.shard})
+                total = current.merge(
+                    merge_all([read_shard_stats(store, directory, shard) for shard in shards], n_features)
+                )
+                _write_stats(store, directory, total, log.version)
+                return total
+    rows = table_to_rows(log.read_table())  # and log.version is the version of these rows
+    shards = sorted({row.shard for row in rows if row.ok and row.shard})
+    total = merge_all([read_shard_stats(store, directory, shard) for shard in shards], n_features)
+    _write_stats(store, directory, total, log.version)
     return total
 
 

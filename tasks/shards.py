@@ -29,6 +29,9 @@ from tasks.store import Store
 SHARDS_DIR = "shards"
 # Blocks per Zarr chunk / Parquet row group: 64 blocks of 11026 float32 = 2.8 MB, 16 s of audio.
 CHUNK_BLOCKS = 64
+# Chunks written per call: zarr writes the chunks of one call concurrently (2.5x faster than one
+# by one); 4 chunks of rfft rows are 11 MB, what a worker buffers at most.
+FLUSH_CHUNKS = 4
 _EXTENSIONS = {"zarr": ".zarr", "parquet": ".parquet"}
 
 
@@ -65,10 +68,17 @@ class ShardWriter:
         writer.shard                        # "shards/<name>.zarr", committed
                                             # (None when nothing was added)
 
-    Leaving the block with an exception removes what was written. The writer
-    also accumulates :class:`FeatureStats` of everything added and saves them
-    next to the shard, so dataset statistics can always be rebuilt from the
-    shards the catalog references.
+    A song can also be written as its rows come, without ever holding it whole::
+
+        writer.begin_song()
+        writer.add_rows(rows)               # as many times as needed
+        offset, n_blocks = writer.end_song(keep=True)   # keep=False: a song that failed
+
+    Leaving the block with an exception removes what was written, and so does
+    leaving it with no song kept. The writer also accumulates
+    :class:`FeatureStats` of the songs kept and saves them next to the shard,
+    so dataset statistics can always be rebuilt from the shards the catalog
+    references.
     """
 
     def __init__(
@@ -93,6 +103,10 @@ class ShardWriter:
         self._array: Any = None
         self._parquet: pq.ParquetWriter | None = None
         self._parquet_file: Any = None
+        self._capacity = 0  # rows the Zarr array is sized for (>= the rows written)
+        self._song_start: int | None = None
+        self._song_stats = FeatureStats.empty(n_features)
+        self.n_songs = 0
 
     def __enter__(self) -> ShardWriter:
         self.store.fs.makedirs(posixpath.dirname(self._write_path), exist_ok=True)
@@ -113,20 +127,63 @@ class ShardWriter:
         return self
 
     def add(self, features: np.ndarray) -> int:
-        """Append one song's blocks (shape [n_blocks, n_features]); returns its offset."""
-        if features.ndim != 2 or features.shape[1] != self.n_features:
+        """Append one whole song's blocks (shape [n_blocks, n_features]); returns its offset."""
+        self.begin_song()
+        try:
+            self.add_rows(features)
+        except BaseException:
+            self.end_song(keep=False)
+            raise
+        return self.end_song(keep=True)[0]
+
+    def begin_song(self) -> None:
+        """Start a song that is written as its rows come (:meth:`add_rows`), then :meth:`end_song`."""
+        if self._song_start is not None:
+            raise StoreError("begin_song() while a song is being written: end_song() first")
+        self._song_start = self.n_blocks
+        self._song_stats = FeatureStats.empty(self.n_features)
+
+    def add_rows(self, rows: np.ndarray) -> None:
+        """Append rows (shape [k, n_features]) of the song begun with :meth:`begin_song`."""
+        if self._song_start is None:
+            raise StoreError("add_rows() outside a song: begin_song() first")
+        if rows.ndim != 2 or rows.shape[1] != self.n_features:
             raise StoreError(
-                f"features of shape {features.shape} do not fit a shard of {self.n_features} features"
+                f"features of shape {rows.shape} do not fit a shard of {self.n_features} features"
             )
-        offset = self.n_blocks
-        block = np.ascontiguousarray(features, dtype=np.float32)
-        self.stats = self.stats.merge(FeatureStats.from_features(block))
+        if rows.shape[0] == 0:
+            return
+        block = np.ascontiguousarray(rows, dtype=np.float32)
+        self._song_stats = self._song_stats.merge(FeatureStats.from_features(block))
         self._pending.append(block)
         self._n_pending += block.shape[0]
         self.n_blocks += block.shape[0]
-        if self._n_pending >= CHUNK_BLOCKS:
+        if self._n_pending >= CHUNK_BLOCKS * FLUSH_CHUNKS:
             self._flush(final=False)
-        return offset
+
+    def end_song(self, *, keep: bool) -> tuple[int, int]:
+        """Finish the current song: ``(offset, n_blocks)`` when kept.
+
+        A song that is not kept (it failed after some rows were written) counts
+        in no statistics; its rows are dropped when they are still buffered,
+        and otherwise stay as unreferenced space in the shard.
+        """
+        start = self._song_start
+        if start is None:
+            raise StoreError("end_song() outside a song: begin_song() first")
+        self._song_start = None
+        if keep:
+            self.stats = self.stats.merge(self._song_stats)
+            self.n_songs += 1
+            return start, self.n_blocks - start
+        written = self.n_blocks - self._n_pending
+        if start >= written:  # all of it still buffered: forget it
+            pending = np.concatenate(self._pending) if self._pending else None
+            keep_rows = start - written
+            self._pending = [pending[:keep_rows]] if pending is not None and keep_rows else []
+            self._n_pending = keep_rows
+            self.n_blocks = start
+        return start, 0
 
     def _flush(self, *, final: bool) -> None:
         if not self._pending:
@@ -137,7 +194,9 @@ class ShardWriter:
         rows, rest = pending[:n_write], pending[n_write:]
         start = self.n_blocks - self._n_pending
         if self.format == "zarr":
-            self._array.resize((start + n_write, self.n_features))
+            if start + n_write > self._capacity:  # grow by doubling: a resize rewrites the metadata
+                self._capacity = max(start + n_write, 2 * self._capacity)
+                self._array.resize((self._capacity, self.n_features))
             self._array[start : start + n_write] = rows
         else:
             assert self._parquet is not None
@@ -156,10 +215,12 @@ class ShardWriter:
     ) -> None:
         if exc_type is None:
             self._flush(final=True)
+            if self._array is not None and self._capacity != self.n_blocks and self.n_songs:
+                self._array.resize((self.n_blocks, self.n_features))
         if self._parquet is not None:
             self._parquet.close()
             self._parquet_file.close()
-        if exc_type is not None or self.n_blocks == 0:
+        if exc_type is not None or self.n_songs == 0:
             self._discard()
             self.shard = None  # nothing to reference
             return

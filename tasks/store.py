@@ -16,7 +16,9 @@ import contextlib
 import json
 import os
 import posixpath
+import re
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -93,65 +95,218 @@ class Store:
             if entry["type"] == "directory"
         )
 
-    @contextlib.contextmanager
-    def lock(self, *parts: str, timeout: float = 120.0, stale_after: float = 60.0) -> Iterator[None]:
-        """Hold an exclusive lock file at ``parts`` for the duration of the block.
+    def create_exclusive(self, data: bytes, *parts: str) -> bool:
+        """Create the file at ``parts`` holding ``data`` unless it exists; True when this call made it.
 
-        The lock is created with an exclusive create (``O_EXCL`` locally, an
-        ``If-None-Match`` conditional PUT on S3), so two processes on any hosts
-        never both hold it. A lock whose holder is a dead process of this host,
-        or older than ``stale_after`` seconds (commits take well under that),
-        belongs to a killed run and is broken. Raises :class:`StoreError` after
-        ``timeout`` seconds of waiting.
+        Readers see the whole content or no file. On a local disk: a temporary
+        sibling hard-linked to the final name (``link`` fails when the name
+        exists). On object stores: one conditional PUT (``If-None-Match: *``);
+        a server that ignores that header gives no exclusion at all, so it is
+        detected once per store (:func:`check_conditional_writes`) and refused.
         """
         path = self.path(*parts)
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
-        owner = json.dumps(
-            {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "token": uuid.uuid4().hex}
-        ).encode()
+        if not self.is_local:
+            check_conditional_writes(self)
+            return _put_if_absent(self.fs, path, data)
+        partial = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        with open(partial, "wb") as handle:
+            handle.write(data)
+        try:
+            os.link(partial, path)
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: exclusive create, then write
+            try:
+                descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                return False
+            with os.fdopen(descriptor, "wb") as handle:
+                handle.write(data)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(partial)
+        return True
+
+    @contextlib.contextmanager
+    def lock(self, *parts: str, timeout: float = 120.0, stale_after: float = 60.0) -> Iterator[HeldLock]:
+        """Hold an exclusive lock file at ``parts`` for the duration of the block.
+
+        The lock is created with :meth:`create_exclusive`, so two processes on
+        any hosts never both take it. While it is held, a heartbeat thread
+        renews it every ``stale_after / 4`` seconds, so a holder may keep it as
+        long as it lives (a 30-minute training); a lock not renewed for
+        ``stale_after`` seconds, or whose holder is a dead process of this host,
+        belongs to a killed run and is broken. Breaking and releasing are
+        compare-and-delete on the owner's token: nobody removes a lock it does
+        not own. Yields a :class:`HeldLock` (``ensure()`` raises when the lock
+        was lost, e.g. the process was frozen past ``stale_after``); leaving the
+        block raises :class:`StoreError` when it was lost meanwhile. Raises
+        :class:`StoreError` after ``timeout`` seconds of waiting.
+        """
+        path = self.path(*parts)
+        token = uuid.uuid4().hex
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
-            try:
-                with self.fs.open(path, "xb") as handle:
-                    handle.write(owner)
+            if self.create_exclusive(_owner(token), *parts):
                 break
-            except FileExistsError:
-                if self._lock_is_stale(path, stale_after):
-                    with contextlib.suppress(FileNotFoundError, OSError):
-                        self.fs.rm(path)
-                    continue
-                if time.monotonic() > deadline:
-                    raise StoreError(
-                        f"timed out after {timeout:.0f} s waiting for the lock {self.full_url(*parts)}"
-                    ) from None
-                time.sleep(delay)
-                delay = min(delay * 2, 0.5)
+            stale = self._stale_token(path, stale_after)
+            if stale is not None:
+                self._delete_if_owner(path, stale)
+                continue
+            if time.monotonic() > deadline:
+                raise StoreError(
+                    f"timed out after {timeout:.0f} s waiting for the lock {self.full_url(*parts)}"
+                ) from None
+            time.sleep(delay)
+            delay = min(delay * 2, 0.5)
+        held = HeldLock(self, path, token, interval=max(0.05, min(stale_after / 4, 30.0)))
+        held.start()
+        failed = True
         try:
-            yield
+            yield held
+            failed = False
         finally:
-            with contextlib.suppress(FileNotFoundError, OSError):
-                self.fs.rm(path)
+            held.stop()
+            released = self._delete_if_owner(path, token)
+            if not failed and (held.lost or not released):
+                raise StoreError(
+                    f"the lock {self.full_url(*parts)} was lost while held "
+                    f"(not renewed for {stale_after:g} s, then taken by another process)"
+                )
 
-    def _lock_is_stale(self, path: str, stale_after: float) -> bool:
+    def _read_owner(self, path: str) -> dict[str, Any] | None:
+        """The lock's owner record; None when there is no lock file; {} when it is unreadable."""
         try:
             holder = json.loads(self.fs.cat_file(path))
         except FileNotFoundError:
-            return False  # vanished: try again
+            return None
         except (ValueError, OSError):
+            return {}
+        return holder if isinstance(holder, dict) else {}
+
+    def _stale_token(self, path: str, stale_after: float) -> str | None:
+        """The token of a lock that may be broken ("" for an old unreadable one), or None."""
+        holder = self._read_owner(path)
+        if holder is None:
+            return None  # vanished: try again
+        if not holder.get("token"):
             # Half-written: its holder is still writing it, or was killed doing so; only age tells.
             try:
-                return time.time() - self.fs.modified(path).timestamp() > stale_after
+                age = time.time() - self.fs.modified(path).timestamp()
             except (OSError, NotImplementedError):
-                return False
+                return None
+            return "" if age > stale_after else None
         if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))):
-            return True
-        return time.time() - float(holder.get("time", 0)) > stale_after
+            return str(holder["token"])
+        if time.time() - float(holder.get("time", 0)) > stale_after:
+            return str(holder["token"])
+        return None
+
+    def _delete_if_owner(self, path: str, token: str) -> bool:
+        """Remove the lock file if ``token`` still owns it (an unreadable one for ``""``)."""
+        holder = self._read_owner(path)
+        if holder is None or str(holder.get("token", "")) != token:
+            return False
+        with contextlib.suppress(FileNotFoundError, OSError):
+            self.fs.rm(path)
+        return True
 
     def rm(self, *parts: str) -> None:
         path = self.path(*parts)
         if self.fs.exists(path):
             self.fs.rm(path, recursive=True)
+
+
+class HeldLock:
+    """A lock held by this process, renewed by a heartbeat thread until :meth:`stop`."""
+
+    def __init__(self, store: Store, path: str, token: str, *, interval: float) -> None:
+        self.store, self.path, self.token, self.interval = store, path, token, interval
+        self.lost = False
+        self.renewals = 0
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"lock-heartbeat {path}", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        self._thread.join()
+
+    def ensure(self) -> None:
+        """Raise :class:`StoreError` unless this process still owns the lock (checked now)."""
+        holder = self.store._read_owner(self.path)
+        if self.lost or holder is None or holder.get("token") != self.token:
+            self.lost = True
+            raise StoreError(f"the lock {self.store.fs.unstrip_protocol(self.path)} was lost while held")
+
+    def _beat(self) -> None:
+        while not self._stopped.wait(self.interval):
+            try:
+                holder = self.store._read_owner(self.path)
+                if holder is None or holder.get("token") != self.token:
+                    self.lost = True
+                    return
+                renewed = _owner(self.token)
+                if self.store.is_local:
+                    partial = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
+                    with open(partial, "wb") as handle:
+                        handle.write(renewed)
+                    os.replace(partial, self.path)
+                else:
+                    self.store.fs.pipe_file(self.path, renewed)
+                self.renewals += 1
+            except OSError:
+                continue  # a glitch: the next beat tries again, well before the lock goes stale
+
+
+def _owner(token: str) -> bytes:
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "token": token}
+    return json.dumps(owner).encode()
+
+
+def _put_if_absent(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
+    except OSError as error:  # some servers answer 412 without naming the condition
+        if "PreconditionFailed" in str(error) or "412" in str(error):
+            return False
+        raise
+    return True
+
+
+# Stores (by URL) known to honour conditional writes; see check_conditional_writes.
+_CONDITIONAL_WRITES_OK: set[str] = set()
+
+
+def check_conditional_writes(store: Store) -> None:
+    """Make sure the store's server refuses a second ``If-None-Match: *`` PUT of one key.
+
+    Some S3-compatible servers ignore the header and overwrite: a lock or an
+    exclusive commit there would exclude nobody. Checked once per store and
+    process with a probe object; :class:`StoreError` when the server ignores it.
+    """
+    if store.is_local or store.url in _CONDITIONAL_WRITES_OK:
+        return
+    probe = store.path(f".conditional-write-probe-{uuid.uuid4().hex[:12]}")
+    try:
+        first = _put_if_absent(store.fs, probe, b"1")
+        second = _put_if_absent(store.fs, probe, b"2")
+    finally:
+        with contextlib.suppress(OSError):
+            store.fs.rm(probe)
+    if not (first and not second):
+        raise StoreError(
+            f"the store {store.url!r} ignores conditional writes (If-None-Match): it cannot give "
+            "musicflow's lock and commits any exclusion; use a server that supports them "
+            "(AWS S3, MinIO, Ceph RGW 18+, R2...)"
+        )
+    _CONDITIONAL_WRITES_OK.add(store.url)
 
 
 # fsspec options (credentials, endpoint...) by URL prefix; see register_storage_options.
@@ -189,7 +344,11 @@ def url_to_fs(url: str, **options: Any) -> tuple[fsspec.AbstractFileSystem, str]
     Every place that opens a URL goes through here, so registered credentials
     reach every filesystem musicflow opens.
     """
-    return fsspec.core.url_to_fs(url, **{**storage_options_for(url), **options})
+    merged = {**storage_options_for(url), **options}
+    if _is_local_path(url):
+        # fsspec reads "::" as a chain of URLs ("/music/a::b.mp3" would open "/music/a").
+        return LocalFileSystem(**merged), LocalFileSystem._strip_protocol(url)
+    return fsspec.core.url_to_fs(url, **merged)
 
 
 def open_store(url: str) -> Store:
@@ -230,6 +389,15 @@ def _pid_alive(pid: int) -> bool:
 def is_local_fs(fs: fsspec.AbstractFileSystem) -> bool:
     """True for the local disk, where renames are atomic and paths need no protocol."""
     return isinstance(fs, LocalFileSystem)
+
+
+def _is_local_path(url: str) -> bool:
+    """A plain local path (no protocol), whatever characters its names hold."""
+    if "://" in url:
+        return False
+    if url.startswith(("/", "./", "../", "~")) or "::" not in url:
+        return not re.match(r"^[a-zA-Z][\w+.-]+:", url) or os.path.lexists(url)
+    return os.path.lexists(url)
 
 
 def _is_local_url(url: str) -> bool:

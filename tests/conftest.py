@@ -96,6 +96,18 @@ def demo_songs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return write_demo_songs(tmp_path_factory.mktemp("songs"), n_songs=6, seconds=(3.0, 6.0), seed=100)
 
 
+@pytest.fixture(scope="session")
+def long_mp3() -> bytes:
+    """~20 s of a chord as mp3, for the truncation and corruption tests."""
+    import numpy as np
+
+    from tasks.audio import encode_audio
+
+    t = np.arange(20 * 44100) / 44100
+    chord = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6)) / 4
+    return encode_audio(chord.astype(np.float32), sample_rate=44100, format="mp3")
+
+
 TINY_BLOCK = 1024  # 23 ms blocks, 1026 rfft features: a model that trains in seconds
 TINY_TRAIN = {
     "hidden": 32,

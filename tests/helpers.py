@@ -177,3 +177,98 @@ def native_threads_started_by(setup: str, action: str) -> list[str]:
     assert result.returncode == 0, result.stderr
     names: list[str] = json.loads(result.stdout.strip().splitlines()[-1])
     return names
+
+
+def ffmpeg(*args: str) -> None:
+    """Run ffmpeg quietly (test material is made with ffmpeg itself)."""
+    from tasks.audio import ffmpeg_binary
+
+    subprocess.run([ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def write_vbr_without_header(path: Path, *, intro_seconds: float = 8.0, seconds: float = 12.0) -> Path:
+    """A VBR mp3 with no Xing/Info header whose first seconds are digital silence.
+
+    ffmpeg can only estimate its length from the first frames' (lowest) bitrate:
+    the estimate is far longer than the song, which decodes completely.
+    """
+    rate = 44100
+    t = np.arange(int(seconds * rate)) / rate
+    music = 0.4 * np.sin(2 * np.pi * 330 * t) * (1 + np.sin(2 * np.pi * 0.5 * t)) / 2
+    music += np.random.default_rng(7).normal(0, 0.05, t.size)
+    signal = np.concatenate([np.zeros(int(intro_seconds * rate)), music]).astype("<f4")
+    raw = path.with_suffix(".f32")
+    raw.write_bytes(signal.tobytes())
+    ffmpeg("-f", "f32le", "-ar", str(rate), "-ac", "1", "-i", str(raw),
+           "-c:a", "libmp3lame", "-q:a", "2", "-write_xing", "0", str(path))  # fmt: skip
+    raw.unlink()
+    return path
+
+
+def corrupt_frames(mp3: bytes, *, seed: int = 5) -> bytes:
+    """``mp3`` with three spots of 600 random bytes in the middle: a few frames each."""
+    data = bytearray(mp3)
+    rng = np.random.default_rng(seed)
+    for share in (0.3, 0.5, 0.7):
+        start = int(len(data) * share)
+        data[start : start + 600] = rng.integers(0, 256, 600, dtype=np.uint8).tobytes()
+    return bytes(data)
+
+
+def mostly_garbage(mp3: bytes, *, seed: int = 6) -> bytes:
+    """The first tenth of ``mp3`` followed by nine times as many random bytes."""
+    head = mp3[: len(mp3) // 10]
+    return head + np.random.default_rng(seed).integers(0, 256, 9 * len(head), dtype=np.uint8).tobytes()
+
+
+def write_odd_files(directory: Path, songs: list[Path], long_mp3: bytes) -> dict[str, tuple[str, str]]:
+    """Every kind of bad or odd file, in ``directory``; returns ``{name: (outcome, fragment)}``.
+
+    ``songs`` are distinct valid songs (at least 5). Outcomes: ``ok``, ``warned`` (ok, with
+    decode warnings), ``failed`` (the error holds ``fragment``), ``duplicate`` (skipped).
+    Names are ``str`` as ``os.listdir`` gives them (a non-UTF-8 one has surrogate escapes).
+    """
+    import socket as socket_module
+
+    import soundfile
+
+    directory.mkdir(parents=True, exist_ok=True)
+    expected = write_bad_inputs(directory, songs[-1])
+    outcomes = {name: ("failed", fragment) for name, fragment in expected.items()}
+    shutil.copy(songs[0], directory / "plain.mp3")
+    outcomes["plain.mp3"] = ("ok", "")
+    shutil.copy(songs[0], directory / "zz-copy-of-plain.mp3")
+    outcomes["zz-copy-of-plain.mp3"] = ("duplicate", "")
+    shutil.copy(songs[1], directory / "chained::name.mp3")  # fsspec would read "::" as a URL chain
+    outcomes["chained::name.mp3"] = ("ok", "")
+    odd_name = os.fsdecode(b"caf\xe9-latin1.mp3")  # not UTF-8: pyarrow refuses it as a string
+    shutil.copy(songs[2], os.path.join(os.fsencode(directory), os.fsencode(odd_name)))
+    outcomes[odd_name] = ("ok", "")
+    os.mkfifo(directory / "fifo.mp3")  # hashing it would block forever
+    outcomes["fifo.mp3"] = ("failed", "FIFO")
+    os.symlink(directory / "gone" / "target.mp3", directory / "dangling.mp3")
+    outcomes["dangling.mp3"] = ("failed", "dangling")
+    try:
+        listener = socket_module.socket(socket_module.AF_UNIX)
+        listener.bind(str(directory / "socket.mp3"))
+        listener.close()
+        outcomes["socket.mp3"] = ("failed", "socket")
+    except OSError:  # a path too long for a socket: leave that kind out
+        pass
+    locked = directory / "no-permission.mp3"
+    shutil.copy(songs[3], locked)
+    locked.chmod(0)
+    # root reads any file: then it is simply a good song
+    outcomes[locked.name] = ("ok", "") if os.geteuid() == 0 else ("failed", "permission denied")
+    write_vbr_without_header(directory / "vbr-no-header.mp3")
+    outcomes["vbr-no-header.mp3"] = ("ok", "")
+    (directory / "corrupted-frames.mp3").write_bytes(corrupt_frames(long_mp3))
+    outcomes["corrupted-frames.mp3"] = ("warned", "concealed")
+    (directory / "garbage.mp3").write_bytes(mostly_garbage(long_mp3))
+    outcomes["garbage.mp3"] = ("failed", "undecodable")
+    tone = 0.3 * np.sin(2 * np.pi * 440 * np.arange(22050) / 22050)
+    soundfile.write(directory / "matlab.wav", np.stack([tone, tone], axis=1), 22050, format="MAT5")
+    outcomes["matlab.wav"] = ("ok", "")  # ffmpeg cannot open it, libsndfile can
+    shutil.copy(songs[4], directory / "deleted-mid-run.mp3")
+    outcomes["deleted-mid-run.mp3"] = ("failed", "disappeared")
+    return outcomes

@@ -10,11 +10,13 @@ import io
 import os
 import struct
 import subprocess
+import time
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import corrupt_frames, mostly_garbage, write_vbr_without_header
 from pydub import AudioSegment
 
 from musicflow.errors import DecodeError, DecoderMissingError, MusicflowError
@@ -58,14 +60,6 @@ def png_bytes(width: int = 8, height: int = 8) -> bytes:
         + chunk(b"IDAT", zlib.compress(rows))
         + chunk(b"IEND", b"")
     )
-
-
-@pytest.fixture(scope="module")
-def long_mp3() -> bytes:
-    """~20 s of a chord as mp3, for the truncation and corruption tests."""
-    t = np.arange(20 * SAMPLE_RATE) / SAMPLE_RATE
-    chord = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6)) / 4
-    return encode_audio(chord.astype(np.float32), sample_rate=SAMPLE_RATE, format="mp3")
 
 
 def assert_useful_message(error: BaseException) -> str:
@@ -336,14 +330,139 @@ def test_complete_long_mp3_is_not_truncated(tmp_path: Path, long_mp3: bytes) -> 
 
 
 @pytest.mark.parametrize("as_bytes", [False, True], ids=["path", "bytes"])
-def test_mp3_with_garbage_in_the_middle(tmp_path: Path, long_mp3: bytes, as_bytes: bool) -> None:
+def test_mp3_with_garbage_in_the_middle_is_kept_with_warnings(
+    tmp_path: Path, long_mp3: bytes, as_bytes: bool
+) -> None:
     middle = len(long_mp3) // 2
     garbage = np.random.default_rng(4).integers(0, 256, 20000, dtype=np.uint8).tobytes()
     payload = long_mp3[:middle] + garbage + long_mp3[middle:]
     source = payload if as_bytes else write(tmp_path / "corrupt.mp3", payload)
+
+    decoded = decode_audio(source)
+
+    assert decoded.seconds == pytest.approx(20.0, abs=1.0)
+    assert decoded.warnings and "concealed" in decoded.warnings
     with pytest.raises(DecodeError, match="corrupt") as raised:
-        decode_audio(source)
+        decode_audio(source, strict=True)  # the older policy: any decoder error fails the song
     assert_useful_message(raised.value)
+
+
+def _ffmpeg(*args: str) -> None:
+    subprocess.run([ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
+
+
+def test_a_few_corrupted_frames_are_concealed(tmp_path: Path, long_mp3: bytes) -> None:
+    decoded = decode_audio(write(tmp_path / "frames.mp3", corrupt_frames(long_mp3)))
+    assert decoded.seconds == pytest.approx(20.0, abs=0.5)
+    assert decoded.warnings and "decode error" in decoded.warnings
+
+
+def test_a_mostly_garbage_file_fails(tmp_path: Path, long_mp3: bytes) -> None:
+    with pytest.raises(DecodeError, match="corrupt") as raised:
+        decode_audio(write(tmp_path / "garbage.mp3", mostly_garbage(long_mp3)))
+    assert "undecodable" in assert_useful_message(raised.value)
+
+
+def test_vbr_mp3_without_header_and_a_quiet_intro_is_whole(tmp_path: Path) -> None:
+    """Without a Xing/Info header ffmpeg estimates the length from the first frames' bitrate:
+    a silent intro (the lowest bitrate) makes the estimate far too long. The decoded length wins."""
+    mp3 = write_vbr_without_header(tmp_path / "vbr.mp3", intro_seconds=8.0, seconds=12.0)
+
+    decoded = decode_audio(str(mp3))
+
+    assert decoded.seconds == pytest.approx(20.0, abs=0.1)
+    assert decoded.warnings is None
+    with pytest.raises(DecodeError, match="truncated"):
+        decode_audio(str(mp3), strict=True)  # what the older policy made of it
+
+
+def test_a_file_ffmpeg_cannot_open_is_read_with_libsndfile(tmp_path: Path) -> None:
+    import soundfile
+
+    stereo = np.stack([sine(440.0, 1.0, sample_rate=22050), sine(220.0, 1.0, sample_rate=22050)], axis=1)
+    path = tmp_path / "matlab.wav"  # a MAT5 file: libsndfile reads it, ffmpeg has no demuxer for it
+    soundfile.write(path, stereo, 22050, format="MAT5", subtype="FLOAT")
+    probe = subprocess.run([ffmpeg_binary(), "-v", "error", "-i", str(path), "-f", "null", "-"],
+                           capture_output=True)  # fmt: skip
+    assert probe.returncode != 0, "ffmpeg opened the file: the test no longer tests the fallback"
+
+    decoded = decode_audio(str(path))
+
+    assert decoded.channels == 2
+    assert decoded.samples.shape[0] == pytest.approx(SAMPLE_RATE, abs=64)  # resampled 22050 -> 44100
+    assert peak_frequency(decoded.samples, SAMPLE_RATE) == pytest.approx(330.0, abs=115.0)
+    native = decode_audio(str(path), sample_rate=22050)
+    np.testing.assert_allclose(native.samples, stereo.mean(axis=1), atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [2, 6])
+def test_ffmpeg_mono_mix_is_the_mean_of_the_channels(tmp_path: Path, channels: int) -> None:
+    """The mix ffmpeg does (pan) equals the numpy mean the decoder did before, in float32."""
+    rng = np.random.default_rng(channels)
+    frames = rng.uniform(-0.5, 0.5, (SAMPLE_RATE // 4, channels)).astype("<f4")
+    raw = tmp_path / "multi.f32"
+    raw.write_bytes(frames.tobytes())
+    wav = tmp_path / "multi.wav"
+    _ffmpeg("-f", "f32le", "-ar", str(SAMPLE_RATE), "-ac", str(channels), "-i", str(raw),
+            "-c:a", "pcm_f32le", str(wav))  # fmt: skip
+    decoded = decode_audio(str(wav))
+    assert decoded.channels == channels
+    previous = frames[:, 0].copy()  # the numpy mix of the decoder before (sum, then scale)
+    for channel in range(1, channels):
+        previous += frames[:, channel]
+    previous *= np.float32(1.0 / channels)
+    np.testing.assert_allclose(decoded.samples, previous, atol=2e-7)
+
+
+@pytest.mark.parametrize("name", ["a::b.wav", "-starts-with-dash.wav", "proto:colon.wav"])
+def test_odd_file_names_decode(tmp_path: Path, name: str) -> None:
+    audio = sine(500.0, 0.3)
+    path = write(tmp_path / name, encode_audio(audio, sample_rate=SAMPLE_RATE, format="wav"))
+    np.testing.assert_allclose(decode_audio(path).samples, quantised(audio), atol=1e-6)
+
+
+def test_a_hung_decoder_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    hung = tmp_path / "ffmpeg"
+    hung.write_text("#!/bin/sh\nexec sleep 60\n")
+    hung.chmod(0o755)
+    monkeypatch.setattr(AudioSegment, "converter", str(hung))
+    source = write(tmp_path / "song.wav", b"RIFF" + bytes(100))
+    started = time.monotonic()
+    with pytest.raises(DecodeError, match="timed out"):
+        decode_audio(source, timeout=1.0)
+    assert time.monotonic() - started < 10
+
+
+def test_decode_timeout_grows_with_the_file() -> None:
+    from tasks.audio import decode_timeout
+
+    assert decode_timeout(0) < decode_timeout(100 * 2**20)
+    assert decode_timeout(5 * 2**20) >= 60
+
+
+@pytest.mark.parametrize(
+    ("facts", "verdict"),
+    [
+        ({"stated_seconds": 30.0, "stated_exact": False}, None),  # estimate: the decode wins
+        ({"stated_seconds": 30.0, "stated_exact": True}, "truncated"),
+        ({"errors": ["Header missing"], "n_errors": 3, "packets": 1000, "frames": 997}, "concealed"),
+        ({"errors": ["Header missing"], "n_errors": 70, "packets": 170, "frames": 100,
+          "stated_seconds": 25.0, "stated_exact": False}, "undecodable"),  # 10/25 s of the estimate
+        ({"errors": ["x"], "n_errors": 1, "stated_seconds": 10.5, "stated_exact": True}, "concealed"),
+        ({"errors": ["x"], "n_errors": 1, "stated_seconds": 20.0, "stated_exact": True}, "truncated"),
+    ],
+)  # fmt: skip
+def test_decode_policy(facts: dict, verdict: str | None) -> None:
+    from tasks.audio import judge_decode
+
+    arguments = {"decoded_seconds": 10.0, "stated_seconds": None, "stated_exact": True, "errors": [],
+                 "n_errors": 0, "packets": None, "frames": None, **facts}  # fmt: skip
+    if verdict in (None, "concealed"):
+        warnings = judge_decode(**arguments)
+        assert (warnings is None) if verdict is None else (verdict in (warnings or ""))
+    else:
+        with pytest.raises(DecodeError, match=verdict):
+            judge_decode(**arguments)
 
 
 def test_decode_errors_are_musicflow_errors() -> None:

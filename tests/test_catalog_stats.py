@@ -23,8 +23,9 @@ from musicflow.config import FeatureConfig, IngestConfig
 from musicflow.errors import ConfigError
 from tasks import ingest
 from tasks.catalog import (
-    CATALOG_FILE,
+    CATALOG_DIR,
     CATALOG_SCHEMA,
+    SOURCE_BYTES,
     STATUS_FAILED,
     STATUS_OK,
     CatalogRow,
@@ -73,7 +74,7 @@ def test_rows_round_trip_through_parquet() -> None:
         row("b" * 64, STATUS_FAILED, mtime=None, error="not audio: ünïcode"),
     ]
     table = rows_to_table(rows)
-    assert table.schema == CATALOG_SCHEMA
+    assert table.schema == CATALOG_SCHEMA.append(SOURCE_BYTES)
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     back = pq.read_table(io.BytesIO(buffer.getvalue()))
@@ -90,6 +91,8 @@ def test_rows_round_trip_through_parquet() -> None:
         "status",
         "error",
         "ingested_at",
+        "warnings",
+        "source_bytes",
     ]
     assert back.schema.field("bytes").type == pa.int64()
     assert back.schema.field("offset").type == pa.int64()
@@ -112,7 +115,6 @@ def test_read_and_write_catalog(tmp_path: Path) -> None:
     assert read_catalog(store, DIR) == []
     rows = [row("a"), row("b", STATUS_FAILED), row("c")]
     write_catalog(store, DIR, [], rows)
-    assert store.exists(DIR, CATALOG_FILE)
     assert read_catalog(store, DIR) == rows
     # A retried song replaces its failed row; the order is the commit order.
     retried = row("b", n_blocks=3, shard="shards/b.zarr")
@@ -148,7 +150,7 @@ def test_new_rows() -> None:
 def test_append_rows_never_duplicates(tmp_path: Path) -> None:
     store = open_store(str(tmp_path))
     assert append_rows(store, DIR, []) == []
-    assert store.exists(DIR, CATALOG_FILE)  # an empty catalog marks a dataset with nothing yet
+    assert not store.exists(DIR, CATALOG_DIR)  # nothing to commit: nothing written
     assert read_catalog(store, DIR) == []
 
     first = [row("a"), row("b", STATUS_FAILED)]
@@ -161,9 +163,9 @@ def test_append_rows_never_duplicates(tmp_path: Path) -> None:
         ("c", STATUS_OK, 0),
         ("b", STATUS_OK, 2),
     ]
-    before = os.stat(store.path(DIR, CATALOG_FILE)).st_mtime_ns
+    before = sorted(os.listdir(store.path(DIR, CATALOG_DIR)))
     assert append_rows(store, DIR, [row("a"), row("c")]) == []
-    assert os.stat(store.path(DIR, CATALOG_FILE)).st_mtime_ns == before  # nothing to add: not rewritten
+    assert sorted(os.listdir(store.path(DIR, CATALOG_DIR))) == before  # nothing to add: no new version
     assert read_catalog(store, DIR) == catalog
 
 
@@ -371,7 +373,9 @@ def test_plan_of_a_new_dataset(listed: list[SourceFile]) -> None:
     plan = plan_ingest(listed, [])
     assert plan.n_listed == 4
     assert [os.path.basename(item.uri) for item in plan.todo] == ["a.mp3", "b.mp3", "c.mp3"]
-    assert [item.song_id for item in plan.todo] == [_sha(item) for item in plan.todo]
+    # Only files that share their size with another could share content: the planner hashes
+    # those (b, d); a and c are hashed by the worker that decodes them, reading them once.
+    assert [item.song_id for item in plan.todo] == [None, _sha(plan.todo[1]), None]
     assert [os.path.basename(item.uri) for item in plan.duplicates] == ["d.mp3"]  # same bytes as b
     assert plan.duplicates[0].song_id == plan.todo[1].song_id
     assert plan.known == []
@@ -406,7 +410,7 @@ def test_a_touched_or_moved_file_is_known_by_content(listed: list[SourceFile]) -
     plan = plan_ingest([touched], catalog)
     assert plan.todo == []
     assert [item.song_id for item in plan.known] == [catalog[0].song_id]
-    moved = replace(row("unused"), song_id=catalog[0].song_id, source="/elsewhere/a.mp3")
+    moved = replace(row("unused"), song_id=catalog[0].song_id, source="/elsewhere/a.mp3", bytes=a.bytes)
     plan = plan_ingest([a], [moved])
     assert plan.todo == []
     assert [item.song_id for item in plan.known] == [catalog[0].song_id]
@@ -419,7 +423,7 @@ def test_changed_content_under_the_same_name_is_new(listed: list[SourceFile]) ->
     changed = list_audio_files(a.uri)[0]
     plan = plan_ingest([changed], catalog)
     assert [item.uri for item in plan.todo] == [a.uri]
-    assert plan.todo[0].song_id != catalog[0].song_id
+    assert plan.todo[0].song_id is None  # a new size: new content, hashed by its worker
 
 
 def test_failed_songs_are_retried_only_when_asked(listed: list[SourceFile]) -> None:
@@ -428,7 +432,7 @@ def test_failed_songs_are_retried_only_when_asked(listed: list[SourceFile]) -> N
     assert (plan.todo, [item.song_id for item in plan.known]) == ([], [failed.song_id])
     plan = plan_ingest(listed[2:3], [failed], retry_failed=True)
     assert plan.known == []
-    assert [(item.uri, item.song_id) for item in plan.todo] == [(listed[2].uri, failed.song_id)]
+    assert [item.uri for item in plan.todo] == [listed[2].uri]
 
 
 # =========================================================================== refresh_stats
@@ -459,12 +463,19 @@ def test_refresh_stats_follows_the_catalog(tmp_path: Path) -> None:
     expected = FeatureStats.from_features(np.concatenate(data[:2]))
     _assert_stats_equal(refresh_stats(store, dataset_id), expected)
     _assert_stats_equal(read_stats(store, dataset_id), expected)
-    assert store.read_json(directory, STATS_FILE)["shards"] == sorted(shards[:2])
-    # stats.json counting a shard the catalog does not reference (a run killed between its
-    # two commits) is rebuilt from the referenced shards only.
+    assert store.read_json(directory, STATS_FILE)["version"] == 2  # the catalog version it covers
+    # stats.json of a store from before the catalog log (it listed its shards) is migrated,
+    # and one counting a shard the catalog does not reference is rebuilt from the referenced ones.
     counted_too_much = expected.merge(FeatureStats.from_features(data[2]))
     store.write_json({**counted_too_much.to_json(), "shards": sorted(shards)}, directory, STATS_FILE)
     _assert_stats_equal(refresh_stats(store, dataset_id), expected)
+    # A run killed between its catalog commit and its statistics: the next refresh catches up.
+    commit(2)
+    _assert_stats_equal(refresh_stats(store, dataset_id), FeatureStats.from_features(np.concatenate(data)))
+    store.write_json({**expected.to_json(), "version": 2}, directory, STATS_FILE)
+    _assert_stats_equal(refresh_stats(store, dataset_id), FeatureStats.from_features(np.concatenate(data)))
+    assert store.read_json(directory, STATS_FILE)["version"] == 3
+    expected = FeatureStats.from_features(np.concatenate(data))
     _assert_stats_equal(read_stats(store, dataset_id), expected)
     # A failed row adds nothing.
     append_rows(store, directory, [row("bad", STATUS_FAILED)])

@@ -150,7 +150,7 @@ def test_killed_run_resumes_with_every_song_once(tmp_path: Path, demo_songs: lis
     catalog = None
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and process.poll() is None:
-        catalogs = list(Path(store).glob("datasets/*/catalog.parquet"))
+        catalogs = list(Path(store).glob("datasets/*/catalog/*.parquet"))
         if catalogs:
             catalog = catalogs[0]
             break
@@ -158,7 +158,7 @@ def test_killed_run_resumes_with_every_song_once(tmp_path: Path, demo_songs: lis
     os.killpg(process.pid, signal.SIGKILL)  # the flow process and its Dask workers
     process.wait()
     assert catalog is not None, "the run ended before it committed anything"
-    dataset_id = catalog.parent.name
+    dataset_id = catalog.parent.parent.name
     committed = read_catalog(open_store(store), dataset_dir(dataset_id))
     assert 0 < len(committed) < len(songs), "the kill did not land mid-run"
 

@@ -139,7 +139,7 @@ def test_a_killed_dask_worker_is_replaced_and_its_batch_retried(tmp_path: Path) 
     killed = None
     deadline = time.monotonic() + 120
     while killed is None and time.monotonic() < deadline and process.poll() is None:
-        if list(Path(store).glob("datasets/*/catalog.parquet")):  # the first batch is committed
+        if list(Path(store).glob("datasets/*/catalog/*.parquet")):  # the first batch is committed
             workers = _dask_worker_processes(process.pid)
             if workers:
                 killed = workers[0].pid

@@ -9,7 +9,7 @@ import pytest
 from helpers import assert_store_consistent, copy_songs, flow_run_artifacts, write_bad_inputs
 
 from flows.ingest import ingest
-from tasks.catalog import CATALOG_FILE, read_catalog
+from tasks.catalog import CATALOG_DIR, read_catalog
 from tasks.dataset import dataset_dir
 from tasks.shards import read_blocks
 from tasks.store import open_store
@@ -43,15 +43,15 @@ def test_second_run_decodes_nothing_and_new_songs_are_added(tmp_path: Path, demo
     source, store = tmp_path / "songs", str(tmp_path / "store")
     copy_songs(demo_songs[:3], source)
     first = ingest(source=str(source), store=store, workers=1)
-    catalog_path = Path(store) / dataset_dir(first["dataset_id"]) / CATALOG_FILE
-    catalog_bytes = catalog_path.read_bytes()
+    catalog_path = Path(store) / dataset_dir(first["dataset_id"]) / CATALOG_DIR
+    catalog_files = {path.name: path.read_bytes() for path in catalog_path.iterdir()}
 
     again = ingest(source=str(source), store=store, workers=1)
 
     assert again["songs_ok"] == again["songs_failed"] == 0
     assert again["songs_skipped"] == 3
     assert again["shards"] == []
-    assert catalog_path.read_bytes() == catalog_bytes
+    assert {path.name: path.read_bytes() for path in catalog_path.iterdir()} == catalog_files
 
     copy_songs(demo_songs[3:5], source)
     third = ingest(source=str(source), store=store, workers=1)

@@ -1,0 +1,185 @@
+"""One file at a time through ingest's worker side (tasks/ingest.py), without Prefect or Dask:
+odd names, special files, unreadable and vanishing files, any exception, streaming exactness."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from musicflow.config import FeatureConfig, IngestConfig
+from tasks import ingest
+from tasks.audio import decode_audio
+from tasks.catalog import read_catalog
+from tasks.dataset import commit_batch, dataset_dir, prepare_dataset, read_rows
+from tasks.ingest import SourceFile, ingest_batch, list_audio_files, plan_ingest
+from tasks.store import open_store
+from tasks.transforms import get_transform
+
+CONFIG = IngestConfig()
+
+
+@pytest.fixture
+def store_url(tmp_path: Path) -> str:
+    url = str(tmp_path / "store")
+    prepare_dataset(open_store(url), CONFIG)
+    return url
+
+
+def run_batch(files: list[SourceFile], store_url: str, *, seconds: float = 60) -> list:
+    """ingest_batch in a thread, so that a file that blocks fails the test instead of hanging it."""
+    result: dict[str, object] = {}
+
+    def work() -> None:
+        result["value"] = ingest_batch(
+            files, store_url=store_url, dataset_id=CONFIG.features.dataset_id, config=CONFIG
+        )
+
+    thread = threading.Thread(target=work, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), "ingest_batch blocked"
+    batch = result["value"]
+    commit_batch(open_store(store_url), CONFIG.features.dataset_id, batch)  # type: ignore[arg-type]
+    return batch.rows  # type: ignore[attr-defined, no-any-return]
+
+
+def test_a_name_with_a_double_colon_is_a_local_file(
+    tmp_path: Path, demo_songs: list[Path], store_url: str
+) -> None:
+    source = tmp_path / "songs"
+    source.mkdir()
+    song = Path(shutil.copy(demo_songs[0], source / "side::a.mp3"))  # fsspec: a URL chain "side" :: "a.mp3"
+    (row,) = run_batch(list_audio_files(str(source)), store_url)
+    assert row.ok, row.error
+    assert row.source == str(song)
+    assert row.seconds == pytest.approx(decode_audio(str(song)).seconds)
+
+
+def test_a_name_that_is_not_utf8_is_found_again_on_the_next_run(
+    tmp_path: Path, demo_songs: list[Path], store_url: str
+) -> None:
+    source = tmp_path / "songs"
+    source.mkdir()
+    raw_name = b"chanson-\xe9t\xe9.mp3"  # Latin-1: not UTF-8
+    shutil.copy(demo_songs[0], os.path.join(os.fsencode(source), raw_name))
+    files = list_audio_files(str(source))
+    (row,) = run_batch(files, store_url)
+    assert row.ok, row.error
+
+    (stored,) = read_rows(open_store(store_url), CONFIG.features.dataset_id)
+    assert os.fsencode(stored.source) == os.path.join(os.fsencode(source), raw_name)  # the exact bytes
+    plan = plan_ingest(list_audio_files(str(source)), [stored])
+    assert (plan.todo, len(plan.known)) == ([], 1)  # known by name, size and mtime: not read again
+    # What people see (summaries, artifacts, JSON) is valid UTF-8.
+    from tasks.catalog import display_text
+
+    assert display_text(stored.source).endswith("chanson-\\xe9t\\xe9.mp3")
+
+
+def test_special_files_and_dangling_links_fail_without_being_opened(tmp_path: Path, store_url: str) -> None:
+    source = tmp_path / "songs"
+    source.mkdir()
+    os.mkfifo(source / "pipe.mp3")  # opening it for reading would block until a writer comes
+    os.symlink(source / "missing.mp3", source / "dangling.mp3")
+    files = list_audio_files(str(source))
+    assert {Path(item.uri).name: bool(item.problem) for item in files} == {
+        "dangling.mp3": True,
+        "pipe.mp3": True,
+    }
+
+    rows = run_batch(files, store_url, seconds=30)
+
+    errors = {Path(row.source).name: row.error for row in rows}
+    assert "FIFO" in errors["pipe.mp3"]
+    assert "dangling" in errors["dangling.mp3"]
+    assert all(not row.ok for row in rows)
+    assert len({row.song_id for row in rows}) == 2
+
+
+def test_a_file_deleted_after_listing(tmp_path: Path, demo_songs: list[Path], store_url: str) -> None:
+    source = tmp_path / "songs"
+    source.mkdir()
+    song = Path(shutil.copy(demo_songs[0], source / "gone.mp3"))
+    files = list_audio_files(str(source))
+    song.unlink()
+    (row,) = run_batch(files, store_url)
+    assert not row.ok and "disappeared" in (row.error or "")
+
+
+def test_a_permission_error_is_a_failed_row(
+    tmp_path: Path, demo_songs: list[Path], store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "songs"
+    source.mkdir()
+    locked = Path(shutil.copy(demo_songs[0], source / "locked.mp3"))
+    locked.chmod(0)
+    real_open = open
+
+    def refusing_open(path: object, *args: object, **kwargs: object) -> object:
+        if str(path) == str(locked):  # root reads any file: refuse as a non-root user would be refused
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr("builtins.open", refusing_open)
+    (row,) = run_batch(list_audio_files(str(source)), store_url)
+    assert not row.ok and "permission denied" in (row.error or "")
+
+
+def test_any_exception_while_handling_a_file_is_its_failed_row(
+    tmp_path: Path, demo_songs: list[Path], store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "songs"
+    source.mkdir()
+    for song in demo_songs[:3]:
+        shutil.copy(song, source / song.name)
+    real = ingest.featurise_stream
+
+    def flaky(path: str, **kwargs: object) -> object:
+        if path.endswith(demo_songs[1].name):
+            raise ValueError("a bug in the featurizer")
+        return real(path, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(ingest, "featurise_stream", flaky)
+    rows = run_batch(list_audio_files(str(source)), store_url)
+    assert [row.ok for row in rows] == [True, False, True]
+    assert rows[1].error == "ValueError: a bug in the featurizer"
+    assert rows[1].song_id == ingest.sha256_of(str(source / demo_songs[1].name))  # its content, hashed
+
+
+def test_a_stalled_read_times_out(
+    tmp_path: Path, demo_songs: list[Path], store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "songs"
+    source.mkdir()
+    shutil.copy(demo_songs[0], source / "slow.mp3")
+    stalled = threading.Event()
+    monkeypatch.setattr(ingest, "_hash_handle", lambda handle: stalled.wait(30) and "")
+    monkeypatch.setattr(ingest, "READ_TIMEOUT_BASE_S", 0.5)
+    monkeypatch.setattr(ingest, "READ_TIMEOUT_S_PER_MB", 0.0)
+    (row,) = run_batch(list_audio_files(str(source)), store_url, seconds=20)
+    stalled.set()
+    assert not row.ok and "timed out" in (row.error or "")
+
+
+@pytest.mark.parametrize("shard_format", ["zarr", "parquet"])
+def test_streamed_features_equal_the_whole_song_transform(
+    tmp_path: Path, demo_songs: list[Path], shard_format: str
+) -> None:
+    config = replace(CONFIG, shard_format=shard_format, features=FeatureConfig(block_size=4096))
+    url = str(tmp_path / "store")
+    dataset_id = prepare_dataset(open_store(url), config)
+    files = list_audio_files(str(demo_songs[0].parent))[:3]
+    batch = ingest_batch(files, store_url=url, dataset_id=dataset_id, config=config)
+    commit_batch(open_store(url), dataset_id, batch)
+    from tasks.dataset import read_song
+
+    transform = get_transform(config.features)
+    for row in read_catalog(open_store(url), dataset_dir(dataset_id)):
+        whole = transform.forward(decode_audio(row.source).samples)
+        np.testing.assert_array_equal(read_song(open_store(url), dataset_id, row), whole)

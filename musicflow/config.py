@@ -13,10 +13,16 @@ from typing import Any, Literal
 
 from musicflow.errors import ConfigError
 
-Transform = Literal["rfft", "fft"]
+Transform = Literal["stft", "rfft", "fft"]
 ShardFormat = Literal["zarr", "parquet"]
 
-TRANSFORMS: tuple[str, ...] = ("rfft", "fft")
+# "stft" is the default (log-mel frames, phase reconstructed at generation); "rfft"/"fft" are the
+# seed's (GRUV) blocks.
+TRANSFORMS: tuple[str, ...] = ("stft", "rfft", "fft")
+DEFAULT_TRANSFORM = "stft"
+# Rates the transforms are decoded at unless told otherwise: the spectral model works at 22.05 kHz
+# (music up to 11 kHz, half the frames and compute), the seed at 44.1 kHz.
+DEFAULT_SAMPLE_RATES: dict[str, int] = {"stft": 22050, "rfft": 44100, "fft": 44100}
 SHARD_FORMATS: tuple[str, ...] = ("zarr", "parquet")
 AUDIO_EXTENSIONS: tuple[str, ...] = (
     ".mp3",
@@ -50,22 +56,30 @@ def _positive(name: str, value: float, *, maximum: float | None = None) -> None:
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """How songs become feature blocks; its hash is the dataset id.
+    """How songs become rows of features; its hash is the dataset id.
 
     Parameters
     ----------
     sample_rate : int
         Rate every song is resampled to, in Hz.
     block_size : int
-        Samples per block (11025 = 0.25 s at 44.1 kHz, as GRUV).
-    transform : {"rfft", "fft"}
-        ``rfft``: real||imag of the real FFT, ``2 * (block_size // 2 + 1)`` values.
-        ``fft``: real||imag of the full FFT, ``2 * block_size`` values (GRUV layout).
+        ``rfft``/``fft`` only: samples per block (11025 = 0.25 s at 44.1 kHz, as GRUV).
+    transform : {"stft", "rfft", "fft"}
+        ``stft``: log-magnitude of Hann-windowed overlapping frames (``n_fft`` samples every
+        ``hop_length``), compressed to ``n_mels`` mel bands (0 = every one of the
+        ``n_fft // 2 + 1`` linear bins). ``rfft``: real||imag of the real FFT of each block,
+        ``2 * (block_size // 2 + 1)`` values. ``fft``: real||imag of the full FFT,
+        ``2 * block_size`` values (GRUV layout).
+    n_fft, hop_length, n_mels : int
+        ``stft`` only (ignored, and left out of the dataset id, for the block transforms).
     """
 
     sample_rate: int = 44100
     block_size: int = 11025
     transform: str = "rfft"
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 128
 
     def __post_init__(self) -> None:
         _positive("sample_rate", self.sample_rate, maximum=384_000)
@@ -73,35 +87,91 @@ class FeatureConfig:
         if self.block_size < 2:
             raise ConfigError(f"invalid block_size {self.block_size!r}: must be at least 2")
         check_choice("transform", self.transform, TRANSFORMS)
+        for name in ("n_fft", "hop_length", "n_mels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"invalid {name} {value!r}: must be a non-negative integer")
+        if self.transform != "stft":
+            return
+        if not 16 <= self.n_fft <= 1 << 16:
+            raise ConfigError(f"invalid n_fft {self.n_fft!r}: must be in [16, 65536]")
+        if self.n_fft % 2:
+            raise ConfigError(f"invalid n_fft {self.n_fft!r}: must be even")
+        if not 1 <= self.hop_length <= self.n_fft // 2:
+            # Hann windows overlap-add to a constant only when they overlap at least by half.
+            raise ConfigError(
+                f"invalid hop_length {self.hop_length!r}: must be in [1, n_fft / 2 = {self.n_fft // 2}]"
+            )
+        if self.n_mels > self.n_fft // 2 + 1:
+            raise ConfigError(
+                f"invalid n_mels {self.n_mels!r}: more mel bands than the {self.n_fft // 2 + 1} "
+                f"frequency bins of n_fft {self.n_fft}"
+            )
+
+    @classmethod
+    def for_transform(cls, transform: str = DEFAULT_TRANSFORM, **values: Any) -> FeatureConfig:
+        """The config of ``transform`` with its default sample rate; ``values`` that are None are
+        left at their defaults."""
+        check_choice("transform", transform, TRANSFORMS)
+        given = {key: value for key, value in values.items() if value is not None}
+        given.setdefault("sample_rate", DEFAULT_SAMPLE_RATES[transform])
+        return cls(transform=transform, **given)
 
     @property
     def n_features(self) -> int:
-        """Values per block after the transform."""
+        """Values per row after the transform."""
+        if self.transform == "stft":
+            return self.n_mels or self.n_fft // 2 + 1
         if self.transform == "rfft":
             return 2 * (self.block_size // 2 + 1)
         return 2 * self.block_size
 
     @property
+    def frame_step(self) -> int:
+        """Samples of audio per row: the hop for ``stft``, the block for ``rfft``/``fft``."""
+        return self.hop_length if self.transform == "stft" else self.block_size
+
+    @property
     def block_seconds(self) -> float:
-        return self.block_size / self.sample_rate
+        """Seconds of audio per row (block or frame)."""
+        return self.frame_step / self.sample_rate
+
+    def _identity(self) -> dict[str, Any]:
+        # The block transforms keep the fields (and so the ids) they had before stft existed.
+        identity: dict[str, Any] = {
+            "sample_rate": self.sample_rate,
+            "block_size": self.block_size,
+            "transform": self.transform,
+        }
+        if self.transform == "stft":
+            identity = {
+                "sample_rate": self.sample_rate,
+                "transform": self.transform,
+                "n_fft": self.n_fft,
+                "hop_length": self.hop_length,
+                "n_mels": self.n_mels,
+            }
+        return identity
 
     @property
     def dataset_id(self) -> str:
-        """Readable and unique: ``rfft-b11025-sr44100-<hash>``."""
-        payload = json.dumps({**asdict(self), "version": FEATURE_VERSION}, sort_keys=True)
+        """Readable and unique: ``rfft-b11025-sr44100-<hash>``, ``stft-n1024-h256-m80-sr22050-<hash>``."""
+        payload = json.dumps({**self._identity(), "version": FEATURE_VERSION}, sort_keys=True)
         digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
+        if self.transform == "stft":
+            shape = f"n{self.n_fft}-h{self.hop_length}-m{self.n_mels}"
+            return f"stft-{shape}-sr{self.sample_rate}-{digest}"
         return f"{self.transform}-b{self.block_size}-sr{self.sample_rate}-{digest}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "version": FEATURE_VERSION, "n_features": self.n_features}
+        return {**self._identity(), "version": FEATURE_VERSION, "n_features": self.n_features}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FeatureConfig:
-        return cls(
-            sample_rate=int(values["sample_rate"]),
-            block_size=int(values["block_size"]),
-            transform=str(values["transform"]),
-        )
+        optional = {
+            name: int(values[name]) for name in ("block_size", "n_fft", "hop_length", "n_mels") if name in values
+        }
+        return cls(sample_rate=int(values["sample_rate"]), transform=str(values["transform"]), **optional)
 
 
 @dataclass(frozen=True)

@@ -14,14 +14,14 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from musicflow.config import TrainConfig
 from tasks.prefect_tasks import train_model
 from tasks.store import open_store
-from tasks.train import LOSS_CURVE_FILE, model_dir
+from tasks.train import LOSS_CURVE_FILE, default_preset, model_dir
 
 
 @flow(name="train")
 def train(
     store: str,
     dataset: str | None = None,
-    preset: str = "small",
+    preset: str | None = None,
     epochs: int | None = None,
     hidden: int | None = None,
     layers: int | None = None,
@@ -32,6 +32,10 @@ def train(
     learning_rate: float | None = None,
     patience: int | None = None,
     shuffle_buffer: int | None = None,
+    frames_per_step: int | None = None,
+    mixtures: int | None = None,
+    input_noise: float | None = None,
+    dropout: float | None = None,
     normalize: bool = True,
     seed: int = 0,
     resume: bool = True,
@@ -39,6 +43,7 @@ def train(
 ) -> dict[str, Any]:
     """Train (or resume) a model; returns its card (config, losses per epoch, params...)."""
     logger = get_run_logger()
+    preset = preset or default_preset(open_store(store), dataset)  # by the dataset's transform
     config = TrainConfig.from_preset(
         preset,
         epochs=epochs,
@@ -51,6 +56,10 @@ def train(
         learning_rate=learning_rate,
         patience=patience,
         shuffle_buffer=shuffle_buffer,
+        frames_per_step=frames_per_step,
+        mixtures=mixtures,
+        input_noise=input_noise,
+        dropout=dropout,
         normalize=normalize,
         seed=seed,
     )

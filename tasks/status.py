@@ -73,6 +73,8 @@ def generated_status(report: dict[str, Any]) -> dict[str, Any]:
         "seconds": report["seconds"],
         "count": len(report["clips"]),
         "collapsed": [clip["metrics"]["collapsed"] for clip in report["clips"]],
+        "quality": report.get("quality", {}).get("quality"),
+        "loudness_difference_db": report.get("quality", {}).get("loudness", {}).get("difference_db"),
         "metrics": {clip["name"]: clip["metrics"] for clip in report["clips"]},
         "location": report.get("location"),
     }

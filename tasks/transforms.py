@@ -194,7 +194,9 @@ class SpectralTransform(Transform):
         n_fft, hop = self.features.n_fft, self.features.hop_length
         if n_frames <= 0:
             return np.zeros((0, self.n_features), dtype=np.float32)
-        frames = np.lib.stride_tricks.sliding_window_view(padded[: (n_frames - 1) * hop + n_fft], n_fft)[::hop]
+        frames = np.lib.stride_tricks.sliding_window_view(padded[: (n_frames - 1) * hop + n_fft], n_fft)[
+            ::hop
+        ]
         spectrum = scipy.fft.rfft(frames * _window(n_fft), axis=1)
         power = np.square(spectrum.real) + np.square(spectrum.imag)
         if self.features.n_mels:
@@ -268,6 +270,17 @@ class SpectralTransform(Transform):
         gain = np.float32(scipy.signal.get_window("hann", n_fft, fftbins=True).sum())
         target = np.ascontiguousarray((np.concatenate([magnitudes, magnitudes[-1:]]) * gain).T)
         options = {"n_fft": n_fft, "hop_length": hop, "window": "hann", "center": True}
+        if known is None:  # librosa's own loop: the same algorithm, with its buffers reused
+            return librosa.griffinlim(
+                target,
+                n_iter=n_iter,
+                length=length,
+                pad_mode="constant",
+                momentum=0.99,
+                init="random",
+                random_state=int(rng.integers(2**31)),
+                **options,
+            ).astype(np.float32)
         angles = np.exp(2j * np.pi * rng.random(target.shape)).astype(np.complex64)
         pinned = None
         if known is not None:
@@ -307,7 +320,9 @@ class _SpectralFeaturizer(Featurizer):
         samples = np.asarray(samples, dtype=np.float32).reshape(-1)
         self.n_samples += samples.shape[0]
         self.buffer = np.concatenate([self.buffer, samples])
-        ready = (self.buffer.shape[0] - self.n_fft) // self.hop + 1 if self.buffer.shape[0] >= self.n_fft else 0
+        ready = (
+            (self.buffer.shape[0] - self.n_fft) // self.hop + 1 if self.buffer.shape[0] >= self.n_fft else 0
+        )
         return self._emit(ready)
 
     def finish(self) -> np.ndarray:

@@ -14,29 +14,11 @@ from typing import Any
 
 import pytest
 from conftest import TINY_BLOCK
-from helpers import artifact_table, flow_run_artifacts, musicflow, write_periodic_songs
+from helpers import artifact_table, flow_run_artifacts, musicflow, run_cli, write_periodic_songs
 
 from tasks.generate import METRICS_FILE
 
 SR = 44100
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``musicflow ARGS`` in this process (argument checks happen before any flow starts)."""
-    from musicflow.cli import main
-
-    capsys.readouterr()
-    environ = dict(os.environ)  # the CLI quiets Prefect's console logging through the environment
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code if isinstance(exit.code, int) else 1
-    finally:
-        os.environ.clear()
-        os.environ.update(environ)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line_error(err: str, *fragments: str) -> None:

@@ -46,6 +46,7 @@ METRIC_KEYS = {
     "spectral_flatness",
     "loop_correlation",
     "loop_lag_blocks",
+    "variation_db",
     "collapsed",
     "spectral_centroid_hz_z",
     "spectral_flatness_z",
@@ -129,13 +130,14 @@ def test_metrics_json_holds_the_report_and_the_metrics(two_clips: dict[str, Any]
     for clip in report["clips"]:
         assert clip["files"] == [f"{clip['name']}.wav", f"{clip['name']}.mp3", f"{clip['name']}.png"]
         assert set(clip["metrics"]) == METRIC_KEYS
+        assert set(clip["quality"]) >= {"quality", "d_gen", "d_real", "d_noise", "lufs", "onset_rate"}
         samples, *_ = read_wav(two_clips["dir"] / f"{clip['name']}.wav")
         metrics = clip["metrics"]
         assert metrics["seconds"] == pytest.approx(samples.shape[0] / SR)
         rms = float(np.sqrt(np.mean(samples**2)))
         assert metrics["rms_dbfs"] == pytest.approx(20 * np.log10(rms), abs=0.05)
         assert metrics["peak"] == pytest.approx(np.abs(samples).max(), abs=1e-3)
-        assert metrics["collapsed"] in (None, "silence", "noise", "loop")
+        assert metrics["collapsed"] in (None, "silence", "noise", "loop", "static")
         assert 0.0 <= metrics["nearest_training"]["mean"] <= metrics["nearest_training"]["max"] <= 1.0 + 1e-6
     assert sorted(os.listdir(two_clips["dir"])) == sorted(
         [METRICS_FILE] + [file for clip in report["clips"] for file in clip["files"]]

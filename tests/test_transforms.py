@@ -152,5 +152,10 @@ def test_block_transform_ids_do_not_change_with_the_new_fields() -> None:
     assert FeatureConfig().dataset_id == "rfft-b11025-sr44100-c766d90a3e"
     assert FeatureConfig(transform="fft", block_size=1024).dataset_id == "fft-b1024-sr44100-9dce08b711"
     assert FeatureConfig(n_mels=64).dataset_id == FeatureConfig().dataset_id
-    assert FeatureConfig.for_transform("stft").dataset_id != FeatureConfig.for_transform("stft", n_mels=64).dataset_id
-    assert FeatureConfig.from_dict(FeatureConfig.for_transform("stft").to_dict()) == FeatureConfig.for_transform("stft")
+    assert (
+        FeatureConfig.for_transform("stft").dataset_id
+        != FeatureConfig.for_transform("stft", n_mels=64).dataset_id
+    )
+    assert FeatureConfig.from_dict(
+        FeatureConfig.for_transform("stft").to_dict()
+    ) == FeatureConfig.for_transform("stft")

@@ -41,7 +41,7 @@ def build_deployments(
     ingest_every: float | None = None,
     workers: int | None = None,
     dask_address: str | None = None,
-    preset: str = "small",
+    preset: str | None = None,  # None: the train flow picks it by the dataset's transform
     epochs: int | None = None,
     seconds: float = 10.0,
     count: int = 1,

@@ -397,7 +397,7 @@ def generate_run(
     default (:func:`default_temperature`). Returns the content of ``metrics.json``.
     """
     from tasks.audio import encode_audio
-    from tasks.quality import model_song_sets, score_run
+    from tasks.quality import continuations, model_song_sets, score_run, seed_seconds
 
     if not 0 < seconds <= MAX_SECONDS:
         raise ConfigError(f"invalid seconds {seconds!r}: must be in (0, {MAX_SECONDS:g}]")
@@ -423,14 +423,16 @@ def generate_run(
     except OSError as error:
         raise StoreError(f"cannot write to {store.full_url(directory)!r}: {error}") from error
     sample = training_sample(store, loaded)
-    song_sets = model_song_sets(store, loaded.card)
+    # The reference leaves out the seeds and what follows them: the continuations are the anchor.
+    song_sets = model_song_sets(store, loaded.card, after_seconds=seed_seconds(loaded.card) + seconds)
     block_size = analysis_block_size(features)
     reference = reference_distribution(
         np.concatenate([frame_blocks(song, block_size=block_size) for song in song_sets[1].audio]),
         sample_rate=features.sample_rate,
     )
     rng = np.random.default_rng(random_seed)
-    clips, clip_audio = [], []
+    clips: list[dict[str, Any]] = []
+    clip_audio: list[np.ndarray] = []
     for index in range(count):
         seed_features, seed_source = seed_blocks(
             store, loaded, kind=seed, seed_audio=seed_audio, index=index, rng=rng
@@ -475,7 +477,15 @@ def generate_run(
                 "metrics": metrics,
             }
         )
-    quality = score_run(clip_audio, *song_sets, sample_rate=features.sample_rate, seed=random_seed)
+    continued = continuations(
+        store,
+        loaded.card,
+        [clip["seed"] for clip in clips],
+        [audio.size / features.sample_rate for audio in clip_audio],
+    )
+    quality = score_run(
+        clip_audio, *song_sets, sample_rate=features.sample_rate, seed=random_seed, continued=continued
+    )
     for clip, scored in zip(clips, quality["per_clip"], strict=True):
         clip["quality"] = scored
     report = {

@@ -12,11 +12,20 @@ instead of embeddings)::
 
 The reference is the model's validation songs. Two anchors are measured in the
 same run, on the same reference, with the same amount of audio as the clips
-(same count, same lengths, averaged over a few draws):
+(same count, same lengths):
 
-- ``d_real``: excerpts of other real songs (the training songs): the floor;
+- ``d_real``, the floor: real music standing in for the clips. A clip seeded with
+  the start of a validation song (the default) is measured against that song's
+  own continuation, the audio right after the seed, which is what a perfect model
+  would have made; the reference then starts after the seed and the clip, so the
+  two never share a frame. Other clips (seeded by a file or noise) get excerpts of
+  other real songs (the training songs), averaged over a few draws. The latter
+  (``d_other_songs``, always reported) is a loose floor on a varied collection: on
+  drascula-music other songs are further from the validation songs than shaped
+  noise is, while the clips, which continue the validation songs, are closer than
+  both; the continuation is the comparison that stays ordered.
 - ``d_noise``: noise shaped to the training songs' average spectrum and level:
-  what a model that only learned the spectrum would give.
+  what a model that only learned the spectrum would give (averaged over draws).
 
 ``quality = (d_noise - d_gen) / (d_noise - d_real)``: about 1 is as close as
 real music, 0 or below is no better than shaped noise.
@@ -197,6 +206,7 @@ def quality_report(
     sample_rate: int,
     seed: int = 0,
     draws: int = ANCHOR_DRAWS,
+    continuations: Sequence[np.ndarray | None] | None = None,
 ) -> dict[str, Any]:
     """Score generated clips against the reference songs, with both anchors.
 
@@ -209,6 +219,9 @@ def quality_report(
     sample_rate : int
     seed : int
         The anchors' excerpts and noise are drawn from it, so a report is reproducible.
+    continuations : optional, one per clip
+        The real audio that follows each clip's seed in its song (None where there is none):
+        when every clip has one, they are the real anchor; else excerpts of ``real`` are.
 
     Returns
     -------
@@ -223,17 +236,22 @@ def quality_report(
     reference_stats = set_statistics(reference, sample_rate=sample_rate)
     spectrum, level = average_spectrum(real), rms_of(real)
 
-    def anchors(lengths: list[int]) -> tuple[float, float]:
-        d_real, d_noise = [], []
+    continued: list[np.ndarray | None] = (
+        list(continuations) if continuations is not None else [None] * len(clips)
+    )
+
+    def anchors(lengths: list[int], follows: list[np.ndarray | None]) -> tuple[float, float, float]:
+        """(d_real, d_other_songs, d_noise) of a set of clips of these lengths: the real set is each
+        clip's continuation where it has one, an excerpt of another song where not."""
+        d_real, d_other, d_noise = [], [], []
         for _ in range(draws):
-            d_real.append(
-                frechet_distance(
-                    set_statistics(excerpts(real, lengths, rng), sample_rate=sample_rate), reference_stats
-                )
-            )
+            others = excerpts(real, lengths, rng)
+            d_other.append(frechet_distance(set_statistics(others, sample_rate=sample_rate), reference_stats))
+            mixed = [item if item is not None else other for item, other in zip(follows, others, strict=True)]
+            d_real.append(frechet_distance(set_statistics(mixed, sample_rate=sample_rate), reference_stats))
             noise = [shaped_noise(length, spectrum=spectrum, rms=level, rng=rng) for length in lengths]
             d_noise.append(frechet_distance(set_statistics(noise, sample_rate=sample_rate), reference_stats))
-        return float(np.mean(d_real)), float(np.mean(d_noise))
+        return float(np.mean(d_real)), float(np.mean(d_other)), float(np.mean(d_noise))
 
     def score(d_gen: float, d_real: float, d_noise: float) -> float | None:
         span = d_noise - d_real
@@ -241,11 +259,14 @@ def quality_report(
 
     lengths = [clip.size for clip in clips]
     d_gen = frechet_distance(set_statistics(clips, sample_rate=sample_rate), reference_stats)
-    d_real, d_noise = anchors(lengths)
+    d_real, d_other, d_noise = anchors(lengths, continued)
+    n_continued = sum(item is not None for item in continued)
     per_clip = []
-    for clip in clips:
+    for clip, follows in zip(clips, continued, strict=True):
         clip_gen = frechet_distance(set_statistics([clip], sample_rate=sample_rate), reference_stats)
-        clip_real, clip_noise = (d_real, d_noise) if len(clips) == 1 else anchors([clip.size])
+        clip_real, _, clip_noise = (
+            (d_real, d_other, d_noise) if len(clips) == 1 else anchors([clip.size], [follows])
+        )
         per_clip.append(
             {
                 "quality": score(clip_gen, clip_real, clip_noise),
@@ -268,6 +289,10 @@ def quality_report(
         "d_gen": round(d_gen, 3),
         "d_real": round(d_real, 3),
         "d_noise": round(d_noise, 3),
+        "real_anchor": (
+            "continuations" if n_continued == len(clips) else "mixed" if n_continued else "other songs"
+        ),
+        "d_other_songs": round(d_other, 3),
         "features": (
             f"log-mel {QUALITY_N_MELS} bands, n_fft {QUALITY_N_FFT}, hop {QUALITY_HOP} "
             f"at {QUALITY_SAMPLE_RATE} Hz"
@@ -298,6 +323,7 @@ def quality_report(
 
 REFERENCE_SONGS = 8
 REFERENCE_SECONDS = 30.0
+MIN_EXCERPT_SECONDS = 2.0
 QUALITY_FILE = "quality.json"
 
 
@@ -319,9 +345,11 @@ def song_excerpts(
     *,
     max_songs: int = REFERENCE_SONGS,
     max_seconds: float = REFERENCE_SECONDS,
+    start_seconds: float | None = None,
 ) -> SongSet:
-    """The middle ``max_seconds`` of up to ``max_songs`` of the songs (spread evenly over the list),
-    at the dataset's sample rate.
+    """``max_seconds`` of up to ``max_songs`` of the songs (spread evenly over the list), at the
+    dataset's sample rate: from ``start_seconds``, or the middle of the song when None or when
+    less than ``MIN_EXCERPT_SECONDS`` is left after it.
 
     Each song is decoded from its source file when that is still readable (real audio, whatever
     the features); else its stored rows are inverted.
@@ -340,17 +368,20 @@ def song_excerpts(
     for song in wanted:
         row = rows[song]
         samples = _decode_source(row.source, features.sample_rate)
+        origins.add("source" if samples is not None else "features")
+        n_samples = samples.size if samples is not None else row.n_blocks * transform.frame_step
+        start = max(0, (n_samples - limit) // 2)
+        if start_seconds is not None:
+            wanted_start = int(start_seconds * features.sample_rate)
+            if n_samples - wanted_start >= MIN_EXCERPT_SECONDS * features.sample_rate:
+                start = wanted_start
         if samples is not None:
-            start = max(0, (samples.size - limit) // 2)
             audio.append(samples[start : start + limit])
-            origins.add("source")
             continue
         step = transform.frame_step
-        n_rows = min(row.n_blocks, -(-limit // step))
-        first = max(0, (row.n_blocks - n_rows) // 2)
-        song_rows = read_song(store, dataset_id, row, n_blocks=first + n_rows)[first:]
+        first, last = start // step, min(row.n_blocks, -(-(start + limit) // step))
+        song_rows = read_song(store, dataset_id, row, n_blocks=last)[first:]
         audio.append(np.clip(transform.inverse(song_rows), -1.0, 1.0)[:limit])
-        origins.add("features")
     origin = origins.pop() if len(origins) == 1 else ("mixed" if origins else "none")
     return SongSet(audio, wanted, origin)
 
@@ -368,13 +399,17 @@ def _decode_source(uri: str, sample_rate: int) -> np.ndarray | None:
         return None
 
 
-def model_song_sets(store: Store, card: dict[str, Any]) -> tuple[SongSet, SongSet]:
-    """The validation songs (the reference) and training songs (the real anchor) of a model.
+def model_song_sets(
+    store: Store, card: dict[str, Any], *, after_seconds: float | None = None
+) -> tuple[SongSet, SongSet]:
+    """The validation songs (the reference; from ``after_seconds`` into each song when given, so
+    that it leaves out the seeds and their continuations) and the training songs (the other-songs
+    anchor) of a model.
 
     Raises :class:`ConfigError` when the model has no validation song left in its dataset.
     """
     dataset_id = card["dataset_id"]
-    reference = song_excerpts(store, dataset_id, card.get("val_songs", []))
+    reference = song_excerpts(store, dataset_id, card.get("val_songs", []), start_seconds=after_seconds)
     if not reference.audio:
         raise ConfigError(
             f"model {card.get('model_id')!r} has no validation songs in dataset {dataset_id!r} "
@@ -386,12 +421,51 @@ def model_song_sets(store: Store, card: dict[str, Any]) -> tuple[SongSet, SongSe
     return reference, real
 
 
+def seed_seconds(card: dict[str, Any]) -> float:
+    """Seconds of a validation song that seed a clip of the model (``seq_len`` steps)."""
+    from musicflow.config import FeatureConfig, TrainConfig
+
+    features = FeatureConfig.from_dict(card["features"])
+    config = TrainConfig.from_dict(card["config"])
+    return config.seq_len * config.frames_per_step * features.block_seconds
+
+
+def continuations(
+    store: Store, card: dict[str, Any], seeds: Sequence[str], clip_seconds: Sequence[float]
+) -> list[np.ndarray | None]:
+    """For each clip seeded with a validation song (``"validation:<song_id>"``), the real audio that
+    follows the seed in that song, as long as the clip; None for other seeds or a song too short."""
+    start = seed_seconds(card)
+    rate = int(card["features"]["sample_rate"])
+    found: list[np.ndarray | None] = []
+    for seed, seconds in zip(seeds, clip_seconds, strict=True):
+        kind, _, song = seed.partition(":")
+        if kind != "validation":
+            found.append(None)
+            continue
+        excerpt = song_excerpts(store, card["dataset_id"], [song], max_seconds=seconds, start_seconds=start)
+        enough = bool(excerpt.audio) and excerpt.audio[0].size >= min(seconds, MIN_EXCERPT_SECONDS) * rate
+        found.append(excerpt.audio[0] if enough else None)
+    return found
+
+
 def score_run(
-    clips: Sequence[np.ndarray], reference: SongSet, real: SongSet, *, sample_rate: int, seed: int = 0
+    clips: Sequence[np.ndarray],
+    reference: SongSet,
+    real: SongSet,
+    *,
+    sample_rate: int,
+    seed: int = 0,
+    continued: Sequence[np.ndarray | None] | None = None,
 ) -> dict[str, Any]:
     """:func:`quality_report` of clips against a model's song sets, saying where the songs came from."""
     report = quality_report(
-        clips, reference=reference.audio, real=real.audio, sample_rate=sample_rate, seed=seed
+        clips,
+        reference=reference.audio,
+        real=real.audio,
+        sample_rate=sample_rate,
+        seed=seed,
+        continuations=continued,
     )
     report["reference_songs"] = len(reference.audio)
     report["real_songs"] = len(real.audio)
@@ -432,27 +506,37 @@ def evaluate(store: Store, *, model_id: str | None = None, run_id: str | None = 
             )
     else:
         model_id = resolve_model(store, model_id)
-        runs = [
+        reports = [
             store.read_json("generated", name, METRICS_FILE)
             for name in store.list_dirs("generated")
             if store.exists("generated", name, METRICS_FILE)
         ]
-        runs = [run for run in runs if run["model_id"] == model_id]
-        if not runs:
+        reports = [item for item in reports if item["model_id"] == model_id]
+        if not reports:
             raise ConfigError(
                 f"model {model_id!r} has no generated run in store {store.url!r}: "
                 "run `musicflow generate` first"
             )
-        run = max(runs, key=lambda item: item.get("created_at", ""))
+        run = max(reports, key=lambda item: item.get("created_at", ""))
     card = read_card(store, model_id)
-    reference, real = model_song_sets(store, card)
     clips, sample_rate = [], 0
     for clip in run["clips"]:
         sample_rate, data = scipy.io.wavfile.read(
             io.BytesIO(store.read_bytes("generated", run["run_id"], f"{clip['name']}.wav"))
         )
         clips.append(data.astype(np.float32) / 32768.0 if data.dtype == np.int16 else data.astype(np.float32))
-    report = score_run(clips, reference, real, sample_rate=sample_rate, seed=int(run.get("random_seed", 0)))
+    seeds = [clip.get("seed", "") for clip in run["clips"]]
+    lengths = [clip.size / sample_rate for clip in clips]
+    reference, real = model_song_sets(store, card, after_seconds=seed_seconds(card) + max(lengths))
+    continued = continuations(store, card, seeds, lengths)
+    report = score_run(
+        clips,
+        reference,
+        real,
+        sample_rate=sample_rate,
+        seed=int(run.get("random_seed", 0)),
+        continued=continued,
+    )
     report.update(
         {
             "run_id": run["run_id"],

@@ -82,7 +82,7 @@ def test_train_is_triggered_by_every_completed_ingest(default: dict[str, Any]) -
     assert trigger.threshold == 1 and trigger.within == dt.timedelta(0)
     assert trigger.posture == "Reactive"
     assert trigger.parameters == {"store": "/data/store"}
-    assert train.parameters == {"store": "/data/store", "preset": "small", "epochs": None}
+    assert train.parameters == {"store": "/data/store", "preset": None, "epochs": None}
 
 
 def flow_run_event(flow_name: str, event: str = INGEST_COMPLETED) -> Any:

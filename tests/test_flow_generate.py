@@ -78,11 +78,13 @@ def _completed_event(flow_run_id: Any, *, timeout: float = 20.0) -> dict[str, An
 
 
 @pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize(("fixture", "rate"), [("tiny_model", SR), ("stft_model", 22050)])
 def test_generate_flow_writes_the_run_and_publishes_artifacts(
-    tiny_model: tuple[str, str], tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path, fixture: str, rate: int
 ) -> None:
     from flows.generate import generate
 
+    tiny_model = request.getfixturevalue(fixture)
     store = copy_store(tiny_model[0], tmp_path / "store")
     state = generate(store=store, seconds=1.0, count=2, return_state=True)
     report = state.result()
@@ -94,7 +96,7 @@ def test_generate_flow_writes_the_run_and_publishes_artifacts(
     for clip in ("clip-01", "clip-02"):
         for suffix in ("wav", "mp3", "png"):
             assert (run / f"{clip}.{suffix}").stat().st_size > 0
-    assert abs((run / "clip-01.wav").stat().st_size - 44 - 2 * SR) <= 2 * 1024
+    assert abs((run / "clip-01.wav").stat().st_size - 44 - 2 * rate) <= 2 * 1024
 
     artifacts = flow_run_artifacts(state.state_details.flow_run_id)
     assert set(artifacts) >= {"generated-clips", "generated-spectrograms"}
@@ -105,7 +107,9 @@ def test_generate_flow_writes_the_run_and_publishes_artifacts(
         assert row["rms_dbfs"] == clip["metrics"]["rms_dbfs"]
         assert row["collapsed"] == (clip["metrics"]["collapsed"] or "no")
         assert row["seconds"] == pytest.approx(1.0, abs=0.03)
+        assert row["quality"] == clip["quality"]["quality"] and row["lufs"] == clip["quality"]["lufs"]
     assert report["location"] in artifacts["generated-clips"].description
+    assert f"quality {report['quality']['quality']}" in artifacts["generated-clips"].description
     markdown = artifacts["generated-spectrograms"].data
     assert tiny_model[1] in markdown
     assert f"{report['location']}/clip-01.png" in markdown and f"{report['location']}/clip-02.png" in markdown
@@ -237,7 +241,11 @@ def test_cli_pipeline_passes_its_options_to_each_flow(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_cli_generate_then_status_lists_the_run(tiny_model: tuple[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("fixture", ["tiny_model", "stft_model"])
+def test_cli_generate_then_status_lists_the_run(
+    request: pytest.FixtureRequest, tmp_path: Path, fixture: str
+) -> None:
+    tiny_model = request.getfixturevalue(fixture)
     store = copy_store(tiny_model[0], tmp_path / "store")
 
     result = musicflow("generate", "--store", store, "--seconds", "1")
@@ -254,6 +262,7 @@ def test_cli_generate_then_status_lists_the_run(tiny_model: tuple[str, str], tmp
     assert set(run["metrics"]) == {"clip-01"}
     assert run["metrics"]["clip-01"]["seconds"] == pytest.approx(run["seconds"])
     assert run["collapsed"] == [run["metrics"]["clip-01"]["collapsed"]]
+    assert isinstance(run["quality"], float) and "quality" in result.stdout
     folder = Path(store, "generated", run["run_id"])
     assert sorted(os.listdir(folder)) == sorted([*run["files"], METRICS_FILE])
 

@@ -253,8 +253,9 @@ def featurizer_ratio(songs: Path) -> tuple[float, float]:
     return ours, theirs
 
 
-def spectrogram_figure(result: dict[str, Any], path: Path, *, seconds: float = 10.0) -> None:
-    """A training song's spectrogram above a generated clip's, from the same store (the README's)."""
+def spectrogram_figure(results: list[dict[str, Any]], path: Path, *, seconds: float = 10.0) -> None:
+    """A training song's spectrogram above the first clip of each path, from one collection's stores
+    (the README's figure)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -266,22 +267,37 @@ def spectrogram_figure(result: dict[str, Any], path: Path, *, seconds: float = 1
     from tasks.store import open_store
     from tasks.train import read_card
 
-    run = Path(result["run"])
-    store = open_store(str(run.parents[1]))
-    card = read_card(store, result["model_id"])
-    rows = {row.song_id: row for row in read_rows(store, result["dataset_id"], ok_only=True)}
-    song = rows[card["train_songs"][0]]
     sample_rate = 22050
+    first = results[0]
+    store = open_store(str(Path(first["run"]).parents[1]))
+    card = read_card(store, first["model_id"])
+    rows = {row.song_id: row for row in read_rows(store, first["dataset_id"], ok_only=True)}
+    # The training song nearest the middle length among those longer than a clip.
+    long_enough = sorted(
+        (rows[song] for song in card["train_songs"] if rows[song].seconds > seconds + 1),
+        key=lambda row: row.seconds,
+    )
+    song = long_enough[len(long_enough) // 2] if long_enough else rows[card["train_songs"][0]]
     training = decode_audio(song.source, sample_rate=sample_rate).samples
     start = max(0, training.size // 2 - int(seconds * sample_rate) // 2)
-    training = training[start : start + int(seconds * sample_rate)]
-    clip = decode_audio(str(run / "clip-01.wav"), sample_rate=sample_rate).samples
-    quality = json.loads((run / "metrics.json").read_text())["clips"][0]["quality"]["quality"]
-    figure, axes = plt.subplots(2, 1, figsize=(9, 6), dpi=100, sharex=True)
-    for axis, audio, title in (
-        (axes[0], training, f"training song {Path(song.source).name} (middle {seconds:g} s)"),
-        (axes[1], clip, f"generated clip-01 by {result['model_id']} (quality {quality})"),
-    ):
+    panels = [
+        (
+            training[start : start + int(seconds * sample_rate)],
+            f"training song {Path(song.source).name} (its middle {seconds:g} s)",
+        )
+    ]
+    for result in results:
+        run = Path(result["run"])
+        scored = run / "quality.json"
+        report = json.loads((scored if scored.exists() else run / "metrics.json").read_text())
+        quality = report.get("quality", {})
+        quality = quality.get("quality") if isinstance(quality, dict) else quality
+        clip = decode_audio(str(run / "clip-01.wav"), sample_rate=sample_rate).samples
+        panels.append(
+            (clip, f"{result['path']} path: clip-01 by {result['model_id']} (run quality {quality})")
+        )
+    figure, axes = plt.subplots(len(panels), 1, figsize=(9, 2.6 * len(panels)), dpi=100, sharex=True)
+    for axis, (audio, title) in zip(axes, panels, strict=True):
         frequencies, times, power = spectrogram(audio, fs=sample_rate, nperseg=1024, noverlap=768)
         axis.pcolormesh(
             times,
@@ -293,7 +309,7 @@ def spectrogram_figure(result: dict[str, Any], path: Path, *, seconds: float = 1
             vmax=-20,
         )
         axis.set(ylabel="frequency (Hz)", title=title, ylim=(0, 8000))
-    axes[1].set_xlabel("time (s)")
+    axes[-1].set_xlabel("time (s)")
     figure.tight_layout()
     figure.savefig(path)
     plt.close(figure)
@@ -370,8 +386,8 @@ def main(argv: list[str] | None = None) -> None:
             f"storage {item['gb_per_hour']} GB/h {target(item['gb_per_hour'], 0.35, at_most=True)}"
         )
     if args.figure:
-        spectral = [item for item in results if item["path"] == "spectral"]
-        spectrogram_figure(spectral[-1], args.figure, seconds=args.seconds)
+        last = [item for item in results if item["collection"] == results[-1]["collection"]]
+        spectrogram_figure(last, args.figure, seconds=args.seconds)
     if args.json:
         args.json.write_text(json.dumps({"command": command, "results": results, "ratios": ratios}, indent=2))
     if args.workdir is None:

@@ -173,9 +173,10 @@ def decode_features(
     """
     transform = get_transform(features)
     audio = decode_audio(path, sample_rate=features.sample_rate)
-    if audio.samples.shape[0] < transform.frame_step:
+    if audio.samples.shape[0] < transform.min_samples:
         raise DecodeError(
-            f"too short: {audio.seconds:.3f} s is less than one block ({transform.frame_seconds:.3f} s)"
+            f"too short: {audio.seconds:.3f} s is less than one block "
+            f"({transform.min_samples / features.sample_rate:.3f} s)"
         )
     peak = float(np.abs(audio.samples).max())
     if peak <= 10 ** (min_peak_db / 20):

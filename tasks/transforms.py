@@ -61,6 +61,11 @@ class Transform(ABC):
     def frame_seconds(self) -> float:
         return self.frame_step / self.features.sample_rate
 
+    @property
+    def min_samples(self) -> int:
+        """The shortest signal worth a row: ingest records shorter songs as too short."""
+        return self.frame_step
+
     @abstractmethod
     def n_frames(self, n_samples: int) -> int:
         """Rows that :meth:`forward` gives for a signal of ``n_samples``."""
@@ -140,6 +145,7 @@ GRIFFIN_LIM_SEGMENT_FRAMES = 4096
 _CROSSFADE_FRAMES = 64
 MEL_INVERSE_ITERATIONS = 10
 _FORWARD_FRAMES = 2048
+MIN_SONG_SECONDS = 0.25
 
 
 @functools.lru_cache(maxsize=16)
@@ -177,6 +183,11 @@ class SpectralTransform(Transform):
     @property
     def frame_step(self) -> int:
         return self.features.hop_length
+
+    @property
+    def min_samples(self) -> int:
+        # A frame is 12 ms: a song must hold the seed's unit, a quarter of a second, and a window.
+        return max(self.features.n_fft, round(MIN_SONG_SECONDS * self.features.sample_rate))
 
     def n_frames(self, n_samples: int) -> int:
         return -(-n_samples // self.features.hop_length)

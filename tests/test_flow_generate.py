@@ -181,14 +181,14 @@ def test_pipeline_runs_ingest_train_generate_as_subflows(tmp_path: Path) -> None
 
     assert state.is_completed()
     assert (result["ingest"]["songs_ok"], result["ingest"]["songs_failed"]) == (4, 0)
-    assert result["ingest"]["dataset_id"].startswith(f"rfft-b{TINY_BLOCK}-")
+    assert result["ingest"]["dataset_id"].startswith("stft-n1024-h256-m128-sr22050-")  # the default features
     assert list(Path(store, "datasets", result["ingest"]["dataset_id"], "shards").glob("*.parquet"))
     card = result["train"]
     assert card["dataset_id"] == result["ingest"]["dataset_id"]
     assert card["epochs"] == 1 and card["config"]["hidden"] == 16 and card["config"]["seq_len"] == 4
     generated = result["generate"]
     assert generated["model_id"] == card["model_id"]
-    assert generated["seconds"] == pytest.approx(1.0, abs=TINY_BLOCK / 44100)  # whole blocks
+    assert generated["seconds"] == pytest.approx(1.0, abs=256 / 22050)  # whole frames (the stft default)
     assert Path(store, "generated", generated["run_id"], METRICS_FILE).is_file()
     assert Path(store, "models", card["model_id"], "model.keras").is_file()
 

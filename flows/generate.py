@@ -38,7 +38,7 @@ def generate(
             logger.warning("%s collapsed into %s", clip["name"], clip["metrics"]["collapsed"])
     quality = report["quality"]
     logger.info(
-        "quality %s (1 = as close to the validation songs as other real songs, 0 = shaped noise): "
+        "quality %s (1 = as close to the validation songs as real music, 0 = shaped noise): "
         "d_gen %.4g, d_real %.4g, d_noise %.4g",
         quality["quality"],
         quality["d_gen"],

@@ -449,7 +449,7 @@ def generate(
 def _quality_line(quality: dict[str, Any]) -> str:
     loudness = quality.get("loudness", {})
     return (
-        f"quality {quality.get('quality')} (1 = as close to the validation songs as other real songs, "
+        f"quality {quality.get('quality')} (1 = as close to the validation songs as real music, "
         f"0 = shaped noise; d_gen {quality.get('d_gen')}, d_real {quality.get('d_real')}, "
         f"d_noise {quality.get('d_noise')}); loudness {loudness.get('clips_lufs')} LUFS, "
         f"training songs {loudness.get('train_lufs')} LUFS"

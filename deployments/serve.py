@@ -23,7 +23,7 @@ from typing import Any
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.events import DeploymentEventTrigger
 
-from musicflow.config import FeatureConfig, IngestConfig, TrainConfig
+from musicflow.config import DEFAULT_PRESETS, DEFAULT_TRANSFORM, FeatureConfig, IngestConfig, TrainConfig
 from musicflow.errors import ConfigError
 from tasks.events import DATASET_UPDATED, STORE_LABEL, store_key
 
@@ -59,10 +59,13 @@ def build_deployments(
     workers: int | None = None,
     dask_address: str | None = None,
     shard_format: str = "zarr",
-    transform: str = "rfft",
+    transform: str = DEFAULT_TRANSFORM,
     block_size: int = 11025,
-    sample_rate: int = 44100,
-    preset: str = "small",
+    sample_rate: int | None = None,  # None: the transform's default rate
+    n_fft: int | None = None,
+    hop_length: int | None = None,
+    n_mels: int | None = None,
+    preset: str | None = None,  # None: the train flow picks it by the dataset's transform
     epochs: int | None = None,
     train_options: dict[str, Any] | None = None,
     seconds: float = 10.0,
@@ -85,14 +88,21 @@ def build_deployments(
     if ingest_every is not None and ingest_every <= 0:
         raise ConfigError(f"invalid ingest interval {ingest_every!r}: must be positive seconds")
     IngestConfig(
-        features=FeatureConfig(sample_rate=sample_rate, block_size=block_size, transform=transform),
+        features=FeatureConfig.for_transform(
+            transform,
+            sample_rate=sample_rate,
+            block_size=block_size,
+            n_fft=n_fft,
+            hop_length=hop_length,
+            n_mels=n_mels,
+        ),
         shard_format=shard_format,
     )
     model = {key: value for key, value in (train_options or {}).items() if value is not None}
     unknown = sorted(set(model) - set(TRAIN_OPTIONS))
     if unknown:
         raise ConfigError(f"invalid train options {unknown!r}: expected some of {', '.join(TRAIN_OPTIONS)}")
-    TrainConfig.from_preset(preset, epochs=epochs, **model)
+    TrainConfig.from_preset(preset or DEFAULT_PRESETS[transform], epochs=epochs, **model)
     blocks = {"store_block": store_block} if store_block else {}
     ingest_deployment = ingest.to_deployment(
         name="musicflow-ingest",
@@ -104,6 +114,9 @@ def build_deployments(
             transform=transform,
             block_size=block_size,
             sample_rate=sample_rate,
+            n_fft=n_fft,
+            hop_length=hop_length,
+            n_mels=n_mels,
             workers=workers,
             dask_address=dask_address,
             source_block=source_block,

@@ -25,10 +25,11 @@ def generate(
     count: int = 1,
     seed: str = "validation",
     seed_audio: str | None = None,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     store_block: str | None = None,
 ) -> dict[str, Any]:
-    """Generate ``count`` clips of ``seconds`` from ``model`` (default: the newest); returns metrics.json.
+    """Generate ``count`` clips of ``seconds`` from ``model`` (default: the newest); returns metrics.json
+    with the run's quality score. ``temperature`` None is the model's default.
 
     ``store_block`` names a Prefect block with the store's credentials (``s3-bucket/NAME``...).
     """
@@ -41,6 +42,15 @@ def generate(
     for clip in report["clips"]:
         if clip["metrics"]["collapsed"]:
             logger.warning("%s collapsed into %s", clip["name"], clip["metrics"]["collapsed"])
+    quality = report["quality"]
+    logger.info(
+        "quality %s (1 = as close to the validation songs as real music, 0 = shaped noise): "
+        "d_gen %.4g, d_real %.4g, d_noise %.4g",
+        quality["quality"],
+        quality["d_gen"],
+        quality["d_real"],
+        quality["d_noise"],
+    )
     _publish(report)
     return report
 
@@ -58,11 +68,25 @@ def _publish(report: dict[str, Any]) -> None:
                 "centroid_hz": metrics["spectral_centroid_hz"],
                 "flatness": metrics["spectral_flatness"],
                 "collapsed": metrics["collapsed"] or "no",
+                "quality": clip.get("quality", {}).get("quality"),
+                "lufs": clip.get("quality", {}).get("lufs"),
+                "onset_rate": clip.get("quality", {}).get("onset_rate"),
                 "nearest_training": metrics.get("nearest_training", {}).get("mean"),
                 "files": ", ".join(clip["files"]),
             }
         )
-    create_table_artifact(key="generated-clips", table=rows, description=f"Clips in {report['location']}")
+    quality = report.get("quality", {})
+    loudness = quality.get("loudness", {})
+    create_table_artifact(
+        key="generated-clips",
+        table=rows,
+        description=(
+            f"Clips in {report['location']}: quality {quality.get('quality')} "
+            f"(1 = like the validation songs, 0 = shaped noise), loudness "
+            f"{loudness.get('clips_lufs')} LUFS against {loudness.get('train_lufs')} LUFS "
+            "for the training songs"
+        ),
+    )
     images = "\n".join(
         f"### {clip['name']}\n\nspectrogram: [{report['location']}/{clip['name']}.png]"
         f"({report['location']}/{clip['name']}.png)\n"

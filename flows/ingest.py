@@ -17,7 +17,7 @@ from prefect.events import emit_event
 from prefect.futures import as_completed
 
 from musicflow.cluster import default_workers, make_task_runner
-from musicflow.config import AUDIO_EXTENSIONS, FeatureConfig, IngestConfig
+from musicflow.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, FeatureConfig, IngestConfig
 from musicflow.progress import StageProgress
 from tasks.audio import ffmpeg_binary
 from tasks.catalog import display_text
@@ -37,9 +37,12 @@ def ingest(
     source: str,
     store: str,
     format: str = "zarr",
-    transform: str = "rfft",
+    transform: str = DEFAULT_TRANSFORM,
     block_size: int = 11025,
-    sample_rate: int = 44100,
+    sample_rate: int | None = None,
+    n_fft: int | None = None,
+    hop_length: int | None = None,
+    n_mels: int | None = None,
     batch_mb: float = 32.0,
     workers: int | None = None,
     dask_address: str | None = None,
@@ -64,7 +67,14 @@ def ingest(
     use_storage(store, store_block=store_block, source=source, source_block=source_block)
     ffmpeg_binary()  # fail fast, here, rather than once per song on every worker
     config = IngestConfig(
-        features=FeatureConfig(sample_rate=sample_rate, block_size=block_size, transform=transform),
+        features=FeatureConfig.for_transform(
+            transform,
+            sample_rate=sample_rate,
+            block_size=block_size,
+            n_fft=n_fft,
+            hop_length=hop_length,
+            n_mels=n_mels,
+        ),
         shard_format=format,
         batch_mb=batch_mb,
         retry_failed=retry_failed,

@@ -9,6 +9,7 @@ from prefect import flow
 from flows.generate import generate
 from flows.ingest import ingest
 from flows.train import train
+from musicflow.config import DEFAULT_TRANSFORM
 
 
 @flow(name="pipeline")
@@ -16,18 +17,18 @@ def pipeline(
     source: str,
     store: str,
     format: str = "zarr",
-    transform: str = "rfft",
+    transform: str = DEFAULT_TRANSFORM,
     block_size: int = 11025,
     workers: int | None = None,
     dask_address: str | None = None,
-    preset: str = "small",
+    preset: str | None = None,
     epochs: int | None = None,
     hidden: int | None = None,
     seq_len: int | None = None,
     hop: int | None = None,
     seconds: float = 10.0,
     count: int = 1,
-    temperature: float = 0.0,
+    temperature: float | None = None,
     store_block: str | None = None,
     source_block: str | None = None,
 ) -> dict[str, Any]:

@@ -15,14 +15,14 @@ from musicflow.config import TrainConfig
 from tasks.credentials import use_storage
 from tasks.prefect_tasks import train_model
 from tasks.store import open_store
-from tasks.train import LOSS_CURVE_FILE, model_dir
+from tasks.train import LOSS_CURVE_FILE, default_preset, model_dir
 
 
 @flow(name="train")
 def train(
     store: str,
     dataset: str | None = None,
-    preset: str = "small",
+    preset: str | None = None,
     epochs: int | None = None,
     hidden: int | None = None,
     layers: int | None = None,
@@ -33,6 +33,10 @@ def train(
     learning_rate: float | None = None,
     patience: int | None = None,
     shuffle_buffer: int | None = None,
+    frames_per_step: int | None = None,
+    mixtures: int | None = None,
+    input_noise: float | None = None,
+    dropout: float | None = None,
     normalize: bool = True,
     seed: int = 0,
     resume: bool = True,
@@ -48,6 +52,7 @@ def train(
     """
     logger = get_run_logger()
     use_storage(store, store_block=store_block)
+    preset = preset or default_preset(open_store(store), dataset)  # by the dataset's transform
     config = TrainConfig.from_preset(
         preset,
         epochs=epochs,
@@ -60,6 +65,10 @@ def train(
         learning_rate=learning_rate,
         patience=patience,
         shuffle_buffer=shuffle_buffer,
+        frames_per_step=frames_per_step,
+        mixtures=mixtures,
+        input_noise=input_noise,
+        dropout=dropout,
         normalize=normalize,
         seed=seed,
     )

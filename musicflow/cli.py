@@ -28,6 +28,7 @@ os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 class TransformChoice(enum.StrEnum):
+    stft = "stft"
     rfft = "rfft"
     fft = "fft"
 
@@ -153,9 +154,16 @@ def ingest(
     ],
     store: StoreOption,
     format: Annotated[ShardFormatChoice, typer.Option(help="Shard format.")] = ShardFormatChoice.zarr,
-    transform: Annotated[TransformChoice, typer.Option(help="Feature transform.")] = TransformChoice.rfft,
-    block_size: Annotated[int, typer.Option(min=2, help="Samples per block.")] = 11025,
-    sample_rate: Annotated[int, typer.Option(min=1000, max=384000, help="Decode rate in Hz.")] = 44100,
+    transform: Annotated[
+        TransformChoice, typer.Option(help="Features: stft (log-mel frames) or the seed's rfft/fft blocks.")
+    ] = TransformChoice.stft,
+    block_size: Annotated[int, typer.Option(min=2, help="rfft/fft: samples per block.")] = 11025,
+    sample_rate: Annotated[
+        int | None, typer.Option(min=1000, max=384000, help="Decode rate in Hz [stft 22050, rfft/fft 44100].")
+    ] = None,
+    n_fft: Annotated[int | None, typer.Option(help="stft: samples per frame [1024].")] = None,
+    hop_length: Annotated[int | None, typer.Option(help="stft: samples between frames [256].")] = None,
+    n_mels: Annotated[int | None, typer.Option(help="stft: mel bands, 0 = linear bins [128].")] = None,
     workers: Annotated[
         int | None, typer.Option(min=1, help="LocalCluster worker processes [default: cores].")
     ] = None,
@@ -177,11 +185,20 @@ def ingest(
     _quiet_console(verbose)
     _use_storage_options(store, storage_options, source, source_options)
     from musicflow.cluster import make_task_runner
+    from musicflow.config import FeatureConfig
     from musicflow.server import ensure_prefect_api
     from tasks.audio import ffmpeg_binary
     from tasks.ingest import open_source
     from tasks.store import check_writable, open_store
 
+    FeatureConfig.for_transform(  # a bad value is one line before any server starts
+        transform.value,
+        sample_rate=sample_rate,
+        block_size=block_size,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        n_mels=n_mels,
+    )
     ffmpeg_binary()
     open_source(source)
     check_writable(open_store(store))
@@ -197,6 +214,9 @@ def ingest(
         transform=transform.value,
         block_size=block_size,
         sample_rate=sample_rate,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        n_mels=n_mels,
         batch_mb=batch_mb,
         workers=workers,
         dask_address=dask_address,
@@ -252,7 +272,7 @@ def status(
     sections = {
         "datasets": ["dataset_id", "songs_ok", "songs_failed", "seconds", "n_blocks", "n_features", "format"],
         "models": ["model_id", "dataset_id", "state", "epochs", "train_loss", "val_loss", "params"],
-        "generated": ["run_id", "model_id", "count", "seconds", "collapsed", "location"],
+        "generated": ["run_id", "model_id", "count", "seconds", "quality", "collapsed", "location"],
     }
     for section, columns in sections.items():
         if not report.get(section):
@@ -276,9 +296,11 @@ def _cell(value: Any) -> str:
 class LossChoice(enum.StrEnum):
     mse = "mse"
     mae = "mae"
+    gaussian = "gaussian"
 
 
 class PresetChoice(enum.StrEnum):
+    spectral = "spectral"
     small = "small"
     gruv = "gruv"
 
@@ -293,8 +315,12 @@ def train(
         str | None, typer.Option(help="Dataset id [default: the store's only dataset].")
     ] = None,
     preset: Annotated[
-        PresetChoice, typer.Option(help="small (fast) or gruv (the seed's model).")
-    ] = PresetChoice.small,
+        PresetChoice | None,
+        typer.Option(
+            help="spectral (mixture density, for stft), small or gruv (the seed's) "
+            "[spectral for stft datasets, small for rfft/fft]."
+        ),
+    ] = None,
     epochs: Annotated[
         int | None,
         typer.Option(
@@ -321,6 +347,14 @@ def train(
             min=1, help="Windows held for shuffling [256]; each is (seq-len + 1) x features x 4 bytes."
         ),
     ] = None,
+    frames_per_step: Annotated[
+        int | None, typer.Option(min=1, help="Rows the model predicts per step [spectral: 4].")
+    ] = None,
+    mixtures: Annotated[int | None, typer.Option(min=1, help="Gaussian loss: mixture components.")] = None,
+    input_noise: Annotated[
+        float | None, typer.Option(min=0.0, help="Std of noise added to training inputs.")
+    ] = None,
+    dropout: Annotated[float | None, typer.Option(min=0.0, max=0.99, help="Dropout after encode.")] = None,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint.")] = True,
     model_id: Annotated[
         str | None, typer.Option(help="Model folder name [default: preset + config hash].")
@@ -329,17 +363,21 @@ def train(
     storage_options: StorageOptionsOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Train an LSTM to predict the next FFT block (resumes from the last checkpoint; a finished
+    """Train an LSTM to predict the next frames (resumes from the last checkpoint; a finished
     model is final unless --epochs asks for more epochs than it has)."""
     _quiet_console(verbose)
     _use_storage_options(store, storage_options)
     from musicflow.config import TrainConfig
     from musicflow.server import ensure_prefect_api
     from tasks.store import open_store
-    from tasks.train import resolve_dataset
+    from tasks.train import default_preset, resolve_dataset
 
+    opened = open_store(store)
+    if not opened.fs.exists(opened.root):
+        raise StoreError(f"store not found: {store!r}")
+    resolve_dataset(opened, dataset)  # a one-line error before any server starts
     config = TrainConfig.from_preset(
-        preset.value,
+        preset.value if preset else default_preset(opened, dataset),
         epochs=epochs,
         hidden=hidden,
         layers=layers,
@@ -350,11 +388,11 @@ def train(
         learning_rate=learning_rate,
         patience=patience,
         shuffle_buffer=shuffle_buffer,
+        frames_per_step=frames_per_step,
+        mixtures=mixtures,
+        input_noise=input_noise,
+        dropout=dropout,
     )
-    opened = open_store(store)
-    if not opened.fs.exists(opened.root):
-        raise StoreError(f"store not found: {store!r}")
-    resolve_dataset(opened, dataset)  # a one-line error before any server starts
     ensure_prefect_api()
     from flows.train import train as train_flow
 
@@ -373,6 +411,10 @@ def train(
         learning_rate=config.learning_rate,
         patience=config.patience,
         shuffle_buffer=config.shuffle_buffer,
+        frames_per_step=config.frames_per_step,
+        mixtures=config.mixtures,
+        input_noise=config.input_noise,
+        dropout=config.dropout,
         resume=resume,
         model_id=model_id,
     )
@@ -399,14 +441,16 @@ class SeedChoice(enum.StrEnum):
 # SeedChoice must stay tasks.generate.SEED_KINDS (tests/test_cli.py).
 
 
-def _check_generate_options(seconds: float, count: int, temperature: float, seed_audio: str | None) -> None:
+def _check_generate_options(
+    seconds: float, count: int, temperature: float | None, seed_audio: str | None
+) -> None:
     from tasks.generate import MAX_SECONDS
 
     if not 0 < seconds <= MAX_SECONDS:
         raise ConfigError(f"invalid --seconds {seconds!r}: must be in (0, {MAX_SECONDS:g}]")
     if not 1 <= count <= 100:
         raise ConfigError(f"invalid --count {count!r}: must be in [1, 100]")
-    if temperature < 0:
+    if temperature is not None and temperature < 0:
         raise ConfigError(f"invalid --temperature {temperature!r}: must be >= 0")
     if seed_audio is not None:
         from tasks.ingest import open_source
@@ -431,7 +475,13 @@ def generate(
     count: Annotated[int, typer.Option(help="Number of clips.")] = 1,
     seed: Annotated[SeedChoice, typer.Option(help="What primes the model.")] = SeedChoice.validation,
     seed_audio: Annotated[str | None, typer.Option(help="An audio file to prime the model with.")] = None,
-    temperature: Annotated[float, typer.Option(help="Noise fed back with each block (0 = none).")] = 0.0,
+    temperature: Annotated[
+        float | None,
+        typer.Option(
+            help="Spread of the samples of a spectral model (0 = its mean) [1]; noise fed back "
+            "with each block of a small/gruv model [0]."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json.")] = False,
     storage_options: StorageOptionsOption = None,
     verbose: VerboseOption = False,
@@ -465,19 +515,63 @@ def generate(
         _print_generated(report)
 
 
+def _quality_line(quality: dict[str, Any]) -> str:
+    loudness = quality.get("loudness", {})
+    return (
+        f"quality {quality.get('quality')} (1 = as close to the validation songs as real music, "
+        f"0 = shaped noise; d_gen {quality.get('d_gen')}, d_real {quality.get('d_real')}, "
+        f"d_noise {quality.get('d_noise')}); loudness {loudness.get('clips_lufs')} LUFS, "
+        f"training songs {loudness.get('train_lufs')} LUFS"
+    )
+
+
 def _print_generated(report: dict[str, Any]) -> None:
     from rich.console import Console
 
     console = Console(soft_wrap=True)
     console.print(f"generated by [bold]{report['model_id']}[/] in {report['location']}", highlight=False)
+    if "quality" in report:
+        console.print(f"  {_quality_line(report['quality'])}", highlight=False)
     for clip in report["clips"]:
         metrics = clip["metrics"]
         state = f"[red]collapsed into {metrics['collapsed']}[/]" if metrics["collapsed"] else "ok"
         console.print(
             f"  {clip['name']}: {metrics['seconds']:.1f} s, {metrics['rms_dbfs']} dBFS, "
+            f"quality {clip.get('quality', {}).get('quality')}, "
             f"centroid {metrics['spectral_centroid_hz']:.0f} Hz, {state}  ({', '.join(clip['files'])})",
             highlight=False,
         )
+
+
+@app.command()
+def evaluate(
+    store: StoreOption,
+    model: Annotated[str | None, typer.Option(help="Model id [default: the newest trained model].")] = None,
+    run: Annotated[
+        str | None, typer.Option(help="Generated run id [default: the model's newest run].")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print quality.json.")] = False,
+) -> None:
+    """Score a generated run against the model's validation songs (writes quality.json in the run)."""
+    from tasks.quality import evaluate as evaluate_run
+
+    report = evaluate_run(_open_existing_store(store), model_id=model, run_id=run)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+        return
+    from rich.console import Console
+
+    console = Console(soft_wrap=True)
+    console.print(f"run [bold]{report['run_id']}[/] of model {report['model_id']}", highlight=False)
+    console.print(f"  {_quality_line(report)}", highlight=False)
+    console.print(
+        f"  scored on {report['features']} against {report['reference_songs']} validation songs "
+        f"({report['reference_seconds']} s, from {report['songs_from']}); onsets per second: clips "
+        f"{report['onset_rate']['clips']}, training songs {report['onset_rate']['train']}",
+        highlight=False,
+    )
+    for name, clip in zip(report["clips"], report["per_clip"], strict=True):
+        console.print(f"  {name}: quality {clip['quality']}, {clip['lufs']} LUFS", highlight=False)
 
 
 @app.command()
@@ -489,9 +583,13 @@ def pipeline(
         str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://host:8786.")
     ] = None,
     format: Annotated[ShardFormatChoice, typer.Option(help="Shard format.")] = ShardFormatChoice.zarr,
-    transform: Annotated[TransformChoice, typer.Option(help="Feature transform.")] = TransformChoice.rfft,
-    block_size: Annotated[int, typer.Option(min=2, help="Samples per block.")] = 11025,
-    preset: Annotated[PresetChoice, typer.Option(help="Model preset.")] = PresetChoice.small,
+    transform: Annotated[
+        TransformChoice, typer.Option(help="Features: stft (log-mel frames) or the seed's rfft/fft blocks.")
+    ] = TransformChoice.stft,
+    block_size: Annotated[int, typer.Option(min=2, help="rfft/fft: samples per block.")] = 11025,
+    preset: Annotated[
+        PresetChoice | None, typer.Option(help="Model preset [spectral for stft, small for rfft/fft].")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs.")] = None,
     hidden: Annotated[int | None, typer.Option(min=1, help="Units of the dense and LSTM layers.")] = None,
     seq_len: Annotated[
@@ -500,7 +598,9 @@ def pipeline(
     hop: Annotated[int | None, typer.Option(min=1, help="Blocks between training windows.")] = None,
     seconds: Annotated[float, typer.Option(help="Length of each generated clip.")] = 10.0,
     count: Annotated[int, typer.Option(help="Number of clips.")] = 1,
-    temperature: Annotated[float, typer.Option(help="Noise fed back with each block.")] = 0.0,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling spread (spectral) or fed-back noise (small/gruv).")
+    ] = None,
     storage_options: StorageOptionsOption = None,
     source_options: SourceOptionsOption = None,
     verbose: VerboseOption = False,
@@ -516,7 +616,7 @@ def pipeline(
         format=format.value,
         transform=transform.value,
         block_size=block_size,
-        preset=preset.value,
+        preset=preset.value if preset else None,
         epochs=epochs,
         hidden=hidden,
         seq_len=seq_len,
@@ -564,10 +664,19 @@ def serve(
     workers: Annotated[int | None, typer.Option(min=1, help="LocalCluster worker processes.")] = None,
     dask_address: Annotated[str | None, typer.Option(help="Existing Dask scheduler.")] = None,
     format: Annotated[ShardFormatChoice, typer.Option(help="Shard format.")] = ShardFormatChoice.zarr,
-    transform: Annotated[TransformChoice, typer.Option(help="Feature transform.")] = TransformChoice.rfft,
-    block_size: Annotated[int, typer.Option(min=2, help="Samples per block.")] = 11025,
-    sample_rate: Annotated[int, typer.Option(min=1000, max=384000, help="Decode rate in Hz.")] = 44100,
-    preset: Annotated[PresetChoice, typer.Option(help="Model preset.")] = PresetChoice.small,
+    transform: Annotated[
+        TransformChoice, typer.Option(help="Features: stft (log-mel frames) or the seed's rfft/fft blocks.")
+    ] = TransformChoice.stft,
+    block_size: Annotated[int, typer.Option(min=2, help="rfft/fft: samples per block.")] = 11025,
+    sample_rate: Annotated[
+        int | None, typer.Option(min=1000, max=384000, help="Decode rate in Hz [stft 22050, rfft/fft 44100].")
+    ] = None,
+    n_fft: Annotated[int | None, typer.Option(help="stft: samples per frame [1024].")] = None,
+    hop_length: Annotated[int | None, typer.Option(help="stft: samples between frames [256].")] = None,
+    n_mels: Annotated[int | None, typer.Option(help="stft: mel bands, 0 = linear bins [128].")] = None,
+    preset: Annotated[
+        PresetChoice | None, typer.Option(help="Model preset [spectral for stft, small for rfft/fft].")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(min=1, help="Training epochs.")] = None,
     hidden: Annotated[int | None, typer.Option(min=1, help="Units of the dense and LSTM layers.")] = None,
     layers: Annotated[int | None, typer.Option(min=1, help="LSTM layers.")] = None,
@@ -611,7 +720,10 @@ def serve(
         transform=transform.value,
         block_size=block_size,
         sample_rate=sample_rate,
-        preset=preset.value,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        n_mels=n_mels,
+        preset=preset.value if preset else None,
         epochs=epochs,
         train_options={
             "hidden": hidden,
@@ -703,18 +815,26 @@ def demo(
     console.print(f"[bold]1/3[/] {len(paths)} demo songs (mp3) in {song_dir}")
     api = ensure_prefect_api(log_dir=workdir.resolve())
     console.print(f"[bold]2/3[/] Prefect API {api}")
-    console.print("[bold]3/3[/] pipeline: ingest (Dask LocalCluster) -> train (small preset) -> generate")
+    console.print(
+        "[bold]3/3[/] pipeline: ingest (Dask LocalCluster, log-mel frames) -> "
+        "train (spectral preset) -> generate"
+    )
     result = _run_pipeline(
         source=str(song_dir),
         store=store,
         workers=workers,
         dask_address=None,
-        preset="small",
+        format="zarr",
+        transform="stft",
+        block_size=11025,
+        preset="spectral",
         epochs=epochs,
-        hop=4,
+        hidden=None,
+        seq_len=None,
+        hop=None,
         seconds=seconds,
         count=1,
-        temperature=0.0,
+        temperature=None,
     )
     clip = result["generate"]["clips"][0]
     location = result["generate"]["location"]
@@ -722,6 +842,7 @@ def demo(
     for file in clip["files"]:
         console.print(f"output:     {location}/{file}", highlight=False)
     console.print(f"metrics:    {location}/metrics.json", highlight=False)
+    console.print(f"quality:    {_quality_line(result['generate']['quality'])}", highlight=False)
     console.print(f"store:      {store}  (musicflow status --store {store})", highlight=False)
     console.print(f"Prefect UI: {ui_url(api)}  (flow runs, task runs and artifacts)", highlight=False)
 

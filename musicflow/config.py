@@ -13,10 +13,16 @@ from typing import Any, Literal
 
 from musicflow.errors import ConfigError
 
-Transform = Literal["rfft", "fft"]
+Transform = Literal["stft", "rfft", "fft"]
 ShardFormat = Literal["zarr", "parquet"]
 
-TRANSFORMS: tuple[str, ...] = ("rfft", "fft")
+# "stft" is the default (log-mel frames, phase reconstructed at generation); "rfft"/"fft" are the
+# seed's (GRUV) blocks.
+TRANSFORMS: tuple[str, ...] = ("stft", "rfft", "fft")
+DEFAULT_TRANSFORM = "stft"
+# Rates the transforms are decoded at unless told otherwise: the spectral model works at 22.05 kHz
+# (music up to 11 kHz, half the frames and compute), the seed at 44.1 kHz.
+DEFAULT_SAMPLE_RATES: dict[str, int] = {"stft": 22050, "rfft": 44100, "fft": 44100}
 SHARD_FORMATS: tuple[str, ...] = ("zarr", "parquet")
 AUDIO_EXTENSIONS: tuple[str, ...] = (
     ".mp3",
@@ -50,22 +56,30 @@ def _positive(name: str, value: float, *, maximum: float | None = None) -> None:
 
 @dataclass(frozen=True)
 class FeatureConfig:
-    """How songs become feature blocks; its hash is the dataset id.
+    """How songs become rows of features; its hash is the dataset id.
 
     Parameters
     ----------
     sample_rate : int
         Rate every song is resampled to, in Hz.
     block_size : int
-        Samples per block (11025 = 0.25 s at 44.1 kHz, as GRUV).
-    transform : {"rfft", "fft"}
-        ``rfft``: real||imag of the real FFT, ``2 * (block_size // 2 + 1)`` values.
-        ``fft``: real||imag of the full FFT, ``2 * block_size`` values (GRUV layout).
+        ``rfft``/``fft`` only: samples per block (11025 = 0.25 s at 44.1 kHz, as GRUV).
+    transform : {"stft", "rfft", "fft"}
+        ``stft``: log-magnitude of Hann-windowed overlapping frames (``n_fft`` samples every
+        ``hop_length``), compressed to ``n_mels`` mel bands (0 = every one of the
+        ``n_fft // 2 + 1`` linear bins). ``rfft``: real||imag of the real FFT of each block,
+        ``2 * (block_size // 2 + 1)`` values. ``fft``: real||imag of the full FFT,
+        ``2 * block_size`` values (GRUV layout).
+    n_fft, hop_length, n_mels : int
+        ``stft`` only (ignored, and left out of the dataset id, for the block transforms).
     """
 
     sample_rate: int = 44100
     block_size: int = 11025
     transform: str = "rfft"
+    n_fft: int = 1024
+    hop_length: int = 256
+    n_mels: int = 128
 
     def __post_init__(self) -> None:
         _positive("sample_rate", self.sample_rate, maximum=384_000)
@@ -73,35 +87,93 @@ class FeatureConfig:
         if self.block_size < 2:
             raise ConfigError(f"invalid block_size {self.block_size!r}: must be at least 2")
         check_choice("transform", self.transform, TRANSFORMS)
+        for name in ("n_fft", "hop_length", "n_mels"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise ConfigError(f"invalid {name} {value!r}: must be a non-negative integer")
+        if self.transform != "stft":
+            return
+        if not 16 <= self.n_fft <= 1 << 16:
+            raise ConfigError(f"invalid n_fft {self.n_fft!r}: must be in [16, 65536]")
+        if self.n_fft % 2:
+            raise ConfigError(f"invalid n_fft {self.n_fft!r}: must be even")
+        if not 1 <= self.hop_length <= self.n_fft // 2:
+            # Hann windows overlap-add to a constant only when they overlap at least by half.
+            raise ConfigError(
+                f"invalid hop_length {self.hop_length!r}: must be in [1, n_fft / 2 = {self.n_fft // 2}]"
+            )
+        if self.n_mels > self.n_fft // 2 + 1:
+            raise ConfigError(
+                f"invalid n_mels {self.n_mels!r}: more mel bands than the {self.n_fft // 2 + 1} "
+                f"frequency bins of n_fft {self.n_fft}"
+            )
+
+    @classmethod
+    def for_transform(cls, transform: str = DEFAULT_TRANSFORM, **values: Any) -> FeatureConfig:
+        """The config of ``transform`` with its default sample rate; ``values`` that are None are
+        left at their defaults."""
+        check_choice("transform", transform, TRANSFORMS)
+        given = {key: value for key, value in values.items() if value is not None}
+        given.setdefault("sample_rate", DEFAULT_SAMPLE_RATES[transform])
+        return cls(transform=transform, **given)
 
     @property
     def n_features(self) -> int:
-        """Values per block after the transform."""
+        """Values per row after the transform."""
+        if self.transform == "stft":
+            return self.n_mels or self.n_fft // 2 + 1
         if self.transform == "rfft":
             return 2 * (self.block_size // 2 + 1)
         return 2 * self.block_size
 
     @property
+    def frame_step(self) -> int:
+        """Samples of audio per row: the hop for ``stft``, the block for ``rfft``/``fft``."""
+        return self.hop_length if self.transform == "stft" else self.block_size
+
+    @property
     def block_seconds(self) -> float:
-        return self.block_size / self.sample_rate
+        """Seconds of audio per row (block or frame)."""
+        return self.frame_step / self.sample_rate
+
+    def _identity(self) -> dict[str, Any]:
+        # The block transforms keep the fields (and so the ids) they had before stft existed.
+        identity: dict[str, Any] = {
+            "sample_rate": self.sample_rate,
+            "block_size": self.block_size,
+            "transform": self.transform,
+        }
+        if self.transform == "stft":
+            identity = {
+                "sample_rate": self.sample_rate,
+                "transform": self.transform,
+                "n_fft": self.n_fft,
+                "hop_length": self.hop_length,
+                "n_mels": self.n_mels,
+            }
+        return identity
 
     @property
     def dataset_id(self) -> str:
-        """Readable and unique: ``rfft-b11025-sr44100-<hash>``."""
-        payload = json.dumps({**asdict(self), "version": FEATURE_VERSION}, sort_keys=True)
+        """Readable and unique: ``rfft-b11025-sr44100-<hash>``, ``stft-n1024-h256-m80-sr22050-<hash>``."""
+        payload = json.dumps({**self._identity(), "version": FEATURE_VERSION}, sort_keys=True)
         digest = hashlib.sha256(payload.encode()).hexdigest()[:10]
+        if self.transform == "stft":
+            shape = f"n{self.n_fft}-h{self.hop_length}-m{self.n_mels}"
+            return f"stft-{shape}-sr{self.sample_rate}-{digest}"
         return f"{self.transform}-b{self.block_size}-sr{self.sample_rate}-{digest}"
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "version": FEATURE_VERSION, "n_features": self.n_features}
+        return {**self._identity(), "version": FEATURE_VERSION, "n_features": self.n_features}
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FeatureConfig:
-        return cls(
-            sample_rate=int(values["sample_rate"]),
-            block_size=int(values["block_size"]),
-            transform=str(values["transform"]),
-        )
+        optional = {
+            name: int(values[name])
+            for name in ("block_size", "n_fft", "hop_length", "n_mels")
+            if name in values
+        }
+        return cls(sample_rate=int(values["sample_rate"]), transform=str(values["transform"]), **optional)
 
 
 @dataclass(frozen=True)
@@ -139,13 +211,38 @@ class IngestConfig:
         }
 
 
-LOSSES: tuple[str, ...] = ("mse", "mae")
+LOSSES: tuple[str, ...] = ("mse", "mae", "gaussian")
 PRESETS: dict[str, dict[str, Any]] = {
+    # The default, for stft datasets: a 4-component mixture density over the next 4 log-mel frames
+    # (46 ms), 64 steps (3 s) of context, noise and dropout on the inputs so that it continues from
+    # its own samples. Chosen by the quality score on the demo songs and drascula-music
+    # (README, "Sound").
+    "spectral": {
+        "hidden": 256,
+        "layers": 2,
+        "batch_size": 16,
+        "loss": "gaussian",
+        "learning_rate": 1e-3,
+        "seq_len": 64,
+        "hop": 16,
+        "frames_per_step": 4,
+        "mixtures": 4,
+        "input_noise": 0.3,
+        "dropout": 0.1,
+    },
     # The seed's model (GRUV): for the 22050-feature `fft` dataset, 1024 units, batch 5.
     "gruv": {"hidden": 1024, "layers": 1, "batch_size": 5, "loss": "mse", "learning_rate": 1e-3},
     # Small enough that an epoch over the demo songs takes seconds on 2 CPU cores.
     "small": {"hidden": 256, "layers": 1, "batch_size": 8, "loss": "mse", "learning_rate": 1e-3},
 }
+
+
+# The preset a dataset trains with when none is named: the spectral model for stft features,
+# the seed's small model for its FFT blocks.
+DEFAULT_PRESETS: dict[str, str] = {"stft": "spectral", "rfft": "small", "fft": "small"}
+# Fields added with the spectral model, and their values for the seed's models: left out of the
+# model hash at these values, so models trained before them keep their ids (and resume).
+_LATER_FIELDS: dict[str, Any] = {"frames_per_step": 1, "mixtures": 1, "input_noise": 0.0, "dropout": 0.0}
 
 
 @dataclass(frozen=True)
@@ -156,6 +253,11 @@ class TrainConfig:
     ``t+1 .. t+seq_len``; ``hop`` blocks between window starts (``seq_len`` =
     no overlap, as the seed). Architecture: Dense(hidden) -> LSTM(hidden) x
     layers -> Dense(n_features), each applied at every time step.
+
+    The spectral model (``tasks/model.py``): a step is ``frames_per_step`` rows;
+    ``loss="gaussian"`` predicts a mixture of ``mixtures`` diagonal Gaussians over
+    the next step and generation samples it; ``input_noise`` (std, normalised
+    units) and ``dropout`` perturb the inputs in training only.
     """
 
     preset: str = "small"
@@ -173,11 +275,33 @@ class TrainConfig:
     normalize: bool = True
     shuffle_buffer: int = 256
     patience: int | None = None
+    frames_per_step: int = 1
+    mixtures: int = 1
+    input_noise: float = 0.0
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         check_choice("preset", self.preset, tuple(PRESETS))
         check_choice("loss", self.loss, LOSSES)
-        for name in ("hidden", "layers", "seq_len", "hop", "batch_size", "epochs", "shuffle_buffer"):
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"invalid dropout {self.dropout!r}: must be in [0, 1)")
+        if not 0.0 <= self.input_noise <= 10.0:
+            raise ConfigError(f"invalid input_noise {self.input_noise!r}: must be in [0, 10]")
+        if self.mixtures > 1 and self.loss != "gaussian":
+            raise ConfigError(
+                f"invalid mixtures {self.mixtures!r} with loss {self.loss!r}: needs loss gaussian"
+            )
+        for name in (
+            "hidden",
+            "layers",
+            "seq_len",
+            "hop",
+            "batch_size",
+            "epochs",
+            "shuffle_buffer",
+            "frames_per_step",
+            "mixtures",
+        ):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ConfigError(f"invalid {name} {value!r}: must be a positive integer")
@@ -200,6 +324,11 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def is_distribution(self) -> bool:
+        """Whether the model predicts a distribution that generation samples."""
+        return self.loss == "gaussian"
+
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
         return cls(**values)
@@ -207,6 +336,11 @@ class TrainConfig:
     def model_hash(self, dataset_id: str, songs_hash: str = "") -> str:
         """Hash of what determines the trained weights: the dataset, its songs (they fix the
         train/validation split) and the config but for the epoch count and patience."""
-        identity = {key: value for key, value in asdict(self).items() if key not in ("epochs", "patience")}
+        identity = {
+            key: value
+            for key, value in asdict(self).items()
+            if key not in ("epochs", "patience")
+            and not (key in _LATER_FIELDS and value == _LATER_FIELDS[key])
+        }
         payload = json.dumps({"dataset_id": dataset_id, "songs": songs_hash, **identity}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:10]

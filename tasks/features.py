@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
-from musicflow.config import TRANSFORMS, FeatureConfig, check_choice
+from musicflow.config import FeatureConfig, check_choice
 from musicflow.errors import ConfigError
 
 
@@ -97,5 +97,9 @@ def features_to_blocks(features: np.ndarray, *, transform: str = "rfft", block_s
     return scipy.fft.ifft(spectrum, axis=1).real.astype(np.float32)
 
 
+BLOCK_TRANSFORMS: tuple[str, ...] = ("rfft", "fft")
+
+
 def _check_transform(transform: str) -> None:
-    check_choice("transform", transform, TRANSFORMS)
+    # Only the block transforms live here; stft is tasks.transforms.SpectralTransform.
+    check_choice("transform", transform, BLOCK_TRANSFORMS)

@@ -338,9 +338,10 @@ def featurise_stream(
             if restart is None:
                 raise
             restart()  # ffmpeg decoded it badly; libsndfile can open it: from the start
-    if stream.n_samples < transform.frame_step:
+    if stream.n_samples < transform.min_samples:
         raise DecodeError(
-            f"too short: {stream.seconds:.3f} s is less than one block ({transform.frame_seconds:.3f} s)"
+            f"too short: {stream.seconds:.3f} s is less than one block "
+            f"({transform.min_samples / features.sample_rate:.3f} s)"
         )
     if peak <= 10 ** (min_peak_db / 20):
         level = f"{20 * math.log10(peak):.1f} dBFS" if peak > 0 else "-inf dBFS"

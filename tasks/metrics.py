@@ -12,6 +12,9 @@ from typing import Any
 
 import numpy as np
 
+from musicflow.config import FeatureConfig
+from tasks.quality import log_mel_frames, temporal_variation
+
 SILENCE_DBFS = -60.0
 # Spectral flatness of Gaussian white noise is exp(-euler_gamma) ~ 0.56; music sits far below.
 NOISE_FLATNESS = 0.4
@@ -19,6 +22,20 @@ NOISE_FLATNESS = 0.4
 LOOP_CORRELATION = 0.98
 MAX_LOOP_LAG = 16
 MEMORISED_SIMILARITY = 0.95
+# Log-mel bands that vary over time by less than this (dB, std over time averaged over bands) mean a
+# held drone or stationary noise: the demo songs vary by ~14 dB, white noise by 1.6 dB, a held sine by 0.
+STATIC_VARIATION_DB = 2.5
+# A clip needs this much audio before its variation over time says anything.
+STATIC_MIN_SECONDS = 1.0
+# Blocks the collapse checks cut a clip into when the transform has no block of its own (stft).
+ANALYSIS_BLOCK_SECONDS = 0.25
+
+
+def analysis_block_size(features: FeatureConfig) -> int:
+    """Samples per block of the metrics: the dataset's block (rfft/fft), else 0.25 s."""
+    if features.transform in ("rfft", "fft"):
+        return features.block_size
+    return round(ANALYSIS_BLOCK_SECONDS * features.sample_rate)
 
 
 def power_spectra(blocks: np.ndarray) -> np.ndarray:
@@ -74,7 +91,9 @@ def audio_metrics(
 
     ``reference`` holds the training data's centroid/flatness mean and std
     (:func:`reference_distribution`); the clip's values are then also given as
-    z-scores. ``collapsed`` names the failure ("silence", "noise", "loop") or is None.
+    z-scores. ``collapsed`` names the failure or is None: "silence", "noise" (flat spectrum),
+    "loop" (blocks repeat) or "static" (the spectrum barely changes over time: a held drone or
+    stationary noise, the fixed point a fed-back model decays to).
     """
     n_blocks = max(1, audio.shape[0] // block_size)
     blocks = (
@@ -93,6 +112,11 @@ def audio_metrics(
     )
     flatness = float(spectral_flatness(power)[audible].mean()) if audible.any() else 0.0
     loop, lag = loop_score(blocks)
+    variation = (
+        temporal_variation(log_mel_frames(audio, sample_rate=sample_rate))
+        if audio.shape[0] >= STATIC_MIN_SECONDS * sample_rate
+        else None
+    )
     collapsed = None
     if rms_dbfs < SILENCE_DBFS:
         collapsed = "silence"
@@ -100,6 +124,8 @@ def audio_metrics(
         collapsed = "noise"
     elif loop > LOOP_CORRELATION:
         collapsed = "loop"
+    elif variation is not None and variation < STATIC_VARIATION_DB:
+        collapsed = "static"
     metrics: dict[str, Any] = {
         "seconds": audio.shape[0] / sample_rate,
         "rms_dbfs": round(rms_dbfs, 3) if math.isfinite(rms_dbfs) else None,
@@ -110,6 +136,7 @@ def audio_metrics(
         "spectral_flatness": round(flatness, 5),
         "loop_correlation": round(loop, 5),
         "loop_lag_blocks": lag,
+        "variation_db": None if variation is None else round(variation, 3),
         "collapsed": collapsed,
     }
     if reference:

@@ -1,32 +1,87 @@
-"""The LSTM that predicts the next FFT block (Keras 3 on TensorFlow)."""
+"""The LSTM that predicts the next step of feature rows (Keras 3 on TensorFlow).
+
+Two kinds of output, chosen by ``TrainConfig.loss``:
+
+- ``mse`` / ``mae`` (the seed's, GRUV): the next step itself, a point estimate. On
+  FFT blocks the MSE-optimal point is near the mean (the phase of a block is
+  unpredictable), so fed back it decays to a fixed point.
+- ``gaussian``: a mixture of ``mixtures`` diagonal Gaussians over the next step
+  (a mixture density network; one component is a plain Gaussian), trained by
+  negative log-likelihood and *sampled* at generation, so the output keeps the
+  spread of the songs instead of their average.
+
+A step is ``frames_per_step`` consecutive rows flattened (Tacotron's reduction
+factor): the LSTM runs once per step, so a window of ``seq_len`` steps covers
+``frames_per_step`` times more audio for the same cost, and the model cannot
+just copy the previous 12 ms frame.
+"""
 
 from __future__ import annotations
 
+import math
 from typing import Any
+
+import numpy as np
 
 from musicflow.config import TrainConfig
 from musicflow.tfload import load_tensorflow
 
+LOG_SCALE_MIN = -7.0  # sigma >= 1e-3 of the normalised features: the likelihood stays bounded
+LOG_SCALE_MAX = 4.0
+_HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def step_features(n_features: int, config: TrainConfig) -> int:
+    """Values per model step: ``frames_per_step`` rows of ``n_features``."""
+    return n_features * config.frames_per_step
+
+
+def output_size(n_features: int, config: TrainConfig) -> int:
+    """Values the model outputs per step: the step, or the mixture's parameters."""
+    size = step_features(n_features, config)
+    if config.loss != "gaussian":
+        return size
+    return config.mixtures * 2 * size + (config.mixtures if config.mixtures > 1 else 0)
+
+
+def group_steps(rows: np.ndarray, frames_per_step: int) -> np.ndarray:
+    """Rows [n, F] as steps [n // k, k * F] (a tail shorter than a step is dropped)."""
+    usable = rows.shape[0] - rows.shape[0] % frames_per_step
+    return rows[:usable].reshape(usable // frames_per_step, frames_per_step * rows.shape[1])
+
+
+def ungroup_steps(steps: np.ndarray, n_features: int) -> np.ndarray:
+    """Steps [n, k * F] back to rows [n * k, F]."""
+    return steps.reshape(-1, n_features)
+
 
 def build_model(n_features: int, config: TrainConfig) -> Any:
-    """Dense(hidden) -> LSTM(hidden) x layers -> Dense(n_features), at every time step.
+    """[GaussianNoise] -> Dense(hidden) [-> Dropout] -> LSTM(hidden) x layers -> Dense(output).
 
-    Input and output shapes are ``[batch, time, n_features]``; the time axis
-    is free, so the same weights serve training windows and step-wise
-    generation. Compiled with RMSprop, gradient clipping and ``config.loss``.
-    The Dense layers act on the last axis, at every time step: the same maths
-    as ``TimeDistributed(Dense)``, 2.6-3x faster per step and up to 2.3x less
-    memory here (benchmarks/bench_train.py).
+    Input shape ``[batch, time, frames_per_step * n_features]``, output ``[batch, time,
+    output_size]``; the time axis is free, so the same weights serve training windows
+    and step-wise generation. The noise and dropout act in training only: the model
+    learns to continue from inputs that are not exactly the songs' (as its own
+    generated steps will not be). Compiled with RMSprop, gradient clipping and the
+    loss of ``config.loss``. The Dense layers act on the last axis, at every time
+    step: the same maths as ``TimeDistributed(Dense)``, 2.6-3x faster per step here
+    (benchmarks/bench_train.py).
     """
     load_tensorflow()
     import keras
 
     keras.utils.set_random_seed(config.seed)
-    inputs = keras.Input(shape=(None, n_features), name="blocks")
-    hidden = keras.layers.Dense(config.hidden, name="encode")(inputs)
+    width = step_features(n_features, config)
+    inputs = keras.Input(shape=(None, width), name="blocks")
+    hidden = inputs
+    if config.input_noise:
+        hidden = keras.layers.GaussianNoise(config.input_noise, name="input_noise")(hidden)
+    hidden = keras.layers.Dense(config.hidden, name="encode")(hidden)
+    if config.dropout:
+        hidden = keras.layers.Dropout(config.dropout, name="encode_dropout")(hidden)
     for index in range(config.layers):
         hidden = keras.layers.LSTM(config.hidden, return_sequences=True, name=f"lstm_{index}")(hidden)
-    outputs = keras.layers.Dense(n_features, name="decode")(hidden)
+    outputs = keras.layers.Dense(output_size(n_features, config), name="decode")(hidden)
     model = keras.Model(inputs, outputs, name="musicflow_lstm")
     compile_model(model, config)
     return model
@@ -36,7 +91,100 @@ def compile_model(model: Any, config: TrainConfig) -> None:
     load_tensorflow()
     import keras
 
+    loss: Any = config.loss
+    if config.loss == "gaussian":
+        loss = MixtureNLL(mixtures=config.mixtures)
     model.compile(
         optimizer=keras.optimizers.RMSprop(learning_rate=config.learning_rate, clipnorm=config.clipnorm),
-        loss=config.loss,
+        loss=loss,
     )
+
+
+def _split(params: Any, mixtures: int, ops: Any) -> tuple[Any, Any, Any]:
+    """(logits [..., K], means [..., K, D], log scales [..., K, D]) of the decoder's output."""
+    size = params.shape[-1]
+    width = (size - (mixtures if mixtures > 1 else 0)) // (2 * mixtures)
+    if mixtures > 1:
+        logits, rest = params[..., :mixtures], params[..., mixtures:]
+    else:
+        logits, rest = None, params
+    shape = (*tuple(ops.shape(rest)[:-1]), mixtures, 2, width)
+    pairs = ops.reshape(rest, shape)
+    log_scales = ops.clip(pairs[..., 1, :], LOG_SCALE_MIN, LOG_SCALE_MAX)
+    return logits, pairs[..., 0, :], log_scales
+
+
+def _mixture_nll(targets: Any, params: Any, mixtures: int) -> Any:
+    """Negative log-likelihood per value of a step (so it compares with the MSE scale)."""
+    from keras import ops
+
+    logits, means, log_scales = _split(params, mixtures, ops)
+    targets = ops.expand_dims(targets, -2)
+    z = (targets - means) * ops.exp(-log_scales)
+    log_density = ops.sum(-0.5 * ops.square(z) - log_scales - _HALF_LOG_2PI, axis=-1)  # [..., K]
+    if logits is not None:
+        log_density = ops.logsumexp(log_density + ops.log_softmax(logits, axis=-1), axis=-1)
+    else:
+        log_density = log_density[..., 0]
+    return -log_density / float(targets.shape[-1])
+
+
+def _register() -> Any:
+    load_tensorflow()
+    import keras
+
+    @keras.saving.register_keras_serializable(package="musicflow", name="MixtureNLL")
+    class MixtureNLL(keras.losses.Loss):
+        """Mixture-density negative log-likelihood (per value) of the next step."""
+
+        def __init__(self, mixtures: int = 1, name: str = "mixture_nll", **kwargs: Any) -> None:
+            super().__init__(name=name, **kwargs)
+            self.mixtures = mixtures
+
+        def call(self, y_true: Any, y_pred: Any) -> Any:
+            return _mixture_nll(y_true, y_pred, self.mixtures)
+
+        def get_config(self) -> dict[str, Any]:
+            return {**super().get_config(), "mixtures": self.mixtures}
+
+    return MixtureNLL
+
+
+MixtureNLL = _register()
+
+
+def sample_step(
+    params: np.ndarray, config: TrainConfig, *, temperature: float, rng: np.random.Generator
+) -> np.ndarray:
+    """The next step [D] from the decoder's output for one step.
+
+    Point models return it as it is. Mixture models pick a component by its weight and
+    draw from it with its scale times ``temperature`` (0: the component's mean).
+    """
+    if config.loss != "gaussian":
+        return params.astype(np.float32)
+    mixtures = config.mixtures
+    width = (params.shape[-1] - (mixtures if mixtures > 1 else 0)) // (2 * mixtures)
+    component = 0
+    rest = params
+    if mixtures > 1:
+        logits, rest = params[:mixtures].astype(np.float64), params[mixtures:]
+        weights = np.exp(logits - logits.max())
+        component = int(rng.choice(mixtures, p=weights / weights.sum()))
+    pairs = rest.reshape(mixtures, 2, width)[component]
+    mean, log_scale = pairs[0], np.clip(pairs[1], LOG_SCALE_MIN, LOG_SCALE_MAX)
+    if not temperature:
+        return mean.astype(np.float32)
+    noise = rng.standard_normal(width)
+    return (mean + temperature * np.exp(log_scale) * noise).astype(np.float32)
+
+
+def baseline_loss(targets: np.ndarray, config: TrainConfig) -> tuple[float, int]:
+    """Summed loss and value count of predicting the dataset's mean (normalised: 0) for
+    ``targets`` [..., D]; for ``gaussian``, the likelihood of the dataset's own per-feature
+    Gaussian (normalised: N(0, 1))."""
+    if config.loss == "gaussian":
+        return float((0.5 * np.square(targets, dtype=np.float64) + _HALF_LOG_2PI).sum()), targets.size
+    if config.loss == "mse":
+        return float(np.square(targets, dtype=np.float64).sum()), targets.size
+    return float(np.abs(targets).sum()), targets.size

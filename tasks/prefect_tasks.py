@@ -126,7 +126,7 @@ def generate_clips(
     count: int,
     seed: str,
     seed_audio: str | None,
-    temperature: float,
+    temperature: float | None,
     run_id: str,
 ) -> dict[str, Any]:
     """Generate clips into ``generated/<run_id>/`` (a retry rewrites the same run folder)."""

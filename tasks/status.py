@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from musicflow.config import FeatureConfig
 from tasks.dataset import list_datasets, read_config, read_rows, summarise_rows
 from tasks.generate import METRICS_FILE
 from tasks.shards import shard_format
@@ -21,7 +22,8 @@ def dataset_status(store: Store, dataset_id: str) -> dict[str, Any]:
         **summarise_rows(rows),
         "n_features": int(config["features"]["n_features"]),
         "transform": config["features"]["transform"],
-        "block_size": int(config["features"]["block_size"]),
+        # Samples per row: the block (rfft/fft) or the hop between frames (stft).
+        "block_size": FeatureConfig.from_dict(config["features"]).frame_step,
         "sample_rate": int(config["features"]["sample_rate"]),
         "format": ",".join(formats) or config.get("shard_format", ""),
     }
@@ -74,6 +76,8 @@ def generated_status(report: dict[str, Any]) -> dict[str, Any]:
         "seconds": report["seconds"],
         "count": len(report["clips"]),
         "collapsed": [clip["metrics"]["collapsed"] for clip in report["clips"]],
+        "quality": report.get("quality", {}).get("quality"),
+        "loudness_difference_db": report.get("quality", {}).get("loudness", {}).get("difference_db"),
         "metrics": {clip["name"]: clip["metrics"] for clip in report["clips"]},
         "location": report.get("location"),
     }

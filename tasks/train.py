@@ -40,7 +40,7 @@ from musicflow.config import TrainConfig
 from musicflow.errors import ConfigError, MusicflowError, StoreError
 from musicflow.tfload import load_tensorflow
 from tasks.dataset import STATS_FILE, dataset_dir, list_datasets, read_features
-from tasks.model import build_model
+from tasks.model import baseline_loss, build_model, step_features
 from tasks.store import Store, open_store
 from tasks.windows import Normalizer, SongWindows, load_split, make_tf_dataset, steps_per_epoch
 
@@ -111,6 +111,14 @@ def resolve_dataset(store: Store, dataset_id: str | None) -> str:
     return available[0]
 
 
+def default_preset(store: Store, dataset_id: str | None) -> str:
+    """The preset for a dataset when none is named: ``spectral`` for stft features, the seed's
+    ``small`` for its FFT blocks (``DEFAULT_PRESETS``)."""
+    from musicflow.config import DEFAULT_PRESETS
+
+    return DEFAULT_PRESETS[read_features(store, resolve_dataset(store, dataset_id)).transform]
+
+
 def default_model_id(dataset_id: str, config: TrainConfig, songs_hash: str) -> str:
     """``<preset>-<hash>``: the same command on the same songs resumes the same model,
     and new songs in the dataset give a new model."""
@@ -172,27 +180,23 @@ def train_model(
     config_hash = config.model_hash(dataset_id, songs)
     model_id = model_id or default_model_id(dataset_id, config, songs)
     n_features = features.n_features
-    needed = config.seq_len + 1
+    needed = (config.seq_len + 1) * config.frames_per_step
     if max(row.n_blocks for row in train_rows + val_rows) < needed:
         longest = max(row.seconds for row in train_rows + val_rows)
         raise ConfigError(
-            f"every song is shorter than seq_len + 1 = {needed} blocks "
+            f"every song is shorter than {window_size_text(config)} = {needed} blocks "
             f"({needed * features.block_seconds:.2f} s; the longest is {longest:.2f} s): "
             "use a smaller --seq-len"
         )
     normalizer = (
         Normalizer.from_dataset(store, dataset_id) if config.normalize else Normalizer.identity(n_features)
     )
-    train_windows = SongWindows(
-        store_url, dataset_id, train_rows, seq_len=config.seq_len, hop=config.hop, normalizer=normalizer
-    )
-    val_windows = SongWindows(
-        store_url, dataset_id, val_rows, seq_len=config.seq_len, hop=config.hop, normalizer=normalizer
-    )
+    train_windows = make_windows(store_url, dataset_id, train_rows, config, normalizer)
+    val_windows = make_windows(store_url, dataset_id, val_rows, config, normalizer)
     for name, windows in (("training", train_windows), ("validation", val_windows)):
         if windows.n_windows == 0:
             raise ConfigError(
-                f"the {name} songs give no window of seq_len + 1 = {needed} blocks: "
+                f"the {name} songs give no window of {window_size_text(config)} = {needed} blocks: "
                 "use a smaller --seq-len or ingest longer songs"
             )
 
@@ -282,14 +286,16 @@ def _train(
     if wants_more:
         train_data = make_tf_dataset(
             train_windows,
-            n_features=n_features,
+            n_features=step_features(n_features, config),
             batch_size=config.batch_size,
             shuffle_buffer=config.shuffle_buffer,
             seed=config.seed,
             first_epoch=initial_epoch,
             repeat=True,
         )
-        val_data = make_tf_dataset(val_windows, n_features=n_features, batch_size=config.batch_size)
+        val_data = make_tf_dataset(
+            val_windows, n_features=step_features(n_features, config), batch_size=config.batch_size
+        )
         model.fit(
             train_data,
             validation_data=val_data,
@@ -312,7 +318,7 @@ def _train(
         )
     stop_reason = stop_reason or STOP_COMPLETED
 
-    baseline = mean_block_loss(val_windows, config.loss, normalizer)
+    baseline = mean_block_loss(val_windows, config, normalizer)
     weights, best = _best_weights(store, directory, history, model)
     wall = time.perf_counter() - checkpoint.started
     card: dict[str, Any] = {
@@ -493,14 +499,34 @@ def _npz(**arrays: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def mean_block_loss(windows: SongWindows, loss: str, normalizer: Normalizer) -> float:
-    """Loss of always predicting the dataset's mean block: the bar a model must clear."""
-    mean_block = normalizer.apply(normalizer.mean[None, :])[0]
+def window_size_text(config: TrainConfig) -> str:
+    return "seq_len + 1" if config.frames_per_step == 1 else "(seq_len + 1) x frames_per_step"
+
+
+def make_windows(
+    store_url: str, dataset_id: str, rows: list[Any], config: TrainConfig, normalizer: Normalizer
+) -> SongWindows:
+    """The training (or validation) windows of ``rows``, in steps of ``config.frames_per_step`` rows."""
+    return SongWindows(
+        store_url,
+        dataset_id,
+        rows,
+        seq_len=config.seq_len,
+        hop=config.hop,
+        normalizer=normalizer,
+        frames_per_step=config.frames_per_step,
+    )
+
+
+def mean_block_loss(windows: SongWindows, config: TrainConfig, normalizer: Normalizer) -> float:
+    """Loss of always predicting the dataset's mean block (for ``gaussian``: its per-feature
+    Gaussian): the bar a model must clear."""
+    mean_block = np.tile(normalizer.apply(normalizer.mean[None, :])[0], config.frames_per_step)
     total, count = 0.0, 0
     for _, targets in windows.iter_windows():
-        error = targets - mean_block
-        total += float(np.square(error).sum() if loss == "mse" else np.abs(error).sum())
-        count += error.size
+        summed, values = baseline_loss(targets - mean_block, config)
+        total += summed
+        count += values
     return total / max(count, 1)
 
 

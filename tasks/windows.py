@@ -121,6 +121,7 @@ class SongWindows:
         seq_len: int,
         hop: int,
         normalizer: Normalizer | None = None,
+        frames_per_step: int = 1,
     ) -> None:
         self.store_url = store_url
         self.dataset_id = dataset_id
@@ -128,19 +129,30 @@ class SongWindows:
         self.seq_len = seq_len
         self.hop = hop
         self.normalizer = normalizer
+        self.frames_per_step = frames_per_step
+
+    def n_steps(self, row: CatalogRow) -> int:
+        """Model steps of a song: its rows, ``frames_per_step`` at a time (a shorter tail is left out)."""
+        return row.n_blocks // self.frames_per_step
 
     @property
     def n_windows(self) -> int:
-        return sum(count_windows(row.n_blocks, seq_len=self.seq_len, hop=self.hop) for row in self.rows)
+        return sum(count_windows(self.n_steps(row), seq_len=self.seq_len, hop=self.hop) for row in self.rows)
 
     def song_blocks(self, row: CatalogRow) -> np.ndarray:
-        """A song's (normalised) blocks, shape [n_blocks, n_features]."""
+        """A song's (normalised) steps, shape [n_steps, frames_per_step * n_features] (its blocks,
+        [n_blocks, n_features], with one frame per step)."""
         assert row.shard is not None
         store = open_store(self.store_url)
         blocks = read_blocks(
             store, dataset_dir(self.dataset_id), row.shard, offset=row.offset, n_blocks=row.n_blocks
         )
-        return self.normalizer.apply_in_place(blocks) if self.normalizer is not None else blocks
+        if self.normalizer is not None:
+            blocks = self.normalizer.apply_in_place(blocks)
+        if self.frames_per_step == 1:
+            return blocks
+        usable = self.n_steps(row) * self.frames_per_step
+        return blocks[:usable].reshape(self.n_steps(row), self.frames_per_step * blocks.shape[1])
 
     def iter_spans(self, *, seed: int | None = None) -> Iterator[np.ndarray]:
         """Yield each window as its span of ``seq_len + 1`` blocks, [seq_len + 1, n_features]:
@@ -156,7 +168,7 @@ class SongWindows:
             order = np.random.default_rng(seed).permutation(len(self.rows))
         for index in order:
             row = self.rows[index]
-            starts = window_starts(row.n_blocks, seq_len=self.seq_len, hop=self.hop)
+            starts = window_starts(self.n_steps(row), seq_len=self.seq_len, hop=self.hop)
             if starts.size == 0:
                 continue
             blocks = self.song_blocks(row)

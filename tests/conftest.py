@@ -148,3 +148,52 @@ def tiny_model(tiny_dataset: tuple[str, str], tmp_path_factory: pytest.TempPathF
     shutil.copytree(tiny_dataset[0], store)
     result = train_model(store, TrainConfig.from_preset("small", epochs=3, **TINY_TRAIN))
     return store, result.model_id
+
+
+# The spectral path, small: 512-sample frames every 128 (5.8 ms) in 40 mel bands at 22.05 kHz, a
+# model of 4-frame steps with a 2-component mixture density, trained in seconds.
+STFT_FEATURES = {"n_fft": 512, "hop_length": 128, "n_mels": 40}
+STFT_TRAIN = {
+    "hidden": 64,
+    "layers": 1,
+    "seq_len": 24,
+    "hop": 6,
+    "batch_size": 8,
+    "frames_per_step": 4,
+    "mixtures": 2,
+    "learning_rate": 3e-3,
+    "val_fraction": 0.25,
+    "input_noise": 0.3,
+    "dropout": 0.1,
+}
+
+
+@pytest.fixture(scope="session")
+def stft_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A local store with one stft dataset of 4 periodic 4 s songs; ``(store_url, dataset_id)``.
+    Read-only: copy the store before changing it."""
+    from helpers import ingest_direct, write_periodic_music
+
+    from musicflow.config import FeatureConfig, IngestConfig
+
+    root = tmp_path_factory.mktemp("stft")
+    songs = root / "songs"
+    write_periodic_music(songs, n_songs=4, seconds=4.0)
+    store = str(root / "store")
+    config = IngestConfig(features=FeatureConfig.for_transform("stft", **STFT_FEATURES))
+    return store, ingest_direct(songs, store, config)
+
+
+@pytest.fixture(scope="session")
+def stft_model(stft_dataset: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A copy of ``stft_dataset``'s store with a spectral model trained for 12 epochs;
+    ``(store_url, model_id)``. Read-only: copy the store before changing it."""
+    import shutil
+
+    from musicflow.config import TrainConfig
+    from tasks.train import train_model
+
+    store = str(tmp_path_factory.mktemp("stft-model") / "store")
+    shutil.copytree(stft_dataset[0], store)
+    result = train_model(store, TrainConfig.from_preset("spectral", epochs=12, **STFT_TRAIN))
+    return store, result.model_id

@@ -103,6 +103,30 @@ def write_periodic_songs(
     return paths
 
 
+def write_periodic_music(
+    directory: Path, *, n_songs: int, seconds: float, sample_rate: int = 22050
+) -> list[Path]:
+    """WAV songs that repeat a one-second bar: four decaying notes with harmonics (a different
+    melody per song) over a kick on every beat. Music a small spectral model can learn in seconds."""
+    directory.mkdir(parents=True, exist_ok=True)
+    beat = sample_rate // 4
+    t = np.arange(beat) / sample_rate
+    paths = []
+    for song in range(n_songs):
+        bar = np.zeros(4 * beat, np.float32)
+        for step in range(4):
+            freq = 220.0 * 2 ** (((song * 5 + step * (3 + song)) % 12) / 12)
+            note = sum(np.sin(2 * np.pi * freq * k * t) / k for k in (1, 2, 3)) * np.exp(-6 * t)
+            kick = np.sin(2 * np.pi * (50 + 100 * np.exp(-30 * t)) * t) * np.exp(-20 * t)
+            bar[step * beat : (step + 1) * beat] = 0.25 * note + 0.4 * kick
+        n = int(seconds * sample_rate)
+        audio = np.tile(bar, n // bar.size + 1)[:n]
+        path = directory / f"music-{song:02d}.wav"
+        path.write_bytes(encode_audio(audio, sample_rate=sample_rate, format="wav"))
+        paths.append(path)
+    return paths
+
+
 def musicflow(
     *args: str, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
@@ -272,3 +296,21 @@ def write_odd_files(directory: Path, songs: list[Path], long_mp3: bytes) -> dict
     shutil.copy(songs[4], directory / "deleted-mid-run.mp3")
     outcomes["deleted-mid-run.mp3"] = ("failed", "disappeared")
     return outcomes
+
+
+def run_cli(capsys: Any, *args: str) -> tuple[int, str, str]:
+    """``musicflow ARGS`` in this process (argument checks happen before any flow starts)."""
+    from musicflow.cli import main
+
+    capsys.readouterr()
+    environ = dict(os.environ)  # the CLI quiets Prefect's console logging through the environment
+    try:
+        main(list(args))
+        code = 0
+    except SystemExit as exit:
+        code = exit.code if isinstance(exit.code, int) else 1
+    finally:
+        os.environ.clear()
+        os.environ.update(environ)
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

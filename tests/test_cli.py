@@ -101,11 +101,13 @@ def test_ingest_then_status_json(tmp_path: Path, demo_songs: list[Path]) -> None
         "n_features",
         "format",
     }
-    assert (dataset["songs_ok"], dataset["songs_failed"], dataset["n_features"]) == (2, 1, 11026)
+    # The default features: 128 log-mel bands of frames every 256 samples at 22.05 kHz.
+    assert (dataset["songs_ok"], dataset["songs_failed"], dataset["n_features"]) == (2, 1, 128)
+    assert (dataset["transform"], dataset["sample_rate"], dataset["block_size"]) == ("stft", 22050, 256)
     assert dataset["format"] == "zarr"
     assert dataset["seconds"] == pytest.approx(summary["audio_seconds"], abs=1e-3)
     assert dataset["n_blocks"] == sum(
-        -(-round(row.seconds * 44100) // 11025) for row in _ok_rows(store, dataset)
+        -(-round(row.seconds * 22050) // 256) for row in _ok_rows(store, dataset)
     )
 
     table = musicflow("status", "--store", store)
@@ -171,3 +173,25 @@ def test_killed_run_resumes_with_every_song_once(tmp_path: Path, demo_songs: lis
     assert sorted(Path(row.source).name for row in rows) == sorted(song.name for song in songs)
     assert all(row.ok for row in rows)
     assert_store_consistent(store, dataset_id)
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--n-fft", "1001"], "invalid n_fft 1001"),
+        (["--hop-length", "0"], "invalid hop_length 0"),
+        (["--n-fft", "512", "--hop-length", "400"], "invalid hop_length 400"),
+        (["--n-mels", "600"], "invalid n_mels 600"),
+    ],
+)
+def test_ingest_with_a_bad_stft_config_is_one_line_naming_the_value_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], fragment: str
+) -> None:
+    from helpers import run_cli
+
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    code, out, err = run_cli(capsys, "ingest", str(songs), "--store", str(tmp_path / "store"), *args)
+    assert code == 2, (out, err)
+    assert fragment in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "store").exists()

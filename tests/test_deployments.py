@@ -97,7 +97,7 @@ def test_train_is_triggered_by_new_songs_in_its_store(default: dict[str, Any]) -
         == {"dataset": "{{ event.payload.dataset_id }}"}
         == {"dataset": DATASET_ID_TEMPLATE}
     )
-    assert train.parameters == {"store": "/data/store", "preset": "small"}
+    assert train.parameters == {"store": "/data/store"}  # the train flow picks the preset by the dataset
 
 
 def test_the_trigger_matches_the_store_however_it_is_spelled(

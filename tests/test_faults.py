@@ -93,7 +93,7 @@ def test_intermittent_storage_failures_are_retried(
     clean_url = str(tmp_path / "clean")
     from flows.ingest import ingest
 
-    ingest(source=str(source), store=clean_url, format=shard_format, workers=1)
+    ingest(source=str(source), store=clean_url, format=shard_format, workers=1, transform="rfft")
     flaky_stats, clean_stats = (
         read_stats(open_store(store_url), dataset_id),
         read_stats(open_store(clean_url), dataset_id),

@@ -13,29 +13,11 @@ from typing import Any
 
 import pytest
 from conftest import TINY_BLOCK
-from helpers import artifact_table, flow_run_artifacts, musicflow, write_periodic_songs
+from helpers import artifact_table, flow_run_artifacts, musicflow, run_cli, write_periodic_songs
 
 from tasks.generate import METRICS_FILE
 
 SR = 44100
-
-
-def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
-    """``musicflow ARGS`` in this process (argument checks happen before any flow starts)."""
-    from musicflow.cli import main
-
-    capsys.readouterr()
-    environ = dict(os.environ)  # the CLI quiets Prefect's console logging through the environment
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as exit:
-        code = exit.code if isinstance(exit.code, int) else 1
-    finally:
-        os.environ.clear()
-        os.environ.update(environ)
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
 
 
 def assert_one_line_error(err: str, *fragments: str) -> None:
@@ -95,11 +77,13 @@ def _completed_event(flow_run_id: Any, *, timeout: float = 20.0) -> dict[str, An
 
 
 @pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize(("fixture", "rate"), [("tiny_model", SR), ("stft_model", 22050)])
 def test_generate_flow_writes_the_run_and_publishes_artifacts(
-    tiny_model: tuple[str, str], tmp_path: Path
+    request: pytest.FixtureRequest, tmp_path: Path, fixture: str, rate: int
 ) -> None:
     from flows.generate import generate
 
+    tiny_model = request.getfixturevalue(fixture)
     store = copy_store(tiny_model[0], tmp_path / "store")
     state = generate(store=store, seconds=1.0, count=2, return_state=True)
     report = state.result()
@@ -111,7 +95,7 @@ def test_generate_flow_writes_the_run_and_publishes_artifacts(
     for clip in ("clip-01", "clip-02"):
         for suffix in ("wav", "mp3", "png"):
             assert (run / f"{clip}.{suffix}").stat().st_size > 0
-    assert abs((run / "clip-01.wav").stat().st_size - 44 - 2 * SR) <= 2 * 1024
+    assert abs((run / "clip-01.wav").stat().st_size - 44 - 2 * rate) <= 2 * 1024
 
     artifacts = flow_run_artifacts(state.state_details.flow_run_id)
     assert set(artifacts) >= {"generated-clips", "generated-spectrograms"}
@@ -122,7 +106,9 @@ def test_generate_flow_writes_the_run_and_publishes_artifacts(
         assert row["rms_dbfs"] == clip["metrics"]["rms_dbfs"]
         assert row["collapsed"] == (clip["metrics"]["collapsed"] or "no")
         assert row["seconds"] == pytest.approx(1.0, abs=0.03)
+        assert row["quality"] == clip["quality"]["quality"] and row["lufs"] == clip["quality"]["lufs"]
     assert report["location"] in artifacts["generated-clips"].description
+    assert f"quality {report['quality']['quality']}" in artifacts["generated-clips"].description
     markdown = artifacts["generated-spectrograms"].data
     assert tiny_model[1] in markdown
     assert f"{report['location']}/clip-01.png" in markdown and f"{report['location']}/clip-02.png" in markdown
@@ -194,14 +180,14 @@ def test_pipeline_runs_ingest_train_generate_as_subflows(tmp_path: Path) -> None
 
     assert state.is_completed()
     assert (result["ingest"]["songs_ok"], result["ingest"]["songs_failed"]) == (4, 0)
-    assert result["ingest"]["dataset_id"].startswith(f"rfft-b{TINY_BLOCK}-")
+    assert result["ingest"]["dataset_id"].startswith("stft-n1024-h256-m128-sr22050-")  # the default features
     assert list(Path(store, "datasets", result["ingest"]["dataset_id"], "shards").glob("*.parquet"))
     card = result["train"]
     assert card["dataset_id"] == result["ingest"]["dataset_id"]
     assert card["epochs"] == 1 and card["config"]["hidden"] == 16 and card["config"]["seq_len"] == 4
     generated = result["generate"]
     assert generated["model_id"] == card["model_id"]
-    assert generated["seconds"] == pytest.approx(1.0, abs=TINY_BLOCK / 44100)  # whole blocks
+    assert generated["seconds"] == pytest.approx(1.0, abs=256 / 22050)  # whole frames (the stft default)
     assert Path(store, "generated", generated["run_id"], METRICS_FILE).is_file()
     assert Path(store, "models", card["model_id"], "model.keras").is_file()
 
@@ -258,7 +244,11 @@ def test_cli_pipeline_passes_its_options_to_each_flow(tmp_path: Path) -> None:
 
 
 @pytest.mark.usefixtures("prefect_server")
-def test_cli_generate_then_status_lists_the_run(tiny_model: tuple[str, str], tmp_path: Path) -> None:
+@pytest.mark.parametrize("fixture", ["tiny_model", "stft_model"])
+def test_cli_generate_then_status_lists_the_run(
+    request: pytest.FixtureRequest, tmp_path: Path, fixture: str
+) -> None:
+    tiny_model = request.getfixturevalue(fixture)
     store = copy_store(tiny_model[0], tmp_path / "store")
 
     result = musicflow("generate", "--store", store, "--seconds", "1")
@@ -275,6 +265,7 @@ def test_cli_generate_then_status_lists_the_run(tiny_model: tuple[str, str], tmp
     assert set(run["metrics"]) == {"clip-01"}
     assert run["metrics"]["clip-01"]["seconds"] == pytest.approx(run["seconds"])
     assert run["collapsed"] == [run["metrics"]["clip-01"]["collapsed"]]
+    assert isinstance(run["quality"], float) and "quality" in result.stdout
     folder = Path(store, "generated", run["run_id"])
     assert sorted(os.listdir(folder)) == sorted([*run["files"], METRICS_FILE])
 

@@ -12,6 +12,7 @@ from tasks.metrics import (
     MEMORISED_SIMILARITY,
     NOISE_FLATNESS,
     SILENCE_DBFS,
+    STATIC_VARIATION_DB,
     audio_metrics,
     loop_score,
     nearest_training_similarity,
@@ -79,6 +80,16 @@ def test_a_repeating_loop_is_flagged_by_the_loop_score() -> None:
     assert metrics["collapsed"] == "loop"
 
 
+def test_a_held_chord_is_collapsed_into_static() -> None:
+    # What a fed-back model decays to: the same spectrum every frame, music-like but frozen.
+    chord = sum(sine(f, 3 * SR, amplitude=0.2) for f in (220.0, 277.2, 329.6, 440.0))
+    chord = chord + 0.01 * np.random.default_rng(0).standard_normal(chord.size).astype(np.float32)
+    metrics = metrics_of(chord)
+    assert metrics["spectral_flatness"] < NOISE_FLATNESS and metrics["loop_correlation"] < LOOP_CORRELATION
+    assert metrics["variation_db"] < STATIC_VARIATION_DB
+    assert metrics["collapsed"] == "static"
+
+
 @pytest.mark.parametrize("seed", [0, 3, 4])
 def test_a_musical_signal_is_not_flagged(seed: int) -> None:
     metrics = metrics_of(song(seed))
@@ -86,6 +97,7 @@ def test_a_musical_signal_is_not_flagged(seed: int) -> None:
     assert metrics["rms_dbfs"] > SILENCE_DBFS
     assert metrics["spectral_flatness"] < NOISE_FLATNESS
     assert metrics["loop_correlation"] < LOOP_CORRELATION
+    assert metrics["variation_db"] > 2 * STATIC_VARIATION_DB
     assert metrics["seconds"] == pytest.approx(3.0)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-from conftest import TINY_BLOCK, TINY_TRAIN
+from conftest import STFT_FEATURES, STFT_TRAIN, TINY_BLOCK, TINY_TRAIN
 from helpers import ingest_direct, write_periodic_songs
 
 from musicflow.config import FeatureConfig, IngestConfig, TrainConfig
@@ -36,6 +36,14 @@ from tasks.windows import Normalizer, SongWindows, cut_windows, load_split, make
 
 def tiny_config(epochs: int, **overrides: Any) -> TrainConfig:
     return TrainConfig.from_preset("small", epochs=epochs, **{**TINY_TRAIN, **overrides})
+
+
+# The two model kinds, each with its small dataset fixture: the seed's (rfft blocks, MSE) and the
+# spectral default (stft frames, mixture density with input noise and dropout).
+KINDS = {
+    "rfft": ("tiny_dataset", tiny_config),
+    "stft": ("stft_dataset", lambda epochs: TrainConfig.from_preset("spectral", epochs=epochs, **STFT_TRAIN)),
+}
 
 
 def copy_store(store_url: str, tmp_path: Path, name: str = "store") -> str:
@@ -153,8 +161,10 @@ def test_model_card(tiny_dataset: tuple[str, str], tiny_model: tuple[str, str]) 
 # Resume
 
 
-def test_resume_continues_the_history(tiny_dataset: tuple[str, str], tmp_path: Path) -> None:
-    store_url = copy_store(tiny_dataset[0], tmp_path)
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_resume_continues_the_history(request: pytest.FixtureRequest, tmp_path: Path, kind: str) -> None:
+    fixture, tiny_config = KINDS[kind]
+    store_url = copy_store(request.getfixturevalue(fixture)[0], tmp_path)
     first = train_model(store_url, tiny_config(2))
     assert (first.epochs, first.resumed_from) == (2, 0)
     assert state_of(store_url, first.model_id)["epoch"] == 2
@@ -187,16 +197,28 @@ def test_resume_continues_the_history(tiny_dataset: tuple[str, str], tmp_path: P
     # --no-resume starts over, and an uninterrupted run of 4 epochs is the resumed run, epoch for epoch
     fresh = train_model(store_url, tiny_config(4), resume=False)
     assert (fresh.epochs, fresh.resumed_from) == (4, 0)
-    assert fresh.history["loss"] == pytest.approx(resumed.history["loss"], rel=1e-5)
-    assert fresh.history["val_loss"] == pytest.approx(resumed.history["val_loss"], rel=1e-5)
+    # The spectral model's input noise and dropout draw other random numbers after a resume than
+    # in one uninterrupted run (measured: 1.6 % apart at epoch 4), the seed's model none.
+    tolerance = 1e-5 if kind == "rfft" else 0.1
+    assert fresh.history["loss"][:2] == pytest.approx(resumed.history["loss"][:2], rel=1e-5)
+    assert fresh.history["loss"] == pytest.approx(resumed.history["loss"], rel=tolerance)
+    assert fresh.history["val_loss"] == pytest.approx(resumed.history["val_loss"], rel=tolerance)
     assert state_of(store_url, first.model_id)["epoch"] == 4
 
 
-def test_checkpoints_round_trip_through_s3(tiny_dataset: tuple[str, str], s3_bucket: str) -> None:
+@pytest.mark.parametrize("kind", sorted(KINDS))
+def test_checkpoints_round_trip_through_s3(request: pytest.FixtureRequest, s3_bucket: str, kind: str) -> None:
+    fixture, tiny_config = KINDS[kind]
+    local_store, local_id = request.getfixturevalue(fixture)
     store_url = f"{s3_bucket}/store"
-    songs = Path(tiny_dataset[0]).parent / "songs"
-    dataset_id = ingest_direct(songs, store_url, IngestConfig(features=FeatureConfig(block_size=TINY_BLOCK)))
-    assert dataset_id == tiny_dataset[1]
+    songs = Path(local_store).parent / "songs"
+    features = (
+        FeatureConfig(block_size=TINY_BLOCK)
+        if kind == "rfft"
+        else FeatureConfig.for_transform("stft", **STFT_FEATURES)
+    )
+    dataset_id = ingest_direct(songs, store_url, IngestConfig(features=features))
+    assert dataset_id == local_id
 
     first = train_model(store_url, tiny_config(1))
     store = open_store(store_url)

@@ -1,0 +1,186 @@
+"""The quality score (tasks/quality.py), the spectral model it judges, and ``musicflow evaluate``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from helpers import write_periodic_music
+
+from tasks.audio import decode_audio
+from tasks.generate import generate_run
+from tasks.quality import (
+    QUALITY_FILE,
+    frame_statistics,
+    frechet_distance,
+    log_mel_frames,
+    loudness_lufs,
+    model_song_sets,
+    quality_report,
+    shaped_noise,
+)
+from tasks.store import open_store
+from tasks.train import read_card
+
+SR = 22050
+
+
+@pytest.fixture(scope="module")
+def scored_run(stft_model: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """Two 3 s clips from the spectral model, with its song sets and a song of the same kind it
+    never saw (the 5th periodic song)."""
+    store_url = str(tmp_path_factory.mktemp("scored") / "store")
+    shutil.copytree(stft_model[0], store_url)
+    store = open_store(store_url)
+    report = generate_run(store, seconds=3.0, count=2, run_id="scored")
+    clips = [
+        decode_audio(
+            str(Path(store_url, "generated", "scored", f"{clip['name']}.wav")), sample_rate=SR
+        ).samples
+        for clip in report["clips"]
+    ]
+    unseen_dir = tmp_path_factory.mktemp("unseen")
+    unseen = write_periodic_music(unseen_dir, n_songs=5, seconds=6.0)[4]
+    reference, real = model_song_sets(store, read_card(store, stft_model[1]))
+    return {
+        "store": store_url,
+        "report": report,
+        "clips": clips,
+        "reference": reference,
+        "real": real,
+        "unseen": decode_audio(str(unseen), sample_rate=SR).samples,
+    }
+
+
+def test_score_ranks_real_songs_over_model_clips_over_shaped_noise_over_silence(
+    scored_run: dict[str, Any],
+) -> None:
+    reference, real = scored_run["reference"].audio, scored_run["real"].audio
+    assert scored_run["reference"].origin == "source"  # the song files, not the model's features
+    length = scored_run["clips"][0].size
+    rng = np.random.default_rng(7)
+    spectrum = np.mean([np.abs(np.fft.rfft(song[:length])) ** 2 for song in real], axis=0)
+    level = float(np.sqrt(np.mean(np.concatenate(real) ** 2)))
+    material = {
+        "real": [scored_run["unseen"][:length], scored_run["unseen"][length : 2 * length]],
+        "model": scored_run["clips"],
+        "noise": [shaped_noise(length, spectrum=spectrum, rms=level, rng=rng) for _ in range(2)],
+        "silence": [np.zeros(length, np.float32)] * 2,
+    }
+    scores = {
+        name: quality_report(clips, reference=reference, real=real, sample_rate=SR)["quality"]
+        for name, clips in material.items()
+    }
+    assert scores["real"] > scores["model"] > scores["noise"] > scores["silence"], scores
+    assert scores["real"] > 0.7 and scores["model"] > 0.2 and abs(scores["noise"]) < 0.3, scores
+
+
+def test_the_spectral_model_makes_music_that_is_not_collapsed_and_beats_shaped_noise(
+    scored_run: dict[str, Any],
+) -> None:
+    report = scored_run["report"]
+    quality = report["quality"]
+    assert quality["d_real"] < quality["d_gen"] < quality["d_noise"]
+    assert quality["quality"] > 0.2, quality
+    assert quality["songs_from"] == "source"
+    assert quality["reference_songs"] == 1 and quality["real_songs"] == 3
+    for clip in report["clips"]:
+        assert clip["metrics"]["collapsed"] is None, clip["metrics"]
+        assert clip["metrics"]["variation_db"] > 2.5
+        assert clip["quality"]["quality"] > 0.0
+    assert abs(quality["loudness"]["difference_db"]) < 6.0
+    assert quality["onset_rate"]["clips"] > 0.5  # the kicks and notes come through
+
+
+def test_frechet_distance_is_zero_for_the_same_frames_and_counts_a_level_shift() -> None:
+    song = write_periodic_music_array()
+    frames = log_mel_frames(song, sample_rate=SR)
+    stats = frame_statistics(frames)
+    assert frechet_distance(stats, stats) == pytest.approx(0.0, abs=1e-6)
+    shifted = frame_statistics(frames + 3.0)  # every band 3 dB louder
+    assert frechet_distance(stats, shifted) == pytest.approx(64 * 9.0, rel=1e-3)
+    other = frame_statistics(log_mel_frames(song[::-1].copy(), sample_rate=SR))
+    assert frechet_distance(stats, other) == pytest.approx(frechet_distance(other, stats), rel=1e-3)
+
+
+def write_periodic_music_array(seconds: float = 4.0) -> np.ndarray:
+    t = np.arange(int(seconds * SR)) / SR
+    return (0.3 * np.sin(2 * np.pi * 330 * t) * (1 + np.sign(np.sin(2 * np.pi * 2 * t))) / 2).astype(
+        np.float32
+    )
+
+
+def test_shaped_noise_has_the_spectrum_and_the_level_asked_for() -> None:
+    spectrum = np.ones(1025)
+    spectrum[300:] = 1e-6  # low-pass: nothing above ~3.2 kHz
+    noise = shaped_noise(SR * 2, spectrum=spectrum, rms=0.1, rng=np.random.default_rng(0))
+    assert float(np.sqrt(np.mean(noise**2))) == pytest.approx(0.1, rel=1e-3)
+    power = np.abs(np.fft.rfft(noise)) ** 2
+    cutoff = int(power.size * 300 / 1025)
+    assert power[cutoff + 50 :].sum() < 1e-4 * power[: cutoff - 50].sum()
+
+
+def test_loudness_is_bs1770_lufs() -> None:
+    t = np.arange(SR * 3) / SR
+    sine = (0.1 * np.sin(2 * np.pi * 997 * t)).astype(np.float32)  # -20 dBFS peak: -23 LUFS
+    assert loudness_lufs(sine, sample_rate=SR) == pytest.approx(-23.0, abs=0.3)
+    assert loudness_lufs(np.zeros(SR, np.float32), sample_rate=SR) is None
+    assert loudness_lufs(sine[:100], sample_rate=SR) is None
+
+
+# --- musicflow evaluate --------------------------------------------------------------------------------
+
+
+def test_evaluate_scores_a_run_again_and_writes_quality_json(
+    scored_run: dict[str, Any], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from helpers import run_cli
+
+    code, out, err = run_cli(capsys, "evaluate", "--store", scored_run["store"], "--json")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["run_id"] == "scored" and report["clips"] == ["clip-01", "clip-02"]
+    written = json.loads(Path(scored_run["store"], "generated", "scored", QUALITY_FILE).read_text())
+    assert written == report
+    # The same clips (as 16-bit WAV), songs and anchors: the score generate wrote, to the quantisation.
+    assert report["quality"] == pytest.approx(scored_run["report"]["quality"]["quality"], abs=0.02)
+    code, out, _ = run_cli(capsys, "evaluate", "--store", scored_run["store"], "--run", "scored")
+    assert code == 0 and "quality" in out and "clip-02" in out
+
+
+@pytest.mark.parametrize(
+    ("damage", "fragment"),
+    [
+        ("no-model", "no trained model"),
+        ("no-run", "has no generated run"),
+        ("unknown-run", "no generated run 'nope'"),
+        ("no-validation-songs", "has no validation songs"),
+    ],
+)
+def test_evaluate_errors_are_one_line_and_exit_2(
+    scored_run: dict[str, Any], tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: str, fragment: str
+) -> None:
+    from helpers import run_cli
+
+    store = str(tmp_path / "store")
+    shutil.copytree(scored_run["store"], store)
+    args = ["evaluate", "--store", store]
+    if damage == "no-model":
+        shutil.rmtree(Path(store, "models"))
+    elif damage == "no-run":
+        shutil.rmtree(Path(store, "generated"))
+    elif damage == "unknown-run":
+        args += ["--run", "nope"]
+    else:
+        (model_id,) = [path.name for path in Path(store, "models").iterdir()]
+        card_path = Path(store, "models", model_id, "card.json")
+        card = json.loads(card_path.read_text())
+        card["val_songs"] = []
+        card_path.write_text(json.dumps(card))
+    code, out, err = run_cli(capsys, *args)
+    assert code == 2, (out, err)
+    assert fragment in err and len(err.strip().splitlines()) == 1, err

@@ -56,9 +56,8 @@ def test_three_deployments_of_the_three_flows(default: dict[str, Any]) -> None:
         "source": "/data/songs",
         "store": "/data/store",
         "format": "zarr",
-        "transform": "rfft",
+        "transform": "stft",  # the default; its sample rate and frame options are the transform's
         "block_size": 11025,
-        "sample_rate": 44100,
     }
 
 
@@ -195,8 +194,7 @@ def test_serve_options_become_the_flows_parameters() -> None:
         "source_block": "aws-credentials/songs",
     }
     assert built["musicflow-train"].parameters == {
-        "store": "s3://models/store",
-        "preset": "small",
+        "store": "s3://models/store",  # no preset: the train flow takes the dataset's transform's
         "epochs": 3,
         "hidden": 32,
         "seq_len": 8,
@@ -363,3 +361,24 @@ def test_yaml_schedules_and_trigger_match_the_code(
         limit = declared[name]["concurrency_limit"]
         assert limit == {"limit": default[name].concurrency_limit, "collision_strategy": strategy}
         assert default[name].concurrency_options.collision_strategy.value == strategy
+
+
+def test_serve_passes_the_stft_frame_options_and_checks_them() -> None:
+    built = by_name(
+        build_deployments(
+            source="/songs", store="/store", n_fft=512, hop_length=128, n_mels=64, preset="gruv"
+        )
+    )
+    assert built["musicflow-ingest"].parameters == {
+        "source": "/songs",
+        "store": "/store",
+        "format": "zarr",
+        "transform": "stft",
+        "block_size": 11025,
+        "n_fft": 512,
+        "hop_length": 128,
+        "n_mels": 64,
+    }
+    assert built["musicflow-train"].parameters == {"store": "/store", "preset": "gruv"}
+    with pytest.raises(ConfigError, match="300"):
+        build_deployments(source="/songs", store="/store", n_fft=512, n_mels=300)

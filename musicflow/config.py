@@ -153,6 +153,16 @@ class FeatureConfig:
             }
         return identity
 
+    def __eq__(self, other: object) -> bool:
+        # Fields a transform ignores (block_size for stft; n_fft, hop_length, n_mels for the
+        # block transforms) do not make two configs, or their datasets, differ.
+        if not isinstance(other, FeatureConfig):
+            return NotImplemented
+        return self._identity() == other._identity()
+
+    def __hash__(self) -> int:
+        return hash(tuple(sorted(self._identity().items())))
+
     @property
     def dataset_id(self) -> str:
         """Readable and unique: ``rfft-b11025-sr44100-<hash>``, ``stft-n1024-h256-m80-sr22050-<hash>``."""

@@ -18,6 +18,7 @@ just copy the previous 12 ms frame.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -93,7 +94,7 @@ def compile_model(model: Any, config: TrainConfig) -> None:
 
     loss: Any = config.loss
     if config.loss == "gaussian":
-        loss = MixtureNLL(mixtures=config.mixtures)
+        loss = mixture_nll_class()(mixtures=config.mixtures)
     model.compile(
         optimizer=keras.optimizers.RMSprop(learning_rate=config.learning_rate, clipnorm=config.clipnorm),
         loss=loss,
@@ -129,7 +130,10 @@ def _mixture_nll(targets: Any, params: Any, mixtures: int) -> Any:
     return -log_density / float(targets.shape[-1])
 
 
-def _register() -> Any:
+@functools.cache
+def mixture_nll_class() -> Any:
+    """The Keras loss class of the mixture models, registered (so saved models load) on first
+    use: importing this module must not import TensorFlow (ingest workers import it)."""
     load_tensorflow()
     import keras
 
@@ -148,9 +152,6 @@ def _register() -> Any:
             return {**super().get_config(), "mixtures": self.mixtures}
 
     return MixtureNLL
-
-
-MixtureNLL = _register()
 
 
 def sample_step(

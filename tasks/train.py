@@ -40,7 +40,7 @@ from musicflow.config import TrainConfig
 from musicflow.errors import ConfigError, MusicflowError, StoreError
 from musicflow.tfload import load_tensorflow
 from tasks.dataset import STATS_FILE, dataset_dir, list_datasets, read_features
-from tasks.model import baseline_loss, build_model, step_features
+from tasks.model import baseline_loss, build_model, mixture_nll_class, step_features
 from tasks.store import Store, open_store
 from tasks.windows import Normalizer, SongWindows, load_split, make_tf_dataset, steps_per_epoch
 
@@ -477,6 +477,7 @@ def load_keras(data: bytes) -> Any:
     load_tensorflow()
     import keras
 
+    mixture_nll_class()  # registered before a model that uses it is deserialised
     with tempfile.TemporaryDirectory() as folder:
         path = os.path.join(folder, "model.keras")
         with open(path, "wb") as handle:

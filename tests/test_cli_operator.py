@@ -47,6 +47,18 @@ def test_help_imports_none_of_the_dsp_ml_stack(args: list[str]) -> None:
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
 
 
+def test_ingest_workers_import_no_ml_stack() -> None:
+    """A Dask worker runs the ingest tasks from tasks.prefect_tasks: importing TensorFlow there
+    costs each worker ~600 MB, which a 1 GiB worker cannot spare for an hour-long song."""
+    code = "import json, sys, tasks.prefect_tasks; print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+    )
+    assert result.returncode == 0, result.stderr
+    loaded = {name.split(".")[0] for name in json.loads(result.stdout.strip().splitlines()[-1])}
+    assert not loaded & {"tensorflow", "keras", "matplotlib", "torch"}, sorted(loaded)
+
+
 def test_the_clis_choices_are_the_libraries() -> None:
     from musicflow.cli import DemoFormatChoice, SeedChoice
     from tasks.generate import SEED_KINDS

@@ -319,3 +319,17 @@ def test_a_retried_commit_keeps_its_rows_and_its_shard(
     assert store.exists(dataset_dir(dataset_id), batch.shard or "")
     assert_store_consistent(store_url, dataset_id)
     assert check_store(store) == []
+
+
+def test_an_stft_dataset_reopens_with_the_block_size_it_ignores(tmp_path: Path) -> None:
+    """stft leaves block_size out of the dataset id and its config.json: a second ingest with a
+    non-default --block-size opens the same dataset, while a different hop is refused."""
+    store = open_store(str(tmp_path / "store"))
+    features = FeatureConfig.for_transform("stft", block_size=1024)
+    dataset_id = prepare_dataset(store, IngestConfig(features=features))
+    assert prepare_dataset(store, IngestConfig(features=features)) == dataset_id
+    assert FeatureConfig.for_transform("stft") == features
+    assert hash(FeatureConfig.for_transform("stft")) == hash(features)
+    other_hop = FeatureConfig.for_transform("stft", hop_length=128)
+    assert other_hop != features and other_hop.dataset_id != dataset_id
+    assert FeatureConfig(block_size=1024) != FeatureConfig(block_size=2048)

@@ -15,8 +15,12 @@ export TF_CPP_MIN_LOG_LEVEL = 2
 demo: $(STAMP) ffmpeg
 	$(BIN)/musicflow demo
 
+# Two pytest workers (pytest-xdist): much of the suite waits on servers and subprocesses.
+# `PYTEST_WORKERS=0 make test` runs it in one process.
+PYTEST_WORKERS ?= 2
+
 test: $(STAMP) ffmpeg chromium
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist worksteal
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -194,7 +194,7 @@ def test_training_killed_mid_epoch_resumes(tmp_path: Path) -> None:
         "--store",
         store,
         "--epochs",
-        "40",
+        "10",
         "--hidden",
         "32",
         "--seq-len",
@@ -217,13 +217,13 @@ def test_training_killed_mid_epoch_resumes(tmp_path: Path) -> None:
     process.wait()
     assert state_files, "training wrote no checkpoint before it was killed"
     interrupted = json.loads(state_files[0].read_text())
-    assert 2 <= interrupted["epoch"] < 40, "the kill did not land mid-run"
+    assert 2 <= interrupted["epoch"] < 10, "the kill did not land mid-run"
 
     resumed = musicflow(*train[3:], "--json")
 
     assert resumed.returncode == 0, resumed.stderr
     card = json.loads(resumed.stdout)
-    assert card["epochs"] == 40
+    assert card["epochs"] == 10
     k = interrupted["epoch"]
     assert card["history"]["loss"][:k] == interrupted["history"]["loss"]
-    assert len(card["history"]["val_loss"]) == 40
+    assert len(card["history"]["val_loss"]) == 10

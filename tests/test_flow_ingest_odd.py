@@ -14,9 +14,11 @@ from helpers import assert_store_consistent, musicflow, write_odd_files
 
 import flows.ingest as ingest_flow
 from flows.ingest import ingest
+from musicflow.config import FeatureConfig
 from tasks.catalog import read_catalog
 from tasks.dataset import dataset_dir
 from tasks.store import open_store
+from tasks.transforms import get_transform
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -155,7 +157,9 @@ def test_a_one_hour_song_under_a_worker_memory_limit(tmp_path: Path, demo_songs:
     assert first["songs_ok"] == 1 and summary["songs_ok"] == 1, summary["failures"]
     assert summary["audio_seconds"] == pytest.approx(3600.0, abs=0.5)
     rows = read_catalog(open_store(store), dataset_dir(summary["dataset_id"]))
-    assert rows[-1].n_blocks == 14400
+    # The default transform's rows for one hour at its sample rate (stft: 310 079 frames of 11.6 ms).
+    features = FeatureConfig.for_transform()
+    assert rows[-1].n_blocks == get_transform(features).n_frames(3600 * features.sample_rate)
     # The worker's own high-water mark (VmHWM) after the hour, against after the short song.
     growth = summary["peak_worker_rss_mb"] - first["peak_worker_rss_mb"]
     assert growth < 64, (first["peak_worker_rss_mb"], summary["peak_worker_rss_mb"])

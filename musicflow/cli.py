@@ -82,6 +82,20 @@ SourceOptionsOption = Annotated[
 ]
 
 
+# The feature options that ingest, pipeline and serve share.
+FormatOption = Annotated[ShardFormatChoice, typer.Option(help="Shard format.")]
+TransformOption = Annotated[
+    TransformChoice, typer.Option(help="Features: stft (log-mel frames) or the seed's rfft/fft blocks.")
+]
+BlockSizeOption = Annotated[int, typer.Option(min=2, help="rfft/fft: samples per block.")]
+SampleRateOption = Annotated[
+    int | None, typer.Option(min=1000, max=384000, help="Decode rate in Hz [stft 22050, rfft/fft 44100].")
+]
+NFFTOption = Annotated[int | None, typer.Option(help="stft: samples per frame [1024].")]
+HopLengthOption = Annotated[int | None, typer.Option(help="stft: samples between frames [256].")]
+NMelsOption = Annotated[int | None, typer.Option(help="stft: mel bands, 0 = linear bins [128].")]
+
+
 def _use_storage_options(
     store: str | None,
     storage_options: str | None,
@@ -153,17 +167,13 @@ def ingest(
         str, typer.Argument(help="Folder, file or fsspec URL of songs (searched recursively).")
     ],
     store: StoreOption,
-    format: Annotated[ShardFormatChoice, typer.Option(help="Shard format.")] = ShardFormatChoice.zarr,
-    transform: Annotated[
-        TransformChoice, typer.Option(help="Features: stft (log-mel frames) or the seed's rfft/fft blocks.")
-    ] = TransformChoice.stft,
-    block_size: Annotated[int, typer.Option(min=2, help="rfft/fft: samples per block.")] = 11025,
-    sample_rate: Annotated[
-        int | None, typer.Option(min=1000, max=384000, help="Decode rate in Hz [stft 22050, rfft/fft 44100].")
-    ] = None,
-    n_fft: Annotated[int | None, typer.Option(help="stft: samples per frame [1024].")] = None,
-    hop_length: Annotated[int | None, typer.Option(help="stft: samples between frames [256].")] = None,
-    n_mels: Annotated[int | None, typer.Option(help="stft: mel bands, 0 = linear bins [128].")] = None,
+    format: FormatOption = ShardFormatChoice.zarr,
+    transform: TransformOption = TransformChoice.stft,
+    block_size: BlockSizeOption = 11025,
+    sample_rate: SampleRateOption = None,
+    n_fft: NFFTOption = None,
+    hop_length: HopLengthOption = None,
+    n_mels: NMelsOption = None,
     workers: Annotated[
         int | None, typer.Option(min=1, help="LocalCluster worker processes [default: cores].")
     ] = None,
@@ -582,11 +592,9 @@ def pipeline(
     dask_address: Annotated[
         str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://host:8786.")
     ] = None,
-    format: Annotated[ShardFormatChoice, typer.Option(help="Shard format.")] = ShardFormatChoice.zarr,
-    transform: Annotated[
-        TransformChoice, typer.Option(help="Features: stft (log-mel frames) or the seed's rfft/fft blocks.")
-    ] = TransformChoice.stft,
-    block_size: Annotated[int, typer.Option(min=2, help="rfft/fft: samples per block.")] = 11025,
+    format: FormatOption = ShardFormatChoice.zarr,
+    transform: TransformOption = TransformChoice.stft,
+    block_size: BlockSizeOption = 11025,
     preset: Annotated[
         PresetChoice | None, typer.Option(help="Model preset [spectral for stft, small for rfft/fft].")
     ] = None,
@@ -663,17 +671,13 @@ def serve(
     ingest_every: Annotated[float | None, typer.Option(help="Also ingest every N seconds.")] = None,
     workers: Annotated[int | None, typer.Option(min=1, help="LocalCluster worker processes.")] = None,
     dask_address: Annotated[str | None, typer.Option(help="Existing Dask scheduler.")] = None,
-    format: Annotated[ShardFormatChoice, typer.Option(help="Shard format.")] = ShardFormatChoice.zarr,
-    transform: Annotated[
-        TransformChoice, typer.Option(help="Features: stft (log-mel frames) or the seed's rfft/fft blocks.")
-    ] = TransformChoice.stft,
-    block_size: Annotated[int, typer.Option(min=2, help="rfft/fft: samples per block.")] = 11025,
-    sample_rate: Annotated[
-        int | None, typer.Option(min=1000, max=384000, help="Decode rate in Hz [stft 22050, rfft/fft 44100].")
-    ] = None,
-    n_fft: Annotated[int | None, typer.Option(help="stft: samples per frame [1024].")] = None,
-    hop_length: Annotated[int | None, typer.Option(help="stft: samples between frames [256].")] = None,
-    n_mels: Annotated[int | None, typer.Option(help="stft: mel bands, 0 = linear bins [128].")] = None,
+    format: FormatOption = ShardFormatChoice.zarr,
+    transform: TransformOption = TransformChoice.stft,
+    block_size: BlockSizeOption = 11025,
+    sample_rate: SampleRateOption = None,
+    n_fft: NFFTOption = None,
+    hop_length: HopLengthOption = None,
+    n_mels: NMelsOption = None,
     preset: Annotated[
         PresetChoice | None, typer.Option(help="Model preset [spectral for stft, small for rfft/fft].")
     ] = None,

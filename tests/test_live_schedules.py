@@ -147,7 +147,7 @@ class Live:
                 break
             time.sleep(0.5 * 2 ** min(attempt, 3))
         response.raise_for_status()
-        return response.json()
+        return response.json() if response.content else None
 
     def post(self, path: str, body: dict[str, Any]) -> Any:
         return self.request("POST", path, json=body)
@@ -190,7 +190,7 @@ class Live:
     def pause(self, name: str) -> None:
         """Stop a deployment's schedule; the server deletes its auto-scheduled runs still to come."""
         deployment = self.deployments()[name]
-        self.http.post(f"/deployments/{deployment['id']}/pause_deployment").raise_for_status()
+        self.request("POST", f"/deployments/{deployment['id']}/pause_deployment")
 
     def run_deployment(self, name: str, **parameters: Any) -> str:
         deployment = self.deployments()[name]

@@ -60,6 +60,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from _report import table, target, verdict
@@ -316,6 +317,7 @@ def run_plain_dask(collection: Collection, store: Path, *, workers: int, dask_ad
     """The flow's steps, same functions and batches, on plain Dask: what Prefect adds to (a)."""
     from distributed import Client, as_completed
 
+    from flows.ingest import BATCHES_PER_WORKER
     from musicflow.config import IngestConfig
     from tasks import dataset as dataset_lib
     from tasks import ingest as ingest_lib
@@ -331,7 +333,7 @@ def run_plain_dask(collection: Collection, store: Path, *, workers: int, dask_ad
         catalog = read_catalog(store_handle, dataset_lib.dataset_dir(dataset_id))
         plan = ingest_lib.plan_ingest(files, catalog)
         batches = ingest_lib.make_batches(
-            plan.todo, batch_bytes=int(config.batch_mb * 2**20), min_batches=2 * workers
+            plan.todo, batch_bytes=int(config.batch_mb * 2**20), min_batches=BATCHES_PER_WORKER * workers
         )
         futures = [
             client.submit(ingest_lib.ingest_batch, batch, store_url=str(store), dataset_id=dataset_id,
@@ -502,18 +504,29 @@ def _best_of(rounds: int, call: Callable[[], object]) -> tuple[float, object]:
     return best, result
 
 
+def _featurise(transform: Any, samples: np.ndarray, chunk: int = 1 << 18) -> np.ndarray:
+    """Rows of ``samples`` pushed through the transform's streaming featurizer in decoder-sized chunks."""
+    featurizer = transform.featurizer()
+    rows = [featurizer.push(samples[start : start + chunk]) for start in range(0, samples.shape[0], chunk)]
+    return np.concatenate([*rows, featurizer.finish()])
+
+
 def stage_breakdown(collection: Collection, store_dir: Path, *, rounds: int = 2) -> dict[str, float]:
-    """Serial seconds per stage of ``ingest_batch``'s work, over the collection (best of ``rounds``)."""
+    """Serial seconds per stage of ``ingest_batch``'s work with the default transform, over the
+    collection (best of ``rounds``); in ``ingest_batch`` the decoding overlaps the rest."""
     from musicflow.config import FeatureConfig
     from tasks.audio import decode_audio
-    from tasks.features import blocks_to_features, frame_blocks
     from tasks.ingest import sha256_of
     from tasks.shards import ShardWriter
     from tasks.stats import FeatureStats
     from tasks.store import open_store
+    from tasks.transforms import get_transform
 
-    config = FeatureConfig(sample_rate=SAMPLE_RATE, block_size=BLOCK_SIZE)
-    seconds = dict.fromkeys(("sha256", "decode_audio", "frame+rfft", "writer.add", "  of which stats"), 0.0)
+    config = FeatureConfig.for_transform(sample_rate=SAMPLE_RATE)
+    transform = get_transform(config)
+    seconds = dict.fromkeys(
+        ("sha256", "decode_audio", f"{config.transform} rows", "writer.add", "  of which stats"), 0.0
+    )
     shutil.rmtree(store_dir, ignore_errors=True)
     store = open_store(str(store_dir))
     writer = ShardWriter(store, "bench", n_features=config.n_features)
@@ -525,11 +538,8 @@ def stage_breakdown(collection: Collection, store_dir: Path, *, rounds: int = 2)
             )
             seconds["decode_audio"] += elapsed
             samples = audio.samples  # type: ignore[attr-defined]
-            elapsed, features = _best_of(
-                rounds,
-                lambda samples=samples: blocks_to_features(frame_blocks(samples, block_size=BLOCK_SIZE)),
-            )
-            seconds["frame+rfft"] += elapsed
+            elapsed, features = _best_of(rounds, lambda samples=samples: _featurise(transform, samples))
+            seconds[f"{config.transform} rows"] += elapsed
             seconds["  of which stats"] += _best_of(
                 rounds, lambda features=features: FeatureStats.from_features(features)
             )[0]

@@ -36,6 +36,9 @@ INSTALL_HINT = (
     "or `conda install -c conda-forge ffmpeg`, or point pydub.AudioSegment.converter at it"
 )
 _READ_BYTES = 1 << 20  # ffmpeg output read per chunk: 262144 float32 samples, 6 s at 44.1 kHz
+# ffmpeg's stdout pipe holds this much (Linux's default is 64 kB, 0.4 s of audio): ffmpeg decodes
+# the next chunk while the reader featurises and writes this one, instead of waiting for it.
+PIPE_BYTES = 1 << 20
 _ERROR_LEVEL = re.compile(r"\[(?:error|fatal|panic)\] ")
 _CONTEXT = re.compile(r"\[(?:error|fatal|panic|warning|info|verbose)\] |\[[\w:/.#-]+ @ 0x[0-9a-f]+\] ")
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
@@ -317,18 +320,31 @@ class AudioStream:
         self, process: subprocess.Popen[bytes], feeder: threading.Thread | None
     ) -> Generator[np.ndarray, None, int]:
         """Chunks of ``process``'s stdout until it ends, killed after ``timeout``; its exit code."""
+        assert process.stdout is not None
+        widen_pipe(process.stdout.fileno())
         with _Watchdog(self.timeout, process) as watchdog:
             try:
-                assert process.stdout is not None
                 yield from self._read_samples(process.stdout)
             finally:
-                process.stdout.close()  # type: ignore[union-attr]
+                process.stdout.close()
                 returncode = _wait(process)
                 if feeder is not None:
                     feeder.join(timeout=5)
         if watchdog.fired:
             raise DecodeError(f"timed out: decoding took longer than {self.timeout:.0f} s (ffmpeg stopped)")
         return returncode
+
+
+def widen_pipe(fd: int, n_bytes: int = PIPE_BYTES) -> int:
+    """Ask for a pipe buffer of ``n_bytes`` (Linux ``F_SETPIPE_SZ``); the size it has, or 0 where the
+    platform cannot tell (the pipe works the same, only with less read-ahead)."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, n_bytes)
+        return int(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
+    except (ImportError, AttributeError, OSError):  # not Linux, or above /proc/sys/fs/pipe-max-size
+        return 0
 
 
 def judge_decode(

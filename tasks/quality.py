@@ -70,9 +70,9 @@ MIN_FRAMES = 64
 
 @functools.lru_cache(maxsize=1)
 def _mel_basis() -> np.ndarray:
-    import librosa
+    from tasks.transforms import mel_filterbank
 
-    return librosa.filters.mel(sr=QUALITY_SAMPLE_RATE, n_fft=QUALITY_N_FFT, n_mels=QUALITY_N_MELS)
+    return mel_filterbank(QUALITY_SAMPLE_RATE, QUALITY_N_FFT, QUALITY_N_MELS)
 
 
 def resample(audio: np.ndarray, *, sample_rate: int, target: int = QUALITY_SAMPLE_RATE) -> np.ndarray:

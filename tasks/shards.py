@@ -27,11 +27,22 @@ from tasks.stats import FeatureStats
 from tasks.store import Store
 
 SHARDS_DIR = "shards"
-# Blocks per Zarr chunk / Parquet row group: 64 blocks of 11026 float32 = 2.8 MB, 16 s of audio.
+# Rows per Zarr chunk / Parquet row group: at least CHUNK_BLOCKS (64 rfft blocks of 11026 float32
+# = 2.8 MB, 16 s of audio), and about CHUNK_BYTES for narrower rows (4096 stft rows of 128 mel bands,
+# 24 s): with 64 such rows a chunk was 32 kB, and a worker spent more time creating chunk files than
+# computing FFTs.
 CHUNK_BLOCKS = 64
+CHUNK_BYTES = 2 << 20
 # Chunks written per call: zarr writes the chunks of one call concurrently (2.5x faster than one
 # by one); 4 chunks of rfft rows are 11 MB, what a worker buffers at most.
 FLUSH_CHUNKS = 4
+
+
+def default_chunk_rows(n_features: int) -> int:
+    """Rows per chunk (Zarr) or row group (Parquet) of a new shard of ``n_features``-wide rows."""
+    return max(CHUNK_BLOCKS, CHUNK_BYTES // (4 * max(1, n_features)))
+
+
 _EXTENSIONS = {"zarr": ".zarr", "parquet": ".parquet"}
 
 
@@ -82,12 +93,19 @@ class ShardWriter:
     """
 
     def __init__(
-        self, store: Store, dataset_dir: str, *, n_features: int, shard_format: str = "zarr"
+        self,
+        store: Store,
+        dataset_dir: str,
+        *,
+        n_features: int,
+        shard_format: str = "zarr",
+        chunk_rows: int | None = None,
     ) -> None:
         check_choice("format", shard_format, SHARD_FORMATS)
         self.store = store
         self.dataset_dir = dataset_dir
         self.n_features = n_features
+        self.chunk_rows = chunk_rows or default_chunk_rows(n_features)
         self.format = shard_format
         stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
         name = f"{stamp}-{uuid.uuid4().hex[:12]}{_EXTENSIONS[shard_format]}"
@@ -114,7 +132,7 @@ class ShardWriter:
             self._array = zarr.create_array(
                 store=_zarr_store(self.store, self._write_path, read_only=False),
                 shape=(0, self.n_features),
-                chunks=(CHUNK_BLOCKS, self.n_features),
+                chunks=(self.chunk_rows, self.n_features),
                 dtype="float32",
                 compressors=None,  # FFT features of music barely compress; speed wins
                 fill_value=0.0,
@@ -158,7 +176,7 @@ class ShardWriter:
         self._pending.append(block)
         self._n_pending += block.shape[0]
         self.n_blocks += block.shape[0]
-        if self._n_pending >= CHUNK_BLOCKS * FLUSH_CHUNKS:
+        if self._n_pending >= self.chunk_rows * FLUSH_CHUNKS:
             self._flush(final=False)
 
     def end_song(self, *, keep: bool) -> tuple[int, int]:
@@ -190,7 +208,7 @@ class ShardWriter:
             return
         pending = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
         # Write whole chunks only, so no chunk is ever read back and rewritten.
-        n_write = pending.shape[0] if final else pending.shape[0] - pending.shape[0] % CHUNK_BLOCKS
+        n_write = pending.shape[0] if final else pending.shape[0] - pending.shape[0] % self.chunk_rows
         rows, rest = pending[:n_write], pending[n_write:]
         start = self.n_blocks - self._n_pending
         if self.format == "zarr":
@@ -203,7 +221,7 @@ class ShardWriter:
             flat = pa.array(rows.reshape(-1), type=pa.float32())
             column = pa.FixedSizeListArray.from_arrays(flat, self.n_features)
             table = pa.Table.from_arrays([column], names=["features"])
-            self._parquet.write_table(table, row_group_size=CHUNK_BLOCKS)
+            self._parquet.write_table(table, row_group_size=self.chunk_rows)
         self._pending = [rest] if rest.shape[0] else []
         self._n_pending = rest.shape[0]
 

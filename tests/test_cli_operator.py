@@ -47,16 +47,45 @@ def test_help_imports_none_of_the_dsp_ml_stack(args: list[str]) -> None:
     assert not loaded & set(HEAVY), sorted(loaded & set(HEAVY))
 
 
-def test_ingest_workers_import_no_ml_stack() -> None:
-    """A Dask worker runs the ingest tasks from tasks.prefect_tasks: importing TensorFlow there
-    costs each worker ~600 MB, which a 1 GiB worker cannot spare for an hour-long song."""
-    code = "import json, sys, tasks.prefect_tasks; print(json.dumps(sorted(sys.modules)))"
+_WORKER_MODULES = """
+import json, sys
+from musicflow.config import FeatureConfig
+import tasks.prefect_tasks
+from tasks.ingest import featurise_stream
+rows = []
+featurise_stream(sys.argv[1], features=FeatureConfig(), sink=rows.append)
+assert rows
+print(json.dumps(sorted(sys.modules)))
+"""
+
+
+def test_ingest_workers_import_no_ml_stack(tmp_path: Path) -> None:
+    """A Dask worker runs the ingest tasks from tasks.prefect_tasks and featurises songs: importing
+    TensorFlow there costs each worker ~600 MB, which a 1 GiB worker cannot spare for an hour-long
+    song, and librosa's numba (2.7 s) or scipy.signal (1.3 s) would slow every worker's start."""
+    import wave
+
+    import numpy as np
+
+    song = tmp_path / "tone.wav"
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(22050) / 22050) * 32767).astype("<i2")
+    with wave.open(str(song), "wb") as handle:
+        handle.setnchannels(1)
+        handle.setsampwidth(2)
+        handle.setframerate(22050)
+        handle.writeframes(tone.tobytes())
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT
+        [sys.executable, "-c", _WORKER_MODULES, str(song)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
-    loaded = {name.split(".")[0] for name in json.loads(result.stdout.strip().splitlines()[-1])}
-    assert not loaded & {"tensorflow", "keras", "matplotlib", "torch"}, sorted(loaded)
+    modules = set(json.loads(result.stdout.strip().splitlines()[-1]))
+    loaded = {name.split(".")[0] for name in modules}
+    assert not loaded & {"tensorflow", "keras", "matplotlib", "torch", "librosa", "numba"}, sorted(loaded)
+    assert not modules & {"scipy.signal", "scipy.stats"}
 
 
 def test_the_clis_choices_are_the_libraries() -> None:

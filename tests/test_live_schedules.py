@@ -28,6 +28,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -140,9 +141,15 @@ class Live:
     # --- the API -----------------------------------------------------------------------------------
 
     def request(self, method: str, path: str, **options: Any) -> Any:
-        """One API call; retried like Prefect's own client does on a 503 (SQLite busy under load)."""
+        """One API call; retried like Prefect's own client does on a 503 (SQLite busy under load), and
+        on a time-out (every call made here is idempotent: a run is created with an idempotency key)."""
         for attempt in range(8):
-            response = self.http.request(method, path, **options)
+            try:
+                response = self.http.request(method, path, **options)
+            except httpx.TimeoutException:
+                if attempt == 7:
+                    raise
+                continue
             if response.status_code != 503:
                 break
             time.sleep(0.5 * 2 ** min(attempt, 3))
@@ -194,9 +201,8 @@ class Live:
 
     def run_deployment(self, name: str, **parameters: Any) -> str:
         deployment = self.deployments()[name]
-        run_id = str(
-            self.post(f"/deployments/{deployment['id']}/create_flow_run", {"parameters": parameters})["id"]
-        )
+        body = {"parameters": parameters, "idempotency_key": uuid.uuid4().hex}
+        run_id = str(self.post(f"/deployments/{deployment['id']}/create_flow_run", body)["id"])
         self.started_here.add(run_id)
         return run_id
 

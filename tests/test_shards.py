@@ -1,7 +1,9 @@
 """Unit tests of tasks/shards.py: ShardWriter and read_blocks for Zarr and Parquet shards.
 
 Small feature widths keep this fast; song lengths straddle CHUNK_BLOCKS so that partial
-flushes, several chunks / row groups and reads across their borders are all exercised.
+flushes, several chunks / row groups and reads across their borders are all exercised (chunks
+are CHUNK_BLOCKS rows here whatever the width: ``CHUNK_BYTES`` is patched to 0, see
+``test_chunks_are_about_chunk_bytes`` for the sizes a real shard gets).
 """
 
 from __future__ import annotations
@@ -18,11 +20,14 @@ from helpers import native_threads_started_by
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import tasks.shards as shards
 from musicflow.errors import ConfigError, StoreError
 from tasks.shards import (
     CHUNK_BLOCKS,
+    CHUNK_BYTES,
     SHARDS_DIR,
     ShardWriter,
+    default_chunk_rows,
     read_blocks,
     read_shard_stats,
     shard_format,
@@ -34,6 +39,11 @@ from tasks.store import Store, open_store
 FORMATS = ["zarr", "parquet"]
 DATASET = "datasets/d1"
 N_FEATURES = 6
+
+
+@pytest.fixture(autouse=True)
+def _chunks_of_chunk_blocks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(shards, "CHUNK_BYTES", 0)
 
 
 @pytest.fixture(params=["local", "memory"])
@@ -115,7 +125,11 @@ def test_reads_across_chunk_borders(store: Store, shard_format: str) -> None:
     assert past.shape == (0, N_FEATURES)
 
 
-@settings(max_examples=8, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=8,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
 @given(
     shard_format=st.sampled_from(FORMATS),
     n_features=st.integers(1, 9),
@@ -187,6 +201,39 @@ def test_each_writer_makes_a_new_shard(tmp_path: Path) -> None:
     a = read_blocks(store, DATASET, first.shard, offset=0, n_blocks=3)
     b = read_blocks(store, DATASET, second.shard, offset=0, n_blocks=3)
     assert not np.array_equal(a, b)
+
+
+@pytest.mark.parametrize("shard_format", FORMATS)
+def test_chunks_are_about_chunk_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shard_format: str
+) -> None:
+    """Narrow rows (128 mel bands) get chunks of ~2 MB, not of 64 rows (32 kB files, one per 0.4 s
+    of audio); wide rfft rows keep 64 blocks a chunk."""
+    monkeypatch.setattr(shards, "CHUNK_BYTES", CHUNK_BYTES)
+    assert CHUNK_BYTES == 2 << 20
+    assert default_chunk_rows(11026) == CHUNK_BLOCKS
+    assert default_chunk_rows(128) == 4096
+    store = open_store(str(tmp_path))
+    (song,) = _songs([4096 * 2 + 10], n_features=128)
+    with ShardWriter(store, DATASET, n_features=128, shard_format=shard_format) as writer:
+        writer.add(song)
+    assert writer.shard is not None and writer.chunk_rows == 4096
+    np.testing.assert_array_equal(
+        read_blocks(store, DATASET, writer.shard, offset=0, n_blocks=len(song)), song
+    )
+    np.testing.assert_array_equal(
+        read_blocks(store, DATASET, writer.shard, offset=4090, n_blocks=20), song[4090:4110]
+    )
+    path = store.path(DATASET, writer.shard)
+    if shard_format == "zarr":
+        import zarr
+
+        assert zarr.open_array(path, mode="r").chunks == (4096, 128)
+    else:
+        import pyarrow.parquet as pq
+
+        metadata = pq.ParquetFile(path).metadata
+        assert [metadata.row_group(i).num_rows for i in range(metadata.num_row_groups)] == [4096, 4096, 10]
 
 
 def test_bad_format_and_names() -> None:

@@ -111,6 +111,22 @@ def test_stft_frames_are_librosa_frames_and_a_sine_lands_in_its_bin() -> None:
     assert abs(np.exp(rows[10].max()) - 0.25) < 0.01  # a full-scale sine is 0.25 in power
 
 
+@pytest.mark.parametrize(
+    ("sample_rate", "n_fft", "n_mels"), [(44100, 1024, 128), (22050, 2048, 64), (16000, 512, 40)]
+)
+def test_the_mel_filterbank_is_librosas(sample_rate: int, n_fft: int, n_mels: int) -> None:
+    import librosa
+    import scipy.signal
+
+    from tasks.transforms import hann, mel_filterbank
+
+    ours = mel_filterbank(sample_rate, n_fft, n_mels)
+    reference = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)
+    assert ours.dtype == np.float32 and ours.shape == reference.shape == (n_mels, n_fft // 2 + 1)
+    np.testing.assert_allclose(ours, reference, rtol=0, atol=1e-7 * float(reference.max()))
+    np.testing.assert_allclose(hann(n_fft), scipy.signal.get_window("hann", n_fft, fftbins=True), atol=1e-12)
+
+
 def test_long_stft_inverse_is_segmented_without_an_edge(monkeypatch: pytest.MonkeyPatch) -> None:
     import tasks.transforms as transforms
 

@@ -36,7 +36,7 @@ INSTALL_HINT = (
     "or `conda install -c conda-forge ffmpeg`, or point pydub.AudioSegment.converter at it"
 )
 _READ_BYTES = 1 << 20  # ffmpeg output read per chunk: 262144 float32 samples, 6 s at 44.1 kHz
-# ffmpeg's stdout pipe holds this much (Linux's default is 64 kB, 0.4 s of audio): ffmpeg decodes
+# ffmpeg's stdout pipe holds this much (Linux's default is 64 kB, 0.7 s at 22.05 kHz): ffmpeg decodes
 # the next chunk while the reader featurises and writes this one, instead of waiting for it.
 PIPE_BYTES = 1 << 20
 _ERROR_LEVEL = re.compile(r"\[(?:error|fatal|panic)\] ")

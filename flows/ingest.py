@@ -29,7 +29,7 @@ from tasks.prefect_tasks import commit_batch, ingest_batch, plan_ingest
 from tasks.store import registered_storage_options
 
 # Batches per worker, at least: two, largest first, keep every worker busy to the end, and each more
-# costs a task run (measured: ~0.2 s of a worker's CPU for Prefect's client and settings) and a commit.
+# costs a task run (measured: 0.2-0.4 s of a worker's time in Prefect's client and settings) and a commit.
 BATCHES_PER_WORKER = 2
 
 

@@ -54,6 +54,7 @@ import scipy.linalg
 import scipy.signal
 
 from musicflow.errors import ConfigError
+from tasks.transforms import mel_filterbank, scaled_hann
 
 if TYPE_CHECKING:
     from tasks.store import Store
@@ -70,8 +71,6 @@ MIN_FRAMES = 64
 
 @functools.lru_cache(maxsize=1)
 def _mel_basis() -> np.ndarray:
-    from tasks.transforms import mel_filterbank
-
     return mel_filterbank(QUALITY_SAMPLE_RATE, QUALITY_N_FFT, QUALITY_N_MELS)
 
 
@@ -96,8 +95,7 @@ def log_mel_frames(audio: np.ndarray, *, sample_rate: int) -> np.ndarray:
     if signal.size < QUALITY_N_FFT:
         signal = np.pad(signal, (0, QUALITY_N_FFT - signal.size))
     frames = np.lib.stride_tricks.sliding_window_view(signal, QUALITY_N_FFT)[::QUALITY_HOP]
-    window = scipy.signal.get_window("hann", QUALITY_N_FFT)
-    spectrum = scipy.fft.rfft(frames * (window / window.sum()).astype(np.float32), axis=1)
+    spectrum = scipy.fft.rfft(frames * scaled_hann(QUALITY_N_FFT), axis=1)
     power = (np.square(spectrum.real) + np.square(spectrum.imag)).astype(np.float64) @ _mel_basis().T
     return np.maximum(10.0 * np.log10(np.maximum(power, 1e-30)), DB_FLOOR)
 

@@ -154,8 +154,8 @@ def hann(n_fft: int) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=16)
-def _window(n_fft: int) -> np.ndarray:
-    """Periodic Hann window scaled so that a full-scale sine peaks at magnitude 0.5."""
+def scaled_hann(n_fft: int) -> np.ndarray:
+    """Periodic Hann window scaled to sum 1 (a full-scale sine peaks at magnitude 0.5), float32."""
     window = hann(n_fft)
     return (window / window.sum()).astype(np.float32)
 
@@ -248,7 +248,7 @@ class SpectralTransform(Transform):
         n_fft, hop = self.features.n_fft, self.features.hop_length
         if n_frames <= 0:
             return np.zeros((0, self.n_features), dtype=np.float32)
-        window = _window(n_fft)
+        window = scaled_hann(n_fft)
         frames = np.lib.stride_tricks.sliding_window_view(padded[: (n_frames - 1) * hop + n_fft], n_fft)
         frames = frames[::hop]
         basis = None

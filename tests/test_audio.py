@@ -512,3 +512,17 @@ def test_decode_without_ffmpeg(no_ffmpeg: str, tmp_path: Path) -> None:
 def test_encode_without_ffmpeg(no_ffmpeg: str) -> None:
     with pytest.raises(DecoderMissingError, match="apt-get install ffmpeg"):
         encode_audio(np.zeros(10, dtype=np.float32), sample_rate=8000)
+
+
+@pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_SETPIPE_SZ"), reason="Linux pipes only")
+def test_the_decoder_pipe_is_widened_so_ffmpeg_decodes_ahead() -> None:
+    from tasks.audio import PIPE_BYTES, widen_pipe
+
+    read_end, write_end = os.pipe()
+    try:
+        assert widen_pipe(read_end) >= PIPE_BYTES == 1 << 20
+        os.write(write_end, b"ok")
+        assert os.read(read_end, 2) == b"ok"
+    finally:
+        os.close(read_end)
+        os.close(write_end)

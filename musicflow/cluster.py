@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+from typing import Any
 
 from prefect_dask import DaskTaskRunner
 
@@ -18,6 +19,11 @@ def default_workers() -> int:
     from dask.system import cpu_count
 
     return max(1, cpu_count())
+
+
+def cluster_threads(client: Any) -> int:
+    """Worker threads of the Dask cluster ``client`` is connected to (0 while it has no workers)."""
+    return sum(client.nthreads().values())
 
 
 def worker_memory_limit(n_workers: int) -> int:

@@ -45,6 +45,12 @@ _HASH_CHUNK = 1 << 20
 READ_TIMEOUT_BASE_S = 60.0
 READ_TIMEOUT_S_PER_MB = 10.0
 _T = TypeVar("_T")
+# glibc's allocator in a worker: buffers under MMAP_THRESHOLD come from the heap, and up to
+# TRIM_THRESHOLD of freed heap is kept for the next ones (see :func:`keep_freed_memory`).
+MMAP_THRESHOLD = 16 << 20
+TRIM_THRESHOLD = 64 << 20
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3  # mallopt's parameter numbers (malloc.h)
+_allocator_tuned = False
 
 
 def read_timeout(n_bytes: int) -> float:
@@ -238,25 +244,32 @@ def plan_ingest(
 
 
 def make_batches(
-    files: list[SourceFile], *, batch_bytes: int, min_batches: int = 1
+    files: list[SourceFile], *, batch_bytes: int, min_batches: int = 1, rounds_of: int = 1
 ) -> list[list[SourceFile]]:
     """Split files into balanced batches of at most ``batch_bytes`` of input (or one larger file).
 
-    There are at least ``min_batches`` batches when there are that many files
-    (pass a multiple of the worker count, so every worker stays busy to the
-    end). Files go largest first to the lightest batch, so batches weigh about
-    the same; within a batch they keep their listing order.
+    There are at least ``min_batches`` batches when there are that many files, and their
+    count is a multiple of ``rounds_of`` where the files allow (pass the worker count: every
+    round of batches, the last one too, keeps every worker busy). Files go largest first to
+    the lightest batch, so batches weigh about the same; within a batch they keep their
+    listing order.
     """
     if batch_bytes <= 0:
         raise ConfigError(f"invalid batch_bytes {batch_bytes!r}: must be positive")
+    if rounds_of < 1:
+        raise ConfigError(f"invalid rounds_of {rounds_of!r}: must be positive")
     if not files:
         return []
+
+    def rounded(wanted: int) -> int:
+        return min(len(files), -(-wanted // rounds_of) * rounds_of)
+
     total = sum(item.bytes for item in files)
-    n_batches = min(len(files), max(min_batches, math.ceil(total / batch_bytes)))
+    n_batches = rounded(max(min_batches, math.ceil(total / batch_bytes)))
     order = sorted(range(len(files)), key=lambda i: -files[i].bytes)
     members: list[list[int]] = []
     while len(members) != n_batches:  # a file fitted nowhere: balance again over more batches
-        n_batches = max(n_batches, len(members))
+        n_batches = max(n_batches, rounded(len(members)))
         loads = [(0, 0, index) for index in range(n_batches)]  # (bytes, files, batch index) min-heap
         members = [[] for _ in range(n_batches)]
         for position in order:
@@ -364,6 +377,7 @@ def ingest_batch(
     returned rows are committed by :func:`tasks.dataset.commit_batch`.
     """
     started = time.perf_counter()
+    keep_freed_memory()
     store = open_store(store_url)
     rows: list[CatalogRow] = []
     audio_seconds = 0.0
@@ -547,6 +561,34 @@ def _in_thread(function: Callable[[], _T]) -> Callable[[float], _T]:
         return value
 
     return wait
+
+
+def keep_freed_memory() -> bool:
+    """Let this process reuse the memory it frees instead of handing it back to the kernel at once.
+
+    Featurising churns through buffers of 0.5-2 MB (decoded chunks, windowed frames, spectra).
+    Dask starts its workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which also fixes glibc's mmap
+    threshold at 128 kB: every such buffer is a fresh mmap, zeroed page by page and unmapped
+    when freed. Featurising was 2.3x slower so (1.7 s vs 0.75 s for 20 min of audio, measured
+    here). Sets glibc's mmap threshold to :data:`MMAP_THRESHOLD` and its trim threshold to
+    :data:`TRIM_THRESHOLD` (at most that much freed memory stays with the process), once per
+    process. False where the C library has no ``mallopt`` (not glibc): nothing changes.
+    """
+    global _allocator_tuned
+    if _allocator_tuned:
+        return True
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _allocator_tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(
+        mallopt(_M_TRIM_THRESHOLD, TRIM_THRESHOLD)
+    )
+    return _allocator_tuned
 
 
 def peak_rss_mb() -> float:

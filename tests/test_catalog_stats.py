@@ -265,14 +265,19 @@ def _files(sizes: list[int]) -> list[SourceFile]:
     sizes=st.lists(st.integers(0, 1000), max_size=40),
     batch_bytes=st.integers(1, 3000),
     min_batches=st.integers(1, 8),
+    rounds_of=st.integers(1, 4),
 )
-def test_make_batches_properties(sizes: list[int], batch_bytes: int, min_batches: int) -> None:
+def test_make_batches_properties(
+    sizes: list[int], batch_bytes: int, min_batches: int, rounds_of: int
+) -> None:
     files = _files(sizes)
-    batches = make_batches(files, batch_bytes=batch_bytes, min_batches=min_batches)
+    batches = make_batches(files, batch_bytes=batch_bytes, min_batches=min_batches, rounds_of=rounds_of)
     flat = [item for batch in batches for item in batch]
     assert sorted(item.uri for item in flat) == [item.uri for item in files]  # each file exactly once
     assert all(batches), "an empty batch"
     assert len(batches) >= min(min_batches, len(files))
+    # Whole rounds for the workers, unless there are fewer files than that.
+    assert len(batches) % rounds_of == 0 or len(batches) == len(files)
     loads = [sum(item.bytes for item in batch) for batch in batches]
     for batch, load in zip(batches, loads, strict=True):
         assert load <= batch_bytes or len(batch) == 1, (load, [item.bytes for item in batch])
@@ -302,11 +307,16 @@ def test_make_batches_edges() -> None:
     assert make_batches(_files([5, 5]), batch_bytes=10, min_batches=4) == [[item] for item in _files([5, 5])]
     # Three files of 6 in batches of at most 9: two would make 12, so three batches.
     assert make_batches(_files([6, 6, 6]), batch_bytes=9) == [[item] for item in _files([6, 6, 6])]
+    # 3 batches' worth on 2 workers: 4 lighter batches, so the last round is not one worker's alone.
+    rounds = make_batches(_files([5] * 6), batch_bytes=10, rounds_of=2)
+    assert [len(batch) for batch in rounds] == [2, 2, 1, 1]
     # Empty files still spread over min_batches batches.
     assert len(make_batches(_files([10, 0, 0]), batch_bytes=100, min_batches=3)) == 3
     for bad in (0, -1):
         with pytest.raises(ConfigError, match=str(bad)):
             make_batches(big, batch_bytes=bad)
+        with pytest.raises(ConfigError, match=f"rounds_of {bad}"):
+            make_batches(big, batch_bytes=10, rounds_of=bad)
 
 
 # =========================================================================== list_audio_files

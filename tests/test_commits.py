@@ -269,6 +269,19 @@ def test_workers_follow_the_cpu_affinity(monkeypatch: pytest.MonkeyPatch) -> Non
     assert worker_memory_limit(2) == distributed.system.memory_limit() // 2
 
 
+def test_batches_are_sized_for_the_clusters_threads() -> None:
+    """On an existing cluster, the flow makes batches for its worker threads, not this machine's cores."""
+    from distributed import Client, LocalCluster
+
+    from musicflow.cluster import cluster_threads
+
+    with (
+        LocalCluster(n_workers=3, threads_per_worker=2, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        assert cluster_threads(client) == 6
+
+
 def test_commit_cost_does_not_read_the_catalog(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A commit reads only what changed since the last one: never the whole catalog."""
     store = open_store(str(tmp_path / "store"))

@@ -111,6 +111,22 @@ def test_stft_frames_are_librosa_frames_and_a_sine_lands_in_its_bin() -> None:
     assert abs(np.exp(rows[10].max()) - 0.25) < 0.01  # a full-scale sine is 0.25 in power
 
 
+@pytest.mark.parametrize(("sample_rate", "n_fft", "n_mels"), [(22050, 1024, 128), (16000, 512, 40)])
+def test_stft_mel_rows_are_librosas_mel_spectrogram(sample_rate: int, n_fft: int, n_mels: int) -> None:
+    """The banded mel products (groups of bands times only the bins they cover), over several
+    blocks of frames, give librosa's mel spectrogram of the same frames."""
+    import librosa
+
+    config = FeatureConfig.for_transform("stft", sample_rate=sample_rate, n_fft=n_fft, n_mels=n_mels)
+    signal = (0.2 * np.random.default_rng(3).standard_normal(10 * sample_rate)).astype(np.float32)
+    rows = get_transform(config).forward(signal)
+    assert rows.shape[0] > 512  # more than one block of frames
+    spectrum = librosa.stft(signal, n_fft=n_fft, hop_length=config.hop_length, pad_mode="constant")
+    power = np.abs(spectrum[:, : rows.shape[0]]) ** 2 / (n_fft / 2) ** 2  # the window sums to 1
+    reference = librosa.feature.melspectrogram(S=power, sr=sample_rate, n_fft=n_fft, n_mels=n_mels).T
+    np.testing.assert_allclose(rows, np.log(np.maximum(reference, 1e-10)), atol=2e-4)
+
+
 @pytest.mark.parametrize(
     ("sample_rate", "n_fft", "n_mels"), [(44100, 1024, 128), (22050, 2048, 64), (16000, 512, 40)]
 )

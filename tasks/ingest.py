@@ -580,9 +580,9 @@ def keep_freed_memory() -> bool:
     try:
         import ctypes
 
-        libc = ctypes.CDLL(None)
+        libc = ctypes.CDLL(None)  # the C library this process runs on (TypeError on Windows)
         mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    except (OSError, AttributeError, TypeError):
         return False
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _allocator_tuned = bool(mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD)) and bool(

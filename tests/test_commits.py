@@ -269,8 +269,9 @@ def test_workers_follow_the_cpu_affinity(monkeypatch: pytest.MonkeyPatch) -> Non
     assert worker_memory_limit(2) == distributed.system.memory_limit() // 2
 
 
-def test_batches_are_sized_for_the_clusters_threads() -> None:
-    """On an existing cluster, the flow makes batches for its worker threads, not this machine's cores."""
+def test_cluster_threads_counts_the_clusters_worker_threads() -> None:
+    """What the ingest flow sizes its batches by on an existing cluster: the cluster's worker
+    threads (here 3 workers x 2), not this machine's cores."""
     from distributed import Client, LocalCluster
 
     from musicflow.cluster import cluster_threads

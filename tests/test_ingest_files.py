@@ -188,7 +188,7 @@ def test_streamed_features_equal_the_whole_song_transform(
 
 
 _FAULTS = """
-import resource, sys
+import resource
 import numpy as np
 from tasks.ingest import keep_freed_memory
 

@@ -18,16 +18,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 def prefect_server() -> Iterator[str]:
     """One Prefect test server for the session; its URL is exported so that
     Dask worker processes and CLI subprocesses use it too."""
-    from prefect.settings import PREFECT_API_URL, PREFECT_FLOWS_HEARTBEAT_FREQUENCY, temporary_settings
+    from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
     previous = os.environ.get("PREFECT_API_URL")
-    # As Prefect's own test suite does: each flow run in this process would otherwise spend about
-    # 1 s joining its heartbeat thread (it sleeps in 1-s steps). Subprocesses keep the default.
-    with (
-        prefect_test_harness(server_startup_timeout=120),
-        temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}),
-    ):
+    with prefect_test_harness(server_startup_timeout=120):
         url = PREFECT_API_URL.value()
         os.environ["PREFECT_API_URL"] = url
         yield url

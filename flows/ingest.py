@@ -16,6 +16,7 @@ from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 from prefect.futures import as_completed
 
+from musicflow import heartbeats
 from musicflow.cluster import cluster_threads, default_workers, make_task_runner
 from musicflow.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, FeatureConfig, IngestConfig
 from musicflow.progress import StageProgress
@@ -27,6 +28,9 @@ from tasks.events import dataset_updated_event, should_announce
 from tasks.ingest import failed_row, make_batches
 from tasks.prefect_tasks import commit_batch, ingest_batch, plan_ingest
 from tasks.store import registered_storage_options
+
+# A finished run returns at once, not after its heartbeat thread's next 1-s step (see the module).
+heartbeats.install()
 
 # Batches per worker, at least, in whole rounds of one per worker (largest first, so every worker
 # stays busy to the end). Each batch more costs a task run and a commit: 0.6 s of CPU between the

@@ -634,7 +634,7 @@ def main(argv: list[str] | None = None) -> None:
                 warm.append(run_ingest(small, stores / "warm", workers=workers, dask_address=address))
                 # What flow-run heartbeats still cost a run. Prefect 3.8's sync engine joined their
                 # thread (1-s sleep steps) at the end of each run, ~1 s; musicflow.heartbeats no
-                # longer joins it, so this row should now match the warm one.
+                # longer joins it, so this row should now be close to the warm one.
                 with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                     quiet = run_ingest(small, stores / "quiet", workers=workers, dask_address=address)
                 warm_quiet.append(quiet)

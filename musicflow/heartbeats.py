@@ -11,9 +11,11 @@ already final on the server (measured: a trivial 0.3-s flow 1.13 s with the join
 Heartbeats themselves are unchanged: Prefect's own context manager still starts
 the thread, emits the events and stops at the stop event; the thread just
 finishes its current second after the run has returned, as it does under the
-async engine, and emits nothing more. Flows import this module (``flows/__init__``),
-so the CLI, deployments served by ``musicflow serve`` and flows run from Python
-all get it. Prefect releases without the hook are left untouched (see
+async engine, and emits nothing more. Each flow module (``flows/ingest.py``,
+``train.py``, ``generate.py``) calls :func:`install` when it is imported (a
+deployment loads its flow file by path, so ``flows/__init__`` would not run), so
+the CLI, deployments served by ``musicflow serve`` and flows run from Python all
+get it. Prefect releases without the hook are left untouched (see
 :func:`install`'s return value); ``tests/test_heartbeats.py`` fails if the pinned
 Prefect stops offering it.
 """

@@ -1,9 +1,10 @@
 """Flow ``ingest``: songs -> FFT feature shards in the store, fanned out on Dask.
 
-Reads top to bottom: plan (list, compare with the catalog) -> one Dask task per
-batch, largest first -> commit each batch as it finishes (a batch that fails is
-retried file by file, a file that still fails is a failed row) -> summary
-artifacts. Nothing new to ingest: no Dask cluster is started at all.
+Reads top to bottom: plan (list, compare with the catalog) -> one task run per
+batch, largest first, each waiting in this process for its Dask task -> commit
+each batch as it finishes (a batch that fails is retried file by file, a file
+that still fails is a failed row) -> summary artifacts. Nothing new to ingest:
+no Dask cluster is started at all.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_table_artifact
 from prefect.events import emit_event
 from prefect.futures import as_completed
+from prefect.task_runners import ThreadPoolTaskRunner
 
 from musicflow import heartbeats
-from musicflow.cluster import cluster_threads, default_workers, make_task_runner
+from musicflow.cluster import check_cluster_options, cluster_threads, dask_client, default_workers
 from musicflow.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, FeatureConfig, IngestConfig
 from musicflow.progress import StageProgress
 from tasks.audio import ffmpeg_binary
@@ -37,6 +39,9 @@ heartbeats.install()
 # worker, the flow and the Prefect server (measured: 20 min of songs, 4 batches vs 2 on 2 workers,
 # 13.0 vs 10.1-10.7 CPU s, 170x vs 197x real time).
 BATCHES_PER_WORKER = 1
+# Batch task runs waiting at once, per Dask thread: one running and one queued on the cluster, so
+# a worker that finishes a batch starts the next at once; the rest wait here, not in the cluster.
+BATCHES_IN_FLIGHT_PER_THREAD = 2
 
 
 @flow(name="ingest", log_prints=False)
@@ -87,7 +92,7 @@ def ingest(
         retry_failed=retry_failed,
         strict=strict,
     )
-    runner = make_task_runner(workers=workers, dask_address=dask_address)
+    check_cluster_options(workers=workers, dask_address=dask_address)
     dataset_id, plan = plan_ingest(source, store, config)
     logger.info(
         "dataset %s: %d files listed, %d already ingested, %d duplicates, %d to ingest",
@@ -103,9 +108,9 @@ def ingest(
     committed, results = [], []
     commit_seconds = 0.0
     if plan.todo:  # only then a Dask cluster: a re-run with nothing new is stat checks only
-        with runner:
+        with dask_client(workers=workers, dask_address=dask_address) as client:
             # Batches for the cluster's threads (an external cluster's, not this machine's cores).
-            n_workers = cluster_threads(runner.client) or workers or default_workers()
+            n_workers = cluster_threads(client) or workers or default_workers()
             batches = make_batches(
                 plan.todo,
                 batch_bytes=int(batch_mb * 2**20),
@@ -114,6 +119,9 @@ def ingest(
             )
             batches.sort(key=lambda batch: -sum(item.bytes for item in batch))  # largest first
             logger.info("%d songs in %d batches on %d Dask threads", len(plan.todo), len(batches), n_workers)
+            runner: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(
+                max_workers=BATCHES_IN_FLIGHT_PER_THREAD * n_workers
+            )
 
             def submit(batch: list[Any]) -> Any:
                 parameters = {
@@ -122,32 +130,34 @@ def ingest(
                     "dataset_id": dataset_id,
                     "config": config,
                     "storage_options": registered_storage_options(),
+                    "client": client,
                 }
                 return runner.submit(ingest_batch, parameters)
 
-            pending = [(submit(batch), batch) for batch in batches]
-            while pending:
-                retries = []
-                futures = {id(future): (future, batch) for future, batch in pending}
-                for future in as_completed([future for future, _ in pending]):
-                    _, batch = futures[id(future)]
-                    try:
-                        result = future.result()
-                    except Exception as error:  # after its retries: isolate the file(s) at fault
-                        reason = _reason(error)
-                        if len(batch) > 1:
-                            logger.warning("a batch of %d files failed (%s): retrying them one by one",
-                                           len(batch), reason)  # fmt: skip
-                            retries += [(submit([item]), [item]) for item in batch]
-                            continue
-                        logger.warning("%s failed: %s", display_text(batch[0].uri), reason)
-                        result = BatchResult([failed_row(batch[0], reason)], None, 0.0, 0.0, 0.0)
-                    results.append(result)
-                    commit_started = time.perf_counter()
-                    committed.extend(commit_batch(store, dataset_id, result))
-                    commit_seconds += time.perf_counter() - commit_started
-                    progress.advance(len(result.rows), message=f"{len(committed)}/{len(plan.todo)} songs")
-                pending = retries
+            with runner:
+                pending = [(submit(batch), batch) for batch in batches]
+                while pending:
+                    retries = []
+                    futures = {id(future): (future, batch) for future, batch in pending}
+                    for future in as_completed([future for future, _ in pending]):
+                        _, batch = futures[id(future)]
+                        try:
+                            result = future.result()
+                        except Exception as error:  # after its retries: isolate the file(s) at fault
+                            reason = _reason(error)
+                            if len(batch) > 1:
+                                logger.warning("a batch of %d files failed (%s): retrying them one by one",
+                                               len(batch), reason)  # fmt: skip
+                                retries += [(submit([item]), [item]) for item in batch]
+                                continue
+                            logger.warning("%s failed: %s", display_text(batch[0].uri), reason)
+                            result = BatchResult([failed_row(batch[0], reason)], None, 0.0, 0.0, 0.0)
+                        results.append(result)
+                        commit_started = time.perf_counter()
+                        committed.extend(commit_batch(store, dataset_id, result))
+                        commit_seconds += time.perf_counter() - commit_started
+                        progress.advance(len(result.rows), message=f"{len(committed)}/{len(plan.todo)} songs")
+                    pending = retries
     wall = time.perf_counter() - started
     summary = _summarise(dataset_id, store, plan, committed, results, wall)
     summary["commit_seconds"] = round(commit_seconds, 3)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import logging
 import re
-from typing import Any
-
-from prefect_dask import DaskTaskRunner
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 from musicflow.errors import ConfigError
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 _ADDRESS = re.compile(r"^(tcp|tls|ucx|inproc|ws|wss)://[^\s/]+(:\d+)?/?$")
 
@@ -34,39 +37,55 @@ def worker_memory_limit(n_workers: int) -> int:
     return max(1, memory_limit() // max(1, n_workers))
 
 
-def make_task_runner(
+def check_cluster_options(*, workers: int | None = None, dask_address: str | None = None) -> None:
+    """Raise :class:`ConfigError` naming a bad ``workers`` or ``dask_address``, before anything starts."""
+    if dask_address:
+        if not _ADDRESS.match(dask_address):
+            raise ConfigError(f"invalid dask address {dask_address!r}: expected e.g. tcp://127.0.0.1:8786")
+    elif workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"invalid workers {workers!r}: must be a positive integer")
+
+
+@contextmanager
+def dask_client(
     *, workers: int | None = None, dask_address: str | None = None, memory_limit: int | str | None = None
-) -> DaskTaskRunner:
-    """A Prefect task runner on Dask.
+) -> Iterator[Client]:
+    """A Dask client on a fresh LocalCluster of processes, or on an existing cluster; both closed on exit.
+
+    The Prefect task runs stay in the flow process, one per Dask task they wait for (see
+    ``tasks.prefect_tasks.ingest_batch``), so the workers run plain functions: they need musicflow
+    importable, never a Prefect API.
 
     Parameters
     ----------
     workers : int, optional
         Worker processes of the LocalCluster (one thread each: decoding and
-        FFTs are CPU bound). Defaults to the number of cores.
+        FFTs are CPU bound). Defaults to the cores this process may use.
     dask_address : str, optional
         ``tcp://host:8786`` of an existing scheduler (dask-kubernetes,
         dask-jobqueue, Coiled...); ``workers`` is then ignored.
     memory_limit : int or str, optional
         Per worker (bytes, or Dask's "2GiB"); defaults to :func:`worker_memory_limit`.
     """
+    from distributed import Client, LocalCluster
+
+    check_cluster_options(workers=workers, dask_address=dask_address)
     # Dask's INFO chatter about nannies and workers would drown the flow's own logs.
     logging.getLogger("distributed").setLevel(logging.WARNING)
     if dask_address:
-        if not _ADDRESS.match(dask_address):
-            raise ConfigError(f"invalid dask address {dask_address!r}: expected e.g. tcp://127.0.0.1:8786")
-        return DaskTaskRunner(address=dask_address)
+        with Client(dask_address, set_as_default=False) as client:
+            yield client
+        return
     n_workers = default_workers() if workers is None else workers
-    if isinstance(n_workers, bool) or not isinstance(n_workers, int) or n_workers < 1:
-        raise ConfigError(f"invalid workers {workers!r}: must be a positive integer")
-    return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": n_workers,
-            "threads_per_worker": 1,
-            "processes": True,
-            "dashboard_address": None,
-            "silence_logs": logging.WARNING,
-            "memory_limit": worker_memory_limit(n_workers) if memory_limit is None else memory_limit,
-        },
-    )
+    with (
+        LocalCluster(
+            n_workers=n_workers,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            silence_logs=logging.WARNING,
+            memory_limit=worker_memory_limit(n_workers) if memory_limit is None else memory_limit,
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        yield client

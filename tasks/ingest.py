@@ -34,6 +34,7 @@ from musicflow.config import AUDIO_EXTENSIONS, FeatureConfig, IngestConfig
 from musicflow.errors import ConfigError, DecodeError, DecoderMissingError
 from tasks.audio import AudioStream, DecoderFallback, decode_timeout
 from tasks.catalog import STATUS_FAILED, STATUS_OK, CatalogRow, display_text
+from tasks.credentials import register_all
 from tasks.dataset import BatchResult, dataset_dir
 from tasks.shards import ShardWriter
 from tasks.store import is_local_fs, open_store, url_to_fs
@@ -366,9 +367,17 @@ def featurise_stream(
 
 
 def ingest_batch(
-    files: list[SourceFile], *, store_url: str, dataset_id: str, config: IngestConfig
+    files: list[SourceFile],
+    *,
+    store_url: str,
+    dataset_id: str,
+    config: IngestConfig,
+    storage_options: dict[str, dict[str, Any]] | None = None,
 ) -> BatchResult:
-    """Decode, featurise and write one batch of files into one new shard.
+    """Decode, featurise and write one batch of files into one new shard (what a Dask worker runs).
+
+    ``storage_options`` is the flow process's ``registered_storage_options()``: a worker
+    process has none of its own, so they are registered here before anything is opened.
 
     Anything that goes wrong with one file (not audio, corrupt, unreadable,
     deleted, timed out, any exception) becomes a ``failed`` row with the
@@ -377,6 +386,7 @@ def ingest_batch(
     returned rows are committed by :func:`tasks.dataset.commit_batch`.
     """
     started = time.perf_counter()
+    register_all(storage_options)
     keep_freed_memory()
     store = open_store(store_url)
     rows: list[CatalogRow] = []

@@ -7,7 +7,8 @@ Caching is off: inputs are file lists and results are committed to the store.
 
 from __future__ import annotations
 
-from typing import Any
+import uuid
+from typing import TYPE_CHECKING, Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
@@ -21,8 +22,10 @@ from tasks import dataset as dataset_lib
 from tasks import ingest as ingest_lib
 from tasks import train as train_lib
 from tasks.catalog import CatalogRow
-from tasks.credentials import register_all
 from tasks.store import check_writable, open_store
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 
 def _retry_unless_verdict(task: Any, task_run: Any, state: Any) -> bool:
@@ -64,14 +67,29 @@ def ingest_batch(
     dataset_id: str,
     config: IngestConfig,
     storage_options: dict[str, dict[str, Any]] | None = None,
+    *,
+    client: Client,
 ) -> dataset_lib.BatchResult:
-    """Decode + featurise + write one shard (runs on a Dask worker).
+    """Decode + featurise + write one shard on a Dask worker of ``client``'s cluster.
 
-    ``storage_options`` is the flow process's ``registered_storage_options()``: a worker
-    process has none of its own, so they are registered here before anything is opened.
+    The task run lives in the flow process and waits for its one Dask task (a retry submits
+    it again): the worker runs the plain :func:`tasks.ingest.ingest_batch` and needs no
+    Prefect client, settings or API of its own. ``storage_options`` is the flow process's
+    ``registered_storage_options()``, registered on the worker before anything is opened.
     """
-    register_all(storage_options)
-    return ingest_lib.ingest_batch(files, store_url=store_url, dataset_id=dataset_id, config=config)
+    context = TaskRunContext.get()
+    run = f"{context.task_run.id}-{context.task_run.run_count}" if context else uuid.uuid4().hex
+    future = client.submit(
+        ingest_lib.ingest_batch,
+        files,
+        store_url=store_url,
+        dataset_id=dataset_id,
+        config=config,
+        storage_options=storage_options,
+        key=f"ingest-batch-{run}",  # the Dask dashboard names the task after its task run
+        pure=False,
+    )
+    return future.result()
 
 
 @task(name="commit-batch", **IO_RETRIES)

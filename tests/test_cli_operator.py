@@ -50,8 +50,7 @@ def test_help_imports_none_of_the_dsp_ml_stack(args: list[str]) -> None:
 _WORKER_MODULES = """
 import json, sys
 from musicflow.config import FeatureConfig
-import tasks.prefect_tasks
-from tasks.ingest import featurise_stream
+from tasks.ingest import featurise_stream, ingest_batch
 rows = []
 featurise_stream(sys.argv[1], features=FeatureConfig(), sink=rows.append)
 assert rows
@@ -60,9 +59,10 @@ print(json.dumps(sorted(sys.modules)))
 
 
 def test_ingest_workers_import_no_ml_stack(tmp_path: Path) -> None:
-    """A Dask worker runs the ingest tasks from tasks.prefect_tasks and featurises songs: importing
-    TensorFlow there costs each worker ~600 MB, which a 1 GiB worker cannot spare for an hour-long
-    song, and librosa's numba (2.7 s) or scipy.signal (1.3 s) would slow every worker's start."""
+    """A Dask worker runs tasks.ingest.ingest_batch (its Prefect task run waits in the flow
+    process) and featurises songs: it imports no Prefect, and TensorFlow there would cost each
+    worker ~600 MB, which a 1 GiB worker cannot spare for an hour-long song, and librosa's numba
+    (2.7 s) or scipy.signal (1.3 s) would slow every worker's start."""
     import wave
 
     import numpy as np
@@ -84,7 +84,9 @@ def test_ingest_workers_import_no_ml_stack(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     modules = set(json.loads(result.stdout.strip().splitlines()[-1]))
     loaded = {name.split(".")[0] for name in modules}
-    assert not loaded & {"tensorflow", "keras", "matplotlib", "torch", "librosa", "numba"}, sorted(loaded)
+    assert not loaded & {"tensorflow", "keras", "matplotlib", "torch", "librosa", "numba", "prefect"}, sorted(
+        loaded
+    )
     assert not modules & {"scipy.signal", "scipy.stats"}
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from distributed import Client
 from helpers import assert_store_consistent, copy_songs
 
 from tasks.catalog import read_catalog
@@ -28,14 +29,15 @@ DASK = str(Path(sys.executable).with_name("dask"))
 def dask_cluster(tmp_path: Path, s3_endpoint: str, prefect_server: str) -> Iterator[str]:
     """``dask scheduler`` + two ``dask worker`` processes on 127.0.0.1; yields the scheduler address.
 
-    Started after the S3 and Prefect fixtures so the workers inherit their variables.
+    Started after the S3 fixture so the workers inherit its variables; their Prefect API is an
+    address where nothing answers, since a worker runs plain functions and never talks to Prefect.
     """
     scheduler_file = tmp_path / "scheduler.json"
     common = {
         "cwd": ROOT,
         "stdout": subprocess.DEVNULL,
         "stderr": subprocess.DEVNULL,
-        "env": dict(os.environ),
+        "env": {**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"},
     }
     processes = [
         subprocess.Popen(
@@ -107,6 +109,9 @@ def test_external_cluster_with_s3_store_equals_local_cluster(
         return json.loads(result.stdout)
 
     remote = ingest("--store", remote_store, "--dask-address", dask_cluster, "--batch-mb", "0.001")
+    with Client(dask_cluster) as client:
+        ran = client.run(lambda: sorted({name.split(".")[0] for name in sys.modules} & {"prefect", "tasks"}))
+    assert list(ran.values()) == [["tasks"], ["tasks"]], ran  # both workers ran batches, without Prefect
     local = ingest("--store", local_store, "--workers", "2")
 
     assert remote["songs_ok"] == local["songs_ok"] == 4

@@ -55,6 +55,7 @@ class FlakyFileSystem(MemoryFileSystem):
 def test_intermittent_storage_failures_are_retried(
     tmp_path: Path, demo_songs: list[Path], shard_format: str
 ) -> None:
+    from distributed import Client, LocalCluster
     from prefect import flow
 
     from musicflow.config import IngestConfig
@@ -72,18 +73,24 @@ def test_intermittent_storage_failures_are_retried(
 
     @flow
     def flaky_ingest() -> str:
-        # The ingest flow's own steps, in-process so the flaky filesystem is registered where they run.
+        # The ingest flow's own steps, on Dask worker threads in this process, where the flaky
+        # filesystem is registered.
         store = open_store(store_url)
         dataset_id = prepare_dataset(store, config)
         plan = plan_ingest(list_audio_files(str(source)), [])
         FlakyFileSystem.failure_rate = 0.15
         for batch in make_batches(plan.todo, batch_bytes=1, min_batches=1):
-            commit_batch(store_url, dataset_id, ingest_batch(batch, store_url, dataset_id, config))
+            result = ingest_batch(batch, store_url, dataset_id, config, client=client)
+            commit_batch(store_url, dataset_id, result)
         FlakyFileSystem.failure_rate = 0.0
         return dataset_id
 
     FlakyFileSystem.failures = 0
-    dataset_id = flaky_ingest()
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,  # the flow's closure uses it: a flow parameter would be validated
+    ):
+        dataset_id = flaky_ingest()
 
     assert FlakyFileSystem.failures > 0, "no failure was injected"
     rows = read_catalog(open_store(store_url), dataset_dir(dataset_id))

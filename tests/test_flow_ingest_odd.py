@@ -73,7 +73,7 @@ def test_every_odd_file_in_one_folder_in_one_run(
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
     # Again: nothing new, so stat checks only; no Dask cluster, nothing read (the FIFO would block).
-    monkeypatch.setattr(ingest_flow, "make_task_runner", lambda **options: _NoCluster())
+    monkeypatch.setattr(ingest_flow, "dask_client", lambda **options: _NoCluster())
     again = ingest(source=str(source), store=store, workers=2)
     assert (again["songs_ok"], again["songs_failed"]) == (0, 0)
     assert again["songs_skipped"] == len(outcomes) - 1  # all but the deleted one (gone, not listed)

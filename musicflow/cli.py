@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import enum
 import json
+import logging
 import os
 import sys
 from pathlib import Path
@@ -118,10 +119,21 @@ def _use_storage_options(
         register_storage_options(url, options)
 
 
+class _NoQueueProgress(logging.Filter):
+    """Drops "Still processing items: N items remaining...": Prefect's events and log workers say
+    so whenever a process exits while they still send what it queued (they send it all the same),
+    which put a warning after the command's own last line, its result or its one-line error."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("Still processing items")
+
+
 def _quiet_console(verbose: bool) -> None:
     if not verbose:
         for handler in ("CONSOLE", "CONSOLE_FLOW_RUNS"):
             os.environ.setdefault(f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL", "WARNING")
+        for worker in ("EventsWorker", "APILogWorker"):  # Prefect's queue services log as their class
+            logging.getLogger(worker).addFilter(_NoQueueProgress())
 
 
 def _progress_bar(console: Any) -> Any:
@@ -194,7 +206,7 @@ def ingest(
     """Decode new songs into FFT feature shards (skips songs already ingested)."""
     _quiet_console(verbose)
     _use_storage_options(store, storage_options, source, source_options)
-    from musicflow.cluster import make_task_runner
+    from musicflow.cluster import check_cluster_options
     from musicflow.config import FeatureConfig
     from musicflow.server import ensure_prefect_api
     from tasks.audio import ffmpeg_binary
@@ -212,7 +224,7 @@ def ingest(
     ffmpeg_binary()
     open_source(source)
     check_writable(open_store(store))
-    make_task_runner(workers=workers, dask_address=dask_address)  # validates before a server starts
+    check_cluster_options(workers=workers, dask_address=dask_address)  # before a server starts
     ensure_prefect_api()
     from flows.ingest import ingest as ingest_flow
 
@@ -636,7 +648,7 @@ def pipeline(
 
 
 def _run_pipeline(*, source: str, store: str, **options: Any) -> dict[str, Any]:
-    from musicflow.cluster import make_task_runner
+    from musicflow.cluster import check_cluster_options
     from musicflow.server import ensure_prefect_api
     from tasks.audio import ffmpeg_binary
     from tasks.ingest import open_source
@@ -646,7 +658,7 @@ def _run_pipeline(*, source: str, store: str, **options: Any) -> dict[str, Any]:
     ffmpeg_binary()
     open_source(source)
     check_writable(open_store(store))
-    make_task_runner(workers=options["workers"], dask_address=options["dask_address"])
+    check_cluster_options(workers=options["workers"], dask_address=options["dask_address"])
     ensure_prefect_api()
     from flows.pipeline import pipeline as pipeline_flow
 

@@ -118,6 +118,28 @@ def _ok_rows(store: str, dataset: dict) -> list:
     return [row for row in read_catalog(open_store(store), dataset_dir(dataset["dataset_id"])) if row.ok]
 
 
+def test_quiet_console_drops_only_prefects_queue_progress(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Prefect's events worker warns "Still processing items" when a command exits while it still
+    sends its events; without -v that line no longer lands after the command's own last line."""
+    import logging
+
+    from musicflow import cli
+
+    for name in ("EventsWorker", "APILogWorker"):
+        monkeypatch.setattr(logging.getLogger(name), "filters", [])
+    monkeypatch.delenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", raising=False)
+    monkeypatch.delenv("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", raising=False)
+    cli._quiet_console(verbose=False)
+    full = "Service 'EventsWorker' queue is full (9 items), dropping item"
+    with caplog.at_level(logging.WARNING):
+        logging.getLogger("EventsWorker").warning("Still processing items: 5 items remaining...")
+        logging.getLogger("APILogWorker").warning("Still processing items: 2 items remaining...")
+        logging.getLogger("EventsWorker").warning(full)
+    assert [record.getMessage() for record in caplog.records] == [full]
+
+
 @pytest.mark.usefixtures("prefect_server")
 def test_source_without_audio_exits_2(tmp_path: Path) -> None:
     (tmp_path / "docs").mkdir()

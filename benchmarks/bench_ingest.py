@@ -265,14 +265,15 @@ def run_noop(collection: Collection, store: Path, *, workers: int) -> tuple[floa
 
 def core_ratios(collection: Collection, stores: Path, *, workers: int, address: str, repeats: int,
                 out_dir: Path) -> dict[str, float]:  # fmt: skip
-    """(a) warm and cold, (b), (c) and (e) on one collection, medians over ``repeats`` rounds."""
-    raw = [raw_decode(collection, workers=workers) for _ in range(repeats)]
-    warm = [
-        run_ingest(collection, stores / "warm", workers=workers, dask_address=address) for _ in range(repeats)
-    ]
-    cold = [run_ingest(collection, stores / "cold", workers=workers) for _ in range(repeats)]
-    noop = [run_noop(collection, stores / "noop", workers=workers) for _ in range(repeats)]
-    seed = seed_serial(collection, out_dir)
+    """(a) warm and cold, (b), (c) and (e) on one collection, medians over ``repeats`` rounds; each
+    round runs them in turn, so a change in the machine's other load shifts them all alike."""
+    raw, warm, cold, noop, seed = [], [], [], [], []
+    for _ in range(repeats):
+        raw.append(raw_decode(collection, workers=workers))
+        warm.append(run_ingest(collection, stores / "warm", workers=workers, dask_address=address))
+        seed.append(seed_serial(collection, out_dir))
+        cold.append(run_ingest(collection, stores / "cold", workers=workers))
+        noop.append(run_noop(collection, stores / "noop", workers=workers))
     raw_x = statistics.median(run.x_realtime for run in raw)
     return {
         "minutes": collection.seconds / 60,
@@ -280,7 +281,7 @@ def core_ratios(collection: Collection, stores: Path, *, workers: int, address: 
         "warm_x": statistics.median(run.x_realtime for run in warm),
         "cold_x": statistics.median(run.x_realtime for run in cold),
         "raw_x": raw_x,
-        "seed_x": seed.x_realtime,
+        "seed_x": statistics.median(run.x_realtime for run in seed),
         "noop_ratio": statistics.median(again / full for full, again in noop),
         "noop_s": statistics.median(again for _, again in noop),
         "full_s": statistics.median(full for full, _ in noop),
@@ -615,7 +616,7 @@ def main(argv: list[str] | None = None) -> None:
 
     log("starting a Prefect test server")
     with prefect_test_harness(server_startup_timeout=120):
-        # Dask worker processes inherit the environment: one API for all of them.
+        # The flows' task runs all report to this one server (the Dask workers never talk to it).
         os.environ["PREFECT_API_URL"] = PREFECT_API_URL.value()
         cold: list[IngestRun] = []
         warm: list[IngestRun] = []
@@ -623,15 +624,18 @@ def main(argv: list[str] | None = None) -> None:
         plain: list[Measurement] = []
         raw: list[Measurement] = []
         raw_serial: list[Measurement] = []
+        seeds: list[Measurement] = []
         with local_cluster(workers) as address:
             idle_small = worker_memory_mb(address)
             log("warm-up ingest (2 songs, not counted)")
             run_ingest(warmup, stores / "warm-up", workers=workers, dask_address=address)
             for round_index in range(args.repeats):
-                log(f"round {round_index + 1}/{args.repeats}: (b) raw decode, (a) warm, plain Dask, (a) cold")
+                steps = "(b) raw decode, (a) warm, (c) seed, plain Dask, (a) cold"
+                log(f"round {round_index + 1}/{args.repeats}: {steps}")
                 raw.append(raw_decode(small, workers=workers))
                 raw_serial.append(raw_decode(small, workers=1))
                 warm.append(run_ingest(small, stores / "warm", workers=workers, dask_address=address))
+                seeds.append(seed_serial(small, workdir / "seed-npy"))
                 # What flow-run heartbeats still cost a run. Prefect 3.8's sync engine joined their
                 # thread (1-s sleep steps) at the end of each run, ~1 s; musicflow.heartbeats no
                 # longer joins it, so this row should now be close to the warm one.
@@ -659,8 +663,6 @@ def main(argv: list[str] | None = None) -> None:
             large_run = run_ingest(large, stores / "large", workers=workers, dask_address=address)
             own_large = worker_memory_mb(address)
         large_raw = raw_decode(large, workers=workers)
-    log("(c) seed-style serial baseline")
-    seed = seed_serial(small, workdir / "seed-npy")
     log("decoder comparison and stage breakdown (serial)")
     decoders = decoder_comparison(small.paths[:PYDUB_FILES])
     stages = stage_breakdown(small, workdir / "stage-store")
@@ -679,7 +681,7 @@ def main(argv: list[str] | None = None) -> None:
     raw_x, raw_c = median(raw)
     plain_x, plain_c = median(plain)
     raw_serial_x, _ = median(raw_serial)
-    seed_x, seed_c = seed.x_realtime, seed.x_realtime_per_cpu
+    seed_x, seed_c = median(seeds)
     small_rss = max(run.peak_worker_rss_mb for run in warm)
     large_rss = large_run.peak_worker_rss_mb
     rss_ratio = large_rss / small_rss

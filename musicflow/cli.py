@@ -128,12 +128,15 @@ class _NoQueueProgress(logging.Filter):
         return not record.getMessage().startswith("Still processing items")
 
 
+_NO_QUEUE_PROGRESS = _NoQueueProgress()  # one instance: addFilter skips it when already there
+
+
 def _quiet_console(verbose: bool) -> None:
     if not verbose:
         for handler in ("CONSOLE", "CONSOLE_FLOW_RUNS"):
             os.environ.setdefault(f"PREFECT_LOGGING_HANDLERS_{handler}_LEVEL", "WARNING")
         for worker in ("EventsWorker", "APILogWorker"):  # Prefect's queue services log as their class
-            logging.getLogger(worker).addFilter(_NoQueueProgress())
+            logging.getLogger(worker).addFilter(_NO_QUEUE_PROGRESS)
 
 
 def _progress_bar(console: Any) -> Any:

@@ -42,12 +42,8 @@ PIPE_BYTES = 1 << 20
 _ERROR_LEVEL = re.compile(r"\[(?:error|fatal|panic)\] ")
 _CONTEXT = re.compile(r"\[(?:error|fatal|panic|warning|info|verbose)\] |\[[\w:/.#-]+ @ 0x[0-9a-f]+\] ")
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
-_INPUT_HEADER = re.compile(r"Input #(\d+), ")
-_ADDRESS = re.compile(r"\[[\w:/.#-]+ @ (0x[0-9a-f]+)\] ")
-_DECODE_ERROR = re.compile(r"Error while decoding stream #(\d+):\d+")
-_MAP_FAILED = re.compile(r"Stream map '(\d+):a:0' matches no streams")
-_INPUT_AUDIO = re.compile(r"Stream #(\d+):\d+\S*: Audio: (.*)")
-_FINAL_STATS = re.compile(r"Input stream #(\d+):\d+ \(audio\): (\d+) packets read .*?; (\d+) frames decoded")
+_INPUT_AUDIO = re.compile(r"Stream #0:\d+\S*: Audio: (.*)")
+_FINAL_STATS = re.compile(r"Input stream #0:\d+ \(audio\): (\d+) packets read .*?; (\d+) frames decoded")
 _LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "downmix": 2, "quad": 4, "hexagonal": 6, "octagonal": 8}
 # ffmpeg warns so when a container has no exact length (an mp3 without a Xing/Info header).
 _ESTIMATED = "Estimating duration from bitrate"
@@ -65,25 +61,6 @@ MONO_MIX = "aformat=sample_fmts=flt|fltp,pan=mono|c0<" + "+".join(f"c{index}" fo
 # (ffmpeg decodes mp3 at ~10 MB/s per core), so only a hung decoder or a stalled read hits it.
 DECODE_TIMEOUT_BASE_S = 120.0
 DECODE_TIMEOUT_S_PER_MB = 4.0
-
-
-_LOG_ARGS = ("-hide_banner", "-nostats", "-loglevel", "level+verbose")
-
-
-def _output_args(index: int, sample_rate: int) -> list[str]:
-    """ffmpeg's options for one output: input ``index``'s first audio stream as float32 mono."""
-    return ["-map", f"{index}:a:0", "-map_metadata", "-1", "-af", MONO_MIX, "-ar", str(sample_rate),
-            "-c:a", "pcm_f32le", "-f", "f32le"]  # fmt: skip
-
-
-def _to_samples(data: bytes) -> tuple[np.ndarray | None, bytes]:
-    """The whole float32 samples of ``data`` (ffmpeg's f32le), clipped to [-1, 1], and the bytes left."""
-    usable = len(data) - len(data) % 4
-    if not usable:
-        return None, data
-    samples = np.frombuffer(data, dtype="<f4", count=usable // 4).copy()
-    np.clip(samples, -1.0, 1.0, out=samples)
-    return samples, data[usable:]
 
 
 def decode_timeout(n_bytes: int) -> float:
@@ -210,7 +187,9 @@ class AudioStream:
         piped = not isinstance(self.source, str)
         # "file:" so that a name holding ":" or starting with "-" is never read as a protocol or option.
         target = "file:" + self.source if isinstance(self.source, str) else "pipe:0"
-        command = [ffmpeg, *_LOG_ARGS, "-i", target, *_output_args(0, self.sample_rate), "pipe:1"]
+        command = [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "level+verbose", "-i", target,
+                   "-map", "0:a:0", "-map_metadata", "-1", "-af", MONO_MIX, "-ar", str(self.sample_rate),
+                   "-c:a", "pcm_f32le", "-f", "f32le", "pipe:1"]  # fmt: skip
         with tempfile.TemporaryFile() as log:
             process = subprocess.Popen(
                 command,
@@ -221,7 +200,7 @@ class AudioStream:
             feeder = _feed_stdin(process, bytes(self.source)) if piped else None  # type: ignore[arg-type]
             returncode = yield from self._pump(process, feeder)
             log.seek(0)
-            [facts] = _read_log(log)
+            facts = _read_log(log)
         self.channels = facts.channels
         errors = facts.errors
         if self.n_samples == 0:
@@ -242,11 +221,20 @@ class AudioStream:
 
     def _read_samples(self, stream: IO[bytes]) -> Iterator[np.ndarray]:
         remainder = b""
-        while data := stream.read(_READ_BYTES):
-            samples, remainder = _to_samples(remainder + data if remainder else data)
-            if samples is not None:
-                self.n_samples += samples.shape[0]
-                yield samples
+        while True:
+            data = stream.read(_READ_BYTES)
+            if not data:
+                break
+            if remainder:
+                data = remainder + data
+            usable = len(data) - len(data) % 4
+            remainder = data[usable:]
+            if not usable:
+                continue
+            samples = np.frombuffer(data, dtype="<f4", count=usable // 4).copy()
+            np.clip(samples, -1.0, 1.0, out=samples)
+            self.n_samples += samples.shape[0]
+            yield samples
 
     # ------------------------------------------------------------------ libsndfile
 
@@ -345,139 +333,6 @@ class AudioStream:
         if watchdog.fired:
             raise DecodeError(f"timed out: decoding took longer than {self.timeout:.0f} s (ffmpeg stopped)")
         return returncode
-
-
-class AudioGroup:
-    """Decode several local files with one ffmpeg, each to float32 mono at ``sample_rate``.
-
-    One process start for the group: a distribution's ffmpeg links some 200
-    libraries at start-up, 30-60 ms of CPU, as long as it takes to decode half
-    a minute of mp3 (``benchmarks/bench_ingest.py``). Iterate for ``(index,
-    chunk)`` pairs, the files' chunks interleaved as ffmpeg decodes them side
-    by side. Only the decodes that leave nothing to judge are vouched for:
-    afterwards, ``clean[index]`` is True when ffmpeg ended normally, logged no
-    error at all, and :class:`AudioStream`'s policy keeps the file without
-    warnings. Any other file must be decoded alone (:class:`AudioStream`) for
-    its verdict, and what the group gave of it discarded: errors logged while
-    decoding cannot be pinned on one input, so then no file is clean.
-    ``channels`` and ``n_samples`` describe each decode. ffmpeg is killed after
-    ``timeout`` seconds (default: :func:`decode_timeout` of the files' total size).
-    """
-
-    def __init__(
-        self,
-        paths: list[str],
-        *,
-        sample_rate: int = 44100,
-        strict: bool = False,
-        timeout: float | None = None,
-    ) -> None:
-        self.paths = list(paths)
-        self.sample_rate = sample_rate
-        self.strict = strict
-        self.n_bytes = [os.path.getsize(path) for path in self.paths]
-        self.timeout = decode_timeout(sum(self.n_bytes)) if timeout is None else timeout
-        self.channels = [0] * len(self.paths)
-        self.n_samples = [0] * len(self.paths)
-        self.clean = [False] * len(self.paths)
-
-    def __iter__(self) -> Iterator[tuple[int, np.ndarray]]:
-        ffmpeg = ffmpeg_binary()
-        inputs = list(range(len(self.paths)))
-        while inputs:
-            facts, ended = yield from self._decode(ffmpeg, inputs)
-            unopened = [index for index, fact in zip(inputs, facts, strict=True) if not fact.opened]
-            if not ended and unopened and not any(self.n_samples[index] for index in inputs):
-                # ffmpeg stops, before decoding anything, at the first input it cannot open
-                # (not audio, no audio stream): that file is decoded alone, the rest again together.
-                inputs.remove(unopened[0])
-                continue
-            for index, fact in zip(inputs, facts, strict=True):
-                self.channels[index] = fact.channels
-                self.clean[index] = (
-                    ended
-                    and not fact.n_errors
-                    and fact.channels > 0
-                    and self.n_samples[index] > 0
-                    and self._kept_without_warnings(index, fact)
-                )
-            return
-
-    def _decode(
-        self, ffmpeg: str, inputs: list[int]
-    ) -> Generator[tuple[int, np.ndarray], None, tuple[list[_LogFacts], bool]]:
-        """Run one ffmpeg on ``inputs``: their chunks, then (each one's log facts, whether ffmpeg
-        ended normally)."""
-        import selectors
-
-        pipes = [os.pipe() for _ in inputs]
-        command = [ffmpeg, *_LOG_ARGS]
-        for index in inputs:
-            command += ["-i", "file:" + self.paths[index]]
-        for position, (_, write_end) in enumerate(pipes):
-            command += [*_output_args(position, self.sample_rate), f"pipe:{write_end}"]
-        readers = {read_end: index for index, (read_end, _) in zip(inputs, pipes, strict=True)}
-        with tempfile.TemporaryFile() as log, selectors.DefaultSelector() as selector:
-            try:
-                process = subprocess.Popen(
-                    command,
-                    stdin=subprocess.DEVNULL,
-                    stdout=subprocess.DEVNULL,
-                    stderr=log,
-                    pass_fds=[write_end for _, write_end in pipes],
-                )
-            finally:
-                for _, write_end in pipes:
-                    os.close(write_end)
-            pending: dict[int, list[bytes]] = {index: [] for index in inputs}
-            n_pending = dict.fromkeys(inputs, 0)
-            try:
-                with _Watchdog(self.timeout, process) as watchdog:
-                    for read_end in readers:
-                        widen_pipe(read_end)
-                        selector.register(read_end, selectors.EVENT_READ)
-                    while readers:
-                        for key, _ in selector.select():
-                            read_end = int(key.fd)
-                            index = readers[read_end]
-                            data = os.read(read_end, _READ_BYTES)
-                            if data:
-                                pending[index].append(data)
-                                n_pending[index] += len(data)
-                                if n_pending[index] < _READ_BYTES:
-                                    continue  # a few large chunks, not one per ffmpeg write
-                            else:
-                                selector.unregister(read_end)
-                                del readers[read_end]
-                            samples, rest = _to_samples(b"".join(pending[index]))
-                            pending[index], n_pending[index] = [rest], len(rest)
-                            if samples is not None:
-                                self.n_samples[index] += samples.shape[0]
-                                yield index, samples
-            finally:
-                for read_end, _ in pipes:  # closed here only: ffmpeg stops if they are left early
-                    os.close(read_end)
-                returncode = _wait(process)
-            log.seek(0)
-            return _read_log(log, n_inputs=len(inputs)), returncode == 0 and not watchdog.fired
-
-    def _kept_without_warnings(self, index: int, fact: _LogFacts) -> bool:
-        try:
-            return (
-                judge_decode(
-                    decoded_seconds=self.n_samples[index] / self.sample_rate,
-                    stated_seconds=fact.stated_seconds,
-                    stated_exact=not fact.estimated,
-                    errors=[],
-                    n_errors=0,
-                    packets=fact.packets,
-                    frames=fact.frames,
-                    strict=self.strict,
-                )
-                is None
-            )
-        except DecodeError:
-            return False
 
 
 def widen_pipe(fd: int, n_bytes: int = PIPE_BYTES) -> int:
@@ -602,141 +457,39 @@ class _LogFacts:
     packets: int | None
     frames: int | None
     kbps: float | None
-    opened: bool = True
 
 
-def _read_log(log: IO[bytes], *, n_inputs: int = 1, keep_errors: int = 20) -> list[_LogFacts]:
-    """What ffmpeg's ``level+verbose`` log says of each input, read line by line (a garbage file
-    logs a lot).
-
-    What ffmpeg logs while it opens input ``i`` (an estimated duration, errors; its demuxer's
-    context) comes before its ``Input #i`` block (its duration and streams); its packet counts
-    come in the final statistics. While decoding, an error is pinned on an input by ffmpeg's
-    ``Error while decoding stream #i`` line, and so is the logging context (the decoder) of the
-    error just before it, for its other errors too. An error that stays unplaced counts for
-    every input; so does everything with a single input.
-    """
-    reader = _LogReader(n_inputs, keep_errors)
+def _read_log(log: IO[bytes], *, keep_errors: int = 20) -> _LogFacts:
+    """What ffmpeg's ``level+verbose`` log says, read line by line (a garbage file logs a lot)."""
+    errors: list[str] = []
+    n_errors = 0
+    estimated = False
+    stated = None
+    channels = 0
+    kbps = None
+    packets = frames = None
+    in_input = True
     for raw in log:
-        reader.line(raw.decode("utf-8", "replace").rstrip())
-    return reader.facts()
-
-
-class _LogReader:
-    def __init__(self, n_inputs: int, keep_errors: int) -> None:
-        self.n = n_inputs
-        self.keep = keep_errors
-        self.errors: list[list[str]] = [[] for _ in range(n_inputs)]
-        self.n_errors = [0] * n_inputs
-        self.estimated = [False] * n_inputs
-        self.stated: list[float | None] = [None] * n_inputs
-        self.channels = [0] * n_inputs
-        self.kbps: list[float | None] = [None] * n_inputs
-        self.packets: list[int | None] = [None] * n_inputs
-        self.frames: list[int | None] = [None] * n_inputs
-        self.opened = [False] * n_inputs
-        self.owner: dict[str, int] = {}  # a logging context's address -> its input
-        self.opening: list[tuple[str | None, str | None]] = []  # (address, error) before Input #i
-        self.estimating = False
-        self.unplaced: list[tuple[str | None, str]] = []
-        self.current = -1  # the input whose Input #i block is being read
-        self.in_input = True
-
-    def place(self, index: int, message: str) -> None:
-        self.n_errors[index] += 1
-        if len(self.errors[index]) < self.keep:
-            self.errors[index].append(message)
-
-    def line(self, line: str) -> None:
-        context = _ADDRESS.match(line)
-        address = context.group(1) if context else None
+        line = raw.decode("utf-8", "replace").rstrip()
         if _ERROR_LEVEL.search(line):
-            self.error(address, _CONTEXT.sub("", line).strip(), line)
-            return
+            n_errors += 1
+            if len(errors) < keep_errors:
+                errors.append(_CONTEXT.sub("", line).strip())
+            continue
         if line.startswith("[info] Output #0") or "Output #0," in line:
-            self.in_input = False
+            in_input = False
         if _ESTIMATED in line:
-            self.estimating = True
-        if self.in_input and (match := _INPUT_HEADER.search(line)) and int(match.group(1)) < self.n:
-            self.open(int(match.group(1)))
-            return
-        if self.in_input and address is not None:
-            self.opening.append((address, None))
-        duration = _DURATION.search(line) if self.in_input and self.current >= 0 else None
-        if duration and self.stated[self.current] is None:
-            hours, minutes, seconds = duration.groups()
-            self.stated[self.current] = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-        if self.in_input and (match := _INPUT_AUDIO.search(line)):
-            index = int(match.group(1))
-            if index < self.n and not self.channels[index]:
-                self.channels[index] = _layout_channels(match.group(2))
-                if rate := re.search(r", (\d+(?:\.\d+)?) kb/s", match.group(2)):
-                    self.kbps[index] = float(rate.group(1))
-        if match := _FINAL_STATS.search(line):
-            index = int(match.group(1))
-            if index < self.n and self.packets[index] is None:
-                self.packets[index], self.frames[index] = int(match.group(2)), int(match.group(3))
-
-    def open(self, index: int) -> None:
-        """Input ``index``'s block starts: what was logged while it opened is its own."""
-        self.current = index
-        self.opened[index] = True
-        self.estimated[index] = self.estimating
-        for address, message in self.opening:
-            if address is not None:
-                self.owner.setdefault(address, index)
-            if message is not None:
-                self.place(index, message)
-        self.opening, self.estimating = [], False
-
-    def error(self, address: str | None, message: str, line: str) -> None:
-        if self.n == 1:
-            self.place(0, message)
-        elif (match := _MAP_FAILED.search(line)) and int(match.group(1)) < self.n:
-            self.place(int(match.group(1)), message)
-            self.opened[int(match.group(1))] = False
-        elif self.in_input:
-            self.opening.append((address, message))
-        elif (match := _DECODE_ERROR.search(line)) and int(match.group(1)) < self.n:
-            index = int(match.group(1))
-            self.place(index, message)
-            before = self.unplaced[-1][0] if self.unplaced else None
-            if before is not None and before not in self.owner:  # the decoder that just failed
-                self.owner[before] = index
-                for unplaced_address, unplaced_message in self.unplaced:
-                    if unplaced_address == before:
-                        self.place(index, unplaced_message)
-                self.unplaced = [entry for entry in self.unplaced if entry[0] != before]
-        elif address in self.owner:
-            self.place(self.owner[address], message)
-        else:
-            self.unplaced.append((address, message))
-
-    def facts(self) -> list[_LogFacts]:
-        # Errors logged while an input opened and no Input #i block came: the input that failed.
-        unopened = [index for index in range(self.n) if not self.opened[index]]
-        for _, message in self.opening:
-            if message is not None and unopened:
-                self.place(unopened[0], message)
-            elif message is not None:
-                self.unplaced.append((None, message))
-        for _, message in self.unplaced:
-            for index in range(self.n):
-                self.place(index, message)
-        return [
-            _LogFacts(
-                self.errors[index],
-                self.n_errors[index],
-                self.estimated[index] or self.estimating,
-                self.stated[index],
-                self.channels[index],
-                self.packets[index],
-                self.frames[index],
-                self.kbps[index],
-                self.opened[index],
-            )
-            for index in range(self.n)
-        ]
+            estimated = True
+        if in_input and stated is None and (match := _DURATION.search(line)):
+            hours, minutes, seconds = match.groups()
+            stated = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
+        if in_input and not channels and (match := _INPUT_AUDIO.search(line)):
+            channels = _layout_channels(match.group(1))
+            if rate := re.search(r", (\d+(?:\.\d+)?) kb/s", match.group(1)):
+                kbps = float(rate.group(1))
+        if packets is None and (match := _FINAL_STATS.search(line)):
+            packets, frames = int(match.group(1)), int(match.group(2))
+    return _LogFacts(errors, n_errors, estimated, stated, channels, packets, frames, kbps)
 
 
 def _layout_channels(description: str) -> int:

@@ -4,17 +4,13 @@
 without Prefect or Dask. The flow process only lists the source and compares
 sizes and mtimes with the catalog; the workers read each new file once, hashing
 it while it is decoded, and stream it through the decoder and the featurizer
-into the shard, so a worker holds a few MB whatever the song's length. Small
-files are decoded several at a time by one ffmpeg (:func:`decode_groups`), their
-rows held, within :data:`GROUP_ROWS_IN_MEMORY`, until each song is written; a
-file that group does not decode cleanly is decoded again on its own.
+into the shard, so a worker holds a few MB whatever the song's length.
 Whatever goes wrong with one file becomes a ``failed`` row with the error, and
 the batch goes on.
 """
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import hashlib
 import heapq
@@ -27,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
@@ -36,13 +32,13 @@ import numpy as np
 
 from musicflow.config import AUDIO_EXTENSIONS, FeatureConfig, IngestConfig
 from musicflow.errors import ConfigError, DecodeError, DecoderMissingError
-from tasks.audio import AudioGroup, AudioStream, DecoderFallback, decode_timeout
+from tasks.audio import AudioStream, DecoderFallback, decode_timeout
 from tasks.catalog import STATUS_FAILED, STATUS_OK, CatalogRow, display_text
 from tasks.credentials import register_all
 from tasks.dataset import BatchResult, dataset_dir
 from tasks.shards import ShardWriter
 from tasks.store import is_local_fs, open_store, url_to_fs
-from tasks.transforms import Transform, get_transform
+from tasks.transforms import get_transform
 
 _HASH_CHUNK = 1 << 20
 # Reading a file (hashing it, downloading a remote one) may take this long, per the file's size:
@@ -50,13 +46,6 @@ _HASH_CHUNK = 1 << 20
 READ_TIMEOUT_BASE_S = 60.0
 READ_TIMEOUT_S_PER_MB = 10.0
 _T = TypeVar("_T")
-# Files of a batch decoded by one ffmpeg (tasks.audio.AudioGroup, one process start for them all):
-# at most this many, of at most this many bytes in all; a larger file is decoded on its own.
-GROUP_MAX_FILES = 8
-GROUP_MAX_BYTES = 16 << 20
-# A group's feature rows wait for their song's turn in the shard: in memory up to this many bytes,
-# the rest in a temporary file (16 MB of 128 kb/s mp3 is about 46 MB of the default mel rows).
-GROUP_ROWS_IN_MEMORY = 32 << 20
 # glibc's allocator in a worker: buffers under MMAP_THRESHOLD come from the heap, and up to
 # TRIM_THRESHOLD of freed heap is kept for the next ones (see :func:`keep_freed_memory`).
 MMAP_THRESHOLD = 16 << 20
@@ -324,20 +313,6 @@ class StreamedSong:
     warnings: str | None
 
 
-def check_song(transform: Transform, *, n_samples: int, peak: float, min_peak_db: float) -> None:
-    """:class:`DecodeError` for a decoded song too short for one block, or silent (its peak under
-    ``min_peak_db`` dBFS)."""
-    sample_rate = transform.features.sample_rate
-    if n_samples < transform.min_samples:
-        raise DecodeError(
-            f"too short: {n_samples / sample_rate:.3f} s is less than one block "
-            f"({transform.min_samples / sample_rate:.3f} s)"
-        )
-    if peak <= 10 ** (min_peak_db / 20):
-        level = f"{20 * math.log10(peak):.1f} dBFS" if peak > 0 else "-inf dBFS"
-        raise DecodeError(f"silent: peak level {level} is below {min_peak_db:g} dBFS")
-
-
 def featurise_stream(
     path: str,
     *,
@@ -377,7 +352,14 @@ def featurise_stream(
             if restart is None:
                 raise
             restart()  # ffmpeg decoded it badly; libsndfile can open it: from the start
-    check_song(transform, n_samples=stream.n_samples, peak=peak, min_peak_db=min_peak_db)
+    if stream.n_samples < transform.min_samples:
+        raise DecodeError(
+            f"too short: {stream.seconds:.3f} s is less than one block "
+            f"({transform.min_samples / features.sample_rate:.3f} s)"
+        )
+    if peak <= 10 ** (min_peak_db / 20):
+        level = f"{20 * math.log10(peak):.1f} dBFS" if peak > 0 else "-inf dBFS"
+        raise DecodeError(f"silent: peak level {level} is below {min_peak_db:g} dBFS")
     rows = featurizer.finish()
     if rows.shape[0]:
         sink(rows)
@@ -416,11 +398,11 @@ def ingest_batch(
         n_features=config.features.n_features,
         shard_format=config.shard_format,
     ) as writer:
-        for group in decode_groups(files):
-            for row in _ingest_group(group, writer, config, now):
-                if row.ok:
-                    audio_seconds += row.seconds
-                rows.append(row)
+        for item in files:
+            row = _ingest_file(item, writer, config, now)
+            if row.ok:
+                audio_seconds += row.seconds
+            rows.append(row)
     shard = writer.shard
     return BatchResult(
         rows=[replace(row, shard=shard) if row.ok else row for row in rows],
@@ -465,183 +447,29 @@ def describe_error(error: BaseException) -> str:
     return f"{type(error).__name__}: {display_text(str(error)) or 'no message'}"
 
 
-def decode_groups(files: list[SourceFile]) -> list[list[SourceFile]]:
-    """The files in order, in runs that one ffmpeg decodes together (see :data:`GROUP_MAX_FILES`).
-
-    A file that cannot be read (``problem``), is empty, or is larger than
-    :data:`GROUP_MAX_BYTES` is a group of its own.
-    """
-    groups: list[list[SourceFile]] = []
-    size = 0
-    for item in files:
-        alone = item.problem is not None or not 0 < item.bytes <= GROUP_MAX_BYTES
-        if (
-            not alone
-            and groups
-            and len(groups[-1]) < GROUP_MAX_FILES
-            and size + item.bytes <= GROUP_MAX_BYTES
-        ):
-            groups[-1].append(item)
-            size += item.bytes
-        else:
-            groups.append([item])
-            size = GROUP_MAX_BYTES + 1 if alone else item.bytes  # nothing joins a file alone
-    return groups
-
-
-def _ingest_group(
-    items: list[SourceFile], writer: ShardWriter, config: IngestConfig, now: str
-) -> list[CatalogRow]:
-    """The catalog rows of ``items``, in order: those that one ffmpeg decodes cleanly (see
-    :class:`~tasks.audio.AudioGroup`) from that decode, every other file decoded on its own."""
-    done: dict[int, CatalogRow] = {}
-    if len(items) > 1:
-        with ExitStack() as stack:
-            opened: dict[int, tuple[str, Callable[[], str | None]]] = {}
-            for index, item in enumerate(items):
-                # A file that fails to open is decoded on its own below, where it is its failed row.
-                with contextlib.suppress(Exception):
-                    opened[index] = stack.enter_context(_readable_copy(item))
-            if len(opened) > 1:
-                done = _decode_together(items, opened, writer, config, now)
-    return [done.get(index) or _ingest_file(item, writer, config, now) for index, item in enumerate(items)]
-
-
-def _decode_together(
-    items: list[SourceFile],
-    opened: dict[int, tuple[str, Callable[[], str | None]]],
-    writer: ShardWriter,
-    config: IngestConfig,
-    now: str,
-) -> dict[int, CatalogRow]:
-    """Rows of the opened files that one ffmpeg decoded cleanly, by index; the rest are left out."""
-    order = list(opened)
-    features = config.features
-    transform = get_transform(features)
-    group = AudioGroup([opened[index][0] for index in order], sample_rate=features.sample_rate,
-                       strict=config.strict)  # fmt: skip
-    featurizers = [transform.featurizer() for _ in order]
-    peaks = [0.0] * len(order)
-    with _RowSpool(GROUP_ROWS_IN_MEMORY) as spool:
-        try:
-            for position, chunk in group:
-                if chunk.shape[0]:
-                    peaks[position] = max(peaks[position], float(chunk.max()), -float(chunk.min()))
-                spool.add(position, featurizers[position].push(chunk))
-        except DecoderMissingError:
-            raise
-        except Exception:  # whatever it was, each file's own decode gives its verdict
-            return {}
-        done: dict[int, CatalogRow] = {}
-        for position, index in enumerate(order):
-            if not group.clean[position]:
-                continue
-
-            def write(position: int = position) -> StreamedSong:
-                check_song(transform, n_samples=group.n_samples[position], peak=peaks[position],
-                           min_peak_db=config.min_peak_db)  # fmt: skip
-                spool.add(position, featurizers[position].finish())
-                for rows in spool.pop(position):
-                    writer.add_rows(rows)
-                return StreamedSong(
-                    group.n_samples[position] / features.sample_rate, group.channels[position], None
-                )
-
-            done[index] = _written_song(items[index], writer, now, opened[index][1], write)
-        return done
-
-
-class _RowSpool:
-    """Feature rows of several songs kept until each song is written: in memory up to ``budget``
-    bytes, the rest in a temporary file."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget = budget
-        self.in_memory = 0
-        self._parts: dict[int, list[np.ndarray | tuple[int, tuple[int, ...], np.dtype[Any]]]] = {}
-        self._file: Any = None
-
-    def __enter__(self) -> _RowSpool:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if self._file is not None:
-            self._file.close()
-
-    def add(self, key: int, rows: np.ndarray) -> None:
-        if not rows.shape[0]:
-            return
-        parts = self._parts.setdefault(key, [])
-        if self.in_memory + rows.nbytes <= self.budget:
-            parts.append(rows)
-            self.in_memory += rows.nbytes
-            return
-        if self._file is None:
-            self._file = tempfile.TemporaryFile(prefix="musicflow-rows-")  # noqa: SIM115 - closed on exit
-        offset = self._file.seek(0, os.SEEK_END)
-        self._file.write(np.ascontiguousarray(rows).tobytes())
-        parts.append((offset, rows.shape, rows.dtype))
-
-    def pop(self, key: int) -> Iterator[np.ndarray]:
-        """``key``'s rows, in the order they were added, each part let go once it is given."""
-        parts = self._parts.pop(key, [])
-        while parts:
-            part = parts.pop(0)
-            if isinstance(part, np.ndarray):
-                self.in_memory -= part.nbytes
-                yield part
-            else:
-                offset, shape, dtype = part
-                self._file.seek(offset)
-                size = math.prod(shape) * dtype.itemsize
-                yield np.frombuffer(self._file.read(size), dtype=dtype).reshape(shape)
-
-
 def _ingest_file(item: SourceFile, writer: ShardWriter, config: IngestConfig, now: str) -> CatalogRow:
     if item.problem:
         return failed_row(item, item.problem, now=now)
+    content_hash: Callable[[], str | None] = lambda: None  # noqa: E731
+    began = False
     try:
         with _readable_copy(item) as (path, content_hash):
-            return _written_song(
-                item,
-                writer,
-                now,
-                content_hash,
-                lambda: featurise_stream(
-                    path,
-                    features=config.features,
-                    sink=writer.add_rows,
-                    min_peak_db=config.min_peak_db,
-                    strict=config.strict,
-                    timeout=decode_timeout(item.bytes),
-                    restart=lambda: _restart_song(writer),
-                ),
+            writer.begin_song()
+            began = True
+            song = featurise_stream(
+                path,
+                features=config.features,
+                sink=writer.add_rows,
+                min_peak_db=config.min_peak_db,
+                strict=config.strict,
+                timeout=decode_timeout(item.bytes),
+                restart=lambda: _restart_song(writer),
             )
+            song_id = content_hash()
+        offset, n_blocks = writer.end_song(keep=True)
     except DecoderMissingError:
         raise  # not this file's fault: every file would fail the same way
     except Exception as error:  # any failure while handling one file is that file's failed row
-        return failed_row(item, describe_error(error), now=now)
-
-
-def _written_song(
-    item: SourceFile,
-    writer: ShardWriter,
-    now: str,
-    content_hash: Callable[[], str | None],
-    write: Callable[[], StreamedSong],
-) -> CatalogRow:
-    """Write one song into the shard with ``write`` (which adds its rows) and give its catalog
-    row; any failure (but a missing decoder) is its failed row."""
-    began = False
-    try:
-        writer.begin_song()
-        began = True
-        song = write()
-        song_id = content_hash()
-        offset, n_blocks = writer.end_song(keep=True)
-    except DecoderMissingError:
-        raise
-    except Exception as error:
         if began:
             writer.end_song(keep=False)
         try:

@@ -3,7 +3,6 @@ odd names, special files, unreadable and vanishing files, any exception, streami
 
 from __future__ import annotations
 
-import itertools
 import os
 import shutil
 import subprocess
@@ -134,26 +133,14 @@ def test_a_permission_error_is_a_failed_row(
     assert not row.ok and "permission denied" in (row.error or "")
 
 
-@pytest.mark.parametrize("grouped", [False, True])
 def test_any_exception_while_handling_a_file_is_its_failed_row(
-    tmp_path: Path, demo_songs: list[Path], store_url: str, monkeypatch: pytest.MonkeyPatch, grouped: bool
+    tmp_path: Path, demo_songs: list[Path], store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Decoded alone, and in a group whose decode raises (each file is then decoded alone)."""
     source = tmp_path / "songs"
     source.mkdir()
     for song in demo_songs[:3]:
         shutil.copy(song, source / song.name)
     real = ingest.featurise_stream
-    if grouped:
-
-        class FailingGroup(ingest.AudioGroup):
-            def __iter__(self):  # type: ignore[no-untyped-def]
-                yield from itertools.islice(super().__iter__(), 1)
-                raise RuntimeError("a bug in the group decode")
-
-        monkeypatch.setattr(ingest, "AudioGroup", FailingGroup)
-    else:
-        monkeypatch.setattr(ingest, "GROUP_MAX_FILES", 1)
 
     def flaky(path: str, **kwargs: object) -> object:
         if path.endswith(demo_songs[1].name):

@@ -1,6 +1,23 @@
-"""What every benchmark's report shares: target verdicts and a plain-text table."""
+"""What the benchmarks share: target verdicts, a plain-text table, another commit's tree."""
 
 from __future__ import annotations
+
+import contextlib
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@contextlib.contextmanager
+def commit_tree(revision: str) -> Iterator[Path]:
+    """The files of ``revision`` (``git archive``) in a temporary folder, removed afterwards."""
+    with tempfile.TemporaryDirectory(prefix="musicflow-tree-") as folder:
+        archive = subprocess.run(["git", "archive", revision], cwd=ROOT, capture_output=True, check=True)
+        subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
+        yield Path(folder)
 
 
 def verdict(value: float, limit: float, *, at_most: bool = False) -> str:

@@ -18,14 +18,12 @@ import shlex
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import table, target
+from _report import ROOT, commit_tree, table, target
 
-ROOT = Path(__file__).resolve().parents[1]
 HEAVY = ("numpy", "scipy", "tensorflow", "keras", "pydub", "zarr", "pyarrow", "prefect", "dask", "matplotlib")
 PROBE = """
 import json, sys
@@ -71,10 +69,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
 
-    with tempfile.TemporaryDirectory(prefix="musicflow-bench-cli-") as folder:
-        baseline = Path(folder)
-        archive = subprocess.run(["git", "archive", args.baseline], cwd=ROOT, capture_output=True, check=True)
-        subprocess.run(["tar", "-x", "-C", str(baseline)], input=archive.stdout, check=True)
+    with commit_tree(args.baseline) as baseline:
         trees = {"this tree": ROOT, f"baseline {args.baseline}": baseline}
         for tree in trees.values():
             help_seconds(tree)  # warm the file cache and the .pyc files

@@ -369,13 +369,18 @@ with LocalCluster(n_workers=int(sys.argv[1]), threads_per_worker=1, processes=Tr
 
 
 @contextlib.contextmanager
-def local_cluster(workers: int) -> Iterator[str]:
-    """Address of a fresh LocalCluster, the kind a user starts once and reuses (dask_address=...)."""
+def local_cluster(workers: int, tree: Path | None = None) -> Iterator[str]:
+    """Address of a fresh LocalCluster, the kind a user starts once and reuses (dask_address=...).
+
+    With ``tree``, its workers import the project (``tasks``...) from that folder instead.
+    """
     helper = subprocess.Popen(
         [sys.executable, "-c", _CLUSTER_HELPER, str(workers)],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
+        cwd=tree,
+        env=None if tree is None else {**os.environ, "PYTHONPATH": str(tree)},
     )
     assert helper.stdin is not None and helper.stdout is not None
     try:

@@ -39,6 +39,10 @@ _READ_BYTES = 1 << 20  # ffmpeg output read per chunk: 262144 float32 samples, 6
 # ffmpeg's stdout pipe holds this much (Linux's default is 64 kB, 0.7 s at 22.05 kHz): ffmpeg decodes
 # the next chunk while the reader featurises and writes this one, instead of waiting for it.
 PIPE_BYTES = 1 << 20
+# ffmpeg writes its raw output in whole 32 kB buffers, not once per decoded frame (its default on a
+# pipe: a 2.3 kB write, and a reader wake-up, per mp3 frame at 22.05 kHz). On the drascula songs
+# as mp3, decoding and reading alone: ffmpeg 6.2 -> 5.5 CPU s, the reader 0.97 -> 0.35 s.
+BUFFERED_OUTPUT = ("-flush_packets", "0")
 _ERROR_LEVEL = re.compile(r"\[(?:error|fatal|panic)\] ")
 _CONTEXT = re.compile(r"\[(?:error|fatal|panic|warning|info|verbose)\] |\[[\w:/.#-]+ @ 0x[0-9a-f]+\] ")
 _DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
@@ -187,9 +191,7 @@ class AudioStream:
         piped = not isinstance(self.source, str)
         # "file:" so that a name holding ":" or starting with "-" is never read as a protocol or option.
         target = "file:" + self.source if isinstance(self.source, str) else "pipe:0"
-        command = [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "level+verbose", "-i", target,
-                   "-map", "0:a:0", "-map_metadata", "-1", "-af", MONO_MIX, "-ar", str(self.sample_rate),
-                   "-c:a", "pcm_f32le", "-f", "f32le", "pipe:1"]  # fmt: skip
+        command = decode_command(ffmpeg, target, sample_rate=self.sample_rate)
         with tempfile.TemporaryFile() as log:
             process = subprocess.Popen(
                 command,
@@ -293,7 +295,7 @@ class AudioStream:
     ) -> Generator[np.ndarray, None, int]:
         command = [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "error", "-f", "f32le",
                    "-ar", str(native), "-ac", "1", "-i", "pipe:0",
-                   "-ar", str(self.sample_rate), "-f", "f32le", "pipe:1"]  # fmt: skip
+                   "-ar", str(self.sample_rate), *BUFFERED_OUTPUT, "-f", "f32le", "pipe:1"]  # fmt: skip
         process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
         )
@@ -333,6 +335,15 @@ class AudioStream:
         if watchdog.fired:
             raise DecodeError(f"timed out: decoding took longer than {self.timeout:.0f} s (ffmpeg stopped)")
         return returncode
+
+
+def decode_command(ffmpeg: str, target: str, *, sample_rate: int) -> list[str]:
+    """ffmpeg's command line that decodes ``target``'s first audio stream to float32 mono at
+    ``sample_rate`` on its stdout (:data:`MONO_MIX`, :data:`BUFFERED_OUTPUT`), logging what
+    :func:`_read_log` reads (each line with its level) on stderr."""
+    return [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "level+verbose", "-i", target,
+            "-map", "0:a:0", "-map_metadata", "-1", "-af", MONO_MIX, "-ar", str(sample_rate),
+            "-c:a", "pcm_f32le", *BUFFERED_OUTPUT, "-f", "f32le", "pipe:1"]  # fmt: skip
 
 
 def widen_pipe(fd: int, n_bytes: int = PIPE_BYTES) -> int:

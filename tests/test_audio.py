@@ -20,7 +20,7 @@ from helpers import corrupt_frames, mostly_garbage, write_vbr_without_header
 from pydub import AudioSegment
 
 from musicflow.errors import DecodeError, DecoderMissingError, MusicflowError
-from tasks.audio import DecodedAudio, decode_audio, encode_audio, ffmpeg_binary
+from tasks.audio import DecodedAudio, decode_audio, decode_command, encode_audio, ffmpeg_binary
 
 SAMPLE_RATE = 44100
 QUANTUM = 1.0 / 32767.0  # one step of the 16-bit WAV encode_audio writes
@@ -207,6 +207,28 @@ def test_stereo_mp3_reports_two_channels(tmp_path: Path) -> None:
     decoded = decode_audio(encode_audio(audio, sample_rate=SAMPLE_RATE, format="mp3"))
     assert decoded.channels == 2
     assert decoded.seconds == pytest.approx(1.0, abs=0.1)
+
+
+def test_ffmpeg_writes_its_output_in_whole_buffers_not_per_frame(tmp_path: Path) -> None:
+    # Per decoded mp3 frame ffmpeg would write 2.3 kB to the pipe and wake the reader each time
+    # (a fifth of the CPU of decoding and reading); the decode command makes it write 32 kB at a time.
+    song = encode_audio(sine(440.0, 20.0), sample_rate=SAMPLE_RATE, format="mp3")
+    path = write(tmp_path / "song.mp3", song)
+    process = subprocess.Popen(
+        decode_command(ffmpeg_binary(), "file:" + path, sample_rate=22050),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+    )
+    assert process.stdout is not None
+    reads, n_bytes = 0, 0
+    while chunk := os.read(process.stdout.fileno(), 1 << 20):
+        reads += 1
+        n_bytes += len(chunk)
+    assert process.wait() == 0
+    assert n_bytes == pytest.approx(20.0 * 22050 * 4, rel=0.01)
+    # A reader that keeps up sees at most one read per write; frame by frame it would be ~380.
+    assert reads <= -(-n_bytes // 32768)
 
 
 def test_encode_audio_bitrate_changes_size() -> None:

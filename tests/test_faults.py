@@ -3,6 +3,7 @@ statistics equal those of a clean run."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -111,10 +112,19 @@ def test_intermittent_storage_failures_are_retried(
 
 
 def _dask_worker_processes(parent: int) -> list[psutil.Process]:
-    children = psutil.Process(parent).children(recursive=True)
     # Nannies start workers with multiprocessing's spawn: the worker is a child of a nanny... and the
     # nannies themselves are children of the flow process. Workers are the leaves running Python.
-    return [child for child in children if "python" in child.name().lower() and not child.children()]
+    # The workers' ffmpegs come and go while this looks: one that has ended is not a worker.
+    workers: list[psutil.Process] = []
+    try:
+        children = psutil.Process(parent).children(recursive=True)
+    except psutil.NoSuchProcess:  # the run has just ended
+        return workers
+    for child in children:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            if "python" in child.name().lower() and not child.children():
+                workers.append(child)
+    return workers
 
 
 @pytest.mark.usefixtures("prefect_server")

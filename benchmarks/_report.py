@@ -1,4 +1,5 @@
-"""What the benchmarks share: target verdicts, a plain-text table, another commit's tree."""
+"""What the benchmarks share: target verdicts, a plain-text table, another commit's tree, and
+the raw ffmpeg decode the targets call the decoding speed limit."""
 
 from __future__ import annotations
 
@@ -18,6 +19,18 @@ def commit_tree(revision: str) -> Iterator[Path]:
         archive = subprocess.run(["git", "archive", revision], cwd=ROOT, capture_output=True, check=True)
         subprocess.run(["tar", "-x", "-C", folder], input=archive.stdout, check=True)
         yield Path(folder)
+
+
+def ffmpeg_f32_mono(path: Path, *, sample_rate: int, buffered: bool = False) -> int:
+    """Samples of ``path`` by the decoding speed limit, ``ffmpeg -f f32le -ac 1`` into memory (the
+    ffmpeg pydub is configured with). ``buffered``: with ingest's ``-flush_packets 0``
+    (``tasks.audio.BUFFERED_OUTPUT``: 32 kB writes, not one per decoded frame)."""
+    from tasks.audio import BUFFERED_OUTPUT, ffmpeg_binary
+
+    ffmpeg, extra = ffmpeg_binary(), list(BUFFERED_OUTPUT) if buffered else []
+    command = [ffmpeg, "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1", "-ar", str(sample_rate)]
+    pcm = subprocess.run([*command, *extra, "-"], capture_output=True, check=True).stdout
+    return len(pcm) // 4
 
 
 def verdict(value: float, limit: float, *, at_most: bool = False) -> str:

@@ -68,7 +68,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _report import table, target, verdict
+from _report import ffmpeg_f32_mono, table, target, verdict
 
 SAMPLE_RATE = 44100
 BLOCK_SIZE = 11025
@@ -421,21 +421,11 @@ def worker_memory_mb(address: str) -> tuple[float, float]:
 # ---------------------------------------------------------------- (b) decoding speed limit
 
 
-def _ffmpeg_f32_mono(path: Path, *, buffered: bool = False) -> int:
-    """Samples of ``ffmpeg -f f32le -ac 1`` of ``path``; ``buffered``: with ingest's
-    ``-flush_packets 0`` (``tasks.audio.BUFFERED_OUTPUT``: 32 kB writes, not one per frame)."""
-    from tasks.audio import BUFFERED_OUTPUT
-
-    extra = list(BUFFERED_OUTPUT) if buffered else []
-    command = ["ffmpeg", "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1", "-ar", str(SAMPLE_RATE)]
-    pcm = subprocess.run([*command, *extra, "-"], capture_output=True, check=True).stdout
-    return np.frombuffer(pcm, dtype="<f4").shape[0]
-
-
 def raw_decode(collection: Collection, *, workers: int, buffered: bool = False) -> Measurement:
-    """Decode every file, ``workers`` ffmpegs at a time (``buffered``: see :func:`_ffmpeg_f32_mono`)."""
+    """Decode every file, ``workers`` ffmpegs at a time (``buffered``: :func:`_report.ffmpeg_f32_mono`)."""
+    decode = functools.partial(ffmpeg_f32_mono, sample_rate=SAMPLE_RATE, buffered=buffered)
     with Clock() as clock, ThreadPoolExecutor(workers) as pool:
-        n_samples = sum(pool.map(functools.partial(_ffmpeg_f32_mono, buffered=buffered), collection.paths))
+        n_samples = sum(pool.map(decode, collection.paths))
     return Measurement(n_samples / SAMPLE_RATE, clock.wall, clock.cpu)
 
 
@@ -496,7 +486,7 @@ def decoder_comparison(paths: list[Path], *, rounds: int = 3) -> dict[str, float
     decoders: dict[str, Callable[[Path], object]] = {
         "pydub": _pydub_decode,
         "decode_audio": lambda path: decode_audio(str(path), sample_rate=SAMPLE_RATE),
-        "ffmpeg f32le": _ffmpeg_f32_mono,
+        "ffmpeg f32le": functools.partial(ffmpeg_f32_mono, sample_rate=SAMPLE_RATE),
     }
     best = dict.fromkeys(decoders, float("inf"))
     for _ in range(rounds):

@@ -52,27 +52,18 @@ from pathlib import Path
 
 import numpy as np
 import psutil
+from _report import ROOT, ffmpeg_f32_mono, target, verdict
 
-ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from _report import target, verdict  # noqa: E402
-
-from tasks.audio import ffmpeg_binary  # noqa: E402
-from tasks.synth import write_demo_songs  # noqa: E402
+from tasks.synth import write_demo_songs
 
 
 def raw_decode_seconds(paths: list[Path], workers: int) -> tuple[float, float]:
     """Wall seconds to decode ``paths`` with raw ffmpeg, ``workers`` at a time, and the audio seconds."""
-    ffmpeg = ffmpeg_binary()
 
     def decode(path: Path) -> float:
-        out = subprocess.run(
-            [ffmpeg, "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1", "-ar", "44100", "-"],
-            capture_output=True,
-            check=True,
-        ).stdout
-        return np.frombuffer(out, dtype="<f4").shape[0] / 44100
+        return ffmpeg_f32_mono(path, sample_rate=44100) / 44100
 
     started = time.perf_counter()
     with ThreadPoolExecutor(workers) as pool:

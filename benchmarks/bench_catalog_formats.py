@@ -46,7 +46,7 @@ BATCH_ROWS = 10
 
 def synthetic_rows(start: int, count: int) -> pa.Table:
     """Catalog rows (musicflow's schema) for songs ``start .. start + count - 1``."""
-    from tasks.catalog import CatalogRow, rows_to_table
+    from tasks.dataset.catalog import CatalogRow, rows_to_table
 
     rows = [
         CatalogRow(
@@ -76,27 +76,27 @@ class Backend:
 
 
 class MusicflowLog(Backend):
-    name, module = "musicflow log", "tasks.catalog"
+    name, module = "musicflow log", "tasks.dataset.catalog"
 
     def _store(self) -> Any:
-        from tasks.store import open_store
+        from tasks.store.store import open_store
 
         return open_store(self.url)
 
     def prefill(self, table: pa.Table) -> None:
-        from tasks.catalog import table_to_rows, write_catalog
+        from tasks.dataset.catalog import table_to_rows, write_catalog
 
         write_catalog(self._store(), "ds", [], table_to_rows(table))
 
     def commit(self, table: pa.Table) -> None:
-        from tasks.catalog import append_rows, table_to_rows
+        from tasks.dataset.catalog import append_rows, table_to_rows
 
         store = self._store()
         with store.lock("ds", "catalog.lock"):
             append_rows(store, "ds", table_to_rows(table))
 
     def read(self) -> int:
-        from tasks.catalog import CatalogLog
+        from tasks.dataset.catalog import CatalogLog
 
         return int(CatalogLog(self._store(), "ds").read_table().num_rows)
 

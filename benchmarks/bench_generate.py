@@ -89,17 +89,17 @@ def prepare_model(workdir: Path) -> tuple[str, str]:
 
     Returns ``(store_url, model_id)``.
     """
-    from tasks.generate import list_models
-    from tasks.store import open_store
+    from tasks.generation.generate import list_models
+    from tasks.store.store import open_store
 
     store_url = str(workdir / "store")
     if (workdir / "store").exists():
         models = list_models(open_store(store_url))
         if models:
             return store_url, models[0]
-    from musicflow.config import FeatureConfig, IngestConfig, TrainConfig
-    from tasks.synth import write_demo_songs
-    from tasks.train import train_model
+    from tasks.audio.synth import write_demo_songs
+    from tasks.config import FeatureConfig, IngestConfig, TrainConfig
+    from tasks.model.train import train_model
     from tests.helpers import ingest_direct
 
     print(f"training a small model on {SONGS} demo songs in {workdir} (cached; not timed)...", flush=True)
@@ -152,8 +152,13 @@ def main(argv: list[str] | None = None) -> None:
 
     # generate_blocks makes a new tf.function per call, on purpose here: TF warns about retracing.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    from tasks.generate import generate_blocks, generate_blocks_rerun, load_trained_model, seed_blocks
-    from tasks.store import open_store
+    from tasks.generation.generate import (
+        generate_blocks,
+        generate_blocks_rerun,
+        load_trained_model,
+        seed_blocks,
+    )
+    from tasks.store.store import open_store
 
     store = open_store(store_url)
     loaded = load_trained_model(store, model_id)
@@ -269,7 +274,7 @@ def main(argv: list[str] | None = None) -> None:
     diff_first = float(np.abs(outputs[longest][:first] - theirs_out[longest][:first]).max())
     diff_all = float(np.abs(outputs[longest] - theirs_out[longest]).max())
     scale = float(np.abs(theirs_out[longest]).max())
-    from tasks.model import build_model
+    from tasks.model.network import build_model
 
     fresh = build_model(loaded.features.n_features, loaded.config)  # untrained weights, same shapes
     fresh_ours, fresh_theirs = (

@@ -33,7 +33,7 @@ To tell Prefect's cost from the work's, the flow's steps also run on plain Dask
 (same functions, same batches). Every rate is given per wall second and per CPU
 second of this process tree: on a shared machine the wall ratios move with other
 load, the CPU ones much less. It also times ``pydub.AudioSegment.from_file``
-against ``tasks.audio.decode_audio`` (why the project calls ffmpeg itself) and
+against ``tasks.audio.decode.decode_audio`` (why the project calls ffmpeg itself) and
 where one worker's time goes. Song synthesis is cached in the workdir and never timed.
 """
 
@@ -160,7 +160,7 @@ def _probe_seconds(path: Path) -> float:
 
 
 def _write_song(pool: Path, song_seed: int) -> Path:
-    from tasks.synth import write_demo_songs
+    from tasks.audio.synth import write_demo_songs
 
     (path,) = write_demo_songs(pool, n_songs=1, seconds=SONG_SECONDS, seed=song_seed)
     return path
@@ -324,11 +324,11 @@ def run_plain_dask(collection: Collection, store: Path, *, workers: int, dask_ad
     from distributed import Client, as_completed
 
     from flows.ingest import BATCHES_PER_WORKER
-    from musicflow.config import FeatureConfig, IngestConfig
-    from tasks import dataset as dataset_lib
-    from tasks import ingest as ingest_lib
-    from tasks.catalog import read_catalog
-    from tasks.store import open_store
+    from tasks.config import FeatureConfig, IngestConfig
+    from tasks.dataset import repository as dataset_lib
+    from tasks.dataset.catalog import read_catalog
+    from tasks.ingest import worker as ingest_lib
+    from tasks.store.store import open_store
 
     shutil.rmtree(store, ignore_errors=True)
     config = IngestConfig(features=FeatureConfig.for_transform())  # the flow's defaults
@@ -481,7 +481,7 @@ def _pydub_decode(path: Path) -> np.ndarray:
 
 def decoder_comparison(paths: list[Path], *, rounds: int = 3) -> dict[str, float]:
     """Best-of-``rounds`` serial seconds over ``paths`` per decoder, rounds interleaved."""
-    from tasks.audio import decode_audio
+    from tasks.audio.decode import decode_audio
 
     decoders: dict[str, Callable[[Path], object]] = {
         "pydub": _pydub_decode,
@@ -520,13 +520,13 @@ def _featurise(transform: Any, samples: np.ndarray, chunk: int = 1 << 18) -> np.
 def stage_breakdown(collection: Collection, store_dir: Path, *, rounds: int = 2) -> dict[str, float]:
     """Serial seconds per stage of ``ingest_batch``'s work with the default transform, over the
     collection (best of ``rounds``); in ``ingest_batch`` the decoding overlaps the rest."""
-    from musicflow.config import FeatureConfig
-    from tasks.audio import decode_audio
-    from tasks.ingest import keep_freed_memory, sha256_of
-    from tasks.shards import ShardWriter
-    from tasks.stats import FeatureStats
-    from tasks.store import open_store
-    from tasks.transforms import get_transform
+    from tasks.audio.decode import decode_audio
+    from tasks.config import FeatureConfig
+    from tasks.dataset.shards import ShardWriter
+    from tasks.dataset.stats import FeatureStats
+    from tasks.features.transforms import get_transform
+    from tasks.ingest.worker import keep_freed_memory, sha256_of
+    from tasks.store.store import open_store
 
     keep_freed_memory()  # as ingest_batch does on a worker
     config = FeatureConfig.for_transform()  # the flow's defaults (22.05 kHz for stft)
@@ -639,7 +639,7 @@ def main(argv: list[str] | None = None) -> None:
                 warm.append(run_ingest(small, stores / "warm", workers=workers, dask_address=address))
                 seeds.append(seed_serial(small, workdir / "seed-npy"))
                 # What flow-run heartbeats still cost a run. Prefect 3.8's sync engine joined their
-                # thread (1-s sleep steps) at the end of each run, ~1 s; musicflow.heartbeats no
+                # thread (1-s sleep steps) at the end of each run, ~1 s; flows.runtime.heartbeats no
                 # longer joins it, so this row should now be close to the warm one.
                 with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
                     quiet = run_ingest(small, stores / "quiet", workers=workers, dask_address=address)

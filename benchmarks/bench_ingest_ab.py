@@ -10,7 +10,7 @@ changes to the decoding path are worth, so a change is judged here, not by two b
 two warm LocalClusters, one importing the project from the baseline commit (``git archive``), one
 from this tree, run the ``ingest`` flow on the same songs, in alternating order, ``--rounds`` times
 each. The flow process (batching, commits, Prefect) is this tree's for both: what is compared is
-what the workers run, ``tasks.ingest.ingest_batch`` and everything it calls, so the baseline must
+what the workers run, ``tasks.ingest.worker.ingest_batch`` and everything it calls, so the baseline must
 accept the same call. Reported: the medians of x real time per wall second and per CPU second of
 this process tree, their ratios, and the workers' CPU per run split into their own (Python) and
 their children's (ffmpeg). Songs are bench_ingest.py's (cached in the workdir).

@@ -10,7 +10,7 @@ tracks, 47 min, apt-get installed when missing) and each path:
   (MSE on real||imag);
 
 it ingests, trains for the budget (whole epochs; the epoch that crosses it is the last), generates
-8 clips from validation seeds and reports: the quality score (``tasks/quality.py``, against the
+8 clips from validation seeds and reports: the quality score (``tasks/generation/quality.py``, against the
 validation songs decoded from their files, the same reference for both paths), clips collapsed out
 of 8, loudness difference from the training songs, generation speed in x real time (model steps
 plus the inverse transform, phase reconstruction included), training wall time and epochs,
@@ -86,7 +86,7 @@ def drascula_songs() -> list[str]:
 
 def collection_dir(name: str, workdir: Path) -> Path:
     if name == "demo":
-        from tasks.synth import write_demo_songs
+        from tasks.audio.synth import write_demo_songs
 
         folder = workdir / "demo-songs"
         write_demo_songs(folder, n_songs=12, seconds=(10.0, 40.0))  # what `make demo` makes
@@ -124,9 +124,9 @@ def dataset_bytes(store_url: str, dataset_id: str) -> int:
 
 def generation_speed(store_url: str, model_id: str, seconds: float) -> float:
     """x real time of one clip: the model's steps plus the inverse transform (Griffin-Lim for stft)."""
-    from tasks.generate import generate_blocks, load_trained_model, seed_blocks, to_audio
-    from tasks.model import ungroup_steps
-    from tasks.store import open_store
+    from tasks.generation.generate import generate_blocks, load_trained_model, seed_blocks, to_audio
+    from tasks.model.network import ungroup_steps
+    from tasks.store.store import open_store
 
     store = open_store(store_url)
     loaded = load_trained_model(store, model_id)
@@ -145,10 +145,10 @@ def generation_speed(store_url: str, model_id: str, seconds: float) -> float:
 
 
 def run_path(name: str, songs: Path, workdir: Path, args: argparse.Namespace) -> dict[str, Any]:
-    from musicflow.config import FeatureConfig, IngestConfig, TrainConfig
-    from tasks.generate import generate_run
-    from tasks.store import open_store
-    from tasks.train import train_model
+    from tasks.config import FeatureConfig, IngestConfig, TrainConfig
+    from tasks.generation.generate import generate_run
+    from tasks.model.train import train_model
+    from tasks.store.store import open_store
     from tests.helpers import ingest_direct
 
     path = PATHS[name]
@@ -157,7 +157,7 @@ def run_path(name: str, songs: Path, workdir: Path, args: argparse.Namespace) ->
     started = time.perf_counter()
     dataset_id = ingest_direct(songs, store_url, IngestConfig(features=features))
     ingest_seconds = time.perf_counter() - started
-    from tasks.dataset import read_rows
+    from tasks.dataset.repository import read_rows
 
     audio_hours = (
         sum(row.seconds for row in read_rows(open_store(store_url), dataset_id, ok_only=True)) / 3600
@@ -211,9 +211,9 @@ def featurizer_ratio(songs: Path) -> tuple[float, float]:
     """Seconds of audio per second of the stft forward pass: ours (numpy/scipy) and librosa's."""
     import librosa
 
-    from musicflow.config import FeatureConfig
-    from tasks.audio import decode_audio
-    from tasks.transforms import get_transform
+    from tasks.audio.decode import decode_audio
+    from tasks.config import FeatureConfig
+    from tasks.features.transforms import get_transform
 
     features = FeatureConfig.for_transform("stft")
     audio = np.concatenate(
@@ -262,10 +262,10 @@ def spectrogram_figure(results: list[dict[str, Any]], path: Path, *, seconds: fl
     import matplotlib.pyplot as plt
     from scipy.signal import spectrogram
 
-    from tasks.audio import decode_audio
-    from tasks.dataset import read_rows
-    from tasks.store import open_store
-    from tasks.train import read_card
+    from tasks.audio.decode import decode_audio
+    from tasks.dataset.repository import read_rows
+    from tasks.model.train import read_card
+    from tasks.store.store import open_store
 
     sample_rate = 22050
     first = results[0]

@@ -8,7 +8,7 @@ Run from the repository root::
 
 Measured in one run:
 
-- commit time per batch (``tasks.dataset.commit_batch``: lock, catalog segment,
+- commit time per batch (``tasks.dataset.repository.commit_batch``: lock, catalog segment,
   statistics) of 10-song batches with real shards of 11026 features, into a
   catalog of 1k and of 100k synthetic rows; target: flat within +-20%;
 - a worker's peak RSS (its own VmHWM, the flow's ``peak_worker_rss_mb``) on a
@@ -56,7 +56,7 @@ from _report import ROOT, ffmpeg_f32_mono, target, verdict
 
 sys.path.insert(0, str(ROOT))
 
-from tasks.synth import write_demo_songs
+from tasks.audio.synth import write_demo_songs
 
 
 def raw_decode_seconds(paths: list[Path], workers: int) -> tuple[float, float]:
@@ -109,11 +109,17 @@ def ingest(source: Path, store: Path, workers: int, api_url: str) -> tuple[dict,
 
 def commit_seconds(workdir: Path, catalog_rows: int, n_commits: int) -> list[float]:
     """Seconds of each of ``n_commits`` commits of a 10-song batch into a catalog of ``catalog_rows``."""
-    from musicflow.config import IngestConfig
-    from tasks.catalog import CatalogRow, write_catalog
-    from tasks.dataset import BatchResult, commit_batch, dataset_dir, prepare_dataset, refresh_stats
-    from tasks.shards import ShardWriter
-    from tasks.store import open_store
+    from tasks.config import IngestConfig
+    from tasks.dataset.catalog import CatalogRow, write_catalog
+    from tasks.dataset.repository import (
+        BatchResult,
+        commit_batch,
+        dataset_dir,
+        prepare_dataset,
+        refresh_stats,
+    )
+    from tasks.dataset.shards import ShardWriter
+    from tasks.store.store import open_store
 
     shutil.rmtree(workdir, ignore_errors=True)
     store = open_store(str(workdir))

@@ -9,7 +9,7 @@ as ratios where there is a baseline:
 
 (a) ``model.fit`` steps/s of the ``small`` model fed by the shards
     (``make_tf_dataset(SongWindows(...), repeat=True)`` and ``steps_per_epoch``,
-    as ``tasks/train.py`` builds it) against the same windows preloaded in
+    as ``tasks/model/train.py`` builds it) against the same windows preloaded in
     numpy (``tf.data.Dataset.from_tensor_slices``, same shuffle and batch size,
     repeated),
     after a warm-up epoch of each, interleaved rounds; target >= 0.9, by wall
@@ -99,7 +99,7 @@ def song_name(song_seed: int) -> str:
 
 
 def _write_song(pool: str, song_seed: int) -> str:
-    from tasks.synth import write_demo_songs
+    from tasks.audio.synth import write_demo_songs
 
     (path,) = write_demo_songs(pool, n_songs=1, seconds=SONG_SECONDS, seed=song_seed)
     return str(path)
@@ -110,11 +110,11 @@ def child_build(spec: dict[str, Any]) -> dict[str, Any]:
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    from musicflow.config import FeatureConfig, IngestConfig
-    from tasks.catalog import read_catalog
-    from tasks.dataset import commit_batch, dataset_dir, prepare_dataset
-    from tasks.ingest import ingest_batch, list_audio_files, make_batches, plan_ingest
-    from tasks.store import open_store
+    from tasks.config import FeatureConfig, IngestConfig
+    from tasks.dataset.catalog import read_catalog
+    from tasks.dataset.repository import commit_batch, dataset_dir, prepare_dataset
+    from tasks.ingest.worker import ingest_batch, list_audio_files, make_batches, plan_ingest
+    from tasks.store.store import open_store
 
     pool, workers = Path(spec["pool"]), int(spec["workers"])
     n_needed = max(dataset["n_songs"] for dataset in spec["datasets"])
@@ -160,11 +160,11 @@ def child_build(spec: dict[str, Any]) -> dict[str, Any]:
 
 def _training_input(store_url: str, preset: str) -> tuple[Any, Any, int]:
     """(TrainConfig, the training SongWindows, n_features) exactly as ``train_model`` sets them up."""
-    from musicflow.config import FeatureConfig, TrainConfig
-    from tasks.dataset import CONFIG_FILE, dataset_dir
-    from tasks.store import open_store
-    from tasks.train import resolve_dataset
-    from tasks.windows import Normalizer, SongWindows, load_split
+    from tasks.config import FeatureConfig, TrainConfig
+    from tasks.dataset.repository import CONFIG_FILE, dataset_dir
+    from tasks.model.train import resolve_dataset
+    from tasks.model.windows import Normalizer, SongWindows, load_split
+    from tasks.store.store import open_store
 
     config = TrainConfig.from_preset(preset)
     store = open_store(store_url)
@@ -188,7 +188,7 @@ def _shard_dataset(
     """The training pipeline as ``train_model`` builds it (endless: every epoch in turn, for
     ``fit(steps_per_epoch=...)``); ``buffer`` (windows) overrides the config's shuffle buffer,
     0 = no shuffle (catalog order, as the validation pipeline); ``repeat=False``: one epoch."""
-    from tasks.windows import make_tf_dataset
+    from tasks.model.windows import make_tf_dataset
 
     buffer = config.shuffle_buffer if buffer is None else buffer
     return make_tf_dataset(
@@ -235,7 +235,7 @@ def _measure_input(model: Any, store_url: str, *, epochs: int, rounds: int) -> d
     import numpy as np
     import tensorflow as tf
 
-    from tasks.windows import steps_per_epoch
+    from tasks.model.windows import steps_per_epoch
 
     config, windows, n_features = _training_input(store_url, "small")
     pairs = list(windows.iter_windows())
@@ -291,8 +291,8 @@ def _measure_input(model: Any, store_url: str, *, epochs: int, rounds: int) -> d
 
 def child_input(spec: dict[str, Any]) -> dict[str, Any]:
     """(a) on each dataset, one model: fed from the shards and from numpy, rounds interleaved."""
-    from musicflow.config import TrainConfig
-    from tasks.model import build_model
+    from tasks.config import TrainConfig
+    from tasks.model.network import build_model
 
     config = TrainConfig.from_preset("small")
     measured = {}
@@ -315,8 +315,8 @@ def child_input(spec: dict[str, Any]) -> dict[str, Any]:
 
 def child_step(spec: dict[str, Any]) -> dict[str, Any]:
     """(b): a few ``model.fit`` steps of one preset on its training pipeline from the shards."""
-    from tasks.model import build_model
-    from tasks.windows import steps_per_epoch
+    from tasks.model.network import build_model
+    from tasks.model.windows import steps_per_epoch
 
     config, windows, n_features = _training_input(spec["store"], spec["preset"])
     model = build_model(n_features, config)
@@ -372,7 +372,7 @@ CHILDREN = {
 
 def run_child_main(task: str, spec_json: str) -> None:
     result = CHILDREN[task](json.loads(spec_json))
-    from tasks.ingest import peak_rss_mb
+    from tasks.ingest.worker import peak_rss_mb
 
     print(json.dumps({**result, "vmhwm_mb": peak_rss_mb()}), flush=True)
 

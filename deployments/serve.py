@@ -5,14 +5,14 @@
   one running is cancelled: the running one picks the songs up, or the next);
 - ``musicflow-train``: triggered by the ``musicflow.dataset.updated`` event
   that an ingest emits when it commits new songs to *this* store
-  (:mod:`tasks.events`), with the event's dataset id as its ``dataset``
+  (:mod:`tasks.ingest.events`), with the event's dataset id as its ``dataset``
   parameter; one at a time (the next waits for its turn). New songs give a new
   model; a finished model is final;
 - ``musicflow-generate``: on a cron schedule (daily at 06:00 UTC by default).
 
 Credentials never go into the parameters (the UI shows them): the deployments
 name Prefect blocks (``store_block``/``source_block``), or the flow-run
-processes inherit what ``musicflow serve`` registered (``tasks.credentials``).
+processes inherit what ``musicflow serve`` registered (``tasks.store.credentials``).
 ``prefect.yaml`` beside this file declares the same deployments for ``prefect deploy``.
 """
 
@@ -23,9 +23,9 @@ from typing import Any
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.events import DeploymentEventTrigger
 
-from musicflow.config import DEFAULT_PRESETS, DEFAULT_TRANSFORM, FeatureConfig, IngestConfig, TrainConfig
-from musicflow.errors import ConfigError
-from tasks.events import DATASET_UPDATED, STORE_LABEL, store_key
+from tasks.config import DEFAULT_PRESETS, DEFAULT_TRANSFORM, FeatureConfig, IngestConfig, TrainConfig
+from tasks.errors import ConfigError
+from tasks.ingest.events import DATASET_UPDATED, STORE_LABEL, store_key
 
 DEFAULT_GENERATE_CRON = "0 6 * * *"
 DATASET_ID_TEMPLATE = "{{ event.payload.dataset_id }}"  # rendered by the server when the trigger fires

@@ -11,11 +11,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from musicflow import heartbeats
-from tasks.credentials import use_storage
-from tasks.generate import new_run_id, resolve_model
-from tasks.prefect_tasks import generate_clips
-from tasks.store import open_store
+from flows.prefect_tasks import generate_clips
+from flows.runtime import heartbeats
+from tasks.generation.generate import new_run_id, resolve_model
+from tasks.store.credentials import use_storage
+from tasks.store.store import open_store
 
 # A finished run returns at once, not after its heartbeat thread's next 1-s step (see the module).
 heartbeats.install()

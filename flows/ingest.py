@@ -18,18 +18,18 @@ from prefect.events import emit_event
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from musicflow import heartbeats
-from musicflow.cluster import check_cluster_options, cluster_threads, dask_client, default_workers
-from musicflow.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, FeatureConfig, IngestConfig
-from musicflow.progress import StageProgress
-from tasks.audio import ffmpeg_binary
-from tasks.catalog import display_text
-from tasks.credentials import use_storage
-from tasks.dataset import BatchResult
-from tasks.events import dataset_updated_event, should_announce
-from tasks.ingest import failed_row, make_batches
-from tasks.prefect_tasks import commit_batch, ingest_batch, plan_ingest
-from tasks.store import registered_storage_options
+from flows.prefect_tasks import commit_batch, ingest_batch, plan_ingest
+from flows.runtime import heartbeats
+from flows.runtime.cluster import check_cluster_options, cluster_threads, dask_client, default_workers
+from flows.runtime.progress import StageProgress
+from tasks.audio.decode import ffmpeg_binary
+from tasks.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, FeatureConfig, IngestConfig
+from tasks.dataset.catalog import display_text
+from tasks.dataset.repository import BatchResult
+from tasks.ingest.events import dataset_updated_event, should_announce
+from tasks.ingest.worker import failed_row, make_batches
+from tasks.store.credentials import use_storage
+from tasks.store.store import registered_storage_options
 
 # A finished run returns at once, not after its heartbeat thread's next 1-s step (see the module).
 heartbeats.install()

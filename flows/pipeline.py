@@ -9,7 +9,7 @@ from prefect import flow
 from flows.generate import generate
 from flows.ingest import ingest
 from flows.train import train
-from musicflow.config import DEFAULT_TRANSFORM
+from tasks.config import DEFAULT_TRANSFORM
 
 
 @flow(name="pipeline")

@@ -11,12 +11,12 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from musicflow import heartbeats
-from musicflow.config import TrainConfig
-from tasks.credentials import use_storage
-from tasks.prefect_tasks import train_model
-from tasks.store import open_store
-from tasks.train import LOSS_CURVE_FILE, default_preset, model_dir
+from flows.prefect_tasks import train_model
+from flows.runtime import heartbeats
+from tasks.config import TrainConfig
+from tasks.model.train import LOSS_CURVE_FILE, default_preset, model_dir
+from tasks.store.credentials import use_storage
+from tasks.store.store import open_store
 
 # A finished run returns at once, not after its heartbeat thread's next 1-s step (see the module).
 heartbeats.install()

@@ -10,7 +10,7 @@ import os
 # TensorFlow's C++ INFO/WARNING lines (oneDNN, absl) would bury our output.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from musicflow.errors import (
+from tasks.errors import (
     ConfigError,
     DecodeError,
     DecoderMissingError,

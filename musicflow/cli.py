@@ -15,8 +15,8 @@ from typing import Annotated, Any
 
 import typer
 
-from musicflow.config import AUDIO_EXTENSIONS, LOSSES, PRESETS, SHARD_FORMATS, TRANSFORMS
-from musicflow.errors import ConfigError, MusicflowError, StoreError
+from tasks.config import AUDIO_EXTENSIONS, LOSSES, PRESETS, SHARD_FORMATS, TRANSFORMS
+from tasks.errors import ConfigError, MusicflowError, StoreError
 
 # Nothing of the DSP/ML stack (numpy, scipy, TensorFlow, pydub, zarr, pyarrow) nor Prefect is
 # imported up here: `musicflow --help` and a bad argument answer at once. Each command imports
@@ -47,7 +47,7 @@ class DemoFormatChoice(enum.StrEnum):
 
 
 # The choices above are spelled out for typer; they must stay those of the config
-# (and DemoFormatChoice those of tasks.synth.DEMO_FORMATS: tests/test_cli.py).
+# (and DemoFormatChoice those of tasks.audio.synth.DEMO_FORMATS: tests/test_cli.py).
 assert tuple(TransformChoice) == TRANSFORMS and tuple(ShardFormatChoice) == SHARD_FORMATS
 
 app = typer.Typer(
@@ -104,8 +104,8 @@ def _use_storage_options(
     source_options: str | None = None,
 ) -> None:
     """Register the store's and the source's fsspec options in this process (bad JSON: exit 2)."""
-    from tasks.credentials import parse_storage_options
-    from tasks.store import register_storage_options
+    from tasks.store.credentials import parse_storage_options
+    from tasks.store.store import register_storage_options
 
     parsed = [
         (url, parse_storage_options(value, name))
@@ -154,11 +154,11 @@ def _progress_bar(console: Any) -> Any:
 
 
 def _run_with_progress(function: Any, **kwargs: Any) -> Any:
-    """Run a flow showing :mod:`musicflow.progress` reports: a rich progress bar on a terminal,
+    """Run a flow showing :mod:`flows.runtime.progress` reports: a rich progress bar on a terminal,
     one plain line per epoch or batch otherwise (cron, CI, a log file)."""
     from rich.console import Console
 
-    from musicflow.progress import LinePrinter, listening
+    from flows.runtime.progress import LinePrinter, listening
 
     console = Console(stderr=True)
     if not console.is_terminal:
@@ -209,12 +209,12 @@ def ingest(
     """Decode new songs into FFT feature shards (skips songs already ingested)."""
     _quiet_console(verbose)
     _use_storage_options(store, storage_options, source, source_options)
-    from musicflow.cluster import check_cluster_options
-    from musicflow.config import FeatureConfig
+    from flows.runtime.cluster import check_cluster_options
     from musicflow.server import ensure_prefect_api
-    from tasks.audio import ffmpeg_binary
-    from tasks.ingest import open_source
-    from tasks.store import check_writable, open_store
+    from tasks.audio.decode import ffmpeg_binary
+    from tasks.config import FeatureConfig
+    from tasks.ingest.worker import open_source
+    from tasks.store.store import check_writable, open_store
 
     FeatureConfig.for_transform(  # a bad value is one line before any server starts
         transform.value,
@@ -281,7 +281,7 @@ def status(
     """What the store holds: datasets, models and generated clips."""
     _use_storage_options(store, storage_options)
     from tasks.status import store_status
-    from tasks.store import open_store
+    from tasks.store.store import open_store
 
     opened = open_store(store)
     if not opened.fs.exists(opened.root):
@@ -392,10 +392,10 @@ def train(
     model is final unless --epochs asks for more epochs than it has)."""
     _quiet_console(verbose)
     _use_storage_options(store, storage_options)
-    from musicflow.config import TrainConfig
     from musicflow.server import ensure_prefect_api
-    from tasks.store import open_store
-    from tasks.train import default_preset, resolve_dataset
+    from tasks.config import TrainConfig
+    from tasks.model.train import default_preset, resolve_dataset
+    from tasks.store.store import open_store
 
     opened = open_store(store)
     if not opened.fs.exists(opened.root):
@@ -463,13 +463,13 @@ class SeedChoice(enum.StrEnum):
     noise = "noise"
 
 
-# SeedChoice must stay tasks.generate.SEED_KINDS (tests/test_cli.py).
+# SeedChoice must stay tasks.generation.generate.SEED_KINDS (tests/test_cli.py).
 
 
 def _check_generate_options(
     seconds: float, count: int, temperature: float | None, seed_audio: str | None
 ) -> None:
-    from tasks.generate import MAX_SECONDS
+    from tasks.generation.generate import MAX_SECONDS
 
     if not 0 < seconds <= MAX_SECONDS:
         raise ConfigError(f"invalid --seconds {seconds!r}: must be in (0, {MAX_SECONDS:g}]")
@@ -478,13 +478,13 @@ def _check_generate_options(
     if temperature is not None and temperature < 0:
         raise ConfigError(f"invalid --temperature {temperature!r}: must be >= 0")
     if seed_audio is not None:
-        from tasks.ingest import open_source
+        from tasks.ingest.worker import open_source
 
         open_source(seed_audio)
 
 
 def _open_existing_store(store: str) -> Any:
-    from tasks.store import open_store
+    from tasks.store.store import open_store
 
     opened = open_store(store)
     if not opened.fs.exists(opened.root):
@@ -515,8 +515,8 @@ def generate(
     _quiet_console(verbose)
     _use_storage_options(store, storage_options)
     from musicflow.server import ensure_prefect_api
-    from tasks.generate import resolve_model
-    from tasks.store import check_writable
+    from tasks.generation.generate import resolve_model
+    from tasks.store.store import check_writable
 
     _check_generate_options(seconds, count, temperature, seed_audio)
     opened = _open_existing_store(store)
@@ -578,7 +578,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print quality.json.")] = False,
 ) -> None:
     """Score a generated run against the model's validation songs (writes quality.json in the run)."""
-    from tasks.quality import evaluate as evaluate_run
+    from tasks.generation.quality import evaluate as evaluate_run
 
     report = evaluate_run(_open_existing_store(store), model_id=model, run_id=run)
     if as_json:
@@ -651,11 +651,11 @@ def pipeline(
 
 
 def _run_pipeline(*, source: str, store: str, **options: Any) -> dict[str, Any]:
-    from musicflow.cluster import check_cluster_options
+    from flows.runtime.cluster import check_cluster_options
     from musicflow.server import ensure_prefect_api
-    from tasks.audio import ffmpeg_binary
-    from tasks.ingest import open_source
-    from tasks.store import check_writable, open_store
+    from tasks.audio.decode import ffmpeg_binary
+    from tasks.ingest.worker import open_source
+    from tasks.store.store import check_writable, open_store
 
     _check_generate_options(options["seconds"], options["count"], options["temperature"], None)
     ffmpeg_binary()
@@ -726,7 +726,7 @@ def serve(
     _check_generate_options(seconds, count, 0.0, None)
     from deployments.serve import build_deployments
     from musicflow.server import ensure_prefect_api, ui_url
-    from tasks.credentials import export_storage_options
+    from tasks.store.credentials import export_storage_options
 
     deployments = build_deployments(
         source=source,
@@ -802,7 +802,7 @@ def synth(
     format: Annotated[DemoFormatChoice, typer.Option(help="Audio format.")] = DemoFormatChoice.mp3,
 ) -> None:
     """Write synthetic demo songs (notes, chords, drums) as real audio files."""
-    from tasks.synth import write_demo_songs
+    from tasks.audio.synth import write_demo_songs
 
     paths = write_demo_songs(
         directory, n_songs=songs, seconds=(min_seconds, max_seconds), seed=seed, format=format.value
@@ -824,8 +824,8 @@ def demo(
     from rich.console import Console
 
     from musicflow.server import ensure_prefect_api, ui_url
-    from tasks.audio import ffmpeg_binary
-    from tasks.synth import write_demo_songs
+    from tasks.audio.decode import ffmpeg_binary
+    from tasks.audio.synth import write_demo_songs
 
     console = Console(soft_wrap=True)
     ffmpeg_binary()

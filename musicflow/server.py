@@ -18,7 +18,7 @@ from pathlib import Path
 
 import httpx
 
-from musicflow.errors import ConfigError
+from tasks.errors import ConfigError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200

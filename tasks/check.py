@@ -12,12 +12,12 @@ import hashlib
 import posixpath
 from dataclasses import asdict, dataclass
 
-from tasks.catalog import catalog_log, has_catalog, table_to_rows, write_catalog
-from tasks.dataset import LOCK_FILE, STATS_FILE, dataset_dir, list_datasets, refresh_stats
-from tasks.shards import SHARDS_DIR, read_blocks, read_shard_stats, shard_format, stats_name
-from tasks.stats import FeatureStats, merge_all
-from tasks.store import Store
-from tasks.train import CARD_FILE, MODEL_FILE, model_dir
+from tasks.dataset.catalog import catalog_log, has_catalog, table_to_rows, write_catalog
+from tasks.dataset.repository import LOCK_FILE, STATS_FILE, dataset_dir, list_datasets, refresh_stats
+from tasks.dataset.shards import SHARDS_DIR, read_blocks, read_shard_stats, shard_format, stats_name
+from tasks.dataset.stats import FeatureStats, merge_all
+from tasks.model.train import CARD_FILE, MODEL_FILE, model_dir
+from tasks.store.store import Store
 
 # A shard younger than this may belong to an ingest run still in progress.
 ORPHAN_MIN_AGE_S = 3600.0

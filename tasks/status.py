@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from musicflow.config import FeatureConfig
-from tasks.dataset import list_datasets, read_config, read_rows, summarise_rows
-from tasks.generate import METRICS_FILE
-from tasks.shards import shard_format
-from tasks.store import Store
-from tasks.train import CARD_FILE, CHECKPOINTS, STATE_FILE, model_dir
+from tasks.config import FeatureConfig
+from tasks.dataset.repository import list_datasets, read_config, read_rows, summarise_rows
+from tasks.dataset.shards import shard_format
+from tasks.generation.generate import METRICS_FILE
+from tasks.model.train import CARD_FILE, CHECKPOINTS, STATE_FILE, model_dir
+from tasks.store.store import Store
 
 
 def dataset_status(store: Store, dataset_id: str) -> dict[str, Any]:

@@ -91,7 +91,7 @@ def s3_bucket(s3_endpoint: str) -> str:
 @pytest.fixture(scope="session")
 def demo_songs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Six short synthetic mp3 songs (3-6 s), made once per session; copy them before changing."""
-    from tasks.synth import write_demo_songs
+    from tasks.audio.synth import write_demo_songs
 
     return write_demo_songs(tmp_path_factory.mktemp("songs"), n_songs=6, seconds=(3.0, 6.0), seed=100)
 
@@ -101,7 +101,7 @@ def long_mp3() -> bytes:
     """~20 s of a chord as mp3, for the truncation and corruption tests."""
     import numpy as np
 
-    from tasks.audio import encode_audio
+    from tasks.audio.decode import encode_audio
 
     t = np.arange(20 * 44100) / 44100
     chord = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6)) / 4
@@ -125,7 +125,7 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     returns ``(store_url, dataset_id)``. Read-only: copy the store before changing it."""
     from helpers import ingest_direct, write_periodic_songs
 
-    from musicflow.config import FeatureConfig, IngestConfig
+    from tasks.config import FeatureConfig, IngestConfig
 
     root = tmp_path_factory.mktemp("tiny")
     songs = root / "songs"
@@ -141,8 +141,8 @@ def tiny_model(tiny_dataset: tuple[str, str], tmp_path_factory: pytest.TempPathF
     returns ``(store_url, model_id)``. Read-only: copy the store before changing it."""
     import shutil
 
-    from musicflow.config import TrainConfig
-    from tasks.train import train_model
+    from tasks.config import TrainConfig
+    from tasks.model.train import train_model
 
     store = str(tmp_path_factory.mktemp("tiny-model") / "store")
     shutil.copytree(tiny_dataset[0], store)
@@ -174,7 +174,7 @@ def stft_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     Read-only: copy the store before changing it."""
     from helpers import ingest_direct, write_periodic_music
 
-    from musicflow.config import FeatureConfig, IngestConfig
+    from tasks.config import FeatureConfig, IngestConfig
 
     root = tmp_path_factory.mktemp("stft")
     songs = root / "songs"
@@ -190,8 +190,8 @@ def stft_model(stft_dataset: tuple[str, str], tmp_path_factory: pytest.TempPathF
     ``(store_url, model_id)``. Read-only: copy the store before changing it."""
     import shutil
 
-    from musicflow.config import TrainConfig
-    from tasks.train import train_model
+    from tasks.config import TrainConfig
+    from tasks.model.train import train_model
 
     store = str(tmp_path_factory.mktemp("stft-model") / "store")
     shutil.copytree(stft_dataset[0], store)

@@ -13,15 +13,15 @@ from typing import Any
 
 import numpy as np
 
-from musicflow.config import IngestConfig
-from tasks import prefect_tasks
-from tasks.audio import encode_audio
-from tasks.catalog import read_catalog
-from tasks.dataset import commit_batch, dataset_dir, read_stats
-from tasks.ingest import ingest_batch, make_batches
-from tasks.shards import read_blocks
-from tasks.stats import FeatureStats, merge_all
-from tasks.store import open_store
+from flows import prefect_tasks
+from tasks.audio.decode import encode_audio
+from tasks.config import IngestConfig
+from tasks.dataset.catalog import read_catalog
+from tasks.dataset.repository import commit_batch, dataset_dir, read_stats
+from tasks.dataset.shards import read_blocks
+from tasks.dataset.stats import FeatureStats, merge_all
+from tasks.ingest.worker import ingest_batch, make_batches
+from tasks.store.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -205,7 +205,7 @@ def native_threads_started_by(setup: str, action: str) -> list[str]:
 
 def ffmpeg(*args: str) -> None:
     """Run ffmpeg quietly (test material is made with ffmpeg itself)."""
-    from tasks.audio import ffmpeg_binary
+    from tasks.audio.decode import ffmpeg_binary
 
     subprocess.run([ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
 

@@ -1,4 +1,4 @@
-"""Tests for tasks.audio: decoding with ffmpeg to float32 mono, encoding with pydub.
+"""Tests for tasks.audio.decode: decoding with ffmpeg to float32 mono, encoding with pydub.
 
 Inputs are made here, with encode_audio or ffmpeg itself, from signals with known
 answers (the mono mix of a known stereo pair, a sine's frequency after resampling).
@@ -19,8 +19,8 @@ import pytest
 from helpers import corrupt_frames, mostly_garbage, write_vbr_without_header
 from pydub import AudioSegment
 
-from musicflow.errors import DecodeError, DecoderMissingError, MusicflowError
-from tasks.audio import DecodedAudio, decode_audio, decode_command, encode_audio, ffmpeg_binary
+from tasks.audio.decode import DecodedAudio, decode_audio, decode_command, encode_audio, ffmpeg_binary
+from tasks.errors import DecodeError, DecoderMissingError, MusicflowError
 
 SAMPLE_RATE = 44100
 QUANTUM = 1.0 / 32767.0  # one step of the 16-bit WAV encode_audio writes
@@ -456,7 +456,7 @@ def test_a_hung_decoder_is_stopped(tmp_path: Path, monkeypatch: pytest.MonkeyPat
 
 
 def test_decode_timeout_grows_with_the_file() -> None:
-    from tasks.audio import decode_timeout
+    from tasks.audio.decode import decode_timeout
 
     assert decode_timeout(0) < decode_timeout(100 * 2**20)
     assert decode_timeout(5 * 2**20) >= 60
@@ -475,7 +475,7 @@ def test_decode_timeout_grows_with_the_file() -> None:
     ],
 )  # fmt: skip
 def test_decode_policy(facts: dict, verdict: str | None) -> None:
-    from tasks.audio import judge_decode
+    from tasks.audio.decode import judge_decode
 
     arguments = {"decoded_seconds": 10.0, "stated_seconds": None, "stated_exact": True, "errors": [],
                  "n_errors": 0, "packets": None, "frames": None, **facts}  # fmt: skip
@@ -538,7 +538,7 @@ def test_encode_without_ffmpeg(no_ffmpeg: str) -> None:
 
 @pytest.mark.skipif(not hasattr(__import__("fcntl"), "F_SETPIPE_SZ"), reason="Linux pipes only")
 def test_the_decoder_pipe_is_widened_so_ffmpeg_decodes_ahead() -> None:
-    from tasks.audio import PIPE_BYTES, widen_pipe
+    from tasks.audio.decode import PIPE_BYTES, widen_pipe
 
     read_end, write_end = os.pipe()
     try:

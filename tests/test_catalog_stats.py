@@ -1,5 +1,5 @@
-"""Unit tests of the catalog (tasks/catalog.py), FeatureStats (tasks/stats.py) and the
-planning half of ingest (tasks/ingest.py: list_audio_files, plan_ingest, make_batches,
+"""Unit tests of the catalog (tasks/dataset/catalog.py), FeatureStats (tasks/dataset/stats.py) and the
+planning half of ingest (tasks/ingest/worker.py: list_audio_files, plan_ingest, make_batches,
 refresh_stats) — plain functions, no Prefect, no Dask, no decoding."""
 
 from __future__ import annotations
@@ -19,10 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from musicflow.config import FeatureConfig, IngestConfig
-from musicflow.errors import ConfigError
-from tasks import ingest
-from tasks.catalog import (
+from tasks.config import FeatureConfig, IngestConfig
+from tasks.dataset.catalog import (
     CATALOG_DIR,
     CATALOG_SCHEMA,
     SOURCE_BYTES,
@@ -36,11 +34,13 @@ from tasks.catalog import (
     table_to_rows,
     write_catalog,
 )
-from tasks.dataset import STATS_FILE, dataset_dir, prepare_dataset, read_stats, refresh_stats
-from tasks.ingest import SourceFile, list_audio_files, make_batches, plan_ingest
-from tasks.shards import ShardWriter
-from tasks.stats import FeatureStats, merge_all
-from tasks.store import open_store
+from tasks.dataset.repository import STATS_FILE, dataset_dir, prepare_dataset, read_stats, refresh_stats
+from tasks.dataset.shards import ShardWriter
+from tasks.dataset.stats import FeatureStats, merge_all
+from tasks.errors import ConfigError
+from tasks.ingest import worker as ingest
+from tasks.ingest.worker import SourceFile, list_audio_files, make_batches, plan_ingest
+from tasks.store.store import open_store
 
 DIR = "datasets/d1"
 
@@ -127,7 +127,7 @@ def test_reading_the_catalog_leaves_no_native_thread(tmp_path: Path) -> None:
     exception") in about one run in six: the catalog read left Arrow threads alive."""
     store = open_store(str(tmp_path))
     write_catalog(store, DIR, [], [row(f"song{i}") for i in range(50)])
-    setup = "from tasks.catalog import read_catalog; from tasks.store import open_store"
+    setup = "from tasks.dataset.catalog import read_catalog; from tasks.store.store import open_store"
     action = f"assert len(read_catalog(open_store({str(tmp_path)!r}), {DIR!r})) == 50"
     assert native_threads_started_by(setup, action) == []
 

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 from helpers import assert_store_consistent
 
-from musicflow.config import IngestConfig
-from tasks.catalog import read_catalog
 from tasks.check import check_store
-from tasks.dataset import STATS_FILE, commit_batch, dataset_dir, prepare_dataset
-from tasks.ingest import ingest_batch, list_audio_files, plan_ingest
-from tasks.shards import stats_name
-from tasks.stats import FeatureStats
-from tasks.store import open_store
+from tasks.config import IngestConfig
+from tasks.dataset.catalog import read_catalog
+from tasks.dataset.repository import STATS_FILE, commit_batch, dataset_dir, prepare_dataset
+from tasks.dataset.shards import stats_name
+from tasks.dataset.stats import FeatureStats
+from tasks.ingest.worker import ingest_batch, list_audio_files, plan_ingest
+from tasks.store.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, assert_store_consistent, copy_songs, musicflow
 
-from tasks.catalog import read_catalog
-from tasks.dataset import dataset_dir
-from tasks.store import open_store
+from tasks.dataset.catalog import read_catalog
+from tasks.dataset.repository import dataset_dir
+from tasks.store.store import open_store
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
@@ -151,7 +151,7 @@ def test_source_without_audio_exits_2(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("prefect_server")
 def test_killed_run_resumes_with_every_song_once(tmp_path: Path, demo_songs: list[Path]) -> None:
-    from tasks.synth import write_demo_songs
+    from tasks.audio.synth import write_demo_songs
 
     source, store = tmp_path / "songs", str(tmp_path / "store")
     songs = write_demo_songs(source, n_songs=14, seconds=(2.0, 4.0), seed=500)

@@ -49,8 +49,8 @@ def test_help_imports_none_of_the_dsp_ml_stack(args: list[str]) -> None:
 
 _WORKER_MODULES = """
 import json, sys
-from musicflow.config import FeatureConfig
-from tasks.ingest import featurise_stream, ingest_batch
+from tasks.config import FeatureConfig
+from tasks.ingest.worker import featurise_stream, ingest_batch
 rows = []
 featurise_stream(sys.argv[1], features=FeatureConfig(), sink=rows.append)
 assert rows
@@ -59,7 +59,7 @@ print(json.dumps(sorted(sys.modules)))
 
 
 def test_ingest_workers_import_no_ml_stack(tmp_path: Path) -> None:
-    """A Dask worker runs tasks.ingest.ingest_batch (its Prefect task run waits in the flow
+    """A Dask worker runs tasks.ingest.worker.ingest_batch (its Prefect task run waits in the flow
     process) and featurises songs: it imports no Prefect, and TensorFlow there would cost each
     worker ~600 MB, which a 1 GiB worker cannot spare for an hour-long song, and librosa's numba
     (2.7 s) or scipy.signal (1.3 s) would slow every worker's start."""
@@ -92,8 +92,8 @@ def test_ingest_workers_import_no_ml_stack(tmp_path: Path) -> None:
 
 def test_the_clis_choices_are_the_libraries() -> None:
     from musicflow.cli import DemoFormatChoice, SeedChoice
-    from tasks.generate import SEED_KINDS
-    from tasks.synth import DEMO_FORMATS
+    from tasks.audio.synth import DEMO_FORMATS
+    from tasks.generation.generate import SEED_KINDS
 
     assert tuple(SeedChoice) == SEED_KINDS
     assert tuple(DemoFormatChoice) == DEMO_FORMATS

@@ -19,10 +19,10 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from helpers import assert_store_consistent
 
-from musicflow.config import FeatureConfig, IngestConfig
-from musicflow.errors import StoreError
-from tasks import catalog as catalog_lib
-from tasks.catalog import (
+from tasks.check import check_store
+from tasks.config import FeatureConfig, IngestConfig
+from tasks.dataset import catalog as catalog_lib
+from tasks.dataset.catalog import (
     CATALOG_DIR,
     CATALOG_FILE,
     STATUS_OK,
@@ -32,11 +32,11 @@ from tasks.catalog import (
     rows_to_table,
     write_catalog,
 )
-from tasks.check import check_store
-from tasks.dataset import BatchResult, commit_batch, dataset_dir, prepare_dataset, read_stats
-from tasks.shards import ShardWriter
-from tasks.stats import FeatureStats, merge_all
-from tasks.store import Store, open_store
+from tasks.dataset.repository import BatchResult, commit_batch, dataset_dir, prepare_dataset, read_stats
+from tasks.dataset.shards import ShardWriter
+from tasks.dataset.stats import FeatureStats, merge_all
+from tasks.errors import StoreError
+from tasks.store.store import Store, open_store
 
 CONFIG = IngestConfig(features=FeatureConfig(block_size=6))  # 8 features a row: cheap shards
 N_FEATURES = CONFIG.features.n_features
@@ -258,7 +258,7 @@ def test_a_store_that_ignores_conditional_writes_is_refused() -> None:
 
 
 def test_workers_follow_the_cpu_affinity(monkeypatch: pytest.MonkeyPatch) -> None:
-    from musicflow.cluster import default_workers, worker_memory_limit
+    from flows.runtime.cluster import default_workers, worker_memory_limit
 
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0})
     import psutil
@@ -275,7 +275,7 @@ def test_cluster_threads_counts_the_clusters_worker_threads() -> None:
     threads (here 3 workers x 2), not this machine's cores."""
     from distributed import Client, LocalCluster
 
-    from musicflow.cluster import cluster_threads
+    from flows.runtime.cluster import cluster_threads
 
     with (
         LocalCluster(n_workers=3, threads_per_worker=2, processes=False, dashboard_address=None) as cluster,
@@ -312,7 +312,7 @@ def test_a_retried_commit_keeps_its_rows_and_its_shard(
 ) -> None:
     """The first attempt committed its segment, then failed on the statistics: the retry (Prefect
     retries commit-batch) must neither drop the shard as a duplicate nor count it twice."""
-    from tasks import dataset as dataset_lib
+    from tasks.dataset import repository as dataset_lib
 
     store_url = str(tmp_path / "store")
     store = open_store(store_url)

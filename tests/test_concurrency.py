@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 from helpers import assert_store_consistent
 
-from tasks.catalog import read_catalog
-from tasks.dataset import dataset_dir
-from tasks.store import StoreError, open_store
+from tasks.dataset.catalog import read_catalog
+from tasks.dataset.repository import dataset_dir
+from tasks.store.store import StoreError, open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -61,7 +61,7 @@ def test_lock_of_a_dead_process_is_broken(tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("prefect_server")
 def test_two_runs_at_once_commit_every_song_once(tmp_path: Path) -> None:
-    from tasks.synth import write_demo_songs
+    from tasks.audio.synth import write_demo_songs
 
     source, store = tmp_path / "songs", str(tmp_path / "store")
     songs = write_demo_songs(source, n_songs=8, seconds=(2.0, 4.0), seed=900)
@@ -96,9 +96,9 @@ def test_two_runs_at_once_commit_every_song_once(tmp_path: Path) -> None:
 
 
 def test_overlapping_batches_keep_stats_exact(tmp_path: Path, demo_songs: list[Path]) -> None:
-    from musicflow.config import IngestConfig
-    from tasks.dataset import commit_batch, prepare_dataset
-    from tasks.ingest import hash_files, ingest_batch, list_audio_files
+    from tasks.config import IngestConfig
+    from tasks.dataset.repository import commit_batch, prepare_dataset
+    from tasks.ingest.worker import hash_files, ingest_batch, list_audio_files
 
     store_url = str(tmp_path / "store")
     store = open_store(store_url)

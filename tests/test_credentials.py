@@ -22,8 +22,8 @@ import pytest
 from conftest import TINY_BLOCK
 from helpers import ROOT, write_periodic_songs
 
-import tasks.store
-from tasks.credentials import parse_storage_options, storage_options_from_block
+import tasks.store.store
+from tasks.store.credentials import parse_storage_options, storage_options_from_block
 
 CREDENTIAL = re.compile(r"Credential=([^/]+)/")
 
@@ -120,7 +120,7 @@ def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delitem(fsspec.config.conf, "s3", raising=False)
-    monkeypatch.setattr(tasks.store, "_STORAGE_OPTIONS", {})
+    monkeypatch.setattr(tasks.store.store, "_STORAGE_OPTIONS", {})
 
 
 def upload_songs(songs: Endpoint, tmp_path: Path, prefix: str, n_songs: int = 4) -> str:
@@ -251,7 +251,7 @@ def test_cli_ingest_with_json_options_for_each_endpoint(
 def test_block_objects_become_s3fs_options() -> None:
     from prefect_aws import AwsCredentials, MinIOCredentials, S3Bucket
 
-    from musicflow.errors import ConfigError
+    from tasks.errors import ConfigError
 
     aws = AwsCredentials(
         aws_access_key_id="AK",

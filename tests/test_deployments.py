@@ -20,8 +20,8 @@ from prefect.events import DeploymentEventTrigger, DeploymentTriggerTypes
 from pydantic import TypeAdapter
 
 from deployments.serve import DATASET_ID_TEMPLATE, DEFAULT_GENERATE_CRON, build_deployments
-from musicflow.errors import ConfigError
-from tasks.events import DATASET_UPDATED, dataset_updated_event, store_key
+from tasks.errors import ConfigError
+from tasks.ingest.events import DATASET_UPDATED, dataset_updated_event, store_key
 
 ROOT = Path(__file__).resolve().parents[1]
 YAML = ROOT / "deployments" / "prefect.yaml"

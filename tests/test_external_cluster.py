@@ -16,10 +16,10 @@ import pytest
 from distributed import Client
 from helpers import assert_store_consistent, copy_songs
 
-from tasks.catalog import read_catalog
-from tasks.dataset import dataset_dir
-from tasks.shards import read_blocks
-from tasks.store import open_store
+from tasks.dataset.catalog import read_catalog
+from tasks.dataset.repository import dataset_dir
+from tasks.dataset.shards import read_blocks
+from tasks.store.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 DASK = str(Path(sys.executable).with_name("dask"))

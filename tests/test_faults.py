@@ -21,9 +21,9 @@ import pytest
 from fsspec.implementations.memory import MemoryFileSystem
 from helpers import assert_store_consistent, copy_songs
 
-from tasks.catalog import read_catalog
-from tasks.dataset import dataset_dir, read_stats
-from tasks.store import open_store
+from tasks.dataset.catalog import read_catalog
+from tasks.dataset.repository import dataset_dir, read_stats
+from tasks.store.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -59,10 +59,10 @@ def test_intermittent_storage_failures_are_retried(
     from distributed import Client, LocalCluster
     from prefect import flow
 
-    from musicflow.config import IngestConfig
-    from tasks import prefect_tasks
-    from tasks.dataset import prepare_dataset
-    from tasks.ingest import list_audio_files, make_batches, plan_ingest
+    from flows import prefect_tasks
+    from tasks.config import IngestConfig
+    from tasks.dataset.repository import prepare_dataset
+    from tasks.ingest.worker import list_audio_files, make_batches, plan_ingest
 
     fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
     source = tmp_path / "songs"
@@ -129,7 +129,7 @@ def _dask_worker_processes(parent: int) -> list[psutil.Process]:
 
 @pytest.mark.usefixtures("prefect_server")
 def test_a_killed_dask_worker_is_replaced_and_its_batch_retried(tmp_path: Path) -> None:
-    from tasks.synth import write_demo_songs
+    from tasks.audio.synth import write_demo_songs
 
     source, store = tmp_path / "songs", str(tmp_path / "store")
     songs = write_demo_songs(source, n_songs=10, seconds=(3.0, 5.0), seed=700)
@@ -176,7 +176,7 @@ def test_a_killed_dask_worker_is_replaced_and_its_batch_retried(tmp_path: Path) 
 
 @pytest.mark.usefixtures("prefect_server")
 def test_training_killed_mid_epoch_resumes(tmp_path: Path) -> None:
-    from tasks.synth import write_demo_songs
+    from tasks.audio.synth import write_demo_songs
 
     source, store = tmp_path / "songs", str(tmp_path / "store")
     write_demo_songs(source, n_songs=4, seconds=(4.0, 6.0), seed=800)

@@ -1,4 +1,4 @@
-"""Tests for tasks.features: framing, the FFT feature layouts and their inverses.
+"""Tests for tasks.features.blocks: framing, the FFT feature layouts and their inverses.
 
 Known answers (a sine lands in its bin, a constant only in DC), numpy.fft as the
 reference implementation, seeded random signals for round trips, and hypothesis
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from musicflow.errors import ConfigError, MusicflowError
-from tasks.features import blocks_to_features, features_to_blocks, frame_blocks, n_features_for
+from tasks.errors import ConfigError, MusicflowError
+from tasks.features.blocks import blocks_to_features, features_to_blocks, frame_blocks, n_features_for
 
 SAMPLE_RATE = 44100
 GRUV_BLOCK = 11025  # 0.25 s at 44.1 kHz: bins are exactly 4 Hz apart

@@ -9,10 +9,10 @@ import pytest
 from helpers import assert_store_consistent, copy_songs, flow_run_artifacts, write_bad_inputs
 
 from flows.ingest import ingest
-from tasks.catalog import CATALOG_DIR, read_catalog
-from tasks.dataset import dataset_dir
-from tasks.shards import read_blocks
-from tasks.store import open_store
+from tasks.dataset.catalog import CATALOG_DIR, read_catalog
+from tasks.dataset.repository import dataset_dir
+from tasks.dataset.shards import read_blocks
+from tasks.store.store import open_store
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -96,7 +96,7 @@ def test_round_trip_through_s3(
 
 
 def test_unknown_transform_fails_before_any_work(tmp_path: Path, demo_songs: list[Path]) -> None:
-    from musicflow.errors import ConfigError
+    from tasks.errors import ConfigError
 
     copy_songs(demo_songs[:1], tmp_path / "songs")
     with pytest.raises(ConfigError, match="'wavelet'"):

@@ -14,11 +14,11 @@ from helpers import assert_store_consistent, musicflow, write_odd_files
 
 import flows.ingest as ingest_flow
 from flows.ingest import ingest
-from musicflow.config import FeatureConfig
-from tasks.catalog import read_catalog
-from tasks.dataset import dataset_dir
-from tasks.store import open_store
-from tasks.transforms import get_transform
+from tasks.config import FeatureConfig
+from tasks.dataset.catalog import read_catalog
+from tasks.dataset.repository import dataset_dir
+from tasks.features.transforms import get_transform
+from tasks.store.store import open_store
 
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
@@ -85,8 +85,8 @@ def test_a_batch_whose_task_raises_is_retried_file_by_file(
 ) -> None:
     from distributed import LocalCluster
 
-    from tasks import ingest as ingest_lib
-    from tasks import prefect_tasks
+    from flows import prefect_tasks
+    from tasks.ingest import worker as ingest_lib
 
     source, store = tmp_path / "songs", str(tmp_path / "store")
     source.mkdir()

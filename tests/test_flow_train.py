@@ -12,9 +12,9 @@ import pytest
 from conftest import TINY_TRAIN
 from helpers import artifact_table, flow_run_artifacts, musicflow
 
-from musicflow.config import TrainConfig
-from tasks.store import open_store
-from tasks.train import CHECKPOINTS, STATE_FILE, model_dir, read_card
+from tasks.config import TrainConfig
+from tasks.model.train import CHECKPOINTS, STATE_FILE, model_dir, read_card
+from tasks.store.store import open_store
 
 
 def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:

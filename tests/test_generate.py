@@ -16,10 +16,10 @@ import pytest
 from conftest import TINY_BLOCK
 from helpers import write_periodic_songs
 
-from musicflow.errors import ConfigError, StoreError
-from tasks.audio import encode_audio
-from tasks.dataset import dataset_dir
-from tasks.generate import (
+from tasks.audio.decode import encode_audio
+from tasks.dataset.repository import dataset_dir
+from tasks.errors import ConfigError, StoreError
+from tasks.generation.generate import (
     MAX_SECONDS,
     METRICS_FILE,
     ModelMismatchError,
@@ -29,10 +29,10 @@ from tasks.generate import (
     load_trained_model,
     seed_blocks,
 )
-from tasks.ingest import decode_features
+from tasks.ingest.worker import decode_features
+from tasks.model.train import CARD_FILE, MODEL_FILE, model_dir
 from tasks.status import store_status
-from tasks.store import open_store
-from tasks.train import CARD_FILE, MODEL_FILE, model_dir
+from tasks.store.store import open_store
 
 SR = 44100
 BLOCK_SECONDS = TINY_BLOCK / SR
@@ -190,8 +190,8 @@ def test_stateful_generation_matches_rerunning_the_whole_sequence(
 
 
 def test_numpy_steps_match_keras_for_the_spectral_model(stft_model: tuple[str, str]) -> None:
-    from tasks.generate import NumpyStepModel
-    from tasks.model import sample_step
+    from tasks.generation.generate import NumpyStepModel
+    from tasks.model.network import sample_step
 
     store = open_store(stft_model[0])
     loaded = load_trained_model(store, stft_model[1])
@@ -269,8 +269,8 @@ def test_noise_seed(model_store: tuple[str, str], loaded: Any) -> None:
 
 
 def test_validation_seed_is_the_start_of_a_validation_song(tiny_model: tuple[str, str], loaded: Any) -> None:
-    from tasks.catalog import read_catalog
-    from tasks.shards import read_blocks
+    from tasks.dataset.catalog import read_catalog
+    from tasks.dataset.shards import read_blocks
 
     store = open_store(tiny_model[0])
     blocks, source = seed_blocks(store, loaded)
@@ -401,10 +401,10 @@ def test_read_only_store_is_unwritable(model_store: tuple[str, str]) -> None:
 def test_failure_mid_run_leaves_no_complete_looking_run(
     model_store: tuple[str, str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    import tasks.generate
+    import tasks.generation.generate
 
     store = model_store[0]
-    real = tasks.generate.spectrogram_png
+    real = tasks.generation.generate.spectrogram_png
     calls = []
 
     def failing_on_second_clip(*args: Any, **kwargs: Any) -> bytes:
@@ -413,7 +413,7 @@ def test_failure_mid_run_leaves_no_complete_looking_run(
             raise OSError("disk full while writing clip-02.png")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.generate, "spectrogram_png", failing_on_second_clip)
+    monkeypatch.setattr(tasks.generation.generate, "spectrogram_png", failing_on_second_clip)
     with pytest.raises(OSError, match="disk full"):
         generate_run(open_store(store), seconds=0.2, count=2, run_id="broken")
 
@@ -432,10 +432,10 @@ def test_failure_mid_run_leaves_no_complete_looking_run(
 def test_failure_in_the_encoder_leaves_no_metrics(
     model_store: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tasks.audio
+    import tasks.audio.decode
 
     store = model_store[0]
-    real = tasks.audio.encode_audio
+    real = tasks.audio.decode.encode_audio
     calls = []
 
     def failing_mp3(audio: np.ndarray, **kwargs: Any) -> bytes:
@@ -444,7 +444,7 @@ def test_failure_in_the_encoder_leaves_no_metrics(
             raise RuntimeError("lame crashed")
         return real(audio, **kwargs)
 
-    monkeypatch.setattr(tasks.audio, "encode_audio", failing_mp3)
+    monkeypatch.setattr(tasks.audio.decode, "encode_audio", failing_mp3)
     with pytest.raises(RuntimeError, match="lame crashed"):
         generate_run(open_store(store), seconds=0.2, run_id="no-mp3")
     assert calls == ["wav", "mp3"]

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from prefect import flow, flow_engine
 
-from musicflow import heartbeats
+from flows.runtime import heartbeats
 
 
 class StubEngine:

@@ -1,4 +1,4 @@
-"""One file at a time through ingest's worker side (tasks/ingest.py), without Prefect or Dask:
+"""One file at a time through ingest's worker side (tasks/ingest/worker.py), without Prefect or Dask:
 odd names, special files, unreadable and vanishing files, any exception, streaming exactness."""
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from musicflow.config import FeatureConfig, IngestConfig
-from tasks import ingest
-from tasks.audio import decode_audio
-from tasks.catalog import read_catalog
-from tasks.dataset import commit_batch, dataset_dir, prepare_dataset, read_rows
-from tasks.ingest import SourceFile, ingest_batch, list_audio_files, plan_ingest
-from tasks.store import open_store
-from tasks.transforms import get_transform
+from tasks.audio.decode import decode_audio
+from tasks.config import FeatureConfig, IngestConfig
+from tasks.dataset.catalog import read_catalog
+from tasks.dataset.repository import commit_batch, dataset_dir, prepare_dataset, read_rows
+from tasks.features.transforms import get_transform
+from tasks.ingest import worker as ingest
+from tasks.ingest.worker import SourceFile, ingest_batch, list_audio_files, plan_ingest
+from tasks.store.store import open_store
 
 CONFIG = IngestConfig()
 
@@ -79,7 +79,7 @@ def test_a_name_that_is_not_utf8_is_found_again_on_the_next_run(
     plan = plan_ingest(list_audio_files(str(source)), [stored])
     assert (plan.todo, len(plan.known)) == ([], 1)  # known by name, size and mtime: not read again
     # What people see (summaries, artifacts, JSON) is valid UTF-8.
-    from tasks.catalog import display_text
+    from tasks.dataset.catalog import display_text
 
     assert display_text(stored.source).endswith("chanson-\\xe9t\\xe9.mp3")
 
@@ -179,7 +179,7 @@ def test_streamed_features_equal_the_whole_song_transform(
     files = list_audio_files(str(demo_songs[0].parent))[:3]
     batch = ingest_batch(files, store_url=url, dataset_id=dataset_id, config=config)
     commit_batch(open_store(url), dataset_id, batch)
-    from tasks.dataset import read_song
+    from tasks.dataset.repository import read_song
 
     transform = get_transform(config.features)
     for row in read_catalog(open_store(url), dataset_dir(dataset_id)):
@@ -190,7 +190,7 @@ def test_streamed_features_equal_the_whole_song_transform(
 _FAULTS = """
 import resource
 import numpy as np
-from tasks.ingest import keep_freed_memory
+from tasks.ingest.worker import keep_freed_memory
 
 def faults():
     start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -39,7 +39,7 @@ import pytest
 from conftest import TINY_BLOCK
 from helpers import CHROMIUM, CHROMIUM_ARGS, write_periodic_songs
 
-from tasks.events import DATASET_UPDATED, store_key
+from tasks.ingest.events import DATASET_UPDATED, store_key
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

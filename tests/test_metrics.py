@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from tasks.metrics import (
+from tasks.audio.synth import synthesize_song
+from tasks.generation.metrics import (
     LOOP_CORRELATION,
     MEMORISED_SIMILARITY,
     NOISE_FLATNESS,
@@ -21,7 +22,6 @@ from tasks.metrics import (
     spectral_centroid,
     spectral_flatness,
 )
-from tasks.synth import synthesize_song
 
 SR = 44100
 BLOCK = 1024

@@ -1,4 +1,4 @@
-"""The quality score (tasks/quality.py), the spectral model it judges, and ``musicflow evaluate``."""
+"""The quality score (tasks/generation/quality.py), the model it judges, and ``musicflow evaluate``."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 from helpers import write_periodic_music
 
-from tasks.audio import decode_audio
-from tasks.generate import generate_run
-from tasks.quality import (
+from tasks.audio.decode import decode_audio
+from tasks.generation.generate import generate_run
+from tasks.generation.quality import (
     QUALITY_FILE,
     frame_statistics,
     frechet_distance,
@@ -23,8 +23,8 @@ from tasks.quality import (
     quality_report,
     shaped_noise,
 )
-from tasks.store import open_store
-from tasks.train import read_card
+from tasks.model.train import read_card
+from tasks.store.store import open_store
 
 SR = 22050
 

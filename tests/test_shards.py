@@ -1,4 +1,4 @@
-"""Unit tests of tasks/shards.py: ShardWriter and read_blocks for Zarr and Parquet shards.
+"""Unit tests of tasks/dataset/shards.py: ShardWriter and read_blocks for Zarr and Parquet shards.
 
 Small feature widths keep this fast; song lengths straddle CHUNK_BLOCKS so that partial
 flushes, several chunks / row groups and reads across their borders are all exercised (chunks
@@ -20,9 +20,8 @@ from helpers import native_threads_started_by
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import tasks.shards as shards
-from musicflow.errors import ConfigError, StoreError
-from tasks.shards import (
+import tasks.dataset.shards as shards
+from tasks.dataset.shards import (
     CHUNK_BLOCKS,
     CHUNK_BYTES,
     SHARDS_DIR,
@@ -33,8 +32,9 @@ from tasks.shards import (
     shard_format,
     stats_name,
 )
-from tasks.stats import FeatureStats
-from tasks.store import Store, open_store
+from tasks.dataset.stats import FeatureStats
+from tasks.errors import ConfigError, StoreError
+from tasks.store.store import Store, open_store
 
 FORMATS = ["zarr", "parquet"]
 DATASET = "datasets/d1"
@@ -265,7 +265,7 @@ def test_round_trip_on_s3(s3_bucket: str, shard_format: str) -> None:
 def test_reading_a_parquet_shard_leaves_no_native_thread(tmp_path: Path) -> None:
     """Arrow threads alive at exit abort the process now and then (see the catalog's test)."""
     writer, _ = _write(open_store(str(tmp_path)), _songs([40]), "parquet")
-    setup = "from tasks.shards import read_blocks; from tasks.store import open_store"
+    setup = "from tasks.dataset.shards import read_blocks; from tasks.store.store import open_store"
     action = (
         f"store = open_store({str(tmp_path)!r})\n"
         f"blocks = read_blocks(store, {DATASET!r}, {writer.shard!r}, offset=3, n_blocks=10)\n"

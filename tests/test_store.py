@@ -1,4 +1,4 @@
-"""Unit tests of tasks/store.py: the fsspec store, atomic writes, probing and the lock file.
+"""Unit tests of tasks/store/store.py: the fsspec store, atomic writes, probing and the lock file.
 
 test_concurrency.py covers the lock between threads on a local disk and a dead local
 holder; here: every backend (local path, file://, memory://, s3 on moto), release on an
@@ -18,8 +18,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from musicflow.errors import StoreError
-from tasks.store import Store, check_writable, open_store
+from tasks.errors import StoreError
+from tasks.store.store import Store, check_writable, open_store
 
 KINDS = ["path", "file", "memory", "s3"]
 
@@ -291,7 +291,7 @@ def test_an_old_unreadable_lock_is_broken(local_store: Store) -> None:
 
 
 def test_registered_storage_options_reach_the_filesystem_by_longest_prefix() -> None:
-    from tasks.store import (
+    from tasks.store.store import (
         register_storage_options,
         registered_storage_options,
         storage_options_for,

@@ -1,4 +1,4 @@
-"""Tests for tasks.synth: seeded synthetic songs and the demo files written from them."""
+"""Tests for tasks.audio.synth: seeded synthetic songs and the demo files written from them."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from musicflow.errors import ConfigError
-from tasks.audio import decode_audio
-from tasks.synth import synthesize_song, write_demo_songs
+from tasks.audio.decode import decode_audio
+from tasks.audio.synth import synthesize_song, write_demo_songs
+from tasks.errors import ConfigError
 
 SAMPLE_RATE = 44100
 OLD_MTIME_NS = 1_000_000_000 * 1_000_000_000  # 2001-09-09: any rewrite would move it

@@ -1,4 +1,4 @@
-"""musicflow.tfload: TensorFlow's start-up lines are dropped, anything else it prints is kept."""
+"""tasks.model.tfload: TensorFlow's start-up lines are dropped, anything else it prints is kept."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def _load_tensorflow(
 ) -> subprocess.CompletedProcess[str]:
     """``load_tensorflow()`` in a fresh interpreter that imports ``fake`` as tensorflow."""
     (tmp_path / "tensorflow.py").write_text(fake)
-    code = "from musicflow.tfload import load_tensorflow; print(load_tensorflow().__version__)"
+    code = "from tasks.model.tfload import load_tensorflow; print(load_tensorflow().__version__)"
     return subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,

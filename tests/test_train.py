@@ -1,4 +1,4 @@
-"""Training at library level (``tasks.train.train_model``): learning, the model card, resume,
+"""Training at library level (``tasks.model.train.train_model``): learning, the model card, resume,
 checkpoints on S3, and every bad input refused with a message that names it."""
 
 from __future__ import annotations
@@ -15,13 +15,12 @@ import pytest
 from conftest import STFT_FEATURES, STFT_TRAIN, TINY_BLOCK, TINY_TRAIN
 from helpers import ingest_direct, write_periodic_songs
 
-from musicflow.config import FeatureConfig, IngestConfig, TrainConfig
-from musicflow.errors import ConfigError
-from tasks.catalog import read_catalog
-from tasks.dataset import dataset_dir
-from tasks.shards import read_blocks
-from tasks.store import open_store
-from tasks.train import (
+from tasks.config import FeatureConfig, IngestConfig, TrainConfig
+from tasks.dataset.catalog import read_catalog
+from tasks.dataset.repository import dataset_dir
+from tasks.dataset.shards import read_blocks
+from tasks.errors import ConfigError
+from tasks.model.train import (
     CHECKPOINTS,
     STATE_FILE,
     CheckpointError,
@@ -31,7 +30,8 @@ from tasks.train import (
     read_card,
     train_model,
 )
-from tasks.windows import Normalizer, SongWindows, cut_windows, load_split, make_tf_dataset, split_songs
+from tasks.model.windows import Normalizer, SongWindows, cut_windows, load_split, make_tf_dataset, split_songs
+from tasks.store.store import open_store
 
 
 def tiny_config(epochs: int, **overrides: Any) -> TrainConfig:
@@ -308,7 +308,7 @@ def test_checkpoint_of_another_config_is_refused(tiny_model: tuple[str, str], tm
 
 
 def _songs_hash(card: dict[str, Any]) -> str:
-    from tasks.train import songs_hash
+    from tasks.model.train import songs_hash
 
     return songs_hash(card["train_songs"] + card["val_songs"])
 

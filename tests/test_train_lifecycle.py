@@ -17,9 +17,8 @@ import keras
 import pytest
 from conftest import TINY_TRAIN
 
-from musicflow.config import TrainConfig
-from tasks.store import open_store
-from tasks.train import (
+from tasks.config import TrainConfig
+from tasks.model.train import (
     CARD_FILE,
     CHECKPOINTS,
     MODEL_FILE,
@@ -30,6 +29,7 @@ from tasks.train import (
     read_card,
     train_model,
 )
+from tasks.store.store import open_store
 
 
 def tiny_config(epochs: int, **overrides: Any) -> TrainConfig:
@@ -155,9 +155,9 @@ def test_a_prefect_retry_does_not_train_a_finished_run_again(
     is retried); the retry writes the card from the checkpoints without training an epoch."""
     from prefect import flow
 
-    import tasks.train
-    from tasks.checkpoints import Checkpointer
-    from tasks.prefect_tasks import train_model as train_task
+    import tasks.model.train
+    from flows.prefect_tasks import train_model as train_task
+    from tasks.model.checkpoints import Checkpointer
 
     epochs_trained: list[int] = []
     checkpoint = Checkpointer.on_epoch_end
@@ -166,7 +166,7 @@ def test_a_prefect_retry_does_not_train_a_finished_run_again(
         epochs_trained.append(epoch + 1)
         checkpoint(self, epoch, logs)
 
-    real_curve = tasks.train.loss_curve_png
+    real_curve = tasks.model.train.loss_curve_png
     failures = []
 
     def fails_once(*args: Any, **kwargs: Any) -> bytes:
@@ -176,7 +176,7 @@ def test_a_prefect_retry_does_not_train_a_finished_run_again(
         return real_curve(*args, **kwargs)
 
     monkeypatch.setattr(Checkpointer, "on_epoch_end", counting)
-    monkeypatch.setattr(tasks.train, "loss_curve_png", fails_once)
+    monkeypatch.setattr(tasks.model.train, "loss_curve_png", fails_once)
 
     @flow
     def train_once() -> Any:

@@ -9,10 +9,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from musicflow.config import FeatureConfig
-from musicflow.errors import ConfigError
-from tasks.features import blocks_to_features, frame_blocks
-from tasks.transforms import TRANSFORM_CLASSES, BlockTransform, get_transform
+from tasks.config import FeatureConfig
+from tasks.errors import ConfigError
+from tasks.features.blocks import blocks_to_features, frame_blocks
+from tasks.features.transforms import TRANSFORM_CLASSES, BlockTransform, get_transform
 
 SMALL = {"block_size": 512}
 # Small enough to be quick, with the shape of the default (75 % overlap, mel bands).
@@ -80,7 +80,7 @@ ROUND_TRIP_BOUNDS = {128: 0.12, 0: 0.12}
 
 @pytest.mark.parametrize("n_mels", sorted(ROUND_TRIP_BOUNDS))
 def test_stft_round_trips_features_audio_features_within_the_stated_spectral_convergence(n_mels: int) -> None:
-    from tasks.synth import synthesize_song
+    from tasks.audio.synth import synthesize_song
 
     config = FeatureConfig.for_transform("stft", n_mels=n_mels)
     assert (config.sample_rate, config.n_fft, config.hop_length) == (22050, 1024, 256)
@@ -134,7 +134,7 @@ def test_the_mel_filterbank_is_librosas(sample_rate: int, n_fft: int, n_mels: in
     import librosa
     import scipy.signal
 
-    from tasks.transforms import hann, mel_filterbank
+    from tasks.features.transforms import hann, mel_filterbank
 
     ours = mel_filterbank(sample_rate, n_fft, n_mels)
     reference = librosa.filters.mel(sr=sample_rate, n_fft=n_fft, n_mels=n_mels)
@@ -144,7 +144,7 @@ def test_the_mel_filterbank_is_librosas(sample_rate: int, n_fft: int, n_mels: in
 
 
 def test_long_stft_inverse_is_segmented_without_an_edge(monkeypatch: pytest.MonkeyPatch) -> None:
-    import tasks.transforms as transforms
+    import tasks.features.transforms as transforms
 
     monkeypatch.setattr(transforms, "GRIFFIN_LIM_SEGMENT_FRAMES", 200)
     config = FeatureConfig.for_transform("stft", n_mels=0)

@@ -13,13 +13,12 @@ from helpers import ingest_direct, write_periodic_songs
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from musicflow.config import FeatureConfig, IngestConfig
-from musicflow.errors import ConfigError
-from tasks.catalog import read_catalog
-from tasks.dataset import dataset_dir, read_stats
-from tasks.shards import read_blocks, shard_format
-from tasks.store import open_store
-from tasks.windows import (
+from tasks.config import FeatureConfig, IngestConfig
+from tasks.dataset.catalog import read_catalog
+from tasks.dataset.repository import dataset_dir, read_stats
+from tasks.dataset.shards import read_blocks, shard_format
+from tasks.errors import ConfigError
+from tasks.model.windows import (
     MIN_STD,
     Normalizer,
     SongWindows,
@@ -31,6 +30,7 @@ from tasks.windows import (
     steps_per_epoch,
     window_starts,
 )
+from tasks.store.store import open_store
 
 # ---------------------------------------------------------------------------------------------
 # Window arithmetic

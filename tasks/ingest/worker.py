@@ -30,15 +30,15 @@ from typing import Any, TypeVar
 import fsspec
 import numpy as np
 
-from musicflow.config import AUDIO_EXTENSIONS, FeatureConfig, IngestConfig
-from musicflow.errors import ConfigError, DecodeError, DecoderMissingError
-from tasks.audio import AudioStream, DecoderFallback, decode_timeout
-from tasks.catalog import STATUS_FAILED, STATUS_OK, CatalogRow, display_text
-from tasks.credentials import register_all
-from tasks.dataset import BatchResult, dataset_dir
-from tasks.shards import ShardWriter
-from tasks.store import is_local_fs, open_store, url_to_fs
-from tasks.transforms import get_transform
+from tasks.audio.decode import AudioStream, DecoderFallback, decode_timeout
+from tasks.config import AUDIO_EXTENSIONS, FeatureConfig, IngestConfig
+from tasks.dataset.catalog import STATUS_FAILED, STATUS_OK, CatalogRow, display_text
+from tasks.dataset.repository import BatchResult, dataset_dir
+from tasks.dataset.shards import ShardWriter
+from tasks.errors import ConfigError, DecodeError, DecoderMissingError
+from tasks.features.transforms import get_transform
+from tasks.store.credentials import register_all
+from tasks.store.store import is_local_fs, open_store, url_to_fs
 
 _HASH_CHUNK = 1 << 20
 # Reading a file (hashing it, downloading a remote one) may take this long, per the file's size:
@@ -325,10 +325,10 @@ def featurise_stream(
 ) -> StreamedSong:
     """Decode a local file chunk by chunk and hand its feature rows to ``sink`` as they come.
 
-    The transform's streaming :class:`~tasks.transforms.Featurizer` gives
+    The transform's streaming :class:`~tasks.features.transforms.Featurizer` gives
     exactly what ``forward`` gives on the whole signal; nothing here depends on
     which transform it is. Memory: one decoded chunk and its rows. When the
-    decoder has to start again (:class:`~tasks.audio.DecoderFallback`),
+    decoder has to start again (:class:`~tasks.audio.decode.DecoderFallback`),
     ``restart`` is called to discard the rows ``sink`` got. Raises
     :class:`DecodeError` (after ``sink`` got some rows: the caller discards
     them) for undecodable, too short or silent audio.
@@ -383,7 +383,7 @@ def ingest_batch(
     deleted, timed out, any exception) becomes a ``failed`` row with the
     error; storage errors of the shard itself raise (the caller retries the
     batch, then its files one by one). Nothing is committed here: the
-    returned rows are committed by :func:`tasks.dataset.commit_batch`.
+    returned rows are committed by :func:`tasks.dataset.repository.commit_batch`.
     """
     started = time.perf_counter()
     register_all(storage_options)

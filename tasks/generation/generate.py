@@ -16,24 +16,24 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from musicflow.config import FeatureConfig, TrainConfig
-from musicflow.errors import ConfigError, MusicflowError, StoreError
-from musicflow.tfload import load_tensorflow
-from tasks.catalog import read_catalog
-from tasks.dataset import dataset_dir, list_datasets, read_features
-from tasks.features import frame_blocks
-from tasks.metrics import (
+from tasks.config import FeatureConfig, TrainConfig
+from tasks.dataset.catalog import read_catalog
+from tasks.dataset.repository import dataset_dir, list_datasets, read_features
+from tasks.dataset.shards import read_blocks
+from tasks.errors import ConfigError, MusicflowError, StoreError
+from tasks.features.blocks import frame_blocks
+from tasks.features.transforms import get_transform
+from tasks.generation.metrics import (
     analysis_block_size,
     audio_metrics,
     nearest_training_similarity,
     reference_distribution,
 )
-from tasks.model import group_steps, output_size, sample_step, ungroup_steps
-from tasks.shards import read_blocks
-from tasks.store import Store, check_writable
-from tasks.train import CARD_FILE, MODEL_FILE, NORMALIZATION_FILE, load_keras, model_dir
-from tasks.transforms import get_transform
-from tasks.windows import Normalizer
+from tasks.model.network import group_steps, output_size, sample_step, ungroup_steps
+from tasks.model.tfload import load_tensorflow
+from tasks.model.train import CARD_FILE, MODEL_FILE, NORMALIZATION_FILE, load_keras, model_dir
+from tasks.model.windows import Normalizer
+from tasks.store.store import Store, check_writable
 
 MAX_SECONDS = 3600.0
 SEED_KINDS = ("validation", "audio", "noise")
@@ -304,8 +304,8 @@ def seed_blocks(
     if kind == "audio":
         if not seed_audio:
             raise ConfigError("seed kind 'audio' needs --seed-audio FILE")
-        from musicflow.errors import DecodeError
-        from tasks.ingest import decode_features  # the only place generation decodes audio
+        from tasks.errors import DecodeError
+        from tasks.ingest.worker import decode_features  # the only place generation decodes audio
 
         try:
             features, _, _ = decode_features(seed_audio, features=loaded.features)
@@ -393,11 +393,11 @@ def generate_run(
     Writes ``clip-NN.wav`` (16-bit), ``clip-NN.mp3``, ``clip-NN.png`` (spectrogram)
     and, last, ``metrics.json``: a run folder without it is incomplete. The report
     holds each clip's metrics and the run's quality score against the model's
-    validation songs (:mod:`tasks.quality`). ``temperature`` None is the model's
+    validation songs (:mod:`tasks.generation.quality`). ``temperature`` None is the model's
     default (:func:`default_temperature`). Returns the content of ``metrics.json``.
     """
-    from tasks.audio import encode_audio
-    from tasks.quality import continuations, model_song_sets, score_run, seed_seconds
+    from tasks.audio.decode import encode_audio
+    from tasks.generation.quality import continuations, model_song_sets, score_run, seed_seconds
 
     if not 0 < seconds <= MAX_SECONDS:
         raise ConfigError(f"invalid seconds {seconds!r}: must be in (0, {MAX_SECONDS:g}]")

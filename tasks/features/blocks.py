@@ -8,8 +8,8 @@ from __future__ import annotations
 import numpy as np
 import scipy.fft
 
-from musicflow.config import FeatureConfig, check_choice
-from musicflow.errors import ConfigError
+from tasks.config import FeatureConfig, check_choice
+from tasks.errors import ConfigError
 
 
 def n_features_for(block_size: int, transform: str) -> int:
@@ -101,5 +101,5 @@ BLOCK_TRANSFORMS: tuple[str, ...] = ("rfft", "fft")
 
 
 def _check_transform(transform: str) -> None:
-    # Only the block transforms live here; stft is tasks.transforms.SpectralTransform.
+    # Only the block transforms live here; stft is tasks.features.transforms.SpectralTransform.
     check_choice("transform", transform, BLOCK_TRANSFORMS)

@@ -1,7 +1,7 @@
 """Typed configuration, one object per stage, serialised into every output.
 
 Every value is checked when the object is built, so a bad value fails early
-with a :class:`~musicflow.errors.ConfigError` that names it.
+with a :class:`~tasks.errors.ConfigError` that names it.
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-from musicflow.errors import ConfigError
+from tasks.errors import ConfigError
 
 Transform = Literal["stft", "rfft", "fft"]
 ShardFormat = Literal["zarr", "parquet"]
@@ -264,7 +264,7 @@ class TrainConfig:
     no overlap, as the seed). Architecture: Dense(hidden) -> LSTM(hidden) x
     layers -> Dense(n_features), each applied at every time step.
 
-    The spectral model (``tasks/model.py``): a step is ``frames_per_step`` rows;
+    The spectral model (``tasks/model/network.py``): a step is ``frames_per_step`` rows;
     ``loss="gaussian"`` predicts a mixture of ``mixtures`` diagonal Gaussians over
     the next step and generation samples it; ``input_noise`` (std, normalised
     units) and ``dropout`` perturb the inputs in training only.

@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 import scipy.fft
 
-from musicflow.config import FeatureConfig
-from musicflow.errors import ConfigError
-from tasks.features import blocks_to_features, features_to_blocks, frame_blocks
+from tasks.config import FeatureConfig
+from tasks.errors import ConfigError
+from tasks.features.blocks import blocks_to_features, features_to_blocks, frame_blocks
 
 
 class Featurizer(ABC):
@@ -41,7 +41,7 @@ class Featurizer(ABC):
 
 
 class Transform(ABC):
-    """Audio <-> feature rows for one :class:`~musicflow.config.FeatureConfig`."""
+    """Audio <-> feature rows for one :class:`~tasks.config.FeatureConfig`."""
 
     def __init__(self, features: FeatureConfig) -> None:
         self.features = features
@@ -94,7 +94,7 @@ class Transform(ABC):
 class BlockTransform(Transform):
     """The seed's method: consecutive non-overlapping blocks, each one FFT (``rfft`` or ``fft``).
 
-    The last block is zero-padded. See :func:`tasks.features.blocks_to_features`.
+    The last block is zero-padded. See :func:`tasks.features.blocks.blocks_to_features`.
     """
 
     @property
@@ -435,7 +435,7 @@ class _SpectralFeaturizer(Featurizer):
         return rows
 
 
-# One class per transform name of musicflow.config.TRANSFORMS.
+# One class per transform name of tasks.config.TRANSFORMS.
 TRANSFORM_CLASSES: dict[str, type[Transform]] = {
     "stft": SpectralTransform,
     "rfft": BlockTransform,

@@ -8,9 +8,8 @@ import time
 
 import keras
 
-from musicflow.config import TrainConfig
-from tasks.store import Store
-from tasks.train import (
+from tasks.config import TrainConfig
+from tasks.model.train import (
     CHECKPOINTS,
     KEEP_CHECKPOINTS,
     STATE_FILE,
@@ -21,6 +20,7 @@ from tasks.train import (
     checkpoint_name,
     keras_bytes,
 )
+from tasks.store.store import Store
 
 
 class Checkpointer(keras.callbacks.Callback):

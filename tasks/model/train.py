@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 
 import musicflow
-from musicflow.config import TrainConfig
-from musicflow.errors import ConfigError, MusicflowError, StoreError
-from musicflow.tfload import load_tensorflow
-from tasks.dataset import STATS_FILE, dataset_dir, list_datasets, read_features
-from tasks.model import baseline_loss, build_model, mixture_nll_class, step_features
-from tasks.store import Store, open_store
-from tasks.windows import Normalizer, SongWindows, load_split, make_tf_dataset, steps_per_epoch
+from tasks.config import TrainConfig
+from tasks.dataset.repository import STATS_FILE, dataset_dir, list_datasets, read_features
+from tasks.errors import ConfigError, MusicflowError, StoreError
+from tasks.model.network import baseline_loss, build_model, mixture_nll_class, step_features
+from tasks.model.tfload import load_tensorflow
+from tasks.model.windows import Normalizer, SongWindows, load_split, make_tf_dataset, steps_per_epoch
+from tasks.store.store import Store, open_store
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "state.json"
@@ -114,7 +114,7 @@ def resolve_dataset(store: Store, dataset_id: str | None) -> str:
 def default_preset(store: Store, dataset_id: str | None) -> str:
     """The preset for a dataset when none is named: ``spectral`` for stft features, the seed's
     ``small`` for its FFT blocks (``DEFAULT_PRESETS``)."""
-    from musicflow.config import DEFAULT_PRESETS
+    from tasks.config import DEFAULT_PRESETS
 
     return DEFAULT_PRESETS[read_features(store, resolve_dataset(store, dataset_id)).transform]
 
@@ -270,7 +270,7 @@ def _train(
 
     # A run that stopped is final unless asked for more epochs; then patience counts afresh.
     wants_more = config.epochs > initial_epoch and (stop_reason is None or extend)
-    from tasks.checkpoints import Checkpointer
+    from tasks.model.checkpoints import Checkpointer
 
     checkpoint = Checkpointer(
         store,

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from tasks.store import open_store
+from tasks.store.store import open_store
 
 DATASET_UPDATED = "musicflow.dataset.updated"
 STORE_LABEL = "musicflow.store"

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import numpy as np
 
-from musicflow.config import check_choice
-from musicflow.errors import ConfigError
-from tasks.audio import encode_audio
+from tasks.audio.decode import encode_audio
+from tasks.config import check_choice
+from tasks.errors import ConfigError
 
 # Semitone offsets of a few chord progressions (I-V-vi-IV and friends) in a major key.
 DEMO_FORMATS = ("mp3", "wav", "ogg", "flac")

@@ -4,9 +4,9 @@
 
     config.json        the feature config (what a row of a shard means)
     catalog/           one row per song, the single source of truth: a log of Parquet
-                       segments and snapshots (:mod:`tasks.catalog`)
-    catalog.lock       held while committing (:meth:`tasks.store.Store.lock`)
-    shards/            feature shards (:mod:`tasks.shards`) with their statistics sidecars
+                       segments and snapshots (:mod:`tasks.dataset.catalog`)
+    catalog.lock       held while committing (:meth:`tasks.store.store.Store.lock`)
+    shards/            feature shards (:mod:`tasks.dataset.shards`) with their statistics sidecars
     stats.json         per-feature statistics of the shards the catalog references, and
                        the catalog version they cover
 
@@ -25,12 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from musicflow.config import FeatureConfig, IngestConfig
-from musicflow.errors import ConfigError, StoreError
-from tasks.catalog import CatalogLog, CatalogRow, catalog_log, read_catalog, table_to_rows
-from tasks.shards import read_blocks, read_shard_stats, stats_name
-from tasks.stats import FeatureStats, merge_all
-from tasks.store import Store
+from tasks.config import FeatureConfig, IngestConfig
+from tasks.dataset.catalog import CatalogLog, CatalogRow, catalog_log, read_catalog, table_to_rows
+from tasks.dataset.shards import read_blocks, read_shard_stats, stats_name
+from tasks.dataset.stats import FeatureStats, merge_all
+from tasks.errors import ConfigError, StoreError
+from tasks.store.store import Store
 
 DATASETS_DIR = "datasets"
 CONFIG_FILE = "config.json"

@@ -15,12 +15,12 @@ from typing import TypeVar
 
 import numpy as np
 
-from musicflow.errors import ConfigError
-from musicflow.tfload import load_tensorflow
-from tasks.catalog import CatalogRow, read_catalog
-from tasks.dataset import dataset_dir, read_stats
-from tasks.shards import read_blocks
-from tasks.store import Store, open_store
+from tasks.dataset.catalog import CatalogRow, read_catalog
+from tasks.dataset.repository import dataset_dir, read_stats
+from tasks.dataset.shards import read_blocks
+from tasks.errors import ConfigError
+from tasks.model.tfload import load_tensorflow
+from tasks.store.store import Store, open_store
 
 # A feature that never varies (the imaginary part of the DC and Nyquist bins) keeps scale 1.
 MIN_STD = 1e-6

@@ -1,7 +1,7 @@
 """Prefect task wrappers of the plain functions in ``tasks/``.
 
 Retries live here, on I/O only, and never on errors that would repeat
-(a :class:`~musicflow.errors.MusicflowError` is a verdict, not a glitch).
+(a :class:`~tasks.errors.MusicflowError` is a verdict, not a glitch).
 Caching is off: inputs are file lists and results are committed to the store.
 """
 
@@ -15,14 +15,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
-from musicflow.config import IngestConfig, TrainConfig
-from musicflow.errors import MusicflowError
-from musicflow.progress import StageProgress
-from tasks import dataset as dataset_lib
-from tasks import ingest as ingest_lib
-from tasks import train as train_lib
-from tasks.catalog import CatalogRow
-from tasks.store import check_writable, open_store
+from flows.runtime.progress import StageProgress
+from tasks.config import IngestConfig, TrainConfig
+from tasks.dataset import repository as dataset_lib
+from tasks.dataset.catalog import CatalogRow
+from tasks.errors import MusicflowError
+from tasks.ingest import worker as ingest_lib
+from tasks.model import train as train_lib
+from tasks.store.store import check_writable, open_store
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -73,7 +73,7 @@ def ingest_batch(
     """Decode + featurise + write one shard on a Dask worker of ``client``'s cluster.
 
     The task run lives in the flow process and waits for its one Dask task (a retry submits
-    it again): the worker runs the plain :func:`tasks.ingest.ingest_batch` and needs no
+    it again): the worker runs the plain :func:`tasks.ingest.worker.ingest_batch` and needs no
     Prefect client, settings or API of its own. ``storage_options`` is the flow process's
     ``registered_storage_options()``, registered on the worker before anything is opened.
     """
@@ -148,7 +148,7 @@ def generate_clips(
     run_id: str,
 ) -> dict[str, Any]:
     """Generate clips into ``generated/<run_id>/`` (a retry rewrites the same run folder)."""
-    from tasks.generate import generate_run
+    from tasks.generation.generate import generate_run
 
     return generate_run(
         open_store(store_url),

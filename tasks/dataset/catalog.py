@@ -34,8 +34,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from musicflow.errors import StoreError
-from tasks.store import Store
+from tasks.errors import StoreError
+from tasks.store.store import Store
 
 CATALOG_FILE = "catalog.parquet"  # the single-file catalog of stores made before the log
 CATALOG_DIR = "catalog"
@@ -449,6 +449,6 @@ def append_rows(store: Store, dataset_dir: str, rows: list[CatalogRow]) -> list[
 
     Safe against concurrent writers by itself (an exclusive create per version);
     hold the dataset's lock around it anyway when statistics follow the commit
-    (as ``tasks.dataset.commit_batch`` does).
+    (as ``tasks.dataset.repository.commit_batch`` does).
     """
     return catalog_log(store, dataset_dir).append(rows)

@@ -29,7 +29,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
     from pydub import AudioSegment
 
-from musicflow.errors import DecodeError, DecoderMissingError
+from tasks.errors import DecodeError, DecoderMissingError
 
 INSTALL_HINT = (
     "install it with `apt-get install ffmpeg` (Debian/Ubuntu), `brew install ffmpeg` (macOS) "

@@ -21,10 +21,10 @@ import pyarrow.parquet as pq
 import zarr
 import zarr.storage
 
-from musicflow.config import SHARD_FORMATS, check_choice
-from musicflow.errors import StoreError
-from tasks.stats import FeatureStats
-from tasks.store import Store
+from tasks.config import SHARD_FORMATS, check_choice
+from tasks.dataset.stats import FeatureStats
+from tasks.errors import StoreError
+from tasks.store.store import Store
 
 SHARDS_DIR = "shards"
 # Rows per Zarr chunk / Parquet row group: at least CHUNK_BLOCKS (64 rfft blocks of 11026 float32

@@ -12,8 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from musicflow.config import FeatureConfig
-from tasks.quality import log_mel_frames, temporal_variation
+from tasks.config import FeatureConfig
+from tasks.generation.quality import log_mel_frames, temporal_variation
 
 SILENCE_DBFS = -60.0
 # Spectral flatness of Gaussian white noise is exp(-euler_gamma) ~ 0.56; music sits far below.

@@ -1,6 +1,6 @@
 """Storage credentials for the store and the source, without process-wide ``AWS_*`` variables.
 
-Three ways in, all ending in :func:`tasks.store.register_storage_options` for a URL:
+Three ways in, all ending in :func:`tasks.store.store.register_storage_options` for a URL:
 
 - the CLI's ``--storage-options JSON`` (store) and ``--source-options JSON``
   (source): fsspec options for this process (:func:`parse_storage_options`);
@@ -22,8 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from musicflow.errors import ConfigError
-from tasks.store import register_storage_options, registered_storage_options
+from tasks.errors import ConfigError
+from tasks.store.store import register_storage_options, registered_storage_options
 
 STORAGE_OPTIONS_ENV = "MUSICFLOW_STORAGE_OPTIONS"
 BLOCK_TYPES = ("s3-bucket", "aws-credentials", "minio-credentials")

@@ -28,7 +28,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from musicflow.errors import StoreError
+from tasks.errors import StoreError
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from musicflow.config import TrainConfig
-from musicflow.tfload import load_tensorflow
+from tasks.config import TrainConfig
+from tasks.model.tfload import load_tensorflow
 
 LOG_SCALE_MIN = -7.0  # sigma >= 1e-3 of the normalised features: the likelihood stays bounded
 LOG_SCALE_MAX = 4.0

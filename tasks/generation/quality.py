@@ -53,11 +53,11 @@ import scipy.fft
 import scipy.linalg
 import scipy.signal
 
-from musicflow.errors import ConfigError
-from tasks.transforms import mel_filterbank, scaled_hann
+from tasks.errors import ConfigError
+from tasks.features.transforms import mel_filterbank, scaled_hann
 
 if TYPE_CHECKING:
-    from tasks.store import Store
+    from tasks.store.store import Store
 
 QUALITY_SAMPLE_RATE = 22050
 QUALITY_N_FFT = 2048
@@ -352,8 +352,8 @@ def song_excerpts(
     Each song is decoded from its source file when that is still readable (real audio, whatever
     the features); else its stored rows are inverted.
     """
-    from tasks.dataset import read_features, read_rows, read_song
-    from tasks.transforms import get_transform
+    from tasks.dataset.repository import read_features, read_rows, read_song
+    from tasks.features.transforms import get_transform
 
     features = read_features(store, dataset_id)
     rows = {row.song_id: row for row in read_rows(store, dataset_id, ok_only=True)}
@@ -386,8 +386,8 @@ def song_excerpts(
 
 def _decode_source(uri: str, sample_rate: int) -> np.ndarray | None:
     """The song file decoded, or None when it cannot be read or decoded any more."""
-    from tasks.audio import decode_audio
-    from tasks.store import is_local_fs, url_to_fs
+    from tasks.audio.decode import decode_audio
+    from tasks.store.store import is_local_fs, url_to_fs
 
     try:
         fs, path = url_to_fs(uri)
@@ -421,7 +421,7 @@ def model_song_sets(
 
 def seed_seconds(card: dict[str, Any]) -> float:
     """Seconds of a validation song that seed a clip of the model (``seq_len`` steps)."""
-    from musicflow.config import FeatureConfig, TrainConfig
+    from tasks.config import FeatureConfig, TrainConfig
 
     features = FeatureConfig.from_dict(card["features"])
     config = TrainConfig.from_dict(card["config"])
@@ -483,8 +483,8 @@ def evaluate(store: Store, *, model_id: str | None = None, run_id: str | None = 
 
     import scipy.io.wavfile
 
-    from tasks.generate import METRICS_FILE, list_models, resolve_model
-    from tasks.train import read_card
+    from tasks.generation.generate import METRICS_FILE, list_models, resolve_model
+    from tasks.model.train import read_card
 
     if run_id is not None:
         if not store.exists("generated", run_id, METRICS_FILE):

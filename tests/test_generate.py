@@ -21,16 +21,14 @@ from tasks.dataset.repository import dataset_dir
 from tasks.errors import ConfigError, StoreError
 from tasks.generation.generate import (
     MAX_SECONDS,
-    METRICS_FILE,
-    ModelMismatchError,
     generate_blocks,
     generate_blocks_rerun,
     generate_run,
-    load_trained_model,
     seed_blocks,
 )
+from tasks.generation.runs import METRICS_FILE
 from tasks.ingest.worker import decode_features
-from tasks.model.train import CARD_FILE, MODEL_FILE, model_dir
+from tasks.model.repository import CARD_FILE, MODEL_FILE, ModelMismatchError, load_trained_model, model_dir
 from tasks.status import store_status
 from tasks.store.store import open_store
 
@@ -432,10 +430,10 @@ def test_failure_mid_run_leaves_no_complete_looking_run(
 def test_failure_in_the_encoder_leaves_no_metrics(
     model_store: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tasks.audio.decode
+    import tasks.generation.generate
 
     store = model_store[0]
-    real = tasks.audio.decode.encode_audio
+    real = encode_audio
     calls = []
 
     def failing_mp3(audio: np.ndarray, **kwargs: Any) -> bytes:
@@ -444,7 +442,7 @@ def test_failure_in_the_encoder_leaves_no_metrics(
             raise RuntimeError("lame crashed")
         return real(audio, **kwargs)
 
-    monkeypatch.setattr(tasks.audio.decode, "encode_audio", failing_mp3)
+    monkeypatch.setattr(tasks.generation.generate, "encode_audio", failing_mp3)
     with pytest.raises(RuntimeError, match="lame crashed"):
         generate_run(open_store(store), seconds=0.2, run_id="no-mp3")
     assert calls == ["wav", "mp3"]

@@ -430,10 +430,10 @@ def test_failure_mid_run_leaves_no_complete_looking_run(
 def test_failure_in_the_encoder_leaves_no_metrics(
     model_store: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tasks.generation.generate
+    import tasks.audio.decode
 
     store = model_store[0]
-    real = encode_audio
+    real = tasks.audio.decode.encode_audio
     calls = []
 
     def failing_mp3(audio: np.ndarray, **kwargs: Any) -> bytes:
@@ -442,7 +442,7 @@ def test_failure_in_the_encoder_leaves_no_metrics(
             raise RuntimeError("lame crashed")
         return real(audio, **kwargs)
 
-    monkeypatch.setattr(tasks.generation.generate, "encode_audio", failing_mp3)
+    monkeypatch.setattr(tasks.audio.decode, "encode_audio", failing_mp3)
     with pytest.raises(RuntimeError, match="lame crashed"):
         generate_run(open_store(store), seconds=0.2, run_id="no-mp3")
     assert calls == ["wav", "mp3"]

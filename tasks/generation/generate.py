@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from tasks.audio.decode import encode_audio
+from tasks.audio import decode  # decode.encode_audio: tests replace the encoder in its module
 from tasks.config import TrainConfig
 from tasks.dataset.repository import read_rows, read_song
 from tasks.errors import ConfigError, DecodeError, MusicflowError, StoreError
@@ -385,8 +385,9 @@ def generate_clip(
 def write_clip(store: Store, run_id: str, name: str, audio: np.ndarray, *, sample_rate: int) -> list[str]:
     """Write ``<name>.wav``, ``.mp3`` and ``.png`` (spectrogram) into the run folder; their names."""
     directory = run_dir(run_id)
-    store.write_bytes(encode_audio(audio, sample_rate=sample_rate, format="wav"), directory, f"{name}.wav")
-    store.write_bytes(encode_audio(audio, sample_rate=sample_rate, format="mp3"), directory, f"{name}.mp3")
+    for audio_format in ("wav", "mp3"):
+        encoded = decode.encode_audio(audio, sample_rate=sample_rate, format=audio_format)
+        store.write_bytes(encoded, directory, f"{name}.{audio_format}")
     title = f"{run_id} {name}"
     store.write_bytes(spectrogram_png(audio, sample_rate=sample_rate, title=title), directory, f"{name}.png")
     return [f"{name}.wav", f"{name}.mp3", f"{name}.png"]

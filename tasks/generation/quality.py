@@ -37,6 +37,9 @@ melody, form are invisible to frame statistics: a clip of shuffled real frames
 scores like real music), phase artefacts that leave the magnitudes alone, or
 whether a listener likes it. Onset rate, loudness and the collapse and
 memorisation flags cover part of the rest; it is a proxy, not a listening test.
+
+This module is the maths alone (numpy and scipy, no store): finding a model's songs and a
+run's clips in the store is :mod:`tasks.generation.evaluate`'s.
 """
 
 from __future__ import annotations

@@ -89,7 +89,7 @@ def prepare_model(workdir: Path) -> tuple[str, str]:
 
     Returns ``(store_url, model_id)``.
     """
-    from tasks.generation.generate import list_models
+    from tasks.model.repository import list_models
     from tasks.store.store import open_store
 
     store_url = str(workdir / "store")
@@ -152,12 +152,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # generate_blocks makes a new tf.function per call, on purpose here: TF warns about retracing.
     logging.getLogger("tensorflow").setLevel(logging.ERROR)
-    from tasks.generation.generate import (
-        generate_blocks,
-        generate_blocks_rerun,
-        load_trained_model,
-        seed_blocks,
-    )
+    from tasks.generation.generate import generate_blocks, generate_blocks_rerun, seed_blocks
+    from tasks.model.repository import load_trained_model
     from tasks.store.store import open_store
 
     store = open_store(store_url)

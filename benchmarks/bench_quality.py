@@ -124,8 +124,9 @@ def dataset_bytes(store_url: str, dataset_id: str) -> int:
 
 def generation_speed(store_url: str, model_id: str, seconds: float) -> float:
     """x real time of one clip: the model's steps plus the inverse transform (Griffin-Lim for stft)."""
-    from tasks.generation.generate import generate_blocks, load_trained_model, seed_blocks, to_audio
+    from tasks.generation.generate import generate_blocks, seed_blocks, to_audio
     from tasks.model.network import ungroup_steps
+    from tasks.model.repository import load_trained_model
     from tasks.store.store import open_store
 
     store = open_store(store_url)
@@ -264,7 +265,7 @@ def spectrogram_figure(results: list[dict[str, Any]], path: Path, *, seconds: fl
 
     from tasks.audio.decode import decode_audio
     from tasks.dataset.repository import read_rows
-    from tasks.model.train import read_card
+    from tasks.model.repository import read_card
     from tasks.store.store import open_store
 
     sample_rate = 22050

@@ -13,7 +13,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.prefect_tasks import generate_clips
 from flows.runtime import heartbeats
-from tasks.generation.generate import new_run_id, resolve_model
+from tasks.generation.runs import new_run_id
+from tasks.model.repository import resolve_model
 from tasks.store.credentials import use_storage
 from tasks.store.store import open_store
 

@@ -14,7 +14,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.prefect_tasks import train_model
 from flows.runtime import heartbeats
 from tasks.config import TrainConfig
-from tasks.model.train import LOSS_CURVE_FILE, default_preset, model_dir
+from tasks.model.repository import LOSS_CURVE_FILE, model_dir
+from tasks.model.train import default_preset
 from tasks.store.credentials import use_storage
 from tasks.store.store import open_store
 

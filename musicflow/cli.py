@@ -515,7 +515,7 @@ def generate(
     _quiet_console(verbose)
     _use_storage_options(store, storage_options)
     from musicflow.server import ensure_prefect_api
-    from tasks.generation.generate import resolve_model
+    from tasks.model.repository import resolve_model
     from tasks.store.store import check_writable
 
     _check_generate_options(seconds, count, temperature, seed_audio)
@@ -578,7 +578,7 @@ def evaluate(
     as_json: Annotated[bool, typer.Option("--json", help="Print quality.json.")] = False,
 ) -> None:
     """Score a generated run against the model's validation songs (writes quality.json in the run)."""
-    from tasks.generation.quality import evaluate as evaluate_run
+    from tasks.generation.evaluate import evaluate as evaluate_run
 
     report = evaluate_run(_open_existing_store(store), model_id=model, run_id=run)
     if as_json:

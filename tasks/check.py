@@ -8,15 +8,27 @@ songs again) and rebuilds statistics.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import posixpath
 from dataclasses import asdict, dataclass
 
 from tasks.dataset.catalog import catalog_log, has_catalog, table_to_rows, write_catalog
-from tasks.dataset.repository import LOCK_FILE, STATS_FILE, dataset_dir, list_datasets, refresh_stats
+from tasks.dataset.repository import (
+    LOCK_FILE,
+    STATS_FILE,
+    dataset_dir,
+    list_datasets,
+    recompute_shard_stats,
+    refresh_stats,
+)
 from tasks.dataset.shards import SHARDS_DIR, read_blocks, read_shard_stats, shard_format, stats_name
-from tasks.dataset.stats import FeatureStats, merge_all
-from tasks.model.train import CARD_FILE, MODEL_FILE, model_dir
+from tasks.model.repository import (
+    CARD_FILE,
+    MODEL_FILE,
+    MODELS_DIR,
+    foreign_weights_digest,
+    model_dir,
+    read_card,
+)
 from tasks.store.store import Store
 
 # A shard younger than this may belong to an ingest run still in progress.
@@ -43,7 +55,7 @@ def check_store(
     problems: list[Problem] = []
     for dataset_id in list_datasets(store):
         problems += check_dataset(store, dataset_id, repair=repair, orphan_min_age=orphan_min_age)
-    for model_id in store.list_dirs("models"):
+    for model_id in store.list_dirs(MODELS_DIR):
         problems += check_model(store, model_id)
     return problems
 
@@ -93,14 +105,7 @@ def check_dataset(store: Store, dataset_id: str, *, repair: bool, orphan_min_age
                     )
                 )
                 if repair:
-                    blocks = [
-                        read_blocks(store, directory, shard, offset=row.offset, n_blocks=row.n_blocks)
-                        for row in shard_rows
-                    ]
-                    stats = merge_all(
-                        [FeatureStats.from_features(item) for item in blocks], blocks[0].shape[1]
-                    )
-                    store.write_bytes(stats.to_npz(), directory, stats_name(shard))
+                    recompute_shard_stats(store, dataset_id, shard, shard_rows)
         problems += _orphans(store, directory, set(by_shard), repair=repair, min_age=orphan_min_age)
         if repair and broken:
             kept = [row for row in rows if row.song_id not in broken]
@@ -183,11 +188,11 @@ def check_model(store: Store, model_id: str) -> list[Problem]:
     directory = model_dir(model_id)
     if not store.exists(directory, CARD_FILE):
         return []
-    card = store.read_json(directory, CARD_FILE)
+    card = read_card(store, model_id)
     if not store.exists(directory, MODEL_FILE):
         return [Problem("missing-weights", f"{directory}/{MODEL_FILE}", "the card has no weights file")]
-    digest = hashlib.sha256(store.read_bytes(directory, MODEL_FILE)).hexdigest()
-    if digest != card.get("weights_sha256"):
+    digest = foreign_weights_digest(card, store.read_bytes(directory, MODEL_FILE))
+    if digest is not None:
         return [
             Problem(
                 "weights-hash",

@@ -7,8 +7,8 @@ from typing import Any
 from tasks.config import FeatureConfig
 from tasks.dataset.repository import list_datasets, read_config, read_rows, summarise_rows
 from tasks.dataset.shards import shard_format
-from tasks.generation.generate import METRICS_FILE
-from tasks.model.train import CARD_FILE, CHECKPOINTS, STATE_FILE, model_dir
+from tasks.generation.runs import read_runs
+from tasks.model.repository import CARD_FILE, CHECKPOINTS, MODELS_DIR, STATE_FILE, model_dir, read_card
 from tasks.store.store import Store
 
 
@@ -33,7 +33,7 @@ def model_status(store: Store, model_id: str) -> dict[str, Any] | None:
     """One model: finished (its card) or still training (its last checkpoint); None if neither."""
     directory = model_dir(model_id)
     if store.exists(directory, CARD_FILE):
-        card, state = store.read_json(directory, CARD_FILE), "trained"
+        card, state = read_card(store, model_id), "trained"
     elif store.exists(directory, CHECKPOINTS, STATE_FILE):
         card, state = store.read_json(directory, CHECKPOINTS, STATE_FILE), "training"
     else:
@@ -58,12 +58,8 @@ def model_status(store: Store, model_id: str) -> dict[str, Any] | None:
 def store_status(store: Store) -> dict[str, Any]:
     """Everything in the store: ``{"datasets": [...], "models": [...], "generated": [...]}``."""
     datasets = [dataset_status(store, dataset_id) for dataset_id in list_datasets(store)]
-    models = [found for model_id in store.list_dirs("models") if (found := model_status(store, model_id))]
-    generated = [
-        generated_status(store.read_json("generated", run_id, METRICS_FILE))
-        for run_id in store.list_dirs("generated")
-        if store.exists("generated", run_id, METRICS_FILE)  # runs without it are incomplete
-    ]
+    models = [found for model_id in store.list_dirs(MODELS_DIR) if (found := model_status(store, model_id))]
+    generated = [generated_status(report) for report in read_runs(store)]  # complete runs only
     return {"store": store.url, "datasets": datasets, "models": models, "generated": generated}
 
 

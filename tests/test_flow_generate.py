@@ -15,7 +15,7 @@ import pytest
 from conftest import TINY_BLOCK
 from helpers import artifact_table, flow_run_artifacts, musicflow, run_cli, write_periodic_songs
 
-from tasks.generation.generate import METRICS_FILE
+from tasks.generation.runs import METRICS_FILE
 
 SR = 44100
 
@@ -134,7 +134,7 @@ def test_generate_flow_fails_fast_on_a_tampered_model(tiny_model: tuple[str, str
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
     from flows.generate import generate
-    from tasks.generation.generate import ModelMismatchError
+    from tasks.model.repository import ModelMismatchError
 
     store, model_id = copy_store(tiny_model[0], tmp_path / "store"), tiny_model[1]
     weights = Path(store, "models", model_id, "model.keras")

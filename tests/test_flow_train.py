@@ -13,7 +13,7 @@ from conftest import TINY_TRAIN
 from helpers import artifact_table, flow_run_artifacts, musicflow
 
 from tasks.config import TrainConfig
-from tasks.model.train import CHECKPOINTS, STATE_FILE, model_dir, read_card
+from tasks.model.repository import CHECKPOINTS, STATE_FILE, model_dir, read_card
 from tasks.store.store import open_store
 
 

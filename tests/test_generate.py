@@ -21,16 +21,14 @@ from tasks.dataset.repository import dataset_dir
 from tasks.errors import ConfigError, StoreError
 from tasks.generation.generate import (
     MAX_SECONDS,
-    METRICS_FILE,
-    ModelMismatchError,
     generate_blocks,
     generate_blocks_rerun,
     generate_run,
-    load_trained_model,
     seed_blocks,
 )
+from tasks.generation.runs import METRICS_FILE
 from tasks.ingest.worker import decode_features
-from tasks.model.train import CARD_FILE, MODEL_FILE, model_dir
+from tasks.model.repository import CARD_FILE, MODEL_FILE, ModelMismatchError, load_trained_model, model_dir
 from tasks.status import store_status
 from tasks.store.store import open_store
 

@@ -12,18 +12,18 @@ import pytest
 from helpers import write_periodic_music
 
 from tasks.audio.decode import decode_audio
+from tasks.generation.evaluate import model_song_sets
 from tasks.generation.generate import generate_run
 from tasks.generation.quality import (
-    QUALITY_FILE,
     frame_statistics,
     frechet_distance,
     log_mel_frames,
     loudness_lufs,
-    model_song_sets,
     quality_report,
     shaped_noise,
 )
-from tasks.model.train import read_card
+from tasks.generation.runs import QUALITY_FILE
+from tasks.model.repository import read_card
 from tasks.store.store import open_store
 
 SR = 22050

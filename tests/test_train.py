@@ -20,16 +20,8 @@ from tasks.dataset.catalog import read_catalog
 from tasks.dataset.repository import dataset_dir
 from tasks.dataset.shards import read_blocks
 from tasks.errors import ConfigError
-from tasks.model.train import (
-    CHECKPOINTS,
-    STATE_FILE,
-    CheckpointError,
-    TrainingDivergedError,
-    load_keras,
-    model_dir,
-    read_card,
-    train_model,
-)
+from tasks.model.repository import CHECKPOINTS, STATE_FILE, CheckpointError, load_keras, model_dir, read_card
+from tasks.model.train import TrainingDivergedError, train_model
 from tasks.model.windows import Normalizer, SongWindows, cut_windows, load_split, make_tf_dataset, split_songs
 from tasks.store.store import open_store
 

@@ -18,17 +18,16 @@ import pytest
 from conftest import TINY_TRAIN
 
 from tasks.config import TrainConfig
-from tasks.model.train import (
+from tasks.model.repository import (
     CARD_FILE,
     CHECKPOINTS,
     MODEL_FILE,
     STATE_FILE,
-    ModelBusyError,
     checkpoint_name,
     model_dir,
     read_card,
-    train_model,
 )
+from tasks.model.train import ModelBusyError, train_model
 from tasks.store.store import open_store
 
 

@@ -103,12 +103,7 @@ def commit_batch(store: Store, dataset_id: str, result: BatchResult) -> list[Cat
         dropped = [row for row in result.rows if row.ok and row not in added]
         if result.shard and dropped:
             if kept:
-                blocks = [
-                    read_blocks(store, directory, result.shard, offset=row.offset, n_blocks=row.n_blocks)
-                    for row in kept
-                ]
-                stats = merge_all([FeatureStats.from_features(item) for item in blocks], blocks[0].shape[1])
-                store.write_bytes(stats.to_npz(), directory, stats_name(result.shard))
+                recompute_shard_stats(store, dataset_id, result.shard, kept)
             else:
                 store.rm(directory, result.shard)
                 store.rm(directory, stats_name(result.shard))
@@ -119,6 +114,15 @@ def commit_batch(store: Store, dataset_id: str, result: BatchResult) -> list[Cat
         if log.compact_if_due() and not _bump_stats_version(store, directory, before, log.version):
             refresh_stats(store, dataset_id)
     return added
+
+
+def recompute_shard_stats(store: Store, dataset_id: str, shard: str, rows: list[CatalogRow]) -> FeatureStats:
+    """Rewrite a shard's statistics sidecar from the blocks of ``rows`` (the songs it keeps); returns it."""
+    directory = dataset_dir(dataset_id)
+    blocks = [read_blocks(store, directory, shard, offset=row.offset, n_blocks=row.n_blocks) for row in rows]
+    stats = merge_all([FeatureStats.from_features(item) for item in blocks], blocks[0].shape[1])
+    store.write_bytes(stats.to_npz(), directory, stats_name(shard))
+    return stats
 
 
 def _add_to_stats(

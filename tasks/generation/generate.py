@@ -7,105 +7,34 @@ where the seed re-ran the model on the whole growing sequence at every step.
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import io
-import uuid
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from tasks.config import FeatureConfig, TrainConfig
-from tasks.dataset.catalog import read_catalog
-from tasks.dataset.repository import dataset_dir, list_datasets, read_features
-from tasks.dataset.shards import read_blocks
-from tasks.errors import ConfigError, MusicflowError, StoreError
+from tasks.audio import decode  # decode.encode_audio: tests replace the encoder in its module
+from tasks.config import TrainConfig
+from tasks.dataset.repository import read_rows, read_song
+from tasks.errors import ConfigError, DecodeError, MusicflowError, StoreError
 from tasks.features.blocks import frame_blocks
 from tasks.features.transforms import get_transform
+from tasks.generation.evaluate import SongSet, continuations, model_song_sets, score_run, seed_seconds
 from tasks.generation.metrics import (
     analysis_block_size,
     audio_metrics,
     nearest_training_similarity,
     reference_distribution,
 )
-from tasks.model.network import group_steps, output_size, sample_step, ungroup_steps
-from tasks.model.tfload import load_tensorflow
-from tasks.model.train import CARD_FILE, MODEL_FILE, NORMALIZATION_FILE, load_keras, model_dir
-from tasks.model.windows import Normalizer
+from tasks.generation.runs import METRICS_FILE, new_run_id, run_dir
+from tasks.ingest.worker import decode_features  # the only place generation decodes audio
+from tasks.model.network import group_steps, sample_step, ungroup_steps
+from tasks.model.repository import LoadedModel, load_trained_model, resolve_model
 from tasks.store.store import Store, check_writable
 
 MAX_SECONDS = 3600.0
 SEED_KINDS = ("validation", "audio", "noise")
-METRICS_FILE = "metrics.json"
-
-
-class ModelMismatchError(MusicflowError):
-    """A model's card does not match its weights or its dataset."""
-
-
-@dataclass
-class LoadedModel:
-    model_id: str
-    card: dict[str, Any]
-    model: Any
-    normalizer: Normalizer
-    features: FeatureConfig
-    config: TrainConfig
-
-
-def list_models(store: Store) -> list[str]:
-    return [name for name in store.list_dirs("models") if store.exists(model_dir(name), CARD_FILE)]
-
-
-def resolve_model(store: Store, model_id: str | None) -> str:
-    """The model named, or the newest finished model in the store."""
-    available = list_models(store)
-    if model_id is not None:
-        if model_id not in available:
-            raise ConfigError(
-                f"no trained model {model_id!r} in store {store.url!r} "
-                f"(has: {', '.join(available) or 'none'})"
-            )
-        return model_id
-    if not available:
-        raise ConfigError(f"no trained model in store {store.url!r}: run `musicflow train` first")
-    return max(available, key=lambda name: store.read_json(model_dir(name), CARD_FILE).get("created_at", ""))
-
-
-def load_trained_model(store: Store, model_id: str) -> LoadedModel:
-    """Load a model after checking its card against the weights file and the dataset.
-
-    Raises :class:`ModelMismatchError` when ``model.keras`` is not the file the
-    card describes (the seed's generator silently loaded the wrong weights),
-    or the card's dataset or shapes do not match.
-    """
-    directory = model_dir(model_id)
-    card = store.read_json(directory, CARD_FILE)
-    weights = store.read_bytes(directory, MODEL_FILE)
-    digest = hashlib.sha256(weights).hexdigest()
-    if digest != card.get("weights_sha256"):
-        raise ModelMismatchError(
-            f"model {model_id!r}: {MODEL_FILE} (sha256 {digest[:12]}) is not the file its card describes "
-            f"(sha256 {str(card.get('weights_sha256'))[:12]}): retrain it or restore the file"
-        )
-    dataset_id = card["dataset_id"]
-    if dataset_id not in list_datasets(store):
-        raise ModelMismatchError(
-            f"model {model_id!r} was trained on dataset {dataset_id!r}, which is not in the store"
-        )
-    features = read_features(store, dataset_id)
-    config = TrainConfig.from_dict(card["config"])
-    model = load_keras(weights)
-    expected = output_size(features.n_features, config)
-    if model.output_shape[-1] != expected:
-        raise ModelMismatchError(
-            f"model {model_id!r} outputs {model.output_shape[-1]} values per step, "
-            f"dataset {dataset_id!r} with its config needs {expected}"
-        )
-    with np.load(io.BytesIO(store.read_bytes(directory, NORMALIZATION_FILE))) as arrays:
-        normalizer = Normalizer(arrays["mean"].astype(np.float32), arrays["std"].astype(np.float32))
-    return LoadedModel(model_id, card, model, normalizer, features, config)
 
 
 # Sampling temperature of distribution models when none is given (1 = the learnt spread): 0.7 keeps
@@ -118,40 +47,6 @@ def default_temperature(config: TrainConfig) -> float:
     """The temperature generation uses unless told: sampling for distribution models, none for
     point models (for them it is the std of noise added to the fed-back step)."""
     return DEFAULT_SAMPLING_TEMPERATURE if config.is_distribution else 0.0
-
-
-def build_step_model(trained: Any) -> tuple[Any, list[tuple[int, int]]]:
-    """A model that takes blocks plus LSTM states and returns outputs plus new states.
-
-    Same layers and weights as ``trained`` (Dense -> LSTM x layers -> Dense);
-    returns the model and the ``(batch, units)`` shape of each state input.
-    """
-    load_tensorflow()
-    import keras
-
-    n_features = trained.input_shape[-1]
-    blocks = keras.Input(shape=(None, n_features), batch_size=1, name="blocks")
-    hidden = trained.get_layer("encode")(blocks)
-    state_inputs, new_states, shapes = [], [], []
-    index = 0
-    while True:
-        try:
-            lstm = trained.get_layer(f"lstm_{index}")
-        except ValueError:
-            break
-        h = keras.Input(shape=(lstm.units,), batch_size=1, name=f"h_{index}")
-        c = keras.Input(shape=(lstm.units,), batch_size=1, name=f"c_{index}")
-        step = keras.layers.LSTM(
-            lstm.units, return_sequences=True, return_state=True, name=f"step_lstm_{index}"
-        )
-        hidden, h_out, c_out = step(hidden, initial_state=[h, c])
-        step.set_weights(lstm.get_weights())
-        state_inputs += [h, c]
-        new_states += [h_out, c_out]
-        shapes += [(1, lstm.units), (1, lstm.units)]
-        index += 1
-    outputs = trained.get_layer("decode")(hidden)
-    return keras.Model([blocks, *state_inputs], [outputs, *new_states]), shapes
 
 
 class NumpyStepModel:
@@ -304,9 +199,6 @@ def seed_blocks(
     if kind == "audio":
         if not seed_audio:
             raise ConfigError("seed kind 'audio' needs --seed-audio FILE")
-        from tasks.errors import DecodeError
-        from tasks.ingest.worker import decode_features  # the only place generation decodes audio
-
         try:
             features, _, _ = decode_features(seed_audio, features=loaded.features)
         except DecodeError as error:
@@ -323,8 +215,8 @@ def seed_blocks(
         return group_steps(noise, per_step), "noise"
     if kind != "validation":
         raise ConfigError(f"invalid seed {kind!r}: expected one of {', '.join(SEED_KINDS)}")
-    directory = dataset_dir(loaded.card["dataset_id"])
-    rows = {row.song_id: row for row in read_catalog(store, directory) if row.ok}
+    dataset_id = loaded.card["dataset_id"]
+    rows = {row.song_id: row for row in read_rows(store, dataset_id, ok_only=True)}
     candidates = [
         rows[song]
         for song in loaded.card.get("val_songs", [])
@@ -335,8 +227,7 @@ def seed_blocks(
             f"no validation song of model {loaded.model_id!r} has {seq_len} blocks: use --seed-audio"
         )
     row = candidates[index % len(candidates)]
-    assert row.shard is not None
-    blocks = read_blocks(store, directory, row.shard, offset=row.offset, n_blocks=seq_len)
+    blocks = read_song(store, dataset_id, row, n_blocks=seq_len)
     return group_steps(loaded.normalizer.apply(blocks), per_step), f"validation:{row.song_id}"
 
 
@@ -357,23 +248,17 @@ def training_sample(
     store: Store, loaded: LoadedModel, *, max_songs: int = 20, max_blocks: int = 4000
 ) -> np.ndarray:
     """Feature blocks of up to ``max_songs`` training songs (raw, not normalised)."""
-    directory = dataset_dir(loaded.card["dataset_id"])
+    dataset_id = loaded.card["dataset_id"]
     train_ids = set(loaded.card.get("train_songs", []))
-    rows = [row for row in read_catalog(store, directory) if row.ok and row.song_id in train_ids][:max_songs]
+    rows = [row for row in read_rows(store, dataset_id, ok_only=True) if row.song_id in train_ids][:max_songs]
     pieces, total = [], 0
     for row in rows:
-        assert row.shard is not None
         take = min(row.n_blocks, max_blocks - total)
         if take <= 0:
             break
-        pieces.append(read_blocks(store, directory, row.shard, offset=row.offset, n_blocks=take))
+        pieces.append(read_song(store, dataset_id, row, n_blocks=take))
         total += take
     return np.concatenate(pieces) if pieces else np.zeros((0, loaded.features.n_features), np.float32)
-
-
-def new_run_id(model_id: str) -> str:
-    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%S")
-    return f"{stamp}-{model_id}-{uuid.uuid4().hex[:6]}"
 
 
 def generate_run(
@@ -396,9 +281,6 @@ def generate_run(
     validation songs (:mod:`tasks.generation.quality`). ``temperature`` None is the model's
     default (:func:`default_temperature`). Returns the content of ``metrics.json``.
     """
-    from tasks.audio.decode import encode_audio
-    from tasks.generation.quality import continuations, model_song_sets, score_run, seed_seconds
-
     if not 0 < seconds <= MAX_SECONDS:
         raise ConfigError(f"invalid seconds {seconds!r}: must be in (0, {MAX_SECONDS:g}]")
     if count < 1 or count > 100:
@@ -408,28 +290,13 @@ def generate_run(
     if seed_audio and seed == "validation":
         seed = "audio"
     check_writable(store)
-    model_id = resolve_model(store, model_id)
-    loaded = load_trained_model(store, model_id)
-    features = loaded.features
+    loaded = load_trained_model(store, resolve_model(store, model_id))
     if temperature is None:
         temperature = default_temperature(loaded.config)
-    per_step = loaded.config.frames_per_step
-    n_blocks = max(1, round(seconds / features.block_seconds))
-    n_steps = -(-n_blocks // per_step)
-    run_id = run_id or new_run_id(model_id)
-    directory = f"generated/{run_id}"
-    try:  # before the work: a blocked output folder is a one-line StoreError, not a late traceback
-        store.fs.makedirs(store.path(directory), exist_ok=True)
-    except OSError as error:
-        raise StoreError(f"cannot write to {store.full_url(directory)!r}: {error}") from error
-    sample = training_sample(store, loaded)
-    # The reference leaves out the seeds and what follows them: the continuations are the anchor.
-    song_sets = model_song_sets(store, loaded.card, after_seconds=seed_seconds(loaded.card) + seconds)
-    block_size = analysis_block_size(features)
-    reference = reference_distribution(
-        np.concatenate([frame_blocks(song, block_size=block_size) for song in song_sets[1].audio]),
-        sample_rate=features.sample_rate,
-    )
+    run_id = run_id or new_run_id(loaded.model_id)
+    directory = make_run_dir(store, run_id)
+    yardstick = clip_yardstick(store, loaded, seconds)
+    n_blocks = max(1, round(seconds / loaded.features.block_seconds))
     rng = np.random.default_rng(random_seed)
     clips: list[dict[str, Any]] = []
     clip_audio: list[np.ndarray] = []
@@ -437,74 +304,146 @@ def generate_run(
         seed_features, seed_source = seed_blocks(
             store, loaded, kind=seed, seed_audio=seed_audio, index=index, rng=rng
         )
-        steps = generate_blocks(
-            loaded.model, seed_features, n_steps, temperature=temperature, rng=rng, config=loaded.config
-        )
-        generated = ungroup_steps(steps, features.n_features)[:n_blocks]
-        audio, peak, clipped = to_audio(generated, loaded)
-        clip_audio.append(audio)
+        generated, audio, peak, clipped = generate_clip(loaded, seed_features, n_blocks, temperature, rng)
         name = f"clip-{index + 1:02d}"
-        store.write_bytes(
-            encode_audio(audio, sample_rate=features.sample_rate, format="wav"), directory, f"{name}.wav"
-        )
-        store.write_bytes(
-            encode_audio(audio, sample_rate=features.sample_rate, format="mp3"), directory, f"{name}.mp3"
-        )
-        store.write_bytes(
-            spectrogram_png(audio, sample_rate=features.sample_rate, title=f"{run_id} {name}"),
-            directory,
-            f"{name}.png",
-        )
-        metrics = audio_metrics(
-            audio,
-            sample_rate=features.sample_rate,
-            block_size=block_size,
-            reference=reference,
-            unclipped_peak=peak,
-            clipped_fraction=clipped,
-        )
-        if sample.shape[0]:
-            # Every row of a short clip; evenly spaced rows of a long one (the check is quadratic).
-            picked = np.linspace(0, generated.shape[0] - 1, min(generated.shape[0], 4000)).astype(int)
-            metrics["nearest_training"] = nearest_training_similarity(
-                generated[picked], loaded.normalizer.apply(sample)
-            )
-        clips.append(
-            {
-                "name": name,
-                "files": [f"{name}.wav", f"{name}.mp3", f"{name}.png"],
-                "seed": seed_source,
-                "metrics": metrics,
-            }
-        )
-    continued = continuations(
-        store,
-        loaded.card,
-        [clip["seed"] for clip in clips],
-        [audio.size / features.sample_rate for audio in clip_audio],
-    )
-    quality = score_run(
-        clip_audio, *song_sets, sample_rate=features.sample_rate, seed=random_seed, continued=continued
-    )
-    for clip, scored in zip(clips, quality["per_clip"], strict=True):
-        clip["quality"] = scored
+        files = write_clip(store, run_id, name, audio, sample_rate=loaded.features.sample_rate)
+        metrics = clip_metrics(loaded, yardstick, generated, audio, peak=peak, clipped=clipped)
+        clips.append({"name": name, "files": files, "seed": seed_source, "metrics": metrics})
+        clip_audio.append(audio)
+    quality = score_clips(store, loaded, yardstick, clips, clip_audio, random_seed=random_seed)
     report = {
         "run_id": run_id,
-        "model_id": model_id,
+        "model_id": loaded.model_id,
         "dataset_id": loaded.card["dataset_id"],
-        "seconds": n_blocks * features.block_seconds,
+        "seconds": n_blocks * loaded.features.block_seconds,
         "count": count,
         "temperature": temperature,
         "seed": seed,
         "random_seed": random_seed,
-        "reference": reference,
-        "quality": {key: value for key, value in quality.items() if key != "per_clip"},
+        "reference": yardstick.reference,
+        "quality": quality,
         "clips": clips,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "location": store.full_url(directory),
     }
     store.write_json(report, directory, METRICS_FILE)  # last: the run is complete
     return report
+
+
+def make_run_dir(store: Store, run_id: str) -> str:
+    """Create ``generated/<run_id>/`` and return it; before the work, so that a blocked output
+    folder is a one-line :class:`StoreError`, not a late traceback."""
+    directory = run_dir(run_id)
+    try:
+        store.fs.makedirs(store.path(directory), exist_ok=True)
+    except OSError as error:
+        raise StoreError(f"cannot write to {store.full_url(directory)!r}: {error}") from error
+    return directory
+
+
+@dataclass
+class Yardstick:
+    """What a run's clips are measured against: the model's song sets (the quality score's
+    reference and other-songs anchor), the reference's block-metric distribution and raw
+    training blocks (the memorisation check)."""
+
+    song_sets: tuple[SongSet, SongSet]
+    block_size: int
+    reference: dict[str, float]
+    training: np.ndarray
+
+
+def clip_yardstick(store: Store, loaded: LoadedModel, seconds: float) -> Yardstick:
+    sample = training_sample(store, loaded)
+    # The reference leaves out the seeds and what follows them: the continuations are the anchor.
+    song_sets = model_song_sets(store, loaded.card, after_seconds=seed_seconds(loaded.card) + seconds)
+    block_size = analysis_block_size(loaded.features)
+    reference = reference_distribution(
+        np.concatenate([frame_blocks(song, block_size=block_size) for song in song_sets[1].audio]),
+        sample_rate=loaded.features.sample_rate,
+    )
+    return Yardstick(song_sets, block_size, reference, sample)
+
+
+def generate_clip(
+    loaded: LoadedModel,
+    seed_features: np.ndarray,
+    n_blocks: int,
+    temperature: float,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray, float, float]:
+    """One clip of ``n_blocks`` continuing the seed: its normalised blocks [n_blocks, n_features]
+    and :func:`to_audio`'s ``(audio, unclipped peak, clipped fraction)``."""
+    n_steps = -(-n_blocks // loaded.config.frames_per_step)
+    steps = generate_blocks(
+        loaded.model, seed_features, n_steps, temperature=temperature, rng=rng, config=loaded.config
+    )
+    generated = ungroup_steps(steps, loaded.features.n_features)[:n_blocks]
+    return (generated, *to_audio(generated, loaded))
+
+
+def write_clip(store: Store, run_id: str, name: str, audio: np.ndarray, *, sample_rate: int) -> list[str]:
+    """Write ``<name>.wav``, ``.mp3`` and ``.png`` (spectrogram) into the run folder; their names."""
+    directory = run_dir(run_id)
+    for audio_format in ("wav", "mp3"):
+        encoded = decode.encode_audio(audio, sample_rate=sample_rate, format=audio_format)
+        store.write_bytes(encoded, directory, f"{name}.{audio_format}")
+    title = f"{run_id} {name}"
+    store.write_bytes(spectrogram_png(audio, sample_rate=sample_rate, title=title), directory, f"{name}.png")
+    return [f"{name}.wav", f"{name}.mp3", f"{name}.png"]
+
+
+def clip_metrics(
+    loaded: LoadedModel,
+    yardstick: Yardstick,
+    generated: np.ndarray,
+    audio: np.ndarray,
+    *,
+    peak: float,
+    clipped: float,
+) -> dict[str, Any]:
+    """A clip's audio metrics against the reference, and its nearest training rows."""
+    metrics = audio_metrics(
+        audio,
+        sample_rate=loaded.features.sample_rate,
+        block_size=yardstick.block_size,
+        reference=yardstick.reference,
+        unclipped_peak=peak,
+        clipped_fraction=clipped,
+    )
+    if yardstick.training.shape[0]:
+        # Every row of a short clip; evenly spaced rows of a long one (the check is quadratic).
+        picked = np.linspace(0, generated.shape[0] - 1, min(generated.shape[0], 4000)).astype(int)
+        metrics["nearest_training"] = nearest_training_similarity(
+            generated[picked], loaded.normalizer.apply(yardstick.training)
+        )
+    return metrics
+
+
+def score_clips(
+    store: Store,
+    loaded: LoadedModel,
+    yardstick: Yardstick,
+    clips: list[dict[str, Any]],
+    clip_audio: list[np.ndarray],
+    *,
+    random_seed: int,
+) -> dict[str, Any]:
+    """The run's quality score (:func:`tasks.generation.evaluate.score_run`); each clip's own
+    score goes into its entry of ``clips``."""
+    sample_rate = loaded.features.sample_rate
+    continued = continuations(
+        store,
+        loaded.card,
+        [clip["seed"] for clip in clips],
+        [audio.size / sample_rate for audio in clip_audio],
+    )
+    quality = score_run(
+        clip_audio, *yardstick.song_sets, sample_rate=sample_rate, seed=random_seed, continued=continued
+    )
+    for clip, scored in zip(clips, quality["per_clip"], strict=True):
+        clip["quality"] = scored
+    return {key: value for key, value in quality.items() if key != "per_clip"}
 
 
 def spectrogram_png(audio: np.ndarray, *, sample_rate: int, title: str) -> bytes:

@@ -9,7 +9,7 @@ import time
 import keras
 
 from tasks.config import TrainConfig
-from tasks.model.train import (
+from tasks.model.repository import (
     CHECKPOINTS,
     KEEP_CHECKPOINTS,
     STATE_FILE,

@@ -25,6 +25,7 @@ _START_UP_NOISE = re.compile(
 
 def load_tensorflow() -> ModuleType:
     """The ``tensorflow`` module, imported quietly the first time (then ``import keras`` is quiet)."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # musicflow's default (as ``import musicflow`` sets)
     if "tensorflow" in sys.modules or os.environ.get("TF_CPP_MIN_LOG_LEVEL", "0") in ("", "0"):
         import tensorflow
 

@@ -1,20 +1,8 @@
 """Training with a checkpoint after every epoch, resume, and a model card.
 
-``STORE/models/<model_id>/``::
-
-    checkpoints/epoch-0003.keras   model + optimizer state after epoch 3 (the last two epochs
-                                   and the best validation epoch are kept)
-    checkpoints/state.json         last complete epoch, history, best epoch, why it stopped
-                                   (written last: the commit)
-    train.lock                     held by the run training the model
-    model.keras                    the final model: the best validation epoch
-    normalization.npz              mean/std the model's inputs were scaled with
-    card.json                      config, dataset, losses per epoch, best epoch, stop reason,
-                                   params, versions, wall time (written last: a finished model)
-    loss-curve.png
-
-A finished model (a card) is final: training it again returns its card, unless
-more epochs than it has are asked for explicitly (``extend``).
+What a model folder holds is :mod:`tasks.model.repository`'s. A finished model (a card)
+is final: training it again returns its card, unless more epochs than it has are asked
+for explicitly (``extend``).
 """
 
 from __future__ import annotations
@@ -22,59 +10,55 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import hashlib
+import importlib.metadata
 import io
 import json
 import os
 import platform
 import subprocess
-import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-import musicflow
-from tasks.config import TrainConfig
+from tasks.config import DEFAULT_PRESETS, TrainConfig
 from tasks.dataset.repository import STATS_FILE, dataset_dir, list_datasets, read_features
 from tasks.errors import ConfigError, MusicflowError, StoreError
-from tasks.model.network import baseline_loss, build_model, mixture_nll_class, step_features
+from tasks.model.network import baseline_loss, build_model, step_features
+from tasks.model.repository import (
+    CARD_FILE,
+    CHECKPOINTS,
+    LOSS_CURVE_FILE,
+    MODEL_FILE,
+    NORMALIZATION_FILE,
+    STATE_FILE,
+    STOP_COMPLETED,
+    STOP_INTERRUPTED,
+    TRAIN_LOCK_FILE,
+    CheckpointError,
+    EpochCallback,
+    best_epoch,
+    checkpoint_name,
+    keras_bytes,
+    load_keras,
+    model_dir,
+    normalization_bytes,
+    read_finished_card,
+    weights_sha256,
+)
 from tasks.model.tfload import load_tensorflow
 from tasks.model.windows import Normalizer, SongWindows, load_split, make_tf_dataset, steps_per_epoch
 from tasks.store.store import Store, open_store
-
-CHECKPOINTS = "checkpoints"
-STATE_FILE = "state.json"
-CARD_FILE = "card.json"
-MODEL_FILE = "model.keras"
-NORMALIZATION_FILE = "normalization.npz"
-LOSS_CURVE_FILE = "loss-curve.png"
-TRAIN_LOCK_FILE = "train.lock"
-KEEP_CHECKPOINTS = 2  # the last epochs kept, besides the best one
-
-# Why a finished training stopped (the card's ``stop_reason``).
-STOP_COMPLETED = "completed"  # it trained every epoch asked for
-STOP_EARLY = "early_stopping"  # --patience epochs without a better validation loss
-STOP_INTERRUPTED = "stopped"  # a callback stopped it before the last epoch
-
-EpochCallback = Callable[[int, int, dict[str, float]], None]
 
 
 class TrainingDivergedError(MusicflowError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-class CheckpointError(MusicflowError):
-    """A checkpoint cannot be read."""
-
-
 class ModelBusyError(MusicflowError):
     """Another live run is training the same model (it holds the model folder's lock)."""
-
-
-def model_dir(model_id: str) -> str:
-    return f"models/{model_id}"
 
 
 @dataclass
@@ -114,8 +98,6 @@ def resolve_dataset(store: Store, dataset_id: str | None) -> str:
 def default_preset(store: Store, dataset_id: str | None) -> str:
     """The preset for a dataset when none is named: ``spectral`` for stft features, the seed's
     ``small`` for its FFT blocks (``DEFAULT_PRESETS``)."""
-    from tasks.config import DEFAULT_PRESETS
-
     return DEFAULT_PRESETS[read_features(store, resolve_dataset(store, dataset_id)).transform]
 
 
@@ -266,11 +248,11 @@ def _train(
         store.rm(directory, CHECKPOINTS)
         model = build_model(n_features, config)
         initial_epoch, history, prior_seconds, stop_reason = 0, {"loss": [], "val_loss": []}, 0.0, None
-    store.write_bytes(_npz(mean=normalizer.mean, std=normalizer.std), directory, NORMALIZATION_FILE)
+    store.write_bytes(normalization_bytes(normalizer), directory, NORMALIZATION_FILE)
 
     # A run that stopped is final unless asked for more epochs; then patience counts afresh.
     wants_more = config.epochs > initial_epoch and (stop_reason is None or extend)
-    from tasks.model.checkpoints import Checkpointer
+    from tasks.model.checkpoints import Checkpointer  # lazy: it imports Keras; keeps start-up fast
 
     checkpoint = Checkpointer(
         store,
@@ -339,7 +321,7 @@ def _train(
         "val_songs": [row.song_id for row in val_rows],
         "stats": store.full_url(dataset_dir(dataset_id), STATS_FILE),
         "normalization": NORMALIZATION_FILE,
-        "weights_sha256": hashlib.sha256(weights).hexdigest(),
+        "weights_sha256": weights_sha256(weights),
         "wall_seconds": round(wall, 3),
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": versions(),
@@ -368,15 +350,6 @@ def _result_from_card(card: dict[str, Any], *, resumed_from: int) -> TrainResult
     )
 
 
-def best_epoch(val_losses: list[float]) -> int:
-    """The 1-based epoch of the lowest validation loss (the first one on a tie); 0 when none."""
-    return int(np.argmin(val_losses)) + 1 if val_losses else 0
-
-
-def checkpoint_name(epoch: int) -> str:
-    return f"{CHECKPOINTS}/epoch-{epoch:04d}.keras"
-
-
 def _best_weights(
     store: Store, directory: str, history: dict[str, list[float]], model: Any
 ) -> tuple[bytes, int]:
@@ -386,19 +359,6 @@ def _best_weights(
         return store.read_bytes(directory, checkpoint_name(best)), best
     # A checkpoint folder from before best epochs were kept: the last epoch is what there is.
     return keras_bytes(model), len(history["loss"])
-
-
-def read_finished_card(store: Store, model_id: str) -> dict[str, Any] | None:
-    """The card of a finished model, or None (no card: never finished, or still training)."""
-    directory = model_dir(model_id)
-    if not store.exists(directory, CARD_FILE):
-        return None
-    try:
-        return dict(store.read_json(directory, CARD_FILE))
-    except ValueError as error:
-        raise CheckpointError(
-            f"{store.full_url(directory, CARD_FILE)} is corrupt ({error}): rerun with --no-resume"
-        ) from error
 
 
 @contextlib.contextmanager
@@ -472,34 +432,6 @@ def _load_checkpoint(store: Store, directory: str, name: str) -> Any:
         ) from error
 
 
-def load_keras(data: bytes) -> Any:
-    """A Keras model from the bytes of a ``.keras`` file."""
-    load_tensorflow()
-    import keras
-
-    mixture_nll_class()  # registered before a model that uses it is deserialised
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "model.keras")
-        with open(path, "wb") as handle:
-            handle.write(data)
-        return keras.models.load_model(path)
-
-
-def keras_bytes(model: Any) -> bytes:
-    """The bytes of ``model`` saved as a ``.keras`` file (weights, config, optimizer state)."""
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, "model.keras")
-        model.save(path)
-        with open(path, "rb") as handle:
-            return handle.read()
-
-
-def _npz(**arrays: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    np.savez(buffer, **arrays)  # type: ignore[arg-type]
-    return buffer.getvalue()
-
-
 def window_size_text(config: TrainConfig) -> str:
     return "seq_len + 1" if config.frames_per_step == 1 else "(seq_len + 1) x frames_per_step"
 
@@ -562,7 +494,7 @@ def versions() -> dict[str, str]:
     import keras
 
     found = {
-        "musicflow": musicflow.__version__,
+        "musicflow": importlib.metadata.version("musicflow"),
         "python": platform.python_version(),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
@@ -581,7 +513,3 @@ def versions() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         pass
     return found
-
-
-def read_card(store: Store, model_id: str) -> dict[str, Any]:
-    return store.read_json(model_dir(model_id), CARD_FILE)

@@ -27,7 +27,8 @@ from tasks.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, FeatureConfig, Ing
 from tasks.dataset.catalog import display_text
 from tasks.dataset.repository import BatchResult
 from tasks.ingest.events import dataset_updated_event, should_announce
-from tasks.ingest.worker import failed_row, make_batches
+from tasks.ingest.plan import make_batches
+from tasks.ingest.worker import failed_row
 from tasks.store.credentials import use_storage
 from tasks.store.store import registered_storage_options
 

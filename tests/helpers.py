@@ -20,7 +20,8 @@ from tasks.dataset.catalog import read_catalog
 from tasks.dataset.repository import commit_batch, dataset_dir, read_stats
 from tasks.dataset.shards import read_blocks
 from tasks.dataset.stats import FeatureStats, merge_all
-from tasks.ingest.worker import ingest_batch, make_batches
+from tasks.ingest.plan import make_batches
+from tasks.ingest.worker import ingest_batch
 from tasks.store.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -19,6 +19,7 @@ from helpers import write_periodic_songs
 from tasks.audio.decode import encode_audio
 from tasks.dataset.repository import dataset_dir
 from tasks.errors import ConfigError, StoreError
+from tasks.features.stream import decode_features
 from tasks.generation.generate import (
     MAX_SECONDS,
     METRICS_FILE,
@@ -29,7 +30,6 @@ from tasks.generation.generate import (
     load_trained_model,
     seed_blocks,
 )
-from tasks.ingest.worker import decode_features
 from tasks.model.train import CARD_FILE, MODEL_FILE, model_dir
 from tasks.status import store_status
 from tasks.store.store import open_store

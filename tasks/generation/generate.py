@@ -305,7 +305,7 @@ def seed_blocks(
         if not seed_audio:
             raise ConfigError("seed kind 'audio' needs --seed-audio FILE")
         from tasks.errors import DecodeError
-        from tasks.ingest.worker import decode_features  # the only place generation decodes audio
+        from tasks.features.stream import decode_features  # the only place generation decodes audio
 
         try:
             features, _, _ = decode_features(seed_audio, features=loaded.features)

@@ -22,7 +22,7 @@ from flows.prefect_tasks import commit_batch, ingest_batch, plan_ingest
 from flows.runtime import heartbeats
 from flows.runtime.cluster import check_cluster_options, cluster_threads, dask_client, default_workers
 from flows.runtime.progress import StageProgress
-from tasks.audio.decode import ffmpeg_binary
+from tasks.audio.ffmpeg import ffmpeg_binary
 from tasks.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, FeatureConfig, IngestConfig
 from tasks.dataset.catalog import display_text
 from tasks.dataset.repository import BatchResult

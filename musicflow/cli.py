@@ -211,7 +211,7 @@ def ingest(
     _use_storage_options(store, storage_options, source, source_options)
     from flows.runtime.cluster import check_cluster_options
     from musicflow.server import ensure_prefect_api
-    from tasks.audio.decode import ffmpeg_binary
+    from tasks.audio.ffmpeg import ffmpeg_binary
     from tasks.config import FeatureConfig
     from tasks.ingest.sources import open_source
     from tasks.store.store import check_writable, open_store
@@ -653,7 +653,7 @@ def pipeline(
 def _run_pipeline(*, source: str, store: str, **options: Any) -> dict[str, Any]:
     from flows.runtime.cluster import check_cluster_options
     from musicflow.server import ensure_prefect_api
-    from tasks.audio.decode import ffmpeg_binary
+    from tasks.audio.ffmpeg import ffmpeg_binary
     from tasks.ingest.sources import open_source
     from tasks.store.store import check_writable, open_store
 
@@ -824,7 +824,7 @@ def demo(
     from rich.console import Console
 
     from musicflow.server import ensure_prefect_api, ui_url
-    from tasks.audio.decode import ffmpeg_binary
+    from tasks.audio.ffmpeg import ffmpeg_binary
     from tasks.audio.synth import write_demo_songs
 
     console = Console(soft_wrap=True)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.audio.decode import encode_audio
+from tasks.audio.encode import encode_audio
 from tasks.config import check_choice
 from tasks.errors import ConfigError
 

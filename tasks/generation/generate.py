@@ -396,7 +396,7 @@ def generate_run(
     validation songs (:mod:`tasks.generation.quality`). ``temperature`` None is the model's
     default (:func:`default_temperature`). Returns the content of ``metrics.json``.
     """
-    from tasks.audio.decode import encode_audio
+    from tasks.audio.encode import encode_audio
     from tasks.generation.quality import continuations, model_song_sets, score_run, seed_seconds
 
     if not 0 < seconds <= MAX_SECONDS:

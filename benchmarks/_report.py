@@ -25,7 +25,8 @@ def ffmpeg_f32_mono(path: Path, *, sample_rate: int, buffered: bool = False) -> 
     """Samples of ``path`` by the decoding speed limit, ``ffmpeg -f f32le -ac 1`` into memory (the
     ffmpeg pydub is configured with). ``buffered``: with ingest's ``-flush_packets 0``
     (``tasks.audio.decode.BUFFERED_OUTPUT``: 32 kB writes, not one per decoded frame)."""
-    from tasks.audio.decode import BUFFERED_OUTPUT, ffmpeg_binary
+    from tasks.audio.decode import BUFFERED_OUTPUT
+    from tasks.audio.ffmpeg import ffmpeg_binary
 
     ffmpeg, extra = ffmpeg_binary(), list(BUFFERED_OUTPUT) if buffered else []
     command = [ffmpeg, "-v", "error", "-i", str(path), "-f", "f32le", "-ac", "1", "-ar", str(sample_rate)]

@@ -327,7 +327,9 @@ def run_plain_dask(collection: Collection, store: Path, *, workers: int, dask_ad
     from tasks.config import FeatureConfig, IngestConfig
     from tasks.dataset import repository as dataset_lib
     from tasks.dataset.catalog import read_catalog
-    from tasks.ingest import worker as ingest_lib
+    from tasks.ingest.plan import make_batches, plan_ingest
+    from tasks.ingest.sources import list_audio_files
+    from tasks.ingest.worker import ingest_batch
     from tasks.store.store import open_store
 
     shutil.rmtree(store, ignore_errors=True)
@@ -335,17 +337,17 @@ def run_plain_dask(collection: Collection, store: Path, *, workers: int, dask_ad
     with Client(dask_address) as client, Clock() as clock:
         store_handle = open_store(str(store))
         dataset_id = dataset_lib.prepare_dataset(store_handle, config)
-        files = ingest_lib.list_audio_files(str(collection.directory))
+        files = list_audio_files(str(collection.directory))
         catalog = read_catalog(store_handle, dataset_lib.dataset_dir(dataset_id))
-        plan = ingest_lib.plan_ingest(files, catalog)
-        batches = ingest_lib.make_batches(
+        plan = plan_ingest(files, catalog)
+        batches = make_batches(
             plan.todo,
             batch_bytes=int(config.batch_mb * 2**20),
             min_batches=BATCHES_PER_WORKER * workers,
             rounds_of=workers,
         )
         futures = [
-            client.submit(ingest_lib.ingest_batch, batch, store_url=str(store), dataset_id=dataset_id,
+            client.submit(ingest_batch, batch, store_url=str(store), dataset_id=dataset_id,
                           config=config, pure=False)
             for batch in batches
         ]  # fmt: skip
@@ -525,7 +527,8 @@ def stage_breakdown(collection: Collection, store_dir: Path, *, rounds: int = 2)
     from tasks.dataset.shards import ShardWriter
     from tasks.dataset.stats import FeatureStats
     from tasks.features.transforms import get_transform
-    from tasks.ingest.worker import keep_freed_memory, sha256_of
+    from tasks.ingest.memory import keep_freed_memory
+    from tasks.ingest.sources import sha256_of
     from tasks.store.store import open_store
 
     keep_freed_memory()  # as ingest_batch does on a worker

@@ -113,7 +113,9 @@ def child_build(spec: dict[str, Any]) -> dict[str, Any]:
     from tasks.config import FeatureConfig, IngestConfig
     from tasks.dataset.catalog import read_catalog
     from tasks.dataset.repository import commit_batch, dataset_dir, prepare_dataset
-    from tasks.ingest.worker import ingest_batch, list_audio_files, make_batches, plan_ingest
+    from tasks.ingest.plan import make_batches, plan_ingest
+    from tasks.ingest.sources import list_audio_files
+    from tasks.ingest.worker import ingest_batch
     from tasks.store.store import open_store
 
     pool, workers = Path(spec["pool"]), int(spec["workers"])
@@ -372,7 +374,7 @@ CHILDREN = {
 
 def run_child_main(task: str, spec_json: str) -> None:
     result = CHILDREN[task](json.loads(spec_json))
-    from tasks.ingest.worker import peak_rss_mb
+    from tasks.ingest.memory import peak_rss_mb
 
     print(json.dumps({**result, "vmhwm_mb": peak_rss_mb()}), flush=True)
 

@@ -22,12 +22,13 @@ from flows.prefect_tasks import commit_batch, ingest_batch, plan_ingest
 from flows.runtime import heartbeats
 from flows.runtime.cluster import check_cluster_options, cluster_threads, dask_client, default_workers
 from flows.runtime.progress import StageProgress
-from tasks.audio.decode import ffmpeg_binary
+from tasks.audio.ffmpeg import ffmpeg_binary
 from tasks.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, FeatureConfig, IngestConfig
 from tasks.dataset.catalog import display_text
 from tasks.dataset.repository import BatchResult
 from tasks.ingest.events import dataset_updated_event, should_announce
-from tasks.ingest.worker import failed_row, make_batches
+from tasks.ingest.plan import make_batches
+from tasks.ingest.worker import failed_row
 from tasks.store.credentials import use_storage
 from tasks.store.store import registered_storage_options
 

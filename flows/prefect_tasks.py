@@ -20,7 +20,9 @@ from tasks.config import IngestConfig, TrainConfig
 from tasks.dataset import repository as dataset_lib
 from tasks.dataset.catalog import CatalogRow
 from tasks.errors import MusicflowError
+from tasks.ingest import plan as plan_lib
 from tasks.ingest import worker as ingest_lib
+from tasks.ingest.sources import SourceFile, list_audio_files
 from tasks.model import train as train_lib
 from tasks.store.store import check_writable, open_store
 
@@ -48,21 +50,21 @@ IO_RETRIES: dict[str, Any] = {
 
 
 @task(name="plan-ingest", **IO_RETRIES)
-def plan_ingest(source: str, store_url: str, config: IngestConfig) -> tuple[str, ingest_lib.IngestPlan]:
+def plan_ingest(source: str, store_url: str, config: IngestConfig) -> tuple[str, plan_lib.IngestPlan]:
     """Check the store, create/check the dataset, list and hash the source, skip known songs."""
     store = open_store(store_url)
     check_writable(store)
     dataset_id = dataset_lib.prepare_dataset(store, config)
     with store.lock(dataset_lib.dataset_dir(dataset_id), dataset_lib.LOCK_FILE):
         dataset_lib.refresh_stats(store, dataset_id)  # heals a run killed between its two commits
-    files = ingest_lib.list_audio_files(source)
+    files = list_audio_files(source)
     catalog = dataset_lib.read_rows(store, dataset_id)
-    return dataset_id, ingest_lib.plan_ingest(files, catalog, retry_failed=config.retry_failed)
+    return dataset_id, plan_lib.plan_ingest(files, catalog, retry_failed=config.retry_failed)
 
 
 @task(name="ingest-batch", **IO_RETRIES)
 def ingest_batch(
-    files: list[ingest_lib.SourceFile],
+    files: list[SourceFile],
     store_url: str,
     dataset_id: str,
     config: IngestConfig,

@@ -211,9 +211,9 @@ def ingest(
     _use_storage_options(store, storage_options, source, source_options)
     from flows.runtime.cluster import check_cluster_options
     from musicflow.server import ensure_prefect_api
-    from tasks.audio.decode import ffmpeg_binary
+    from tasks.audio.ffmpeg import ffmpeg_binary
     from tasks.config import FeatureConfig
-    from tasks.ingest.worker import open_source
+    from tasks.ingest.sources import open_source
     from tasks.store.store import check_writable, open_store
 
     FeatureConfig.for_transform(  # a bad value is one line before any server starts
@@ -478,7 +478,7 @@ def _check_generate_options(
     if temperature is not None and temperature < 0:
         raise ConfigError(f"invalid --temperature {temperature!r}: must be >= 0")
     if seed_audio is not None:
-        from tasks.ingest.worker import open_source
+        from tasks.ingest.sources import open_source
 
         open_source(seed_audio)
 
@@ -653,8 +653,8 @@ def pipeline(
 def _run_pipeline(*, source: str, store: str, **options: Any) -> dict[str, Any]:
     from flows.runtime.cluster import check_cluster_options
     from musicflow.server import ensure_prefect_api
-    from tasks.audio.decode import ffmpeg_binary
-    from tasks.ingest.worker import open_source
+    from tasks.audio.ffmpeg import ffmpeg_binary
+    from tasks.ingest.sources import open_source
     from tasks.store.store import check_writable, open_store
 
     _check_generate_options(options["seconds"], options["count"], options["temperature"], None)
@@ -824,7 +824,7 @@ def demo(
     from rich.console import Console
 
     from musicflow.server import ensure_prefect_api, ui_url
-    from tasks.audio.decode import ffmpeg_binary
+    from tasks.audio.ffmpeg import ffmpeg_binary
     from tasks.audio.synth import write_demo_songs
 
     console = Console(soft_wrap=True)

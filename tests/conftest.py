@@ -101,7 +101,7 @@ def long_mp3() -> bytes:
     """~20 s of a chord as mp3, for the truncation and corruption tests."""
     import numpy as np
 
-    from tasks.audio.decode import encode_audio
+    from tasks.audio.encode import encode_audio
 
     t = np.arange(20 * 44100) / 44100
     chord = sum(np.sin(2 * np.pi * f * t) for f in (220.0, 277.2, 329.6)) / 4

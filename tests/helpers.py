@@ -14,13 +14,14 @@ from typing import Any
 import numpy as np
 
 from flows import prefect_tasks
-from tasks.audio.decode import encode_audio
+from tasks.audio.encode import encode_audio
 from tasks.config import IngestConfig
 from tasks.dataset.catalog import read_catalog
 from tasks.dataset.repository import commit_batch, dataset_dir, read_stats
 from tasks.dataset.shards import read_blocks
 from tasks.dataset.stats import FeatureStats, merge_all
-from tasks.ingest.worker import ingest_batch, make_batches
+from tasks.ingest.plan import make_batches
+from tasks.ingest.worker import ingest_batch
 from tasks.store.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -205,7 +206,7 @@ def native_threads_started_by(setup: str, action: str) -> list[str]:
 
 def ffmpeg(*args: str) -> None:
     """Run ffmpeg quietly (test material is made with ffmpeg itself)."""
-    from tasks.audio.decode import ffmpeg_binary
+    from tasks.audio.ffmpeg import ffmpeg_binary
 
     subprocess.run([ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-y", *args], check=True)
 

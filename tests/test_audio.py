@@ -1,4 +1,4 @@
-"""Tests for tasks.audio.decode: decoding with ffmpeg to float32 mono, encoding with pydub.
+"""Tests for tasks.audio (decode, verdict, encode): decoding with ffmpeg to float32 mono, encoding with pydub.
 
 Inputs are made here, with encode_audio or ffmpeg itself, from signals with known
 answers (the mono mix of a known stereo pair, a sine's frequency after resampling).
@@ -19,7 +19,9 @@ import pytest
 from helpers import corrupt_frames, mostly_garbage, write_vbr_without_header
 from pydub import AudioSegment
 
-from tasks.audio.decode import DecodedAudio, decode_audio, decode_command, encode_audio, ffmpeg_binary
+from tasks.audio.decode import DecodedAudio, decode_audio, decode_command
+from tasks.audio.encode import encode_audio
+from tasks.audio.ffmpeg import ffmpeg_binary
 from tasks.errors import DecodeError, DecoderMissingError, MusicflowError
 
 SAMPLE_RATE = 44100
@@ -475,7 +477,7 @@ def test_decode_timeout_grows_with_the_file() -> None:
     ],
 )  # fmt: skip
 def test_decode_policy(facts: dict, verdict: str | None) -> None:
-    from tasks.audio.decode import judge_decode
+    from tasks.audio.verdict import judge_decode
 
     arguments = {"decoded_seconds": 10.0, "stated_seconds": None, "stated_exact": True, "errors": [],
                  "n_errors": 0, "packets": None, "frames": None, **facts}  # fmt: skip

@@ -1,5 +1,5 @@
 """Unit tests of the catalog (tasks/dataset/catalog.py), FeatureStats (tasks/dataset/stats.py) and the
-planning half of ingest (tasks/ingest/worker.py: list_audio_files, plan_ingest, make_batches,
+planning half of ingest (tasks/ingest/sources.py, plan.py: list_audio_files, plan_ingest, make_batches,
 refresh_stats) — plain functions, no Prefect, no Dask, no decoding."""
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ from tasks.dataset.repository import STATS_FILE, dataset_dir, prepare_dataset, r
 from tasks.dataset.shards import ShardWriter
 from tasks.dataset.stats import FeatureStats, merge_all
 from tasks.errors import ConfigError
-from tasks.ingest import worker as ingest
-from tasks.ingest.worker import SourceFile, list_audio_files, make_batches, plan_ingest
+from tasks.ingest import plan as planning
+from tasks.ingest.plan import make_batches, plan_ingest
+from tasks.ingest.sources import SourceFile, list_audio_files
 from tasks.store.store import open_store
 
 DIR = "datasets/d1"
@@ -396,13 +397,13 @@ def test_known_files_are_recognised_without_hashing(
 ) -> None:
     catalog = [_row_for(listed[0]), _row_for(listed[2])]
     hashed: list[str] = []
-    real = ingest.sha256_of
+    real = planning.sha256_of
 
     def spy(uri: str) -> str:
         hashed.append(os.path.basename(uri))
         return real(uri)
 
-    monkeypatch.setattr(ingest, "sha256_of", spy)
+    monkeypatch.setattr(planning, "sha256_of", spy)
     plan = plan_ingest(listed, catalog)
     assert sorted(hashed) == ["b.mp3", "d.mp3"]  # a and c are known by (uri, size, mtime)
     assert {os.path.basename(item.uri): item.song_id for item in plan.known} == {

@@ -17,7 +17,9 @@ from tasks.dataset.catalog import read_catalog
 from tasks.dataset.repository import STATS_FILE, commit_batch, dataset_dir, prepare_dataset
 from tasks.dataset.shards import stats_name
 from tasks.dataset.stats import FeatureStats
-from tasks.ingest.worker import ingest_batch, list_audio_files, plan_ingest
+from tasks.ingest.plan import plan_ingest
+from tasks.ingest.sources import list_audio_files
+from tasks.ingest.worker import ingest_batch
 from tasks.store.store import open_store
 
 ROOT = Path(__file__).resolve().parents[1]

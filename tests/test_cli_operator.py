@@ -50,7 +50,8 @@ def test_help_imports_none_of_the_dsp_ml_stack(args: list[str]) -> None:
 _WORKER_MODULES = """
 import json, sys
 from tasks.config import FeatureConfig
-from tasks.ingest.worker import featurise_stream, ingest_batch
+from tasks.features.stream import featurise_stream
+from tasks.ingest.worker import ingest_batch
 rows = []
 featurise_stream(sys.argv[1], features=FeatureConfig(), sink=rows.append)
 assert rows

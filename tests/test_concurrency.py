@@ -98,7 +98,9 @@ def test_two_runs_at_once_commit_every_song_once(tmp_path: Path) -> None:
 def test_overlapping_batches_keep_stats_exact(tmp_path: Path, demo_songs: list[Path]) -> None:
     from tasks.config import IngestConfig
     from tasks.dataset.repository import commit_batch, prepare_dataset
-    from tasks.ingest.worker import hash_files, ingest_batch, list_audio_files
+    from tasks.ingest.plan import hash_files
+    from tasks.ingest.sources import list_audio_files
+    from tasks.ingest.worker import ingest_batch
 
     store_url = str(tmp_path / "store")
     store = open_store(store_url)

@@ -62,7 +62,8 @@ def test_intermittent_storage_failures_are_retried(
     from flows import prefect_tasks
     from tasks.config import IngestConfig
     from tasks.dataset.repository import prepare_dataset
-    from tasks.ingest.worker import list_audio_files, make_batches, plan_ingest
+    from tasks.ingest.plan import make_batches, plan_ingest
+    from tasks.ingest.sources import list_audio_files
 
     fsspec.register_implementation("flaky", FlakyFileSystem, clobber=True)
     source = tmp_path / "songs"

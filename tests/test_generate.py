@@ -16,9 +16,10 @@ import pytest
 from conftest import TINY_BLOCK
 from helpers import write_periodic_songs
 
-from tasks.audio.decode import encode_audio
+from tasks.audio.encode import encode_audio
 from tasks.dataset.repository import dataset_dir
 from tasks.errors import ConfigError, StoreError
+from tasks.features.stream import decode_features
 from tasks.generation.generate import (
     MAX_SECONDS,
     generate_blocks,
@@ -27,7 +28,6 @@ from tasks.generation.generate import (
     seed_blocks,
 )
 from tasks.generation.runs import METRICS_FILE
-from tasks.ingest.worker import decode_features
 from tasks.model.repository import CARD_FILE, MODEL_FILE, ModelMismatchError, load_trained_model, model_dir
 from tasks.status import store_status
 from tasks.store.store import open_store
@@ -430,10 +430,10 @@ def test_failure_mid_run_leaves_no_complete_looking_run(
 def test_failure_in_the_encoder_leaves_no_metrics(
     model_store: tuple[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tasks.audio.decode
+    import tasks.audio.encode
 
     store = model_store[0]
-    real = tasks.audio.decode.encode_audio
+    real = tasks.audio.encode.encode_audio
     calls = []
 
     def failing_mp3(audio: np.ndarray, **kwargs: Any) -> bytes:
@@ -442,7 +442,7 @@ def test_failure_in_the_encoder_leaves_no_metrics(
             raise RuntimeError("lame crashed")
         return real(audio, **kwargs)
 
-    monkeypatch.setattr(tasks.audio.decode, "encode_audio", failing_mp3)
+    monkeypatch.setattr(tasks.audio.encode, "encode_audio", failing_mp3)
     with pytest.raises(RuntimeError, match="lame crashed"):
         generate_run(open_store(store), seconds=0.2, run_id="no-mp3")
     assert calls == ["wav", "mp3"]

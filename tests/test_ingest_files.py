@@ -20,7 +20,9 @@ from tasks.dataset.catalog import read_catalog
 from tasks.dataset.repository import commit_batch, dataset_dir, prepare_dataset, read_rows
 from tasks.features.transforms import get_transform
 from tasks.ingest import worker as ingest
-from tasks.ingest.worker import SourceFile, ingest_batch, list_audio_files, plan_ingest
+from tasks.ingest.plan import plan_ingest
+from tasks.ingest.sources import SourceFile, list_audio_files, sha256_of
+from tasks.ingest.worker import ingest_batch
 from tasks.store.store import open_store
 
 CONFIG = IngestConfig()
@@ -151,7 +153,7 @@ def test_any_exception_while_handling_a_file_is_its_failed_row(
     rows = run_batch(list_audio_files(str(source)), store_url)
     assert [row.ok for row in rows] == [True, False, True]
     assert rows[1].error == "ValueError: a bug in the featurizer"
-    assert rows[1].song_id == ingest.sha256_of(str(source / demo_songs[1].name))  # its content, hashed
+    assert rows[1].song_id == sha256_of(str(source / demo_songs[1].name))  # its content, hashed
 
 
 def test_a_stalled_read_times_out(
@@ -190,7 +192,7 @@ def test_streamed_features_equal_the_whole_song_transform(
 _FAULTS = """
 import resource
 import numpy as np
-from tasks.ingest.worker import keep_freed_memory
+from tasks.ingest.memory import keep_freed_memory
 
 def faults():
     start = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -1,10 +1,12 @@
-"""Decoding any ffmpeg-readable file to float32 mono, and encoding audio back.
+"""Decoding any ffmpeg-readable file to float32 mono, whole or chunk by chunk.
 
 Decoding calls the ffmpeg binary that pydub is configured with
-(``pydub.AudioSegment.converter``) directly and reads 32-bit float WAV from
-its stdout: no temporary files, no int16 round trip, and 1.4x faster than
-``AudioSegment.from_file`` (see ``benchmarks/bench_ingest.py``). pydub stays
-our encoder (mp3 export) and the single place the ffmpeg path is configured.
+(:func:`tasks.audio.ffmpeg.ffmpeg_binary`) directly and reads 32-bit float WAV
+from its stdout: no temporary files, no int16 round trip, and 1.4x faster than
+``AudioSegment.from_file`` (see ``benchmarks/bench_ingest.py``). Files ffmpeg
+cannot open, or decodes badly, are read with libsndfile when it can. Whether a
+decode is kept is :mod:`tasks.audio.verdict`'s policy; encoding is
+:mod:`tasks.audio.encode`.
 """
 
 from __future__ import annotations
@@ -12,29 +14,19 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import re
-import shutil
 import subprocess
 import tempfile
 import threading
-import warnings
-from collections.abc import Generator, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
 import numpy as np
 
-with warnings.catch_warnings():
-    # pydub warns at import when ffmpeg is missing; ffmpeg_binary() raises a clearer error.
-    warnings.filterwarnings("ignore", message="Couldn't find ffmpeg", category=RuntimeWarning)
-    from pydub import AudioSegment
+from tasks.audio.ffmpeg import ffmpeg_binary
+from tasks.audio.verdict import TRUNCATION_TOLERANCE_S, judge_decode, read_log, summarise
+from tasks.errors import DecodeError
 
-from tasks.errors import DecodeError, DecoderMissingError
-
-INSTALL_HINT = (
-    "install it with `apt-get install ffmpeg` (Debian/Ubuntu), `brew install ffmpeg` (macOS) "
-    "or `conda install -c conda-forge ffmpeg`, or point pydub.AudioSegment.converter at it"
-)
 _READ_BYTES = 1 << 20  # ffmpeg output read per chunk: 262144 float32 samples, 6 s at 44.1 kHz
 # ffmpeg's stdout pipe holds this much (Linux's default is 64 kB, 0.7 s at 22.05 kHz): ffmpeg decodes
 # the next chunk while the reader featurises and writes this one, instead of waiting for it.
@@ -43,21 +35,6 @@ PIPE_BYTES = 1 << 20
 # pipe: a 2.3 kB write, and a reader wake-up, per mp3 frame at 22.05 kHz). On the drascula songs
 # as mp3, decoding and reading alone: ffmpeg 6.2 -> 5.5 CPU s, the reader 0.97 -> 0.35 s.
 BUFFERED_OUTPUT = ("-flush_packets", "0")
-_ERROR_LEVEL = re.compile(r"\[(?:error|fatal|panic)\] ")
-_CONTEXT = re.compile(r"\[(?:error|fatal|panic|warning|info|verbose)\] |\[[\w:/.#-]+ @ 0x[0-9a-f]+\] ")
-_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
-_INPUT_AUDIO = re.compile(r"Stream #0:\d+\S*: Audio: (.*)")
-_FINAL_STATS = re.compile(r"Input stream #0:\d+ \(audio\): (\d+) packets read .*?; (\d+) frames decoded")
-_LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "downmix": 2, "quad": 4, "hexagonal": 6, "octagonal": 8}
-# ffmpeg warns so when a container has no exact length (an mp3 without a Xing/Info header).
-_ESTIMATED = "Estimating duration from bitrate"
-# A decode that stops this much short of the container's stated (exact) length is a truncated file.
-_TRUNCATION_TOLERANCE_S = 0.5
-# With decode errors, the least share of the stream that must decode for the song to be kept:
-# of an exact stated length (errors conceal a few frames, they do not lose a tenth of a song),
-# and of ffmpeg's estimates (bitrate-based length, packets that decoded), which are rougher.
-MIN_DECODED_OF_EXACT = 0.9
-MIN_DECODED_OF_ESTIMATE = 0.5
 # ffmpeg's mono mix: the mean of the channels, (L + R) / 2 for stereo, for up to 64 channels
 # ("<" renormalises the gains over the channels the input has; -ac 1 would weight them otherwise).
 MONO_MIX = "aformat=sample_fmts=flt|fltp,pan=mono|c0<" + "+".join(f"c{index}" for index in range(64))
@@ -97,14 +74,6 @@ class DecodedAudio:
         return self.samples.shape[0] / self.sample_rate
 
 
-def ffmpeg_binary() -> str:
-    """Path of the ffmpeg pydub uses; :class:`DecoderMissingError` when there is none."""
-    found = shutil.which(AudioSegment.converter)
-    if found is None:
-        raise DecoderMissingError(f"ffmpeg not found (looked for {AudioSegment.converter!r}): {INSTALL_HINT}")
-    return found
-
-
 # Formats libsndfile reads and ffmpeg has no demuxer for (ffmpeg may misread them as another).
 _SNDFILE_ONLY = frozenset({"MAT4", "MAT5", "PVF", "XI", "HTK", "SDS", "AVR", "SD2", "MPC2K", "PAF", "WVE"})
 
@@ -127,8 +96,8 @@ class AudioStream:
       without a Xing/Info header); a file is truncated when its container
       states an exact length that the decode falls short of;
     - a decode with errors is kept, with ``warnings``, when most of the stream
-      decoded (:data:`MIN_DECODED_OF_EXACT` of an exact length,
-      :data:`MIN_DECODED_OF_ESTIMATE` of estimates), and fails otherwise;
+      decoded (:data:`~tasks.audio.verdict.MIN_DECODED_OF_EXACT` of an exact length,
+      :data:`~tasks.audio.verdict.MIN_DECODED_OF_ESTIMATE` of estimates), and fails otherwise;
     - a file ffmpeg cannot open, or decodes badly, is read with libsndfile when
       libsndfile can open it (after a bad partial decode, :class:`DecoderFallback`
       tells the consumer to start again with ``decoder="libsndfile"``).
@@ -199,14 +168,14 @@ class AudioStream:
                 stdout=subprocess.PIPE,
                 stderr=log,
             )
-            feeder = _feed_stdin(process, bytes(self.source)) if piped else None  # type: ignore[arg-type]
+            feeder = _feed_stdin(process, [bytes(self.source)]) if piped else None  # type: ignore[arg-type]
             returncode = yield from self._pump(process, feeder)
             log.seek(0)
-            facts = _read_log(log)
+            facts = read_log(log)
         self.channels = facts.channels
         errors = facts.errors
         if self.n_samples == 0:
-            raise DecodeError(_summarise(errors) or f"ffmpeg exited with code {returncode}")
+            raise DecodeError(summarise(errors) or f"ffmpeg exited with code {returncode}")
         if returncode != 0 and not errors:
             errors = [f"ffmpeg exited with code {returncode}"]
         self.warnings = judge_decode(
@@ -284,7 +253,7 @@ class AudioStream:
                 decoded = yield from self._resampled(ffmpeg, mono_chunks(), native)
         if self.n_samples == 0:
             raise DecodeError("libsndfile read no samples")
-        if expected and decoded < expected - _TRUNCATION_TOLERANCE_S * native:
+        if expected and decoded < expected - TRUNCATION_TOLERANCE_S * native:
             raise DecodeError(
                 f"truncated: decoded {decoded / native:.2f} s "
                 f"of the {expected / native:.2f} s the file states"
@@ -301,21 +270,12 @@ class AudioStream:
         )
         counted = [0]
 
-        def feed() -> None:
-            assert process.stdin is not None
-            try:
-                for chunk in chunks:
-                    counted[0] += chunk.shape[0]
-                    process.stdin.write(chunk.astype("<f4").tobytes())
-            except (BrokenPipeError, OSError):
-                pass
-            finally:
-                with contextlib.suppress(OSError):
-                    process.stdin.close()
+        def pcm() -> Iterator[bytes]:
+            for chunk in chunks:
+                counted[0] += chunk.shape[0]
+                yield chunk.astype("<f4").tobytes()
 
-        feeder = threading.Thread(target=feed, daemon=True)
-        feeder.start()
-        yield from self._pump(process, feeder)
+        yield from self._pump(process, _feed_stdin(process, pcm()))
         return counted[0]
 
     def _pump(
@@ -340,7 +300,7 @@ class AudioStream:
 def decode_command(ffmpeg: str, target: str, *, sample_rate: int) -> list[str]:
     """ffmpeg's command line that decodes ``target``'s first audio stream to float32 mono at
     ``sample_rate`` on its stdout (:data:`MONO_MIX`, :data:`BUFFERED_OUTPUT`), logging what
-    :func:`_read_log` reads (each line with its level) on stderr."""
+    :func:`~tasks.audio.verdict.read_log` reads (each line with its level) on stderr."""
     return [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "level+verbose", "-i", target,
             "-map", "0:a:0", "-map_metadata", "-1", "-af", MONO_MIX, "-ar", str(sample_rate),
             "-c:a", "pcm_f32le", *BUFFERED_OUTPUT, "-f", "f32le", "pipe:1"]  # fmt: skip
@@ -356,67 +316,6 @@ def widen_pipe(fd: int, n_bytes: int = PIPE_BYTES) -> int:
         return int(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ))
     except (ImportError, AttributeError, OSError):  # not Linux, or above /proc/sys/fs/pipe-max-size
         return 0
-
-
-def judge_decode(
-    *,
-    decoded_seconds: float,
-    stated_seconds: float | None,
-    stated_exact: bool,
-    errors: list[str],
-    n_errors: int,
-    packets: int | None,
-    frames: int | None,
-    size_seconds: float | None = None,
-    strict: bool = False,
-) -> str | None:
-    """The decode policy (see :class:`AudioStream`): the warnings of a kept song, or :class:`DecodeError`.
-
-    ``stated_seconds`` is the container's length (``stated_exact`` False when
-    ffmpeg only estimated it from the bitrate); ``packets`` and ``frames`` are
-    ffmpeg's counts of packets read and frames decoded; ``size_seconds`` is
-    the file's size at the stream's bitrate (an estimate too).
-    """
-    short = (
-        stated_seconds is not None
-        and decoded_seconds < stated_seconds - _TRUNCATION_TOLERANCE_S - 0.02 * stated_seconds
-    )
-    detail = f" ({_summarise(errors)})" if errors else ""
-    truncated = (
-        f"truncated: decoded {decoded_seconds:.2f} s of the {stated_seconds or 0:.2f} s "
-        f"the file states{detail}"
-    )
-    if strict:
-        if short:
-            raise DecodeError(truncated)
-        if errors:
-            raise DecodeError(f"corrupt audio: {_summarise(errors)}")
-        return None
-    if not errors:
-        if short and stated_exact:
-            raise DecodeError(truncated)
-        return None
-    shares = []
-    if stated_seconds:
-        shares.append(decoded_seconds / stated_seconds)
-    if packets:
-        shares.append((frames or 0) / packets)
-    if size_seconds:
-        shares.append(decoded_seconds / size_seconds)
-    share = min(1.0, *shares) if shares else 1.0
-    exact_share = decoded_seconds / stated_seconds if stated_exact and stated_seconds else None
-    if exact_share is not None and exact_share < MIN_DECODED_OF_EXACT:
-        if n_errors <= 2:  # a clean cut, or one broken frame where the file ends
-            raise DecodeError(truncated)
-        raise DecodeError(
-            f"corrupt audio: mostly undecodable, {exact_share:.0%} of the stated length decoded{detail}"
-        )
-    if share < MIN_DECODED_OF_ESTIMATE:
-        raise DecodeError(
-            f"corrupt audio: mostly undecodable, about {share:.0%} of the stream decoded{detail}"
-        )
-    count = f"{n_errors} decode error{'s' if n_errors != 1 else ''}"
-    return f"{count} concealed, {share:.0%} of the stream decoded: {_summarise(errors)}"
 
 
 def decode_audio(
@@ -458,67 +357,6 @@ def decode_audio(
     )
 
 
-@dataclass(frozen=True)
-class _LogFacts:
-    errors: list[str]
-    n_errors: int
-    estimated: bool
-    stated_seconds: float | None
-    channels: int
-    packets: int | None
-    frames: int | None
-    kbps: float | None
-
-
-def _read_log(log: IO[bytes], *, keep_errors: int = 20) -> _LogFacts:
-    """What ffmpeg's ``level+verbose`` log says, read line by line (a garbage file logs a lot)."""
-    errors: list[str] = []
-    n_errors = 0
-    estimated = False
-    stated = None
-    channels = 0
-    kbps = None
-    packets = frames = None
-    in_input = True
-    for raw in log:
-        line = raw.decode("utf-8", "replace").rstrip()
-        if _ERROR_LEVEL.search(line):
-            n_errors += 1
-            if len(errors) < keep_errors:
-                errors.append(_CONTEXT.sub("", line).strip())
-            continue
-        if line.startswith("[info] Output #0") or "Output #0," in line:
-            in_input = False
-        if _ESTIMATED in line:
-            estimated = True
-        if in_input and stated is None and (match := _DURATION.search(line)):
-            hours, minutes, seconds = match.groups()
-            stated = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-        if in_input and not channels and (match := _INPUT_AUDIO.search(line)):
-            channels = _layout_channels(match.group(1))
-            if rate := re.search(r", (\d+(?:\.\d+)?) kb/s", match.group(1)):
-                kbps = float(rate.group(1))
-        if packets is None and (match := _FINAL_STATS.search(line)):
-            packets, frames = int(match.group(1)), int(match.group(2))
-    return _LogFacts(errors, n_errors, estimated, stated, channels, packets, frames, kbps)
-
-
-def _layout_channels(description: str) -> int:
-    """Channels of ffmpeg's stream description, e.g. ``mp3, 44100 Hz, stereo, fltp, 128 kb/s``."""
-    fields = [field.strip() for field in description.split(", ")]
-    for index, field in enumerate(fields[:-1]):
-        if field.endswith(" Hz"):
-            layout = fields[index + 1]
-            if match := re.match(r"(\d+) channels", layout):
-                return int(match.group(1))
-            name = layout.split("(")[0]
-            if name in _LAYOUT_CHANNELS:
-                return _LAYOUT_CHANNELS[name]
-            if match := re.match(r"(\d+)\.(\d+)$", name):
-                return int(match.group(1)) + int(match.group(2))
-    return 0
-
-
 def _kill(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(OSError):
         process.kill()
@@ -553,27 +391,14 @@ class _Watchdog:
         self._timer.cancel()
 
 
-def encode_audio(
-    samples: np.ndarray, *, sample_rate: int, format: str = "mp3", bitrate: str = "192k"
-) -> bytes:
-    """Encode float mono or ``[n_samples, channels]`` audio in [-1, 1] with pydub/ffmpeg.
+def _feed_stdin(process: subprocess.Popen[bytes], pieces: Iterable[bytes]) -> threading.Thread:
+    """Write ``pieces`` to ``process``'s stdin from a daemon thread, then close it; the thread."""
 
-    ``format="wav"`` gives 16-bit PCM. Returns the encoded bytes.
-    """
-    ffmpeg_binary()
-    frames = np.atleast_2d(np.asarray(samples, dtype=np.float32).T).T
-    pcm = (np.clip(frames, -1.0, 1.0) * 32767.0).round().astype("<i2")
-    segment = AudioSegment(pcm.tobytes(), frame_rate=sample_rate, sample_width=2, channels=frames.shape[1])
-    buffer = io.BytesIO()
-    segment.export(buffer, format=format, bitrate=bitrate if format != "wav" else None)
-    return buffer.getvalue()
-
-
-def _feed_stdin(process: subprocess.Popen[bytes], payload: bytes) -> threading.Thread:
     def feed() -> None:
         assert process.stdin is not None
         try:
-            process.stdin.write(payload)
+            for piece in pieces:
+                process.stdin.write(piece)
         except (BrokenPipeError, OSError):
             pass  # ffmpeg stopped reading (bad input): its exit code says why
         finally:
@@ -583,11 +408,3 @@ def _feed_stdin(process: subprocess.Popen[bytes], payload: bytes) -> threading.T
     thread = threading.Thread(target=feed, daemon=True)
     thread.start()
     return thread
-
-
-def _summarise(errors: list[str]) -> str:
-    if not errors:
-        return ""
-    distinct = list(dict.fromkeys(errors))
-    more = f" (+{len(distinct) - 1} more)" if len(distinct) > 1 else ""
-    return distinct[0][:300] + more

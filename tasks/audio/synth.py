@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from tasks.audio.decode import encode_audio
+from tasks.audio.encode import encode_audio
 from tasks.config import check_choice
 from tasks.errors import ConfigError
 
-# Semitone offsets of a few chord progressions (I-V-vi-IV and friends) in a major key.
 DEMO_FORMATS = ("mp3", "wav", "ogg", "flac")
+# Semitone offsets of a few chord progressions (I-V-vi-IV and friends) in a major key.
 _PROGRESSIONS = ((0, 7, 9, 5), (0, 5, 7, 5), (9, 5, 0, 7), (0, 9, 5, 7))
 _MAJOR_SCALE = (0, 2, 4, 5, 7, 9, 11)
 _MAJOR_TRIAD = (0, 4, 7)

@@ -1,4 +1,8 @@
-"""Audio <-> feature blocks: framing, the FFT transforms and their inverses.
+"""The GRUV path's maths: audio <-> feature blocks, framing, the FFT transforms and their inverses.
+
+These are the ``rfft``/``fft`` block transforms (:class:`tasks.features.transforms.BlockTransform`),
+kept from the seed project; the default transform is log-mel ``stft`` frames
+(:class:`tasks.features.transforms.SpectralTransform`), which does not use this module.
 
 All functions are pure numpy/scipy; shapes are given as ``[n_blocks, ...]``.
 """

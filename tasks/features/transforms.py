@@ -1,5 +1,10 @@
 """Feature transforms: audio <-> rows of features, one class per ``FeatureConfig.transform``.
 
+``stft`` (:class:`SpectralTransform`, log-mel frames) is the default
+(:data:`tasks.config.DEFAULT_TRANSFORM`: what the flows and the CLI use unless told
+otherwise); ``rfft``/``fft`` (:class:`BlockTransform`) are the seed's GRUV blocks
+(:mod:`tasks.features.blocks`).
+
 A transform is the only place that knows what a row of a shard means. The rest
 of the pipeline (ingest, shards, statistics, windows, training, generation)
 asks :func:`get_transform` for the dataset's transform and never branches on
@@ -9,7 +14,7 @@ its name::
     rows = transform.forward(samples)            # [n_frames, n_features] float32
     audio = transform.inverse(rows)              # [n_samples] float32
 
-Ingest featurises songs chunk by chunk with a :class:`Featurizer`, so a worker
+Ingest featurises songs chunk by chunk with a :class:`Featurizer` (:mod:`tasks.features.stream`), so a worker
 never holds a whole decoded song; pushing any split of a signal and then
 calling ``finish`` gives exactly ``forward`` of the whole signal.
 """
@@ -92,7 +97,8 @@ class Transform(ABC):
 
 
 class BlockTransform(Transform):
-    """The seed's method: consecutive non-overlapping blocks, each one FFT (``rfft`` or ``fft``).
+    """The GRUV path (the seed's method): consecutive non-overlapping blocks, each one FFT
+    (``rfft`` or ``fft``).
 
     The last block is zero-padded. See :func:`tasks.features.blocks.blocks_to_features`.
     """
@@ -232,7 +238,8 @@ def mel_basis(sample_rate: int, n_fft: int, n_mels: int) -> tuple[np.ndarray, np
 
 
 class SpectralTransform(Transform):
-    """Log-(mel-)magnitude of Hann-windowed overlapping frames; the inverse reconstructs the phase.
+    """The default transform, ``stft``: log-(mel-)magnitude of Hann-windowed overlapping frames;
+    the inverse reconstructs the phase.
 
     Frame ``t`` is centred on sample ``t * hop_length`` (the signal is zero-padded by
     ``n_fft / 2`` on each side, as ``librosa.stft(center=True, pad_mode="constant")``), and there
@@ -377,12 +384,10 @@ class SpectralTransform(Transform):
                 **options,
             ).astype(np.float32)
         angles = np.exp(2j * np.pi * rng.random(target.shape)).astype(np.complex64)
-        pinned = None
-        if known is not None:
-            # The phases of the audio already made, held for the frames it fully covers.
-            head = librosa.stft(known, pad_mode="constant", **options)[:, : known.size // hop - n_fft // hop]
-            pinned = head / np.maximum(np.abs(head), 1e-16)
-            angles[:, : pinned.shape[1]] = pinned
+        # The phases of the audio already made, held for the frames it fully covers.
+        head = librosa.stft(known, pad_mode="constant", **options)[:, : known.size // hop - n_fft // hop]
+        pinned = head / np.maximum(np.abs(head), 1e-16)
+        angles[:, : pinned.shape[1]] = pinned
         momentum = 0.99
         previous = np.zeros_like(angles)
         for _ in range(n_iter):
@@ -390,8 +395,7 @@ class SpectralTransform(Transform):
             rebuilt = librosa.stft(audio, pad_mode="constant", **options)
             angles = rebuilt - (momentum / (1 + momentum)) * previous
             angles /= np.abs(angles) + 1e-16
-            if pinned is not None:
-                angles[:, : pinned.shape[1]] = pinned
+            angles[:, : pinned.shape[1]] = pinned
             previous = rebuilt
         return librosa.istft(target * angles, length=length, **options).astype(np.float32)
 

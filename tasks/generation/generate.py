@@ -14,11 +14,12 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from tasks.audio import decode  # decode.encode_audio: tests replace the encoder in its module
+from tasks.audio import encode  # encode.encode_audio: tests replace the encoder in its module
 from tasks.config import TrainConfig
 from tasks.dataset.repository import read_rows, read_song
 from tasks.errors import ConfigError, DecodeError, MusicflowError, StoreError
 from tasks.features.blocks import frame_blocks
+from tasks.features.stream import decode_features  # the only place generation decodes audio
 from tasks.features.transforms import get_transform
 from tasks.generation.evaluate import SongSet, continuations, model_song_sets, score_run, seed_seconds
 from tasks.generation.metrics import (
@@ -28,7 +29,6 @@ from tasks.generation.metrics import (
     reference_distribution,
 )
 from tasks.generation.runs import METRICS_FILE, new_run_id, run_dir
-from tasks.ingest.worker import decode_features  # the only place generation decodes audio
 from tasks.model.network import group_steps, sample_step, ungroup_steps
 from tasks.model.repository import LoadedModel, load_trained_model, resolve_model
 from tasks.store.store import Store, check_writable
@@ -386,7 +386,7 @@ def write_clip(store: Store, run_id: str, name: str, audio: np.ndarray, *, sampl
     """Write ``<name>.wav``, ``.mp3`` and ``.png`` (spectrogram) into the run folder; their names."""
     directory = run_dir(run_id)
     for audio_format in ("wav", "mp3"):
-        encoded = decode.encode_audio(audio, sample_rate=sample_rate, format=audio_format)
+        encoded = encode.encode_audio(audio, sample_rate=sample_rate, format=audio_format)
         store.write_bytes(encoded, directory, f"{name}.{audio_format}")
     title = f"{run_id} {name}"
     store.write_bytes(spectrogram_png(audio, sample_rate=sample_rate, title=title), directory, f"{name}.png")

@@ -64,12 +64,15 @@ class Store:
         On a local disk: write a temporary sibling, then rename over. On object
         stores a single PUT is already atomic.
         """
-        path = self.path(*parts)
+        self._write_whole(self.path(*parts), data)
+
+    def _write_whole(self, path: str, data: bytes) -> None:
+        """:meth:`write_bytes` at a path as the filesystem names it."""
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
         if not self.is_local:
             self.fs.pipe_file(path, data)
             return
-        partial = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        partial = _partial_name(path)
         try:
             self.fs.pipe_file(partial, data)
             self.fs.mv(partial, path)
@@ -109,7 +112,7 @@ class Store:
         if not self.is_local:
             check_conditional_writes(self)
             return _put_if_absent(self.fs, path, data)
-        partial = f"{path}.tmp-{uuid.uuid4().hex[:8]}"
+        partial = _partial_name(path)
         with open(partial, "wb") as handle:
             handle.write(data)
         try:
@@ -250,17 +253,15 @@ class HeldLock:
                 if holder is None or holder.get("token") != self.token:
                     self.lost = True
                     return
-                renewed = _owner(self.token)
-                if self.store.is_local:
-                    partial = f"{self.path}.tmp-{uuid.uuid4().hex[:8]}"
-                    with open(partial, "wb") as handle:
-                        handle.write(renewed)
-                    os.replace(partial, self.path)
-                else:
-                    self.store.fs.pipe_file(self.path, renewed)
+                self.store._write_whole(self.path, _owner(self.token))
                 self.renewals += 1
             except OSError:
                 continue  # a glitch: the next beat tries again, well before the lock goes stale
+
+
+def _partial_name(path: str) -> str:
+    """A temporary sibling of ``path``, written whole before it takes the final name."""
+    return f"{path}.tmp-{uuid.uuid4().hex[:8]}"
 
 
 def _owner(token: str) -> bytes:

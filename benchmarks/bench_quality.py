@@ -256,7 +256,7 @@ def featurizer_ratio(songs: Path) -> tuple[float, float]:
 
 def spectrogram_figure(results: list[dict[str, Any]], path: Path, *, seconds: float = 10.0) -> None:
     """A training song's spectrogram above the first clip of each path, from one collection's stores
-    (the README's figure)."""
+    (the figure in docs/quality.md)."""
     import matplotlib
 
     matplotlib.use("Agg")

@@ -226,7 +226,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The default, for stft datasets: a 4-component mixture density over the next 4 log-mel frames
     # (46 ms), 64 steps (3 s) of context, noise and dropout on the inputs so that it continues from
     # its own samples. Chosen by the quality score on the demo songs and drascula-music
-    # (README, "Sound").
+    # (docs/benchmarks.md, "Quality: the default against the GRUV path").
     "spectral": {
         "hidden": 256,
         "layers": 2,

@@ -39,7 +39,7 @@ SEED_KINDS = ("validation", "audio", "noise")
 
 # Sampling temperature of distribution models when none is given (1 = the learnt spread): 0.7 keeps
 # the loudness of the songs (1.0 is ~9 dB louder: every quiet band sampled up) at the best quality
-# (README, "Sound").
+# (docs/benchmarks.md, "Quality: the default against the GRUV path").
 DEFAULT_SAMPLING_TEMPERATURE = 0.7
 
 

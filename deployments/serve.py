@@ -12,7 +12,8 @@
 
 Credentials never go into the parameters (the UI shows them): the deployments
 name Prefect blocks (``store_block``/``source_block``), or the flow-run
-processes inherit what ``musicflow serve`` registered (``tasks.store.credentials``).
+processes inherit what ``musicflow serve`` registered (``tasks.store.credentials``); the
+flows load the blocks (``flows.runtime.blocks``).
 ``prefect.yaml`` beside this file declares the same deployments for ``prefect deploy``.
 """
 

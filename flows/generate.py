@@ -13,8 +13,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.prefect_tasks import generate_clips
 from flows.runtime import heartbeats
+from flows.runtime.blocks import use_storage
 from tasks.generation.generate import new_run_id, resolve_model
-from tasks.store.credentials import use_storage
 from tasks.store.store import open_store
 
 # A finished run returns at once, not after its heartbeat thread's next 1-s step (see the module).

@@ -20,6 +20,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.prefect_tasks import commit_batch, ingest_batch, plan_ingest
 from flows.runtime import heartbeats
+from flows.runtime.blocks import use_storage
 from flows.runtime.cluster import check_cluster_options, cluster_threads, dask_client, default_workers
 from flows.runtime.progress import StageProgress
 from tasks.audio.decode import ffmpeg_binary
@@ -28,7 +29,6 @@ from tasks.dataset.catalog import display_text
 from tasks.dataset.repository import BatchResult
 from tasks.ingest.events import dataset_updated_event, should_announce
 from tasks.ingest.worker import failed_row, make_batches
-from tasks.store.credentials import use_storage
 from tasks.store.store import registered_storage_options
 
 # A finished run returns at once, not after its heartbeat thread's next 1-s step (see the module).

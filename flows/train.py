@@ -13,9 +13,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from flows.prefect_tasks import train_model
 from flows.runtime import heartbeats
+from flows.runtime.blocks import use_storage
 from tasks.config import TrainConfig
 from tasks.model.train import LOSS_CURVE_FILE, default_preset, model_dir
-from tasks.store.credentials import use_storage
 from tasks.store.store import open_store
 
 # A finished run returns at once, not after its heartbeat thread's next 1-s step (see the module).

@@ -23,7 +23,8 @@ from conftest import TINY_BLOCK
 from helpers import ROOT, write_periodic_songs
 
 import tasks.store.store
-from tasks.store.credentials import parse_storage_options, storage_options_from_block
+from flows.runtime.blocks import storage_options_from_block
+from tasks.store.credentials import parse_storage_options
 
 CREDENTIAL = re.compile(r"Credential=([^/]+)/")
 

@@ -18,7 +18,7 @@ from prefect.events import emit_event
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.prefect_tasks import commit_batch, ingest_batch, plan_ingest
+from flows.prefect_tasks import commit_batch_task, ingest_batch_task, plan_ingest_task
 from flows.runtime import heartbeats
 from flows.runtime.blocks import use_storage
 from flows.runtime.cluster import check_cluster_options, cluster_threads, dask_client, default_workers
@@ -93,7 +93,7 @@ def ingest(
         strict=strict,
     )
     check_cluster_options(workers=workers, dask_address=dask_address)
-    dataset_id, plan = plan_ingest(source, store, config)
+    dataset_id, plan = plan_ingest_task(source, store, config)
     logger.info(
         "dataset %s: %d files listed, %d already ingested, %d duplicates, %d to ingest",
         dataset_id,
@@ -132,7 +132,7 @@ def ingest(
                     "storage_options": registered_storage_options(),
                     "client": client,
                 }
-                return runner.submit(ingest_batch, parameters)
+                return runner.submit(ingest_batch_task, parameters)
 
             with runner:
                 pending = [(submit(batch), batch) for batch in batches]
@@ -154,7 +154,7 @@ def ingest(
                             result = BatchResult([failed_row(batch[0], reason)], None, 0.0, 0.0, 0.0)
                         results.append(result)
                         commit_started = time.perf_counter()
-                        committed.extend(commit_batch(store, dataset_id, result))
+                        committed.extend(commit_batch_task(store, dataset_id, result))
                         commit_seconds += time.perf_counter() - commit_started
                         progress.advance(len(result.rows), message=f"{len(committed)}/{len(plan.todo)} songs")
                     pending = retries

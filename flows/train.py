@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.prefect_tasks import train_model
+from flows.prefect_tasks import train_model_task
 from flows.runtime import heartbeats
 from flows.runtime.blocks import use_storage
 from tasks.config import TrainConfig
@@ -76,7 +76,7 @@ def train(
         normalize=normalize,
         seed=seed,
     )
-    result = train_model(store, config, dataset, model_id, resume, epochs is not None)
+    result = train_model_task(store, config, dataset, model_id, resume, epochs is not None)
     if result.resumed_from >= result.epochs:
         logger.info(
             "%s is final (%s after %d epochs, best epoch %d): nothing to train; "

@@ -76,7 +76,7 @@ def assert_store_consistent(store_url: str, dataset_id: str) -> None:
 
 def ingest_direct(source: str | Path, store_url: str, config: IngestConfig) -> str:
     """Ingest without Prefect or Dask (the flow's steps, in this process); returns the dataset id."""
-    dataset_id, plan = prefect_tasks.plan_ingest.fn(str(source), store_url, config)
+    dataset_id, plan = prefect_tasks.plan_ingest_task.fn(str(source), store_url, config)
     store = open_store(store_url)
     for batch in make_batches(plan.todo, batch_bytes=int(config.batch_mb * 2**20)):
         result = ingest_batch(batch, store_url=store_url, dataset_id=dataset_id, config=config)

@@ -69,8 +69,8 @@ def test_intermittent_storage_failures_are_retried(
     copy_songs(demo_songs[:4], source)
     config = IngestConfig(shard_format=shard_format)
     store_url = f"flaky://faults-{shard_format}-{os.getpid()}"
-    ingest_batch = prefect_tasks.ingest_batch.with_options(retries=8, retry_delay_seconds=0)
-    commit_batch = prefect_tasks.commit_batch.with_options(retries=8, retry_delay_seconds=0)
+    ingest_batch = prefect_tasks.ingest_batch_task.with_options(retries=8, retry_delay_seconds=0)
+    commit_batch = prefect_tasks.commit_batch_task.with_options(retries=8, retry_delay_seconds=0)
 
     @flow
     def flaky_ingest() -> str:

@@ -24,7 +24,7 @@ from typing import Any
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.events import DeploymentEventTrigger
 
-from tasks.config import DEFAULT_PRESETS, DEFAULT_TRANSFORM, FeatureConfig, IngestConfig, TrainConfig
+from tasks.config import DEFAULT_PRESETS, DEFAULT_TRANSFORM, TrainConfig, ingest_config
 from tasks.errors import ConfigError
 from tasks.ingest.events import DATASET_UPDATED, STORE_LABEL, store_key
 
@@ -88,17 +88,16 @@ def build_deployments(
     _check_cron(generate_cron)
     if ingest_every is not None and ingest_every <= 0:
         raise ConfigError(f"invalid ingest interval {ingest_every!r}: must be positive seconds")
-    IngestConfig(
-        features=FeatureConfig.for_transform(
-            transform,
-            sample_rate=sample_rate,
-            block_size=block_size,
-            n_fft=n_fft,
-            hop_length=hop_length,
-            n_mels=n_mels,
-        ),
-        shard_format=shard_format,
-    )
+    features: dict[str, Any] = {
+        "format": shard_format,
+        "transform": transform,
+        "block_size": block_size,
+        "sample_rate": sample_rate,  # None: the transform's default rate
+        "n_fft": n_fft,
+        "hop_length": hop_length,
+        "n_mels": n_mels,
+    }
+    ingest_config(**features)
     model = {key: value for key, value in (train_options or {}).items() if value is not None}
     unknown = sorted(set(model) - set(TRAIN_OPTIONS))
     if unknown:
@@ -111,13 +110,7 @@ def build_deployments(
         parameters=_given(
             source=source,
             store=store,
-            format=shard_format,
-            transform=transform,
-            block_size=block_size,
-            sample_rate=sample_rate,
-            n_fft=n_fft,
-            hop_length=hop_length,
-            n_mels=n_mels,
+            **features,
             workers=workers,
             dask_address=dask_address,
             source_block=source_block,

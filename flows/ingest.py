@@ -1,4 +1,4 @@
-"""Flow ``ingest``: songs -> FFT feature shards in the store, fanned out on Dask.
+"""Flow ``ingest``: songs -> feature shards in the store (log-mel frames by default), fanned out on Dask.
 
 Reads top to bottom: plan (list, compare with the catalog) -> one task run per
 batch, largest first, each waiting in this process for its Dask task -> commit
@@ -24,7 +24,7 @@ from flows.runtime.blocks import use_storage
 from flows.runtime.cluster import check_cluster_options, cluster_threads, dask_client, default_workers
 from flows.runtime.progress import StageProgress
 from tasks.audio.decode import ffmpeg_binary
-from tasks.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, FeatureConfig, IngestConfig
+from tasks.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, ingest_config
 from tasks.dataset.catalog import display_text
 from tasks.dataset.repository import BatchResult
 from tasks.ingest.events import dataset_updated_event, should_announce
@@ -78,16 +78,14 @@ def ingest(
     logger = get_run_logger()
     use_storage(store, store_block=store_block, source=source, source_block=source_block)
     ffmpeg_binary()  # fail fast, here, rather than once per song on every worker
-    config = IngestConfig(
-        features=FeatureConfig.for_transform(
-            transform,
-            sample_rate=sample_rate,
-            block_size=block_size,
-            n_fft=n_fft,
-            hop_length=hop_length,
-            n_mels=n_mels,
-        ),
-        shard_format=format,
+    config = ingest_config(
+        format=format,
+        transform=transform,
+        block_size=block_size,
+        sample_rate=sample_rate,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        n_mels=n_mels,
         batch_mb=batch_mb,
         retry_failed=retry_failed,
         strict=strict,

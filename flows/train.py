@@ -1,4 +1,4 @@
-"""Flow ``train``: an LSTM that predicts the next FFT block, from the store's shards.
+"""Flow ``train``: an LSTM that predicts the next frames (or blocks), from the store's shards.
 
 One task trains (it needs a whole machine); the flow publishes the loss table
 and the loss curve. Running it again resumes from the last checkpoint.

@@ -212,18 +212,23 @@ def ingest(
     from flows.runtime.cluster import check_cluster_options
     from musicflow.server import ensure_prefect_api
     from tasks.audio.decode import ffmpeg_binary
-    from tasks.config import FeatureConfig
+    from tasks.config import ingest_config
     from tasks.ingest.worker import open_source
     from tasks.store.store import check_writable, open_store
 
-    FeatureConfig.for_transform(  # a bad value is one line before any server starts
-        transform.value,
-        sample_rate=sample_rate,
-        block_size=block_size,
-        n_fft=n_fft,
-        hop_length=hop_length,
-        n_mels=n_mels,
-    )
+    options: dict[str, Any] = {
+        "format": format.value,
+        "transform": transform.value,
+        "block_size": block_size,
+        "sample_rate": sample_rate,
+        "n_fft": n_fft,
+        "hop_length": hop_length,
+        "n_mels": n_mels,
+        "batch_mb": batch_mb,
+        "retry_failed": retry_failed,
+        "strict": strict,
+    }
+    ingest_config(**options)  # a bad value is one line before any server starts
     ffmpeg_binary()
     open_source(source)
     check_writable(open_store(store))
@@ -232,21 +237,7 @@ def ingest(
     from flows.ingest import ingest as ingest_flow
 
     summary = _run_with_progress(
-        ingest_flow,
-        source=source,
-        store=store,
-        format=format.value,
-        transform=transform.value,
-        block_size=block_size,
-        sample_rate=sample_rate,
-        n_fft=n_fft,
-        hop_length=hop_length,
-        n_mels=n_mels,
-        batch_mb=batch_mb,
-        workers=workers,
-        dask_address=dask_address,
-        retry_failed=retry_failed,
-        strict=strict,
+        ingest_flow, source=source, store=store, workers=workers, dask_address=dask_address, **options
     )
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
@@ -281,12 +272,8 @@ def status(
     """What the store holds: datasets, models and generated clips."""
     _use_storage_options(store, storage_options)
     from tasks.status import store_status
-    from tasks.store.store import open_store
 
-    opened = open_store(store)
-    if not opened.fs.exists(opened.root):
-        raise StoreError(f"store not found: {store!r}")
-    report = store_status(opened)
+    report = store_status(_open_existing_store(store))
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -393,30 +380,28 @@ def train(
     _quiet_console(verbose)
     _use_storage_options(store, storage_options)
     from musicflow.server import ensure_prefect_api
-    from tasks.config import TrainConfig
+    from tasks.config import TrainConfig, model_options
     from tasks.model.train import default_preset, resolve_dataset
-    from tasks.store.store import open_store
 
-    opened = open_store(store)
-    if not opened.fs.exists(opened.root):
-        raise StoreError(f"store not found: {store!r}")
+    opened = _open_existing_store(store)
     resolve_dataset(opened, dataset)  # a one-line error before any server starts
+    given = {
+        "hidden": hidden,
+        "layers": layers,
+        "seq_len": seq_len,
+        "hop": hop,
+        "batch_size": batch_size,
+        "loss": loss.value if loss else None,
+        "learning_rate": learning_rate,
+        "patience": patience,
+        "shuffle_buffer": shuffle_buffer,
+        "frames_per_step": frames_per_step,
+        "mixtures": mixtures,
+        "input_noise": input_noise,
+        "dropout": dropout,
+    }
     config = TrainConfig.from_preset(
-        preset.value if preset else default_preset(opened, dataset),
-        epochs=epochs,
-        hidden=hidden,
-        layers=layers,
-        seq_len=seq_len,
-        hop=hop,
-        batch_size=batch_size,
-        loss=loss.value if loss else None,
-        learning_rate=learning_rate,
-        patience=patience,
-        shuffle_buffer=shuffle_buffer,
-        frames_per_step=frames_per_step,
-        mixtures=mixtures,
-        input_noise=input_noise,
-        dropout=dropout,
+        preset.value if preset else default_preset(opened, dataset), epochs=epochs, **given
     )
     ensure_prefect_api()
     from flows.train import train as train_flow
@@ -427,19 +412,7 @@ def train(
         dataset=dataset,
         preset=config.preset,
         epochs=epochs,  # None: the preset's, and a finished model stays final
-        hidden=config.hidden,
-        layers=config.layers,
-        seq_len=config.seq_len,
-        hop=config.hop,
-        batch_size=config.batch_size,
-        loss=config.loss,
-        learning_rate=config.learning_rate,
-        patience=config.patience,
-        shuffle_buffer=config.shuffle_buffer,
-        frames_per_step=config.frames_per_step,
-        mixtures=config.mixtures,
-        input_noise=config.input_noise,
-        dropout=config.dropout,
+        **model_options(config),
         resume=resume,
         model_id=model_id,
     )
@@ -469,14 +442,9 @@ class SeedChoice(enum.StrEnum):
 def _check_generate_options(
     seconds: float, count: int, temperature: float | None, seed_audio: str | None
 ) -> None:
-    from tasks.generation.generate import MAX_SECONDS
+    from tasks.config import check_generate_request
 
-    if not 0 < seconds <= MAX_SECONDS:
-        raise ConfigError(f"invalid --seconds {seconds!r}: must be in (0, {MAX_SECONDS:g}]")
-    if not 1 <= count <= 100:
-        raise ConfigError(f"invalid --count {count!r}: must be in [1, 100]")
-    if temperature is not None and temperature < 0:
-        raise ConfigError(f"invalid --temperature {temperature!r}: must be >= 0")
+    check_generate_request(seconds, count, temperature, option_prefix="--")
     if seed_audio is not None:
         from tasks.ingest.worker import open_source
 

@@ -127,19 +127,29 @@ def write_periodic_music(
     return paths
 
 
+# The `musicflow` command as the tests run it in a subprocess.
+MUSICFLOW = [sys.executable, "-m", "musicflow.cli"]
+
+
 def musicflow(
     *args: str, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     """``musicflow ARGS`` as a subprocess, with this process's environment (the test server's
     PREFECT_API_URL when the fixture is on) updated by ``env``."""
     return subprocess.run(
-        [sys.executable, "-m", "musicflow.cli", *args],
+        [*MUSICFLOW, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
+
+
+def start_musicflow(*args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[Any]:
+    """``musicflow ARGS`` started in the background, with this process's environment updated by
+    ``env``; ``popen`` are :class:`subprocess.Popen` keywords (``stdout``, ``text``...)."""
+    return subprocess.Popen([*MUSICFLOW, *args], cwd=ROOT, env={**os.environ, **(env or {})}, **popen)
 
 
 # Headless Chromium (Debian's, driven by Playwright) as the UI tests run it: no sandbox (root in a

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from threadpoolctl import threadpool_limits
 
-from tasks.config import FeatureConfig, TrainConfig
+from tasks.config import MAX_CLIP_SECONDS, FeatureConfig, TrainConfig, check_generate_request
 from tasks.dataset.catalog import read_catalog
 from tasks.dataset.repository import dataset_dir, list_datasets, read_features
 from tasks.dataset.shards import read_blocks
@@ -35,7 +35,7 @@ from tasks.model.train import CARD_FILE, MODEL_FILE, NORMALIZATION_FILE, load_ke
 from tasks.model.windows import Normalizer
 from tasks.store.store import Store, check_writable
 
-MAX_SECONDS = 3600.0
+MAX_SECONDS = MAX_CLIP_SECONDS
 SEED_KINDS = ("validation", "audio", "noise")
 METRICS_FILE = "metrics.json"
 
@@ -399,12 +399,7 @@ def generate_run(
     from tasks.audio.decode import encode_audio
     from tasks.generation.quality import continuations, model_song_sets, score_run, seed_seconds
 
-    if not 0 < seconds <= MAX_SECONDS:
-        raise ConfigError(f"invalid seconds {seconds!r}: must be in (0, {MAX_SECONDS:g}]")
-    if count < 1 or count > 100:
-        raise ConfigError(f"invalid count {count!r}: must be in [1, 100]")
-    if temperature is not None and temperature < 0:
-        raise ConfigError(f"invalid temperature {temperature!r}: must be >= 0")
+    check_generate_request(seconds, count, temperature)
     if seed_audio and seed == "validation":
         seed = "audio"
     check_writable(store)

@@ -124,13 +124,13 @@ def test_quiet_console_drops_only_prefects_queue_progress(
     sends its events; without -v that line no longer lands after the command's own last line."""
     import logging
 
-    from musicflow import cli
+    from musicflow.cli import common
 
     for name in ("EventsWorker", "APILogWorker"):
         monkeypatch.setattr(logging.getLogger(name), "filters", [])
     monkeypatch.delenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", raising=False)
     monkeypatch.delenv("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", raising=False)
-    cli._quiet_console(verbose=False)
+    common.quiet_console(verbose=False)
     full = "Service 'EventsWorker' queue is full (9 items), dropping item"
     with caplog.at_level(logging.WARNING):
         logging.getLogger("EventsWorker").warning("Still processing items: 5 items remaining...")

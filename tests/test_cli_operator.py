@@ -90,7 +90,7 @@ def test_ingest_workers_import_no_ml_stack(tmp_path: Path) -> None:
 
 
 def test_the_clis_choices_are_the_libraries() -> None:
-    from musicflow.cli import DemoFormatChoice, SeedChoice
+    from musicflow.cli.options import DemoFormatChoice, SeedChoice
     from tasks.audio.synth import DEMO_FORMATS
     from tasks.generation.generate import SEED_KINDS
 

@@ -61,7 +61,7 @@ def ingest(
     source_options: SourceOptionsOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Decode new songs into FFT feature shards (skips songs already ingested)."""
+    """Decode new songs into feature shards, log-mel frames by default (skips songs already ingested)."""
     quiet_console(verbose)
     use_storage_options(store, storage_options, source, source_options)
     from flows.runtime.cluster import check_cluster_options  # lazy: start-up

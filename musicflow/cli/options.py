@@ -100,3 +100,9 @@ ModelPresetOption = Annotated[
 ]
 EpochsOption = Annotated[int | None, typer.Option(min=1, help="Training epochs.")]
 HiddenOption = Annotated[int | None, typer.Option(min=1, help="Units of the dense and LSTM layers.")]
+# A step is frames-per-step rows: 4 log-mel frames for spectral (64 steps = 3 s at 22.05 kHz, hop
+# 256), one 0.25-s block for small/gruv (40 blocks = 10 s).
+SeqLenOption = Annotated[
+    int | None,
+    typer.Option(min=1, help="Steps per training window [64 = 3 s for spectral; 40 = 10 s for small/gruv]."),
+]

@@ -18,6 +18,7 @@ from musicflow.cli.options import (
     FormatOption,
     HiddenOption,
     ModelPresetOption,
+    SeqLenOption,
     ShardFormatChoice,
     SourceOptionsOption,
     StorageOptionsOption,
@@ -43,9 +44,7 @@ def pipeline(
     preset: ModelPresetOption = None,
     epochs: EpochsOption = None,
     hidden: HiddenOption = None,
-    seq_len: Annotated[
-        int | None, typer.Option(min=1, help="Blocks per training window [40 = 10 s].")
-    ] = None,
+    seq_len: SeqLenOption = None,
     hop: Annotated[int | None, typer.Option(min=1, help="Blocks between training windows.")] = None,
     seconds: Annotated[float, typer.Option(help="Length of each generated clip.")] = 10.0,
     count: Annotated[int, typer.Option(help="Number of clips.")] = 1,

@@ -17,6 +17,7 @@ from musicflow.cli.options import (
     HiddenOption,
     LossChoice,
     PresetChoice,
+    SeqLenOption,
     StorageOptionsOption,
     StoreOption,
     VerboseOption,
@@ -46,10 +47,10 @@ def train(
     ] = None,
     hidden: HiddenOption = None,
     layers: Annotated[int | None, typer.Option(min=1, help="LSTM layers.")] = None,
-    seq_len: Annotated[
-        int | None, typer.Option(min=1, help="Blocks per training window [40 = 10 s].")
+    seq_len: SeqLenOption = None,
+    hop: Annotated[
+        int | None, typer.Option(min=1, help="Steps between windows [spectral: 16; small/gruv: seq-len].")
     ] = None,
-    hop: Annotated[int | None, typer.Option(min=1, help="Blocks between windows [default: seq-len].")] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Windows per batch.")] = None,
     loss: Annotated[LossChoice | None, typer.Option(help="Loss function.")] = None,
     learning_rate: Annotated[float | None, typer.Option(min=0.0, help="RMSprop learning rate.")] = None,

@@ -19,11 +19,18 @@ flows load the blocks (``flows.runtime.blocks``).
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+from cronsim import CronSim, CronSimError
+from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.events import DeploymentEventTrigger
+from prefect.schedules import Cron
 
+from flows.generate import generate
+from flows.ingest import ingest
+from flows.train import train
 from tasks.config import DEFAULT_PRESETS, DEFAULT_TRANSFORM, TrainConfig, ingest_config
 from tasks.errors import ConfigError
 from tasks.ingest.events import DATASET_UPDATED, STORE_LABEL, store_key
@@ -79,12 +86,6 @@ def build_deployments(
     ``train_options`` are the train flow's model options (``hidden``, ``seq_len``...);
     every value is checked here, so a bad one fails before anything is served.
     """
-    from prefect.schedules import Cron
-
-    from flows.generate import generate
-    from flows.ingest import ingest
-    from flows.train import train
-
     _check_cron(generate_cron)
     if ingest_every is not None and ingest_every <= 0:
         raise ConfigError(f"invalid ingest interval {ingest_every!r}: must be positive seconds")
@@ -140,8 +141,6 @@ def build_deployments(
 
 def serve_deployments(**options: Any) -> None:
     """Serve the deployments until interrupted (runs scheduled and triggered flow runs here)."""
-    from prefect import serve
-
     serve(*build_deployments(**options))
 
 
@@ -151,10 +150,6 @@ def _given(**parameters: Any) -> dict[str, Any]:
 
 
 def _check_cron(expression: str) -> None:
-    import datetime as dt
-
-    from cronsim import CronSim, CronSimError
-
     try:
         CronSim(expression, dt.datetime.now(dt.UTC))
     except CronSimError as error:

@@ -14,6 +14,7 @@ from musicflow.cli.common import (
 )
 from musicflow.cli.options import (
     BlockSizeOption,
+    DaskAddressOption,
     FormatOption,
     HopLengthOption,
     NFFTOption,
@@ -47,9 +48,7 @@ def ingest(
     workers: Annotated[
         int | None, typer.Option(min=1, help="LocalCluster worker processes [default: cores].")
     ] = None,
-    dask_address: Annotated[
-        str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://host:8786.")
-    ] = None,
+    dask_address: DaskAddressOption = None,
     batch_mb: Annotated[float, typer.Option(min=0.001, help="Compressed audio per Dask task, in MB.")] = 32.0,
     retry_failed: Annotated[bool, typer.Option(help="Decode again songs that failed before.")] = False,
     strict: Annotated[

@@ -93,8 +93,9 @@ HopLengthOption = Annotated[int | None, typer.Option(help="stft: samples between
 NMelsOption = Annotated[int | None, typer.Option(help="stft: mel bands, 0 = linear bins [128].")]
 
 
-# The run options that pipeline, serve and demo share.
+# The run options that ingest, pipeline, serve and demo share.
 WorkersOption = Annotated[int | None, typer.Option(min=1, help="LocalCluster worker processes.")]
+DaskAddressOption = Annotated[str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://host:8786.")]
 ModelPresetOption = Annotated[
     PresetChoice | None, typer.Option(help="Model preset [spectral for stft, small for rfft/fft].")
 ]

@@ -14,6 +14,7 @@ from musicflow.cli.common import (
 )
 from musicflow.cli.options import (
     BlockSizeOption,
+    DaskAddressOption,
     EpochsOption,
     FormatOption,
     HiddenOption,
@@ -35,9 +36,7 @@ def pipeline(
     source: Annotated[str, typer.Argument(help="Folder, file or fsspec URL of songs.")],
     store: StoreOption,
     workers: WorkersOption = None,
-    dask_address: Annotated[
-        str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://host:8786.")
-    ] = None,
+    dask_address: DaskAddressOption = None,
     format: FormatOption = ShardFormatChoice.zarr,
     transform: TransformOption = TransformChoice.stft,
     block_size: BlockSizeOption = 11025,

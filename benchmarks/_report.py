@@ -1,15 +1,18 @@
-"""What the benchmarks share: target verdicts, a plain-text table, another commit's tree, and
-the raw ffmpeg decode the targets call the decoding speed limit."""
+"""What the benchmarks share: the `musicflow` command line, target verdicts, a plain-text table,
+another commit's tree, and the raw ffmpeg decode the targets call the decoding speed limit."""
 
 from __future__ import annotations
 
 import contextlib
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The `musicflow` command as the benchmarks run it in a subprocess (the tree on PYTHONPATH or cwd).
+MUSICFLOW = [sys.executable, "-m", "musicflow.cli"]
 
 
 @contextlib.contextmanager

@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import ROOT, commit_tree, table, target
+from _report import MUSICFLOW, ROOT, commit_tree, table, target
 
 HEAVY = ("numpy", "scipy", "tensorflow", "keras", "pydub", "zarr", "pyarrow", "prefect", "dask", "matplotlib")
 PROBE = """
@@ -40,7 +40,7 @@ print(json.dumps(sorted({name.split(".")[0] for name in sys.modules})), file=sys
 def help_seconds(tree: Path) -> float:
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "musicflow.cli", "--help"],
+        [*MUSICFLOW, "--help"],
         cwd=tree,
         env={"PYTHONPATH": str(tree), "PATH": "/usr/bin:/bin"},
         capture_output=True,

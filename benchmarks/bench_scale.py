@@ -52,7 +52,7 @@ from pathlib import Path
 
 import numpy as np
 import psutil
-from _report import ROOT, ffmpeg_f32_mono, target, verdict
+from _report import MUSICFLOW, ROOT, ffmpeg_f32_mono, target, verdict
 
 sys.path.insert(0, str(ROOT))
 
@@ -74,9 +74,7 @@ def raw_decode_seconds(paths: list[Path], workers: int) -> tuple[float, float]:
 def ingest(source: Path, store: Path, workers: int, api_url: str) -> tuple[dict, float]:
     """Run ``musicflow ingest`` as a subprocess; returns its summary and the flow process's peak RSS (MB)."""
     command = [
-        sys.executable,
-        "-m",
-        "musicflow.cli",
+        *MUSICFLOW,
         "ingest",
         str(source),
         "--store",

@@ -12,18 +12,26 @@
 
 Credentials never go into the parameters (the UI shows them): the deployments
 name Prefect blocks (``store_block``/``source_block``), or the flow-run
-processes inherit what ``musicflow serve`` registered (``tasks.store.credentials``).
+processes inherit what ``musicflow serve`` registered (``tasks.store.credentials``); the
+flows load the blocks (``flows.runtime.blocks``).
 ``prefect.yaml`` beside this file declares the same deployments for ``prefect deploy``.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
+from cronsim import CronSim, CronSimError
+from prefect import serve
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.events import DeploymentEventTrigger
+from prefect.schedules import Cron
 
-from tasks.config import DEFAULT_PRESETS, DEFAULT_TRANSFORM, FeatureConfig, IngestConfig, TrainConfig
+from flows.generate import generate
+from flows.ingest import ingest
+from flows.train import train
+from tasks.config import DEFAULT_PRESETS, DEFAULT_TRANSFORM, TrainConfig, ingest_config
 from tasks.errors import ConfigError
 from tasks.ingest.events import DATASET_UPDATED, STORE_LABEL, store_key
 
@@ -78,26 +86,19 @@ def build_deployments(
     ``train_options`` are the train flow's model options (``hidden``, ``seq_len``...);
     every value is checked here, so a bad one fails before anything is served.
     """
-    from prefect.schedules import Cron
-
-    from flows.generate import generate
-    from flows.ingest import ingest
-    from flows.train import train
-
     _check_cron(generate_cron)
     if ingest_every is not None and ingest_every <= 0:
         raise ConfigError(f"invalid ingest interval {ingest_every!r}: must be positive seconds")
-    IngestConfig(
-        features=FeatureConfig.for_transform(
-            transform,
-            sample_rate=sample_rate,
-            block_size=block_size,
-            n_fft=n_fft,
-            hop_length=hop_length,
-            n_mels=n_mels,
-        ),
-        shard_format=shard_format,
-    )
+    features: dict[str, Any] = {
+        "format": shard_format,
+        "transform": transform,
+        "block_size": block_size,
+        "sample_rate": sample_rate,  # None: the transform's default rate
+        "n_fft": n_fft,
+        "hop_length": hop_length,
+        "n_mels": n_mels,
+    }
+    ingest_config(**features)
     model = {key: value for key, value in (train_options or {}).items() if value is not None}
     unknown = sorted(set(model) - set(TRAIN_OPTIONS))
     if unknown:
@@ -110,13 +111,7 @@ def build_deployments(
         parameters=_given(
             source=source,
             store=store,
-            format=shard_format,
-            transform=transform,
-            block_size=block_size,
-            sample_rate=sample_rate,
-            n_fft=n_fft,
-            hop_length=hop_length,
-            n_mels=n_mels,
+            **features,
             workers=workers,
             dask_address=dask_address,
             source_block=source_block,
@@ -146,8 +141,6 @@ def build_deployments(
 
 def serve_deployments(**options: Any) -> None:
     """Serve the deployments until interrupted (runs scheduled and triggered flow runs here)."""
-    from prefect import serve
-
     serve(*build_deployments(**options))
 
 
@@ -157,10 +150,6 @@ def _given(**parameters: Any) -> dict[str, Any]:
 
 
 def _check_cron(expression: str) -> None:
-    import datetime as dt
-
-    from cronsim import CronSim, CronSimError
-
     try:
         CronSim(expression, dt.datetime.now(dt.UTC))
     except CronSimError as error:

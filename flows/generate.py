@@ -11,11 +11,11 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.prefect_tasks import generate_clips
+from flows.prefect_tasks import generate_clips_task
 from flows.runtime import heartbeats
+from flows.runtime.blocks import use_storage
 from tasks.generation.runs import new_run_id
 from tasks.model.repository import resolve_model
-from tasks.store.credentials import use_storage
 from tasks.store.store import open_store
 
 # A finished run returns at once, not after its heartbeat thread's next 1-s step (see the module).
@@ -41,7 +41,7 @@ def generate(
     logger = get_run_logger()
     use_storage(store, store_block=store_block)
     model_id = resolve_model(open_store(store), model)
-    report = generate_clips(
+    report = generate_clips_task(
         store, model_id, seconds, count, seed, seed_audio, temperature, new_run_id(model_id)
     )
     for clip in report["clips"]:

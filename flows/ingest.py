@@ -1,4 +1,4 @@
-"""Flow ``ingest``: songs -> FFT feature shards in the store, fanned out on Dask.
+"""Flow ``ingest``: songs -> feature shards in the store (log-mel frames by default), fanned out on Dask.
 
 Reads top to bottom: plan (list, compare with the catalog) -> one task run per
 batch, largest first, each waiting in this process for its Dask task -> commit
@@ -18,18 +18,18 @@ from prefect.events import emit_event
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.prefect_tasks import commit_batch, ingest_batch, plan_ingest
+from flows.prefect_tasks import commit_batch_task, ingest_batch_task, plan_ingest_task
 from flows.runtime import heartbeats
+from flows.runtime.blocks import use_storage
 from flows.runtime.cluster import check_cluster_options, cluster_threads, dask_client, default_workers
 from flows.runtime.progress import StageProgress
 from tasks.audio.ffmpeg import ffmpeg_binary
-from tasks.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, FeatureConfig, IngestConfig
+from tasks.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, ingest_config
 from tasks.dataset.catalog import display_text
 from tasks.dataset.repository import BatchResult
 from tasks.ingest.events import dataset_updated_event, should_announce
 from tasks.ingest.plan import make_batches
 from tasks.ingest.worker import failed_row
-from tasks.store.credentials import use_storage
 from tasks.store.store import registered_storage_options
 
 # A finished run returns at once, not after its heartbeat thread's next 1-s step (see the module).
@@ -79,22 +79,20 @@ def ingest(
     logger = get_run_logger()
     use_storage(store, store_block=store_block, source=source, source_block=source_block)
     ffmpeg_binary()  # fail fast, here, rather than once per song on every worker
-    config = IngestConfig(
-        features=FeatureConfig.for_transform(
-            transform,
-            sample_rate=sample_rate,
-            block_size=block_size,
-            n_fft=n_fft,
-            hop_length=hop_length,
-            n_mels=n_mels,
-        ),
-        shard_format=format,
+    config = ingest_config(
+        format=format,
+        transform=transform,
+        block_size=block_size,
+        sample_rate=sample_rate,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        n_mels=n_mels,
         batch_mb=batch_mb,
         retry_failed=retry_failed,
         strict=strict,
     )
     check_cluster_options(workers=workers, dask_address=dask_address)
-    dataset_id, plan = plan_ingest(source, store, config)
+    dataset_id, plan = plan_ingest_task(source, store, config)
     logger.info(
         "dataset %s: %d files listed, %d already ingested, %d duplicates, %d to ingest",
         dataset_id,
@@ -133,7 +131,7 @@ def ingest(
                     "storage_options": registered_storage_options(),
                     "client": client,
                 }
-                return runner.submit(ingest_batch, parameters)
+                return runner.submit(ingest_batch_task, parameters)
 
             with runner:
                 pending = [(submit(batch), batch) for batch in batches]
@@ -155,7 +153,7 @@ def ingest(
                             result = BatchResult([failed_row(batch[0], reason)], None, 0.0, 0.0, 0.0)
                         results.append(result)
                         commit_started = time.perf_counter()
-                        committed.extend(commit_batch(store, dataset_id, result))
+                        committed.extend(commit_batch_task(store, dataset_id, result))
                         commit_seconds += time.perf_counter() - commit_started
                         progress.advance(len(result.rows), message=f"{len(committed)}/{len(plan.todo)} songs")
                     pending = retries

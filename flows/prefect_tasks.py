@@ -1,4 +1,6 @@
-"""Prefect task wrappers of the plain functions in ``tasks/``.
+"""Prefect task wrappers of the plain functions in ``tasks/``, each named after the function it
+wraps with ``_task`` added (``plan_ingest_task`` wraps ``tasks.ingest.worker.plan_ingest``); the
+task names the Prefect UI shows stay the functions' (``plan-ingest``, ``ingest-batch``...).
 
 Retries live here, on I/O only, and never on errors that would repeat
 (a :class:`~tasks.errors.MusicflowError` is a verdict, not a glitch).
@@ -50,7 +52,7 @@ IO_RETRIES: dict[str, Any] = {
 
 
 @task(name="plan-ingest", **IO_RETRIES)
-def plan_ingest(source: str, store_url: str, config: IngestConfig) -> tuple[str, plan_lib.IngestPlan]:
+def plan_ingest_task(source: str, store_url: str, config: IngestConfig) -> tuple[str, plan_lib.IngestPlan]:
     """Check the store, create/check the dataset, list and hash the source, skip known songs."""
     store = open_store(store_url)
     check_writable(store)
@@ -63,7 +65,7 @@ def plan_ingest(source: str, store_url: str, config: IngestConfig) -> tuple[str,
 
 
 @task(name="ingest-batch", **IO_RETRIES)
-def ingest_batch(
+def ingest_batch_task(
     files: list[SourceFile],
     store_url: str,
     dataset_id: str,
@@ -95,13 +97,13 @@ def ingest_batch(
 
 
 @task(name="commit-batch", **IO_RETRIES)
-def commit_batch(store_url: str, dataset_id: str, result: dataset_lib.BatchResult) -> list[CatalogRow]:
+def commit_batch_task(store_url: str, dataset_id: str, result: dataset_lib.BatchResult) -> list[CatalogRow]:
     """Append the batch's catalog rows (the commit point), then merge its statistics."""
     return dataset_lib.commit_batch(open_store(store_url), dataset_id, result)
 
 
 @task(name="train-model", **{**IO_RETRIES, "retries": 1})
-def train_model(
+def train_model_task(
     store_url: str,
     config: TrainConfig,
     dataset_id: str | None,
@@ -139,7 +141,7 @@ def train_model(
 
 
 @task(name="generate-clips", **IO_RETRIES)
-def generate_clips(
+def generate_clips_task(
     store_url: str,
     model_id: str | None,
     seconds: float,
@@ -150,6 +152,7 @@ def generate_clips(
     run_id: str,
 ) -> dict[str, Any]:
     """Generate clips into ``generated/<run_id>/`` (a retry rewrites the same run folder)."""
+    # lazy: the generation stack (0.5 s) stays out of every ingest and train run's start-up
     from tasks.generation.generate import generate_run
 
     return generate_run(

@@ -1,4 +1,4 @@
-"""Flow ``train``: an LSTM that predicts the next FFT block, from the store's shards.
+"""Flow ``train``: an LSTM that predicts the next frames (or blocks), from the store's shards.
 
 One task trains (it needs a whole machine); the flow publishes the loss table
 and the loss curve. Running it again resumes from the last checkpoint.
@@ -11,12 +11,12 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.prefect_tasks import train_model
+from flows.prefect_tasks import train_model_task
 from flows.runtime import heartbeats
+from flows.runtime.blocks import use_storage
 from tasks.config import TrainConfig
 from tasks.model.repository import LOSS_CURVE_FILE, model_dir
 from tasks.model.train import default_preset
-from tasks.store.credentials import use_storage
 from tasks.store.store import open_store
 
 # A finished run returns at once, not after its heartbeat thread's next 1-s step (see the module).
@@ -77,7 +77,7 @@ def train(
         normalize=normalize,
         seed=seed,
     )
-    result = train_model(store, config, dataset, model_id, resume, epochs is not None)
+    result = train_model_task(store, config, dataset, model_id, resume, epochs is not None)
     if result.resumed_from >= result.epochs:
         logger.info(
             "%s is final (%s after %d epochs, best epoch %d): nothing to train; "

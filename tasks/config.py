@@ -354,3 +354,69 @@ class TrainConfig:
         }
         payload = json.dumps({"dataset_id": dataset_id, "songs": songs_hash, **identity}, sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:10]
+
+
+# --- Builders: the one place each config is made from the options the CLI, the deployments and
+# the flows take (the flows' parameters keep these names: the Prefect UI and prefect.yaml show them).
+
+# The train flow's model options: every TrainConfig field a run may override but the preset,
+# the epochs and the fixed ones (normalize, seed).
+MODEL_OPTIONS: tuple[str, ...] = (
+    "hidden",
+    "layers",
+    "seq_len",
+    "hop",
+    "batch_size",
+    "loss",
+    "learning_rate",
+    "patience",
+    "shuffle_buffer",
+    "frames_per_step",
+    "mixtures",
+    "input_noise",
+    "dropout",
+)
+
+
+def ingest_config(
+    *,
+    format: str = "zarr",
+    transform: str = DEFAULT_TRANSFORM,
+    batch_mb: float = 32.0,
+    retry_failed: bool = False,
+    strict: bool = False,
+    **frame_options: int | None,
+) -> IngestConfig:
+    """The ingest config of the ingest flow's options; ``frame_options`` (``block_size``,
+    ``sample_rate``, ``n_fft``, ``hop_length``, ``n_mels``) that are None are the transform's
+    defaults (:meth:`FeatureConfig.for_transform`)."""
+    return IngestConfig(
+        features=FeatureConfig.for_transform(transform, **frame_options),
+        shard_format=format,
+        batch_mb=batch_mb,
+        retry_failed=retry_failed,
+        strict=strict,
+    )
+
+
+def model_options(config: TrainConfig) -> dict[str, Any]:
+    """The train flow's model options (:data:`MODEL_OPTIONS`) of ``config``."""
+    return {name: getattr(config, name) for name in MODEL_OPTIONS}
+
+
+# Generated clips: at most an hour each, at most 100 in a run.
+MAX_CLIP_SECONDS = 3600.0
+MAX_CLIPS = 100
+
+
+def check_generate_request(
+    seconds: float, count: int, temperature: float | None, *, option_prefix: str = ""
+) -> None:
+    """Check a generate run's length, clip count and temperature (``option_prefix="--"`` names
+    them as the CLI's options)."""
+    if not 0 < seconds <= MAX_CLIP_SECONDS:
+        raise ConfigError(f"invalid {option_prefix}seconds {seconds!r}: must be in (0, {MAX_CLIP_SECONDS:g}]")
+    if not 1 <= count <= MAX_CLIPS:
+        raise ConfigError(f"invalid {option_prefix}count {count!r}: must be in [1, {MAX_CLIPS}]")
+    if temperature is not None and temperature < 0:
+        raise ConfigError(f"invalid {option_prefix}temperature {temperature!r}: must be >= 0")

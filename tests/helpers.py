@@ -77,7 +77,7 @@ def assert_store_consistent(store_url: str, dataset_id: str) -> None:
 
 def ingest_direct(source: str | Path, store_url: str, config: IngestConfig) -> str:
     """Ingest without Prefect or Dask (the flow's steps, in this process); returns the dataset id."""
-    dataset_id, plan = prefect_tasks.plan_ingest.fn(str(source), store_url, config)
+    dataset_id, plan = prefect_tasks.plan_ingest_task.fn(str(source), store_url, config)
     store = open_store(store_url)
     for batch in make_batches(plan.todo, batch_bytes=int(config.batch_mb * 2**20)):
         result = ingest_batch(batch, store_url=store_url, dataset_id=dataset_id, config=config)
@@ -128,19 +128,29 @@ def write_periodic_music(
     return paths
 
 
+# The `musicflow` command as the tests run it in a subprocess.
+MUSICFLOW = [sys.executable, "-m", "musicflow.cli"]
+
+
 def musicflow(
     *args: str, env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
     """``musicflow ARGS`` as a subprocess, with this process's environment (the test server's
     PREFECT_API_URL when the fixture is on) updated by ``env``."""
     return subprocess.run(
-        [sys.executable, "-m", "musicflow.cli", *args],
+        [*MUSICFLOW, *args],
         capture_output=True,
         text=True,
         timeout=timeout,
         cwd=ROOT,
         env={**os.environ, **(env or {})},
     )
+
+
+def start_musicflow(*args: str, env: dict[str, str] | None = None, **popen: Any) -> subprocess.Popen[Any]:
+    """``musicflow ARGS`` started in the background, with this process's environment updated by
+    ``env``; ``popen`` are :class:`subprocess.Popen` keywords (``stdout``, ``text``...)."""
+    return subprocess.Popen([*MUSICFLOW, *args], cwd=ROOT, env={**os.environ, **(env or {})}, **popen)
 
 
 # Headless Chromium (Debian's, driven by Playwright) as the UI tests run it: no sandbox (root in a

@@ -6,12 +6,11 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, assert_store_consistent, copy_songs, musicflow
+from helpers import assert_store_consistent, copy_songs, musicflow, start_musicflow
 
 from tasks.dataset.catalog import read_catalog
 from tasks.dataset.repository import dataset_dir
@@ -125,13 +124,13 @@ def test_quiet_console_drops_only_prefects_queue_progress(
     sends its events; without -v that line no longer lands after the command's own last line."""
     import logging
 
-    from musicflow import cli
+    from musicflow.cli import common
 
     for name in ("EventsWorker", "APILogWorker"):
         monkeypatch.setattr(logging.getLogger(name), "filters", [])
     monkeypatch.delenv("PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL", raising=False)
     monkeypatch.delenv("PREFECT_LOGGING_HANDLERS_CONSOLE_FLOW_RUNS_LEVEL", raising=False)
-    cli._quiet_console(verbose=False)
+    common.quiet_console(verbose=False)
     full = "Service 'EventsWorker' queue is full (9 items), dropping item"
     with caplog.at_level(logging.WARNING):
         logging.getLogger("EventsWorker").warning("Still processing items: 5 items remaining...")
@@ -155,21 +154,11 @@ def test_killed_run_resumes_with_every_song_once(tmp_path: Path, demo_songs: lis
 
     source, store = tmp_path / "songs", str(tmp_path / "store")
     songs = write_demo_songs(source, n_songs=14, seconds=(2.0, 4.0), seed=500)
-    args = [
-        sys.executable,
-        "-m",
-        "musicflow.cli",
-        "ingest",
-        str(source),
-        "--store",
-        store,
-        "--workers",
-        "1",
-        "--batch-mb",
-        "0.001",
-    ]
-    process = subprocess.Popen(
-        args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    process = start_musicflow(
+        *("ingest", str(source), "--store", store, "--workers", "1", "--batch-mb", "0.001"),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     catalog = None
     deadline = time.monotonic() + 240

@@ -5,7 +5,6 @@ per epoch when the output is not a terminal, one-line errors for bad storage opt
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -13,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, musicflow
+from helpers import ROOT, musicflow, start_musicflow
 
 HEAVY = ("numpy", "scipy", "tensorflow", "keras", "pydub", "zarr", "pyarrow", "prefect", "distributed")
 HEAVY += ("dask", "matplotlib", "fsspec", "s3fs")
@@ -92,7 +91,7 @@ def test_ingest_workers_import_no_ml_stack(tmp_path: Path) -> None:
 
 
 def test_the_clis_choices_are_the_libraries() -> None:
-    from musicflow.cli import DemoFormatChoice, SeedChoice
+    from musicflow.cli.options import DemoFormatChoice, SeedChoice
     from tasks.audio.synth import DEMO_FORMATS
     from tasks.generation.generate import SEED_KINDS
 
@@ -127,14 +126,7 @@ def test_bad_storage_options_exit_2_naming_them(args: list[str], fragment: str) 
 def piped_lines(command: list[str], *, env: dict[str, str], timeout: float = 240) -> list[tuple[str, bool]]:
     """Run ``musicflow COMMAND`` with its output on a pipe; every stderr line with whether the
     process was still running when the line arrived."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "musicflow.cli", *command],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=ROOT,
-        env={**os.environ, **env},
-    )
+    process = start_musicflow(*command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lines: list[tuple[str, bool]] = []
     deadline = time.monotonic() + timeout
     try:

@@ -10,13 +10,11 @@ import threading
 from pathlib import Path
 
 import pytest
-from helpers import assert_store_consistent
+from helpers import assert_store_consistent, start_musicflow
 
 from tasks.dataset.catalog import read_catalog
 from tasks.dataset.repository import dataset_dir
 from tasks.store.store import StoreError, open_store
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_lock_excludes_a_second_holder(tmp_path: Path) -> None:
@@ -65,23 +63,9 @@ def test_two_runs_at_once_commit_every_song_once(tmp_path: Path) -> None:
 
     source, store = tmp_path / "songs", str(tmp_path / "store")
     songs = write_demo_songs(source, n_songs=8, seconds=(2.0, 4.0), seed=900)
-    command = [
-        sys.executable,
-        "-m",
-        "musicflow.cli",
-        "ingest",
-        str(source),
-        "--store",
-        store,
-        "--workers",
-        "1",
-        "--batch-mb",
-        "0.001",
-        "--json",
-    ]
+    command = ["ingest", str(source), "--store", store, "--workers", "1", "--batch-mb", "0.001", "--json"]
     runs = [
-        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for _ in range(2)
+        start_musicflow(*command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
     ]
     outputs = [run.communicate(timeout=300) for run in runs]
 

@@ -12,18 +12,17 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import TINY_BLOCK
-from helpers import ROOT, write_periodic_songs
+from helpers import musicflow, write_periodic_songs
 
 import tasks.store.store
-from tasks.store.credentials import parse_storage_options, storage_options_from_block
+from flows.runtime.blocks import storage_options_from_block
+from tasks.store.credentials import parse_storage_options
 
 CREDENTIAL = re.compile(r"Credential=([^/]+)/")
 
@@ -218,16 +217,12 @@ def test_cli_ingest_with_json_options_for_each_endpoint(
     source = upload_songs(songs, tmp_path, "cli", n_songs=2)
     options_file = tmp_path / "store-options.json"
     options_file.write_text(json.dumps(store.options))
-    command = [sys.executable, "-m", "musicflow.cli", "ingest", source, "--store", "s3://store/cli"]
+    command = ["ingest", source, "--store", "s3://store/cli"]
     command += ["--source-options", json.dumps(songs.options), "--storage-options", f"@{options_file}"]
     command += ["--block-size", str(TINY_BLOCK), "--workers", "1", "--json"]
     command += ["--batch-mb", "0.05"]  # 90 kB songs: one a batch
 
-    import os
-
-    result = subprocess.run(
-        command, capture_output=True, text=True, timeout=240, cwd=ROOT, env=dict(os.environ)
-    )
+    result = musicflow(*command, timeout=240)
 
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
@@ -241,9 +236,7 @@ def test_cli_ingest_with_json_options_for_each_endpoint(
     # without the store's options the same command fails, in one line naming the store
     command = [arg for arg in command if not arg.startswith("@")]
     command.remove("--storage-options")
-    failed = subprocess.run(
-        command, capture_output=True, text=True, timeout=240, cwd=ROOT, env=dict(os.environ)
-    )
+    failed = musicflow(*command, timeout=240)
     assert failed.returncode == 2, failed.stderr
     assert "s3://store/cli" in failed.stderr.strip().splitlines()[-1]
 

@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
-import os
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers import musicflow
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.events import DeploymentEventTrigger, DeploymentTriggerTypes
 from pydantic import TypeAdapter
@@ -288,24 +286,10 @@ def test_deployment_parameters_are_parameters_of_their_flows(default: dict[str, 
 
 
 def test_serve_with_a_bad_cron_exits_2_naming_it(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "musicflow.cli",
-            "serve",
-            "--source",
-            str(tmp_path),
-            "--store",
-            str(tmp_path),
-            "--cron",
-            "0 99 * * *",
-        ],
-        capture_output=True,
-        text=True,
+    result = musicflow(
+        *("serve", "--source", str(tmp_path), "--store", str(tmp_path), "--cron", "0 99 * * *"),
+        env={"PREFECT_API_URL": "http://127.0.0.1:9/api"},  # must fail before any server
         timeout=120,
-        cwd=ROOT,
-        env={**os.environ, "PREFECT_API_URL": "http://127.0.0.1:9/api"},  # must fail before any server
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from distributed import Client
-from helpers import assert_store_consistent, copy_songs
+from helpers import assert_store_consistent, copy_songs, musicflow
 
 from tasks.dataset.catalog import read_catalog
 from tasks.dataset.repository import dataset_dir
@@ -98,13 +98,7 @@ def test_external_cluster_with_s3_store_equals_local_cluster(
     remote_store, local_store = f"{s3_bucket}/store", str(tmp_path / "local")
 
     def ingest(*args: str) -> dict:
-        result = subprocess.run(
-            [sys.executable, "-m", "musicflow.cli", "ingest", str(source), *args, "--json"],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=300,
-        )
+        result = musicflow("ingest", str(source), *args, "--json")
         assert result.returncode == 0, result.stderr
         return json.loads(result.stdout)
 

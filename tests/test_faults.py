@@ -9,7 +9,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -19,13 +18,11 @@ import numpy as np
 import psutil
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
-from helpers import assert_store_consistent, copy_songs
+from helpers import assert_store_consistent, copy_songs, musicflow, start_musicflow
 
 from tasks.dataset.catalog import read_catalog
 from tasks.dataset.repository import dataset_dir, read_stats
 from tasks.store.store import open_store
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 class FlakyFileSystem(MemoryFileSystem):
@@ -70,8 +67,8 @@ def test_intermittent_storage_failures_are_retried(
     copy_songs(demo_songs[:4], source)
     config = IngestConfig(shard_format=shard_format)
     store_url = f"flaky://faults-{shard_format}-{os.getpid()}"
-    ingest_batch = prefect_tasks.ingest_batch.with_options(retries=8, retry_delay_seconds=0)
-    commit_batch = prefect_tasks.commit_batch.with_options(retries=8, retry_delay_seconds=0)
+    ingest_batch = prefect_tasks.ingest_batch_task.with_options(retries=8, retry_delay_seconds=0)
+    commit_batch = prefect_tasks.commit_batch_task.with_options(retries=8, retry_delay_seconds=0)
 
     @flow
     def flaky_ingest() -> str:
@@ -134,22 +131,8 @@ def test_a_killed_dask_worker_is_replaced_and_its_batch_retried(tmp_path: Path) 
 
     source, store = tmp_path / "songs", str(tmp_path / "store")
     songs = write_demo_songs(source, n_songs=10, seconds=(3.0, 5.0), seed=700)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "musicflow.cli",
-            "ingest",
-            str(source),
-            "--store",
-            store,
-            "--workers",
-            "2",
-            "--batch-mb",
-            "0.001",
-            "--json",
-        ],
-        cwd=ROOT,
+    process = start_musicflow(
+        *("ingest", str(source), "--store", store, "--workers", "2", "--batch-mb", "0.001", "--json"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -182,15 +165,6 @@ def test_training_killed_mid_epoch_resumes(tmp_path: Path) -> None:
     source, store = tmp_path / "songs", str(tmp_path / "store")
     write_demo_songs(source, n_songs=4, seconds=(4.0, 6.0), seed=800)
 
-    def musicflow(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "musicflow.cli", *args],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=300,
-        )
-
     ingested = musicflow(
         "ingest",
         str(source),
@@ -205,9 +179,6 @@ def test_training_killed_mid_epoch_resumes(tmp_path: Path) -> None:
     )
     assert ingested.returncode == 0, ingested.stderr
     train = [
-        sys.executable,
-        "-m",
-        "musicflow.cli",
         "train",
         "--store",
         store,
@@ -222,7 +193,7 @@ def test_training_killed_mid_epoch_resumes(tmp_path: Path) -> None:
         "--batch-size",
         "4",
     ]
-    process = subprocess.Popen(train, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = start_musicflow(*train, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     state_files: list[Path] = []
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline and process.poll() is None:
@@ -237,7 +208,7 @@ def test_training_killed_mid_epoch_resumes(tmp_path: Path) -> None:
     interrupted = json.loads(state_files[0].read_text())
     assert 2 <= interrupted["epoch"] < 10, "the kill did not land mid-run"
 
-    resumed = musicflow(*train[3:], "--json")
+    resumed = musicflow(*train, "--json")
 
     assert resumed.returncode == 0, resumed.stderr
     card = json.loads(resumed.stdout)

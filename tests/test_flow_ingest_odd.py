@@ -102,7 +102,7 @@ def test_a_batch_whose_task_raises_is_retried_file_by_file(
 
     # Threads in this process (so the patch reaches them), retries without waiting.
     monkeypatch.setattr(ingest_lib, "ingest_batch", failing_batch)
-    monkeypatch.setattr(prefect_tasks.ingest_batch, "retry_delay_seconds", [0, 0, 0])
+    monkeypatch.setattr(prefect_tasks.ingest_batch_task, "retry_delay_seconds", [0, 0, 0])
     with LocalCluster(
         n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://", host="127.0.0.1",
         dashboard_address=None,

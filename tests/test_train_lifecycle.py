@@ -155,7 +155,7 @@ def test_a_prefect_retry_does_not_train_a_finished_run_again(
     from prefect import flow
 
     import tasks.model.train
-    from flows.prefect_tasks import train_model as train_task
+    from flows.prefect_tasks import train_model_task as train_task
     from tasks.model.checkpoints import Checkpointer
 
     epochs_trained: list[int] = []

@@ -16,9 +16,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from helpers import CHROMIUM, CHROMIUM_ARGS, copy_songs
+from helpers import CHROMIUM, CHROMIUM_ARGS, copy_songs, musicflow
 
-ROOT = Path(__file__).resolve().parents[1]
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="Chromium is not installed (apt-get install chromium)"
@@ -76,23 +75,9 @@ def test_ui_shows_the_ingest_run_task_runs_and_summary(
 ) -> None:
     source = tmp_path / "songs"
     copy_songs(demo_songs[:3], source)
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "musicflow.cli",
-            "ingest",
-            str(source),
-            "--store",
-            str(tmp_path / "store"),
-            "--workers",
-            "1",
-        ],
-        env={**os.environ, "PREFECT_API_URL": ui_server},
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        timeout=300,
+    result = musicflow(
+        *("ingest", str(source), "--store", str(tmp_path / "store"), "--workers", "1"),
+        env={"PREFECT_API_URL": ui_server},
     )
     assert result.returncode == 0, result.stderr
     runs = httpx.post(f"{ui_server}/flow_runs/filter", json={"sort": "START_TIME_DESC", "limit": 1}).json()

@@ -53,7 +53,7 @@ def dask_client(
     """A Dask client on a fresh LocalCluster of processes, or on an existing cluster; both closed on exit.
 
     The Prefect task runs stay in the flow process, one per Dask task they wait for (see
-    ``flows.prefect_tasks.ingest_batch``), so the workers run plain functions: they need musicflow
+    ``flows.prefect_tasks.ingest_batch_task``), so the workers run plain functions: they need musicflow
     importable, never a Prefect API.
 
     Parameters

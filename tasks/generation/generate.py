@@ -15,7 +15,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from tasks.audio import encode  # encode.encode_audio: tests replace the encoder in its module
-from tasks.config import TrainConfig
+from tasks.config import MAX_CLIP_SECONDS, TrainConfig, check_generate_request
 from tasks.dataset.repository import read_rows, read_song
 from tasks.errors import ConfigError, DecodeError, MusicflowError, StoreError
 from tasks.features.blocks import frame_blocks
@@ -33,7 +33,7 @@ from tasks.model.network import group_steps, sample_step, ungroup_steps
 from tasks.model.repository import LoadedModel, load_trained_model, resolve_model
 from tasks.store.store import Store, check_writable
 
-MAX_SECONDS = 3600.0
+MAX_SECONDS = MAX_CLIP_SECONDS
 SEED_KINDS = ("validation", "audio", "noise")
 
 
@@ -281,12 +281,7 @@ def generate_run(
     validation songs (:mod:`tasks.generation.quality`). ``temperature`` None is the model's
     default (:func:`default_temperature`). Returns the content of ``metrics.json``.
     """
-    if not 0 < seconds <= MAX_SECONDS:
-        raise ConfigError(f"invalid seconds {seconds!r}: must be in (0, {MAX_SECONDS:g}]")
-    if count < 1 or count > 100:
-        raise ConfigError(f"invalid count {count!r}: must be in [1, 100]")
-    if temperature is not None and temperature < 0:
-        raise ConfigError(f"invalid temperature {temperature!r}: must be >= 0")
+    check_generate_request(seconds, count, temperature)
     if seed_audio and seed == "validation":
         seed = "audio"
     check_writable(store)

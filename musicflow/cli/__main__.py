@@ -1,0 +1,5 @@
+"""``python -m musicflow.cli``: the ``musicflow`` command."""
+
+from musicflow.cli import main
+
+main()

@@ -1,0 +1,100 @@
+"""``musicflow ingest``: new songs of a source into the store's feature shards (the ingest flow)."""
+
+from __future__ import annotations
+
+import json
+from typing import Annotated, Any
+
+import typer
+
+from musicflow.cli.common import (
+    quiet_console,
+    run_with_progress,
+    use_storage_options,
+)
+from musicflow.cli.options import (
+    BlockSizeOption,
+    DaskAddressOption,
+    FormatOption,
+    HopLengthOption,
+    NFFTOption,
+    NMelsOption,
+    SampleRateOption,
+    ShardFormatChoice,
+    SourceOptionsOption,
+    StorageOptionsOption,
+    StoreOption,
+    TransformChoice,
+    TransformOption,
+    VerboseOption,
+)
+from musicflow.cli.reports import print_ingest_summary
+from tasks.config import AUDIO_EXTENSIONS, ingest_config
+from tasks.errors import ConfigError
+
+
+def ingest(
+    source: Annotated[
+        str, typer.Argument(help="Folder, file or fsspec URL of songs (searched recursively).")
+    ],
+    store: StoreOption,
+    format: FormatOption = ShardFormatChoice.zarr,
+    transform: TransformOption = TransformChoice.stft,
+    block_size: BlockSizeOption = 11025,
+    sample_rate: SampleRateOption = None,
+    n_fft: NFFTOption = None,
+    hop_length: HopLengthOption = None,
+    n_mels: NMelsOption = None,
+    workers: Annotated[
+        int | None, typer.Option(min=1, help="LocalCluster worker processes [default: cores].")
+    ] = None,
+    dask_address: DaskAddressOption = None,
+    batch_mb: Annotated[float, typer.Option(min=0.001, help="Compressed audio per Dask task, in MB.")] = 32.0,
+    retry_failed: Annotated[bool, typer.Option(help="Decode again songs that failed before.")] = False,
+    strict: Annotated[
+        bool,
+        typer.Option(help="Fail every song the decoder reports errors for (default: keep concealed ones)."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
+    storage_options: StorageOptionsOption = None,
+    source_options: SourceOptionsOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Decode new songs into feature shards, log-mel frames by default (skips songs already ingested)."""
+    quiet_console(verbose)
+    use_storage_options(store, storage_options, source, source_options)
+    from flows.runtime.cluster import check_cluster_options  # lazy: start-up
+    from musicflow.server import ensure_prefect_api  # lazy: start-up
+    from tasks.audio.ffmpeg import ffmpeg_binary  # lazy: start-up
+    from tasks.ingest.sources import open_source  # lazy: start-up
+    from tasks.store.store import check_writable, open_store  # lazy: start-up
+
+    options: dict[str, Any] = {
+        "format": format.value,
+        "transform": transform.value,
+        "block_size": block_size,
+        "sample_rate": sample_rate,
+        "n_fft": n_fft,
+        "hop_length": hop_length,
+        "n_mels": n_mels,
+        "batch_mb": batch_mb,
+        "retry_failed": retry_failed,
+        "strict": strict,
+    }
+    ingest_config(**options)  # a bad value is one line before any server starts
+    ffmpeg_binary()
+    open_source(source)
+    check_writable(open_store(store))
+    check_cluster_options(workers=workers, dask_address=dask_address)  # before a server starts
+    ensure_prefect_api()
+    from flows.ingest import ingest as ingest_flow  # lazy: start-up
+
+    summary = run_with_progress(
+        ingest_flow, source=source, store=store, workers=workers, dask_address=dask_address, **options
+    )
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        print_ingest_summary(summary)
+    if summary["songs_listed"] == 0:
+        raise ConfigError(f"no audio files found in {source!r} (looked for {', '.join(AUDIO_EXTENSIONS)})")

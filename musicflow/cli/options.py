@@ -1,0 +1,109 @@
+"""The choices and options that several ``musicflow`` commands share, spelled out for typer.
+
+The choices must stay those of the libraries (the asserts below; ``SeedChoice`` is
+``tasks.generation.generate.SEED_KINDS`` and ``DemoFormatChoice`` is
+``tasks.audio.synth.DEMO_FORMATS``: tests/test_cli_operator.py checks them without importing
+those modules here).
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Annotated
+
+import typer
+
+from tasks.config import LOSSES, PRESETS, SHARD_FORMATS, TRANSFORMS
+
+
+class TransformChoice(enum.StrEnum):
+    stft = "stft"
+    rfft = "rfft"
+    fft = "fft"
+
+
+class ShardFormatChoice(enum.StrEnum):
+    zarr = "zarr"
+    parquet = "parquet"
+
+
+class DemoFormatChoice(enum.StrEnum):
+    mp3 = "mp3"
+    wav = "wav"
+    ogg = "ogg"
+    flac = "flac"
+
+
+class LossChoice(enum.StrEnum):
+    mse = "mse"
+    mae = "mae"
+    gaussian = "gaussian"
+
+
+class PresetChoice(enum.StrEnum):
+    spectral = "spectral"
+    small = "small"
+    gruv = "gruv"
+
+
+class SeedChoice(enum.StrEnum):
+    validation = "validation"
+    audio = "audio"
+    noise = "noise"
+
+
+assert tuple(TransformChoice) == TRANSFORMS and tuple(ShardFormatChoice) == SHARD_FORMATS
+assert tuple(LossChoice) == LOSSES and set(PresetChoice) == set(PRESETS)
+
+StoreOption = Annotated[
+    str, typer.Option("--store", help="Store URL: a local path, file://, s3://, memory://...")
+]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect and Dask logs.")]
+StorageOptionsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--storage-options",
+        metavar="JSON",
+        help="fsspec options of the store, as JSON or @FILE (credentials, endpoint), e.g. "
+        '\'{"key": "...", "secret": "...", "endpoint_url": "http://127.0.0.1:9000"}\'. '
+        "They stay in this process (and its Dask workers): never in flow-run parameters.",
+    ),
+]
+SourceOptionsOption = Annotated[
+    str | None,
+    typer.Option(
+        "--source-options",
+        metavar="JSON",
+        help="fsspec options of the source, as JSON or @FILE (it may be on another endpoint).",
+    ),
+]
+
+
+# The feature options that ingest, pipeline and serve share.
+FormatOption = Annotated[ShardFormatChoice, typer.Option(help="Shard format.")]
+TransformOption = Annotated[
+    TransformChoice, typer.Option(help="Features: stft (log-mel frames) or the seed's rfft/fft blocks.")
+]
+BlockSizeOption = Annotated[int, typer.Option(min=2, help="rfft/fft: samples per block.")]
+SampleRateOption = Annotated[
+    int | None, typer.Option(min=1000, max=384000, help="Decode rate in Hz [stft 22050, rfft/fft 44100].")
+]
+NFFTOption = Annotated[int | None, typer.Option(help="stft: samples per frame [1024].")]
+HopLengthOption = Annotated[int | None, typer.Option(help="stft: samples between frames [256].")]
+NMelsOption = Annotated[int | None, typer.Option(help="stft: mel bands, 0 = linear bins [128].")]
+
+
+# The run options that ingest, pipeline, serve and demo share.
+WorkersOption = Annotated[int | None, typer.Option(min=1, help="LocalCluster worker processes.")]
+DaskAddressOption = Annotated[str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://host:8786.")]
+ModelPresetOption = Annotated[
+    PresetChoice | None, typer.Option(help="Model preset [spectral for stft, small for rfft/fft].")
+]
+EpochsOption = Annotated[int | None, typer.Option(min=1, help="Training epochs.")]
+HiddenOption = Annotated[int | None, typer.Option(min=1, help="Units of the dense and LSTM layers.")]
+# A step is frames-per-step rows: 4 log-mel frames for spectral (64 steps = 3 s at 22.05 kHz, hop
+# 256), one 0.25-s block for small/gruv (40 blocks = 10 s).
+SeqLenOption = Annotated[
+    int | None,
+    typer.Option(min=1, help="Steps per training window [64 = 3 s for spectral; 40 = 10 s for small/gruv]."),
+]

@@ -1,0 +1,104 @@
+"""``musicflow pipeline``: ingest -> train -> generate as one flow run (the pipeline flow)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from musicflow.cli.common import (
+    check_generate_options,
+    quiet_console,
+    run_with_progress,
+    use_storage_options,
+)
+from musicflow.cli.options import (
+    BlockSizeOption,
+    DaskAddressOption,
+    EpochsOption,
+    FormatOption,
+    HiddenOption,
+    ModelPresetOption,
+    SeqLenOption,
+    ShardFormatChoice,
+    SourceOptionsOption,
+    StorageOptionsOption,
+    StoreOption,
+    TransformChoice,
+    TransformOption,
+    VerboseOption,
+    WorkersOption,
+)
+from musicflow.cli.reports import print_generated, print_ingest_summary
+
+
+def pipeline(
+    source: Annotated[str, typer.Argument(help="Folder, file or fsspec URL of songs.")],
+    store: StoreOption,
+    workers: WorkersOption = None,
+    dask_address: DaskAddressOption = None,
+    format: FormatOption = ShardFormatChoice.zarr,
+    transform: TransformOption = TransformChoice.stft,
+    block_size: BlockSizeOption = 11025,
+    preset: ModelPresetOption = None,
+    epochs: EpochsOption = None,
+    hidden: HiddenOption = None,
+    seq_len: SeqLenOption = None,
+    hop: Annotated[int | None, typer.Option(min=1, help="Blocks between training windows.")] = None,
+    seconds: Annotated[float, typer.Option(help="Length of each generated clip.")] = 10.0,
+    count: Annotated[int, typer.Option(help="Number of clips.")] = 1,
+    temperature: Annotated[
+        float | None, typer.Option(help="Sampling spread (spectral) or fed-back noise (small/gruv).")
+    ] = None,
+    storage_options: StorageOptionsOption = None,
+    source_options: SourceOptionsOption = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Ingest -> train -> generate as one flow run (three subflows in the Prefect UI)."""
+    quiet_console(verbose)
+    use_storage_options(store, storage_options, source, source_options)
+    run_pipeline(
+        source=source,
+        store=store,
+        workers=workers,
+        dask_address=dask_address,
+        format=format.value,
+        transform=transform.value,
+        block_size=block_size,
+        preset=preset.value if preset else None,
+        epochs=epochs,
+        hidden=hidden,
+        seq_len=seq_len,
+        hop=hop,
+        seconds=seconds,
+        count=count,
+        temperature=temperature,
+    )
+
+
+def run_pipeline(*, source: str, store: str, **options: Any) -> dict[str, Any]:
+    from flows.runtime.cluster import check_cluster_options  # lazy: start-up
+    from musicflow.server import ensure_prefect_api  # lazy: start-up
+    from tasks.audio.ffmpeg import ffmpeg_binary  # lazy: start-up
+    from tasks.ingest.sources import open_source  # lazy: start-up
+    from tasks.store.store import check_writable, open_store  # lazy: start-up
+
+    check_generate_options(options["seconds"], options["count"], options["temperature"], None)
+    ffmpeg_binary()
+    open_source(source)
+    check_writable(open_store(store))
+    check_cluster_options(workers=options["workers"], dask_address=options["dask_address"])
+    ensure_prefect_api()
+    from flows.pipeline import pipeline as pipeline_flow  # lazy: start-up
+
+    result = run_with_progress(pipeline_flow, source=source, store=store, **options)
+    print_ingest_summary(result["ingest"])
+    card = result["train"]
+    from rich.console import Console  # lazy: start-up
+
+    Console(soft_wrap=True).print(
+        f"model [bold]{card['model_id']}[/]: {card['epochs']} epochs, validation loss {card['val_loss']:.5g} "
+        f"(predicting the mean block: {card['baseline_val_loss']:.5g})"
+    )
+    print_generated(result["generate"])
+    return result

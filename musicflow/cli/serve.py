@@ -1,0 +1,116 @@
+"""``musicflow serve``: the deployments served here (``deployments/serve.py``)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from musicflow.cli.common import (
+    check_generate_options,
+    use_storage_options,
+)
+from musicflow.cli.options import (
+    BlockSizeOption,
+    EpochsOption,
+    FormatOption,
+    HiddenOption,
+    HopLengthOption,
+    ModelPresetOption,
+    NFFTOption,
+    NMelsOption,
+    SampleRateOption,
+    ShardFormatChoice,
+    SourceOptionsOption,
+    StorageOptionsOption,
+    StoreOption,
+    TransformChoice,
+    TransformOption,
+    WorkersOption,
+)
+
+
+def serve(
+    source: Annotated[str, typer.Option(help="Songs folder or URL the ingest deployment reads.")],
+    store: StoreOption,
+    cron: Annotated[str, typer.Option(help="Schedule of the generate deployment (UTC).")] = "0 6 * * *",
+    ingest_every: Annotated[float | None, typer.Option(help="Also ingest every N seconds.")] = None,
+    workers: WorkersOption = None,
+    dask_address: Annotated[str | None, typer.Option(help="Existing Dask scheduler.")] = None,
+    format: FormatOption = ShardFormatChoice.zarr,
+    transform: TransformOption = TransformChoice.stft,
+    block_size: BlockSizeOption = 11025,
+    sample_rate: SampleRateOption = None,
+    n_fft: NFFTOption = None,
+    hop_length: HopLengthOption = None,
+    n_mels: NMelsOption = None,
+    preset: ModelPresetOption = None,
+    epochs: EpochsOption = None,
+    hidden: HiddenOption = None,
+    layers: Annotated[int | None, typer.Option(min=1, help="LSTM layers.")] = None,
+    seq_len: Annotated[int | None, typer.Option(min=1, help="Blocks per training window.")] = None,
+    hop: Annotated[int | None, typer.Option(min=1, help="Blocks between training windows.")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Windows per batch.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(min=0.0, help="RMSprop learning rate.")] = None,
+    patience: Annotated[
+        int | None, typer.Option(min=1, help="Stop after N epochs without val_loss gain.")
+    ] = None,
+    seconds: Annotated[float, typer.Option(help="Length of each generated clip.")] = 10.0,
+    count: Annotated[int, typer.Option(help="Clips per generate run.")] = 1,
+    storage_options: StorageOptionsOption = None,
+    source_options: SourceOptionsOption = None,
+    store_block: Annotated[
+        str | None,
+        typer.Option(
+            help="Prefect block with the store's credentials (s3-bucket/NAME, aws-credentials/NAME)."
+        ),
+    ] = None,
+    source_block: Annotated[
+        str | None, typer.Option(help="Prefect block with the source's credentials.")
+    ] = None,
+) -> None:
+    """Serve the deployments: ingest (on demand/interval), train (when an ingest adds songs to this
+    store), generate (cron). Flow runs run here, in child processes."""
+    use_storage_options(store, storage_options, source, source_options)
+    check_generate_options(seconds, count, 0.0, None)
+    from deployments.serve import build_deployments  # lazy: start-up
+    from musicflow.server import ensure_prefect_api, ui_url  # lazy: start-up
+    from tasks.store.credentials import export_storage_options  # lazy: start-up
+
+    deployments = build_deployments(
+        source=source,
+        store=store,
+        generate_cron=cron,
+        ingest_every=ingest_every,
+        workers=workers,
+        dask_address=dask_address,
+        shard_format=format.value,
+        transform=transform.value,
+        block_size=block_size,
+        sample_rate=sample_rate,
+        n_fft=n_fft,
+        hop_length=hop_length,
+        n_mels=n_mels,
+        preset=preset.value if preset else None,
+        epochs=epochs,
+        train_options={
+            "hidden": hidden,
+            "layers": layers,
+            "seq_len": seq_len,
+            "hop": hop,
+            "batch_size": batch_size,
+            "learning_rate": learning_rate,
+            "patience": patience,
+        },
+        seconds=seconds,
+        count=count,
+        store_block=store_block,
+        source_block=source_block,
+    )
+    api = ensure_prefect_api()
+    export_storage_options()  # the flow-run processes inherit them; the API never sees them
+    typer.echo(f"serving {', '.join(d.name for d in deployments)}; UI: {ui_url(api)}  (Ctrl+C to stop)")
+    typer.echo("trigger an ingest: prefect deployment run 'ingest/musicflow-ingest'")
+    from prefect import serve as prefect_serve  # lazy: start-up
+
+    prefect_serve(*deployments)

@@ -163,8 +163,7 @@ def child_build(spec: dict[str, Any]) -> dict[str, Any]:
 def _training_input(store_url: str, preset: str) -> tuple[Any, Any, int]:
     """(TrainConfig, the training SongWindows, n_features) exactly as ``train_model`` sets them up."""
     from tasks.config import FeatureConfig, TrainConfig
-    from tasks.dataset.repository import CONFIG_FILE, dataset_dir
-    from tasks.model.train import resolve_dataset
+    from tasks.dataset.repository import CONFIG_FILE, dataset_dir, resolve_dataset
     from tasks.model.windows import Normalizer, SongWindows, load_split
     from tasks.store.store import open_store
 

@@ -84,7 +84,8 @@ def train(
     quiet_console(verbose)
     use_storage_options(store, storage_options)
     from musicflow.server import ensure_prefect_api  # lazy: start-up
-    from tasks.model.train import default_preset, resolve_dataset  # lazy: start-up
+    from tasks.dataset.repository import resolve_dataset  # lazy: start-up
+    from tasks.model.train import default_preset  # lazy: start-up
 
     opened = open_existing_store(store)
     resolve_dataset(opened, dataset)  # a one-line error before any server starts

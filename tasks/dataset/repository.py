@@ -215,6 +215,25 @@ def list_datasets(store: Store) -> list[str]:
     return [name for name in store.list_dirs(DATASETS_DIR) if store.exists(dataset_dir(name), CONFIG_FILE)]
 
 
+def resolve_dataset(store: Store, dataset_id: str | None) -> str:
+    """The dataset meant: the one named, or the only one in the store (train, the CLI)."""
+    available = list_datasets(store)
+    if dataset_id is not None:
+        if dataset_id not in available:
+            raise ConfigError(
+                f"no dataset {dataset_id!r} in store {store.url!r} (has: {', '.join(available) or 'none'})"
+            )
+        return dataset_id
+    if not available:
+        raise ConfigError(f"no dataset in store {store.url!r}: run `musicflow ingest` first")
+    if len(available) > 1:
+        raise ConfigError(
+            f"store {store.url!r} has {len(available)} datasets, choose one with --dataset: "
+            + ", ".join(available)
+        )
+    return available[0]
+
+
 def read_config(store: Store, dataset_id: str) -> dict[str, Any]:
     """The dataset's ``config.json``; :class:`ConfigError` naming the dataset when there is none."""
     if not store.exists(dataset_dir(dataset_id), CONFIG_FILE):

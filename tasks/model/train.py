@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from tasks.config import DEFAULT_PRESETS, TrainConfig
-from tasks.dataset.repository import STATS_FILE, dataset_dir, list_datasets, read_features
+from tasks.dataset.repository import STATS_FILE, dataset_dir, read_features, resolve_dataset
 from tasks.errors import ConfigError, MusicflowError, StoreError
 from tasks.model.network import baseline_loss, build_model, step_features
 from tasks.model.repository import (
@@ -74,25 +74,6 @@ class TrainResult:
     card: dict[str, Any] = field(default_factory=dict)
     stop_reason: str = "completed"
     best_epoch: int = 0
-
-
-def resolve_dataset(store: Store, dataset_id: str | None) -> str:
-    """The dataset to train on: the one named, or the only one in the store."""
-    available = list_datasets(store)
-    if dataset_id is not None:
-        if dataset_id not in available:
-            raise ConfigError(
-                f"no dataset {dataset_id!r} in store {store.url!r} (has: {', '.join(available) or 'none'})"
-            )
-        return dataset_id
-    if not available:
-        raise ConfigError(f"no dataset in store {store.url!r}: run `musicflow ingest` first")
-    if len(available) > 1:
-        raise ConfigError(
-            f"store {store.url!r} has {len(available)} datasets, choose one with --dataset: "
-            + ", ".join(available)
-        )
-    return available[0]
 
 
 def default_preset(store: Store, dataset_id: str | None) -> str:

@@ -16,7 +16,7 @@ async engine, and emits nothing more. Each flow module (``flows/ingest.py``,
 deployment loads its flow file by path, so ``flows/__init__`` would not run), so
 the CLI, deployments served by ``musicflow serve`` and flows run from Python all
 get it. Prefect releases without the hook are left untouched (see
-:func:`install`'s return value); ``tests/test_heartbeats.py`` fails if the pinned
+:func:`install`'s return value); ``tests/flows/test_heartbeats.py`` fails if the pinned
 Prefect stops offering it.
 """
 

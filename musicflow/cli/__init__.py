@@ -9,7 +9,7 @@ Errors print as one line; bad arguments exit with code 2, other failures 1.
 Nothing of the DSP/ML stack (numpy, scipy, TensorFlow, pydub, zarr, pyarrow) nor Prefect is
 imported when the commands are registered: `musicflow --help` and a bad argument answer at once.
 Each command imports what it needs inside its function, each such import marked
-``# lazy: start-up`` (tests/test_cli.py checks sys.modules after --help).
+``# lazy: start-up`` (tests/cli/test_cli.py checks sys.modules after --help).
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 The choices must stay those of the libraries (the asserts below; ``SeedChoice`` is
 ``tasks.generation.generate.SEED_KINDS`` and ``DemoFormatChoice`` is
-``tasks.audio.synth.DEMO_FORMATS``: tests/test_cli_operator.py checks them without importing
+``tasks.audio.synth.DEMO_FORMATS``: tests/cli/test_cli_operator.py checks them without importing
 those modules here).
 """
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import ROOT
 
 from tasks.audio.decode import decode_audio
 from tasks.config import FeatureConfig, IngestConfig
@@ -216,7 +217,7 @@ def test_a_worker_reuses_the_buffers_it_frees() -> None:
     env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
     result = subprocess.run(
         [sys.executable, "-c", _FAULTS], capture_output=True, text=True, env=env, timeout=120, check=True,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=ROOT,
     )  # fmt: skip
     before, tuned, after = result.stdout.split()
     assert tuned == "True"

@@ -14,14 +14,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 from distributed import Client
-from helpers import assert_store_consistent, copy_songs, musicflow
+from helpers import ROOT, assert_store_consistent, copy_songs, musicflow
 
 from tasks.dataset.catalog import read_catalog
 from tasks.dataset.repository import dataset_dir
 from tasks.dataset.shards import read_blocks
 from tasks.store.store import open_store
 
-ROOT = Path(__file__).resolve().parents[1]
 DASK = str(Path(sys.executable).with_name("dask"))
 
 

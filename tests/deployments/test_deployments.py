@@ -1,5 +1,5 @@
 """The deployments built in code (``musicflow serve``) and declared in ``deployments/prefect.yaml``,
-as objects: what they are made of. tests/test_live_schedules.py is the proof that a real server
+as objects: what they are made of. tests/deployments/test_live_schedules.py is the proof that a real server
 runs them (schedules, the trigger, the concurrency limits)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import musicflow
+from helpers import ROOT, musicflow
 from prefect.client.schemas.schedules import CronSchedule, IntervalSchedule
 from prefect.events import DeploymentEventTrigger, DeploymentTriggerTypes
 from pydantic import TypeAdapter
@@ -21,7 +21,6 @@ from deployments.serve import DATASET_ID_TEMPLATE, DEFAULT_GENERATE_CRON, build_
 from tasks.errors import ConfigError
 from tasks.ingest.events import DATASET_UPDATED, dataset_updated_event, store_key
 
-ROOT = Path(__file__).resolve().parents[1]
 YAML = ROOT / "deployments" / "prefect.yaml"
 NAMES = ["musicflow-ingest", "musicflow-train", "musicflow-generate"]
 

@@ -5,11 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import assert_store_consistent
+from helpers import assert_store_consistent, musicflow
 
 from tasks.check import check_store
 from tasks.config import IngestConfig
@@ -21,8 +20,6 @@ from tasks.ingest.plan import plan_ingest
 from tasks.ingest.sources import list_audio_files
 from tasks.ingest.worker import ingest_batch
 from tasks.store.store import open_store
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 def ingest_plainly(source: Path, store_url: str) -> str:
@@ -124,13 +121,7 @@ def test_cli_exit_codes(ingested: tuple[str, str, Path]) -> None:
     store_url, dataset_id, _ = ingested
 
     def check(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "musicflow.cli", "check", "--store", store_url, *args],
-            capture_output=True,
-            text=True,
-            cwd=ROOT,
-            timeout=120,
-        )
+        return musicflow("check", "--store", store_url, *args, timeout=120)
 
     assert check().returncode == 0
     (Path(store_url) / dataset_dir(dataset_id) / STATS_FILE).unlink()

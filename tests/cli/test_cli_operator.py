@@ -1,6 +1,6 @@
 """The CLI as an operator meets it: ``--help`` at once (no DSP/ML stack imported), one progress line
 per epoch when the output is not a terminal, one-line errors for bad storage options.
-(One line per ingest batch: tests/test_credentials.py, whose ``musicflow ingest`` output is a pipe.)"""
+(One line per ingest batch: tests/flows/test_credentials.py, whose ``musicflow ingest`` output is a pipe.)"""
 
 from __future__ import annotations
 

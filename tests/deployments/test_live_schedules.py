@@ -37,11 +37,10 @@ import httpx
 import psutil
 import pytest
 from conftest import TINY_BLOCK
-from helpers import CHROMIUM, CHROMIUM_ARGS, write_periodic_songs
+from helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, write_periodic_songs
 
 from tasks.ingest.events import DATASET_UPDATED, store_key
 
-ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 

@@ -31,26 +31,31 @@ STORAGE_OPTIONS_ENV = "MUSICFLOW_STORAGE_OPTIONS"
 
 def parse_storage_options(value: str | None, option: str = "--storage-options") -> dict[str, Any]:
     """fsspec options from a JSON object, or from ``@FILE`` holding one (keeps secrets out of the
-    shell history); ``None`` or ``""`` is no options. :class:`ConfigError` names the bad value."""
+    shell history); ``None`` or ``""`` is no options. :class:`ConfigError` names the option and, for
+    ``@FILE``, the file, but never the JSON itself: it may hold a secret, even when it is malformed
+    (a typo is the most common way a key would land in a log)."""
     if value is None or not value.strip():
         return {}
     text = value
     if value.startswith("@"):
+        given = value
         try:
             text = Path(value[1:]).read_text()
         except OSError as error:
             raise ConfigError(
                 f"invalid {option} {value!r}: cannot read {value[1:]!r} ({error.strerror})"
             ) from error
+    else:
+        given = f"(inline JSON of {len(value)} characters, not shown: it may hold secrets)"
     try:
         parsed = json.loads(text)
     except json.JSONDecodeError as error:
         raise ConfigError(
-            f"invalid {option} {value!r}: not JSON ({error.msg} at line {error.lineno} column {error.colno})"
-        ) from error
+            f"invalid {option} {given}: not JSON ({error.msg} at line {error.lineno} column {error.colno})"
+        ) from None  # the decoder's exception carries the document: it goes nowhere
     if not isinstance(parsed, dict):
         raise ConfigError(
-            f'invalid {option} {value!r}: expected a JSON object such as {{"key": "...", "secret": "..."}}'
+            f'invalid {option} {given}: expected a JSON object such as {{"key": "...", "secret": "..."}}'
         )
     return parsed
 

@@ -104,15 +104,18 @@ def test_the_clis_choices_are_the_libraries() -> None:
     [
         (
             ["status", "--store", "s3://b/x", "--storage-options", "{bad json"],
-            "invalid --storage-options '{bad json'",
+            "invalid --storage-options (inline JSON of 9 characters, not shown",
         ),
         (["check", "--store", "s3://b/x", "--storage-options", "[1, 2]"], "expected a JSON object"),
         (
             ["ingest", "s3://songs", "--store", "s3://b/x", "--source-options", "nope"],
-            "invalid --source-options 'nope'",
+            "invalid --source-options (inline JSON of 4 characters, not shown",
         ),
         (["train", "--store", "s3://b/x", "--storage-options", "@/nonexistent/creds.json"], "cannot read"),
-        (["serve", "--source", "s", "--store", "t", "--source-options", "{"], "invalid --source-options '{'"),
+        (
+            ["serve", "--source", "s", "--store", "t", "--source-options", "{"],
+            "invalid --source-options (inline",
+        ),
     ],
 )
 def test_bad_storage_options_exit_2_naming_them(args: list[str], fragment: str) -> None:
@@ -121,6 +124,24 @@ def test_bad_storage_options_exit_2_naming_them(args: list[str], fragment: str) 
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("musicflow: error: "), result.stderr
     assert fragment in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '{"key": "AKIA", "secret": "SENTINEL-9f3c",}',  # a trailing comma
+        '{"secret": "SENTINEL-9f3c" "key": "AKIA"}',  # a missing comma
+        '["SENTINEL-9f3c"]',  # valid JSON, not an object
+    ],
+)
+def test_bad_storage_options_never_echo_the_secret(value: str) -> None:
+    result = musicflow(
+        "status", "--store", "s3://b/x", "--storage-options", value,
+        env={"PREFECT_API_URL": "http://127.0.0.1:9/api"}, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2, (result.returncode, result.stderr)
+    assert "invalid --storage-options" in result.stderr
+    assert "SENTINEL" not in result.stdout + result.stderr, result.stderr
 
 
 def piped_lines(command: list[str], *, env: dict[str, str], timeout: float = 240) -> list[tuple[str, bool]]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import subprocess
 import tempfile
 import threading
@@ -38,6 +39,15 @@ BUFFERED_OUTPUT = ("-flush_packets", "0")
 # ffmpeg's mono mix: the mean of the channels, (L + R) / 2 for stereo, for up to 64 channels
 # ("<" renormalises the gains over the channels the input has; -ac 1 would weight them otherwise).
 MONO_MIX = "aformat=sample_fmts=flt|fltp,pan=mono|c0<" + "+".join(f"c{index}" for index in range(64))
+# What ffmpeg may open: the file or pipe we hand it, and nothing that file names. A playlist or
+# manifest saved as .mp3/.m4a is probed as one (hls and dash are probed by content) and would make
+# ffmpeg open the inputs it lists; those demuxers are left out of the formats it may use, and no
+# protocol but the file and the pipe is allowed (no network, whatever a demuxer asks for).
+PROTOCOLS = "file,pipe"
+INPUT_OPENERS = frozenset(
+    {"hls", "dash", "concat", "sdp", "rtp", "rtsp", "imf", "webm_dash_manifest", "lavfi", "avisynth",
+     "vapoursynth"}
+)  # fmt: skip
 # Decoding time limit: a base plus a time per byte, far beyond what any real decoder needs
 # (ffmpeg decodes mp3 at ~10 MB/s per core), so only a hung decoder or a stalled read hits it.
 DECODE_TIMEOUT_BASE_S = 120.0
@@ -158,10 +168,12 @@ class AudioStream:
 
     def _ffmpeg(self, ffmpeg: str) -> Iterator[np.ndarray]:
         piped = not isinstance(self.source, str)
-        # "file:" so that a name holding ":" or starting with "-" is never read as a protocol or option.
-        target = "file:" + self.source if isinstance(self.source, str) else "pipe:0"
-        command = decode_command(ffmpeg, target, sample_rate=self.sample_rate)
-        with tempfile.TemporaryFile() as log:
+        with contextlib.ExitStack() as stack:
+            # ffmpeg opens a name of ours, so the song's own name never reaches the log that the
+            # verdict reads ("file:" so that it is never read as a protocol or an option either).
+            target = "pipe:0" if piped else "file:" + stack.enter_context(neutral_name(self.source))  # type: ignore[arg-type]
+            command = decode_command(ffmpeg, target, sample_rate=self.sample_rate)
+            log = stack.enter_context(tempfile.TemporaryFile())
             process = subprocess.Popen(
                 command,
                 stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
@@ -172,8 +184,13 @@ class AudioStream:
             returncode = yield from self._pump(process, feeder)
             log.seek(0)
             facts = read_log(log)
+            if facts.refused_format:
+                raise DecodeError(
+                    f"not audio: a {facts.refused_format} playlist or manifest, which would make the "
+                    "decoder open the inputs it names (refused)"
+                )
+            errors = [line.replace(target, "the file") for line in facts.errors]
         self.channels = facts.channels
-        errors = facts.errors
         if self.n_samples == 0:
             raise DecodeError(summarise(errors) or f"ffmpeg exited with code {returncode}")
         if returncode != 0 and not errors:
@@ -262,8 +279,8 @@ class AudioStream:
     def _resampled(
         self, ffmpeg: str, chunks: Iterator[np.ndarray], native: int
     ) -> Generator[np.ndarray, None, int]:
-        command = [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "error", "-f", "f32le",
-                   "-ar", str(native), "-ac", "1", "-i", "pipe:0",
+        command = [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "error", "-protocol_whitelist", "pipe",
+                   "-f", "f32le", "-ar", str(native), "-ac", "1", "-i", "pipe:0",
                    "-ar", str(self.sample_rate), *BUFFERED_OUTPUT, "-f", "f32le", "pipe:1"]  # fmt: skip
         process = subprocess.Popen(
             command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL
@@ -300,10 +317,57 @@ class AudioStream:
 def decode_command(ffmpeg: str, target: str, *, sample_rate: int) -> list[str]:
     """ffmpeg's command line that decodes ``target``'s first audio stream to float32 mono at
     ``sample_rate`` on its stdout (:data:`MONO_MIX`, :data:`BUFFERED_OUTPUT`), logging what
-    :func:`~tasks.audio.verdict.read_log` reads (each line with its level) on stderr."""
-    return [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "level+verbose", "-i", target,
+    :func:`~tasks.audio.verdict.read_log` reads (each line with its level) on stderr, and opening
+    nothing but ``target`` (:data:`PROTOCOLS`, :func:`allowed_formats`)."""
+    return [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "level+verbose",
+            "-protocol_whitelist", PROTOCOLS, "-format_whitelist", allowed_formats(ffmpeg), "-i", target,
             "-map", "0:a:0", "-map_metadata", "-1", "-af", MONO_MIX, "-ar", str(sample_rate),
             "-c:a", "pcm_f32le", *BUFFERED_OUTPUT, "-f", "f32le", "pipe:1"]  # fmt: skip
+
+
+_ALLOWED_FORMATS: dict[str, str] = {}
+LIST_DEMUXERS_TIMEOUT_S = 5.0
+
+
+def allowed_formats(ffmpeg: str) -> str:
+    """The demuxers ``ffmpeg`` may pick for an input (``-format_whitelist``): every one it has, but
+    those that open other inputs (:data:`INPUT_OPENERS`). Asked once per process and binary; an
+    ffmpeg that cannot list them in time decodes nothing (:class:`DecodeError`), rather than
+    decoding without the list."""
+    if ffmpeg not in _ALLOWED_FORMATS:
+        try:
+            listing = subprocess.run(
+                [ffmpeg, "-hide_banner", "-demuxers"],
+                capture_output=True, text=True, timeout=LIST_DEMUXERS_TIMEOUT_S, check=True,
+            ).stdout  # fmt: skip
+        except subprocess.TimeoutExpired as error:
+            raise DecodeError(
+                f"timed out: ffmpeg did not list its demuxers in {error.timeout:.0f} s"
+            ) from None
+        except (subprocess.CalledProcessError, OSError) as error:
+            raise DecodeError(f"ffmpeg cannot list its demuxers ({error})") from None
+        names: list[str] = []
+        for row in listing.split("--", 1)[-1].splitlines():
+            fields = row.split(None, 2)
+            if len(fields) >= 2 and "D" in fields[0]:
+                names += [name for name in fields[1].split(",") if name not in INPUT_OPENERS]
+        _ALLOWED_FORMATS[ffmpeg] = ",".join(dict.fromkeys(names))
+    return _ALLOWED_FORMATS[ffmpeg]
+
+
+@contextlib.contextmanager
+def neutral_name(path: str) -> Iterator[str]:
+    """``path`` under a name of ours, ``input.<ext>`` in a fresh folder (a symbolic link), its
+    extension kept for ffmpeg's probing: ffmpeg writes the name it opens into the log the verdict is
+    read from, and a song's name is anybody's text (one holding a line break and ``Duration:`` would
+    state a length)."""
+    extension = os.path.splitext(path)[1].lower()
+    if not re.fullmatch(r"\.[a-z0-9]{1,8}", extension):
+        extension = ""
+    with tempfile.TemporaryDirectory(prefix="musicflow-decode-") as folder:
+        link = os.path.join(folder, "input" + extension)
+        os.symlink(os.path.abspath(path), link)
+        yield link
 
 
 def widen_pipe(fd: int, n_bytes: int = PIPE_BYTES) -> int:

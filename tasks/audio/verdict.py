@@ -17,9 +17,15 @@ from tasks.errors import DecodeError
 
 _ERROR_LEVEL = re.compile(r"\[(?:error|fatal|panic)\] ")
 _CONTEXT = re.compile(r"\[(?:error|fatal|panic|warning|info|verbose)\] |\[[\w:/.#-]+ @ 0x[0-9a-f]+\] ")
-_DURATION = re.compile(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
-_INPUT_AUDIO = re.compile(r"Stream #0:\d+\S*: Audio: (.*)")
-_FINAL_STATS = re.compile(r"Input stream #0:\d+ \(audio\): (\d+) packets read .*?; (\d+) frames decoded")
+# Lines are matched from their start, after the level: a tag's text (a title holding "Duration: 9:00:00")
+# is printed after its key on a line of its own, and never starts one.
+_DURATION = re.compile(r"^\[info\] +Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)")
+_INPUT_AUDIO = re.compile(r"^\[info\] +Stream #0:\d+\S*: Audio: (.*)")
+# A demuxer ffmpeg probed but may not use (tasks.audio.decode.allowed_formats): a playlist or manifest.
+_REFUSED_FORMAT = re.compile(r"^\[(\w+) @ 0x[0-9a-f]+\] \[error\] Format not on whitelist")
+_FINAL_STATS = re.compile(
+    r"^\[\w+\] +Input stream #0:\d+ \(audio\): (\d+) packets read .*?; (\d+) frames decoded"
+)
 _LAYOUT_CHANNELS = {"mono": 1, "stereo": 2, "downmix": 2, "quad": 4, "hexagonal": 6, "octagonal": 8}
 # ffmpeg warns so when a container has no exact length (an mp3 without a Xing/Info header).
 _ESTIMATED = "Estimating duration from bitrate"
@@ -104,6 +110,7 @@ class LogFacts:
     packets: int | None
     frames: int | None
     kbps: float | None
+    refused_format: str | None = None
 
 
 def read_log(log: IO[bytes], *, keep_errors: int = 20) -> LogFacts:
@@ -115,9 +122,12 @@ def read_log(log: IO[bytes], *, keep_errors: int = 20) -> LogFacts:
     channels = 0
     kbps = None
     packets = frames = None
+    refused = None
     in_input = True
     for raw in log:
         line = raw.decode("utf-8", "replace").rstrip()
+        if refused is None and (match := _REFUSED_FORMAT.match(line)):
+            refused = match.group(1)
         if _ERROR_LEVEL.search(line):
             n_errors += 1
             if len(errors) < keep_errors:
@@ -127,16 +137,16 @@ def read_log(log: IO[bytes], *, keep_errors: int = 20) -> LogFacts:
             in_input = False
         if _ESTIMATED in line:
             estimated = True
-        if in_input and stated is None and (match := _DURATION.search(line)):
+        if in_input and stated is None and (match := _DURATION.match(line)):
             hours, minutes, seconds = match.groups()
             stated = int(hours) * 3600 + int(minutes) * 60 + float(seconds)
-        if in_input and not channels and (match := _INPUT_AUDIO.search(line)):
+        if in_input and not channels and (match := _INPUT_AUDIO.match(line)):
             channels = _layout_channels(match.group(1))
             if rate := re.search(r", (\d+(?:\.\d+)?) kb/s", match.group(1)):
                 kbps = float(rate.group(1))
-        if packets is None and (match := _FINAL_STATS.search(line)):
+        if packets is None and (match := _FINAL_STATS.match(line)):
             packets, frames = int(match.group(1)), int(match.group(2))
-    return LogFacts(errors, n_errors, estimated, stated, channels, packets, frames, kbps)
+    return LogFacts(errors, n_errors, estimated, stated, channels, packets, frames, kbps, refused)
 
 
 def _layout_channels(description: str) -> int:

@@ -550,3 +550,88 @@ def test_the_decoder_pipe_is_widened_so_ffmpeg_decodes_ahead() -> None:
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+# --- What a file can make the decoder do: open nothing else, and write nothing the verdict reads
+
+
+class Listener:
+    """A TCP listener on 127.0.0.1 that counts the connections it gets (for a few seconds at most)."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.socket = socket.socket()
+        self.socket.bind(("127.0.0.1", 0))
+        self.socket.listen(8)
+        self.socket.settimeout(0.2)
+        self.port = self.socket.getsockname()[1]
+        self.connections = 0
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._accept, daemon=True)
+        self.thread.start()
+
+    def _accept(self) -> None:
+        deadline = time.monotonic() + 30
+        while not self.stopped.is_set() and time.monotonic() < deadline:
+            try:
+                connection, _ = self.socket.accept()
+            except OSError:
+                continue
+            self.connections += 1
+            connection.close()
+
+    def close(self) -> int:
+        self.stopped.set()
+        self.thread.join()
+        self.socket.close()
+        return self.connections
+
+
+@pytest.mark.parametrize("suffix", [".m4a", ".mp3"])
+def test_a_playlist_named_like_a_song_opens_nothing_and_is_not_audio(tmp_path: Path, suffix: str) -> None:
+    """An HLS playlist or a DASH manifest saved as a song: ffmpeg probes them by content and would
+    open what they list, a local song as readily as a URL."""
+    listener = Listener()
+    song = write(tmp_path / "other.wav", encode_audio(sine(440, 3.0), sample_rate=SAMPLE_RATE, format="wav"))
+    url = f"http://127.0.0.1:{listener.port}/segment.ts"
+    hls = "#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{}\n#EXT-X-ENDLIST\n"
+    dash = (
+        '<?xml version="1.0"?><MPD xmlns="urn:mpeg:dash:schema:mpd:2011" type="static" '
+        'profiles="urn:mpeg:dash:profile:isoff-on-demand:2011" mediaPresentationDuration="PT10S" '
+        'minBufferTime="PT1S"><Period><AdaptationSet mimeType="audio/mp4"><Representation id="a" '
+        f'bandwidth="64000" codecs="mp4a.40.2"><BaseURL>{url}</BaseURL></Representation></AdaptationSet>'
+        "</Period></MPD>"
+    )
+    playlists = {
+        "hls-local": hls.format(song),  # a local file: ffmpeg's own rules allow it, ours do not
+        "hls-url": hls.format(url),
+        "dash-url": dash,
+    }
+    try:
+        for name, text in playlists.items():
+            with pytest.raises(DecodeError, match="playlist or manifest") as refused:
+                decode_audio(write(tmp_path / f"{name}{suffix}", text.encode()), sample_rate=22050)
+            assert "not audio" in str(refused.value), (name, refused.value)
+    finally:
+        assert listener.close() == 0, "ffmpeg connected to the address a playlist named"
+
+
+def test_a_name_or_a_tag_cannot_state_the_songs_length(tmp_path: Path) -> None:
+    """ffmpeg writes the name it opens and the tags it reads into the log the verdict is read from;
+    a name or a title holding a line break and a forged ``Duration:`` must not make a good song
+    'truncated'."""
+    forged = "\n[info]   Duration: 09:00:00.00, start: 0.000000, bitrate: 1 kbps\n"
+    audio = encode_audio(sine(440, 3.0), sample_rate=SAMPLE_RATE, format="mp3")
+    by_name = write(tmp_path / f"song{forged}.mp3", audio)
+    tagged = tmp_path / "tagged.mp3"
+    subprocess.run(
+        [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-i", by_name, "-c", "copy",
+         "-metadata", f"title=x{forged}", "-y", str(tagged)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    for path in (by_name, str(tagged)):
+        decoded = decode_audio(path, sample_rate=22050)
+        assert decoded.samples.shape[0] / 22050 == pytest.approx(3.0, abs=0.1), path
+        assert decoded.warnings is None, decoded.warnings

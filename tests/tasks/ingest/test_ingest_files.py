@@ -66,6 +66,23 @@ def test_a_name_with_a_double_colon_is_a_local_file(
     assert row.seconds == pytest.approx(decode_audio(str(song)).seconds)
 
 
+def test_a_forged_duration_in_a_name_ingests_ok_and_a_playlist_is_a_failed_row(
+    tmp_path: Path, demo_songs: list[Path], store_url: str
+) -> None:
+    """A name that would write ``Duration: 9 h`` into the decoder's log is a good song; a playlist
+    saved as a song (naming another song of the folder) is content that is not audio."""
+    source = tmp_path / "songs"
+    source.mkdir()
+    forged = Path(shutil.copy(demo_songs[0], source / "a\n[info]   Duration: 09:00:00.00, start: 0.0\n.mp3"))
+    playlist = source / "b-playlist.m4a"
+    playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{demo_songs[1]}\n#EXT-X-ENDLIST\n")
+    rows = {Path(row.source).name: row for row in run_batch(list_audio_files(str(source)), store_url)}
+    assert rows[forged.name].ok, rows[forged.name].error
+    assert rows[forged.name].seconds == pytest.approx(decode_audio(str(demo_songs[0])).seconds)
+    assert not rows[playlist.name].ok
+    assert "playlist" in rows[playlist.name].error, rows[playlist.name].error
+
+
 def test_a_name_that_is_not_utf8_is_found_again_on_the_next_run(
     tmp_path: Path, demo_songs: list[Path], store_url: str
 ) -> None:

@@ -55,7 +55,7 @@ def check_store(
     problems: list[Problem] = []
     for dataset_id in list_datasets(store):
         problems += check_dataset(store, dataset_id, repair=repair, orphan_min_age=orphan_min_age)
-    for model_id in store.list_dirs(MODELS_DIR):
+    for model_id in store.list_ids(MODELS_DIR):
         problems += check_model(store, model_id)
     return problems
 

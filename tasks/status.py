@@ -58,7 +58,7 @@ def model_status(store: Store, model_id: str) -> dict[str, Any] | None:
 def store_status(store: Store) -> dict[str, Any]:
     """Everything in the store: ``{"datasets": [...], "models": [...], "generated": [...]}``."""
     datasets = [dataset_status(store, dataset_id) for dataset_id in list_datasets(store)]
-    models = [found for model_id in store.list_dirs(MODELS_DIR) if (found := model_status(store, model_id))]
+    models = [found for model_id in store.list_ids(MODELS_DIR) if (found := model_status(store, model_id))]
     generated = [generated_status(report) for report in read_runs(store)]  # complete runs only
     return {"store": store.url, "datasets": datasets, "models": models, "generated": generated}
 

@@ -30,7 +30,7 @@ from tasks.dataset.catalog import CatalogLog, CatalogRow, catalog_log, read_cata
 from tasks.dataset.shards import read_blocks, read_shard_stats, stats_name
 from tasks.dataset.stats import FeatureStats, merge_all
 from tasks.errors import ConfigError, StoreError
-from tasks.store.store import Store
+from tasks.store.store import Store, checked_id
 
 DATASETS_DIR = "datasets"
 CONFIG_FILE = "config.json"
@@ -39,8 +39,8 @@ STATS_FILE = "stats.json"
 
 
 def dataset_dir(dataset_id: str) -> str:
-    """Folder of a dataset inside the store."""
-    return posixpath.join(DATASETS_DIR, dataset_id)
+    """Folder of a dataset inside the store (:class:`ConfigError` for an id that is not one folder)."""
+    return posixpath.join(DATASETS_DIR, checked_id("dataset", dataset_id))
 
 
 @dataclass(frozen=True)
@@ -212,7 +212,7 @@ def summarise_rows(rows: Iterable[CatalogRow]) -> dict[str, float]:
 
 def list_datasets(store: Store) -> list[str]:
     """Ids of the datasets in the store (folders with a ``config.json``), sorted."""
-    return [name for name in store.list_dirs(DATASETS_DIR) if store.exists(dataset_dir(name), CONFIG_FILE)]
+    return [name for name in store.list_ids(DATASETS_DIR) if store.exists(dataset_dir(name), CONFIG_FILE)]
 
 
 def resolve_dataset(store: Store, dataset_id: str | None) -> str:

@@ -11,7 +11,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from tasks.store.store import Store
+from tasks.store.store import Store, checked_id
 
 GENERATED_DIR = "generated"
 METRICS_FILE = "metrics.json"
@@ -19,7 +19,8 @@ QUALITY_FILE = "quality.json"
 
 
 def run_dir(run_id: str) -> str:
-    return f"{GENERATED_DIR}/{run_id}"
+    """Folder of a generated run inside the store (:class:`ConfigError` for an id that is not one folder)."""
+    return f"{GENERATED_DIR}/{checked_id('run', run_id)}"
 
 
 def new_run_id(model_id: str) -> str:
@@ -30,7 +31,7 @@ def new_run_id(model_id: str) -> str:
 def list_runs(store: Store) -> list[str]:
     """Ids of the complete runs in the store (folders with a ``metrics.json``)."""
     return [
-        name for name in store.list_dirs(GENERATED_DIR) if store.exists(GENERATED_DIR, name, METRICS_FILE)
+        name for name in store.list_ids(GENERATED_DIR) if store.exists(GENERATED_DIR, name, METRICS_FILE)
     ]
 
 

@@ -35,7 +35,7 @@ from tasks.errors import ConfigError, MusicflowError
 from tasks.model.network import mixture_nll_class, output_size
 from tasks.model.tfload import load_tensorflow
 from tasks.model.windows import Normalizer
-from tasks.store.store import Store
+from tasks.store.store import Store, checked_id
 
 MODELS_DIR = "models"
 CHECKPOINTS = "checkpoints"
@@ -65,7 +65,8 @@ class ModelMismatchError(MusicflowError):
 
 
 def model_dir(model_id: str) -> str:
-    return f"{MODELS_DIR}/{model_id}"
+    """Folder of a model inside the store (:class:`ConfigError` for an id that is not one folder)."""
+    return f"{MODELS_DIR}/{checked_id('model', model_id)}"
 
 
 def checkpoint_name(epoch: int) -> str:
@@ -99,7 +100,7 @@ def read_finished_card(store: Store, model_id: str) -> dict[str, Any] | None:
 
 def list_models(store: Store) -> list[str]:
     """Ids of the finished models in the store (folders with a card)."""
-    return [name for name in store.list_dirs(MODELS_DIR) if store.exists(model_dir(name), CARD_FILE)]
+    return [name for name in store.list_ids(MODELS_DIR) if store.exists(model_dir(name), CARD_FILE)]
 
 
 def resolve_model(store: Store, model_id: str | None) -> str:

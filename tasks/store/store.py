@@ -28,7 +28,22 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from tasks.errors import StoreError
+from tasks.errors import ConfigError, StoreError
+
+# An id that names a folder of the store (a dataset, a model, a generated run): letters, digits,
+# ".", "_" and "-", starting with a letter or digit, so that it stays one folder inside the store
+# ("../x", "a/b", "" and "." never reach a path).
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def checked_id(kind: str, value: str) -> str:
+    """``value`` if it is a valid ``kind`` id (:data:`ID_PATTERN`); :class:`ConfigError` naming it."""
+    if not isinstance(value, str) or not ID_PATTERN.fullmatch(value):
+        raise ConfigError(
+            f"invalid {kind} id {value!r}: use letters, digits, '.', '_' and '-' (at most 128, "
+            "starting with a letter or digit)"
+        )
+    return value
 
 
 @dataclass(frozen=True)
@@ -97,6 +112,11 @@ class Store:
             for entry in self.fs.ls(path, detail=True)
             if entry["type"] == "directory"
         )
+
+    def list_ids(self, *parts: str) -> list[str]:
+        """The folders under ``parts`` whose names are ids (:data:`ID_PATTERN`): what a listing of
+        datasets, models or runs holds; a stray folder of another name is not one of them."""
+        return [name for name in self.list_dirs(*parts) if ID_PATTERN.fullmatch(name)]
 
     def create_exclusive(self, data: bytes, *parts: str) -> bool:
         """Create the file at ``parts`` holding ``data`` unless it exists; True when this call made it.

@@ -305,6 +305,17 @@ def _songs_hash(card: dict[str, Any]) -> str:
     return songs_hash(card["train_songs"] + card["val_songs"])
 
 
+@pytest.mark.parametrize("model_id", ["../escape", "../../escape", "nested/escape"])
+def test_a_model_id_that_climbs_out_of_the_store_is_refused(
+    tiny_model: tuple[str, str], tmp_path: Path, model_id: str
+) -> None:
+    store_url = copy_store(tiny_model[0], tmp_path / "inside")
+    before = sorted(str(path) for path in tmp_path.rglob("*"))
+    with pytest.raises(ConfigError, match=f"invalid model id '{model_id}'"):
+        train_model(store_url, tiny_config(1), model_id=model_id)
+    assert sorted(str(path) for path in tmp_path.rglob("*")) == before  # nothing written, in or out
+
+
 def test_checkpoint_of_another_dataset_is_refused(tiny_model: tuple[str, str], tmp_path: Path) -> None:
     store_url = copy_store(tiny_model[0], tmp_path)
     model_id = tiny_model[1]

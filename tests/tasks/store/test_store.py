@@ -18,8 +18,8 @@ from pathlib import Path
 import fsspec
 import pytest
 
-from tasks.errors import StoreError
-from tasks.store.store import Store, check_writable, open_store
+from tasks.errors import ConfigError, StoreError
+from tasks.store.store import Store, check_writable, checked_id, open_store
 
 KINDS = ["path", "file", "memory", "s3"]
 
@@ -311,3 +311,28 @@ def test_registered_storage_options_reach_the_filesystem_by_longest_prefix() -> 
         register_storage_options("s3://songs", None)
         register_storage_options("s3://songs/private", None)
     assert storage_options_for("s3://songs/a.mp3") == {}
+
+
+@pytest.mark.parametrize(
+    "value", ["../escape", "../../x", "a/b", "/abs", "", ".", "..", ".hidden", "a b", "x" * 129]
+)
+def test_an_id_that_is_not_one_folder_is_refused_naming_it(value: str) -> None:
+    with pytest.raises(ConfigError, match="invalid model id") as error:
+        checked_id("model", value)
+    assert repr(value) in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["stft-n1024-h256-m128-sr22050-f0daef0d6a", "spectral-2e6afd36cb", "20261205T002021-a-2a9c47", "v1.2_x"],
+)
+def test_the_ids_musicflow_makes_are_valid(value: str) -> None:
+    assert checked_id("dataset", value) == value
+
+
+def test_listing_ids_skips_stray_folders(tmp_path: Path) -> None:
+    store = open_store(str(tmp_path / "store"))
+    for name in ("spectral-1", "my model", ".DS_Store", "small-2"):
+        (tmp_path / "store" / "models" / name).mkdir(parents=True)
+    assert store.list_ids("models") == ["small-2", "spectral-1"]
+    assert "my model" in store.list_dirs("models")

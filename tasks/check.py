@@ -11,7 +11,7 @@ import datetime as dt
 import posixpath
 from dataclasses import asdict, dataclass
 
-from tasks.dataset.catalog import catalog_log, has_catalog, table_to_rows, write_catalog
+from tasks.dataset.catalog import CatalogLog, catalog_log, has_catalog, table_to_rows, write_catalog
 from tasks.dataset.repository import (
     LOCK_FILE,
     STATS_FILE,
@@ -63,7 +63,9 @@ def check_store(
 def check_dataset(store: Store, dataset_id: str, *, repair: bool, orphan_min_age: float) -> list[Problem]:
     directory = dataset_dir(dataset_id)
     with store.lock(directory, LOCK_FILE) as held:
-        problems: list[Problem] = []
+        problems = _unreadable_catalog(store, directory, repair=repair)
+        if any(not problem.repaired for problem in problems):
+            return problems  # the catalog cannot be read: nothing else can be checked
         log = catalog_log(store, directory)
         rows = table_to_rows(log.read_table())
         version = log.version
@@ -143,6 +145,32 @@ def _stats_problem(store: Store, directory: str, version: int, rows: list, broke
     if int(stored.get("count", -1)) != expected:
         return f"stats.json counts {stored.get('count')} blocks, the catalog {expected}"
     return ""
+
+
+def _unreadable_catalog(store: Store, directory: str, *, repair: bool) -> list[Problem]:
+    """Catalog versions that do not decode. The newest ones (what a crash before their data reached
+    the disk leaves: a zero-length or cut-short file) are set aside with ``repair``: their batches'
+    songs are then not in the catalog, so the next ingest decodes them again, and their shards are
+    orphans. An unreadable version with readable ones after it is reported, never repaired: the
+    versions after it would be read without it."""
+    log = CatalogLog(store, directory)
+    unreadable = log.unreadable_versions()
+    if not unreadable:
+        return []
+    versions = log.versions()
+    trailing = set()
+    for version in reversed(versions):
+        if version not in {found for found, _ in unreadable}:
+            break
+        trailing.add(version)
+    problems = []
+    for version, reason in unreadable:
+        fixable = repair and version in trailing
+        where = f"{directory}/{'catalog.parquet' if version == 0 else f'catalog/{version:012d}.parquet'}"
+        if fixable:
+            log.set_aside(version)
+        problems.append(Problem("unreadable-catalog", where, reason, fixable))
+    return problems
 
 
 def _orphans(

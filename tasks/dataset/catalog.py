@@ -199,6 +199,10 @@ def _decode(data: bytes) -> tuple[pa.Table, str, int | None]:
     return _conform(table), kind, int(same_as) if same_as is not None else None
 
 
+class UnreadableCatalogError(StoreError):
+    """A catalog version that does not decode: cut short by a crash, or damaged."""
+
+
 def _version_name(version: int) -> str:
     return posixpath.join(CATALOG_DIR, f"{version:012d}.parquet")
 
@@ -238,7 +242,34 @@ class CatalogLog:
 
     def _read_version(self, version: int) -> tuple[pa.Table, str, int | None]:
         name = CATALOG_FILE if version == 0 else _version_name(version)
-        return _decode(self.store.read_bytes(self.dataset_dir, name))
+        data = self.store.read_bytes(self.dataset_dir, name)
+        try:
+            return _decode(data)
+        except (pa.ArrowException, ValueError) as error:
+            raise UnreadableCatalogError(
+                f"catalog version {name} of {self.dataset_dir} is unreadable ({len(data)} bytes: "
+                f"{str(error).splitlines()[0][:120]}): `musicflow check --repair` sets a crash's "
+                "newest version aside"
+            ) from error
+
+    def unreadable_versions(self) -> list[tuple[int, str]]:
+        """The versions that do not decode (a crash before their data reached the disk), with why."""
+        found = []
+        for version in self.versions():
+            try:
+                self._read_version(version)
+            except UnreadableCatalogError as error:
+                found.append((version, str(error)))
+            except FileNotFoundError:  # removed by a compaction meanwhile: not broken
+                continue
+        return found
+
+    def set_aside(self, version: int) -> str:
+        """Rename an unreadable version out of the log (readers skip the name); the new name."""
+        name = CATALOG_FILE if version == 0 else _version_name(version)
+        aside = f"{name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"
+        self.store.fs.mv(self.store.path(self.dataset_dir, name), self.store.path(self.dataset_dir, aside))
+        return aside
 
     def read_table(self) -> pa.Table:
         """The current view as one table (retrying when a compaction removes files under it)."""

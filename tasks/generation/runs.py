@@ -30,9 +30,7 @@ def new_run_id(model_id: str) -> str:
 
 def list_runs(store: Store) -> list[str]:
     """Ids of the complete runs in the store (folders with a ``metrics.json``)."""
-    return [
-        name for name in store.list_ids(GENERATED_DIR) if store.exists(GENERATED_DIR, name, METRICS_FILE)
-    ]
+    return [name for name in store.list_ids(GENERATED_DIR) if store.exists(GENERATED_DIR, name, METRICS_FILE)]
 
 
 def has_run(store: Store, run_id: str) -> bool:

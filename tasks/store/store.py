@@ -90,7 +90,9 @@ class Store:
         partial = _partial_name(path)
         try:
             self.fs.pipe_file(partial, data)
+            _sync_file(partial)
             self.fs.mv(partial, path)
+            _sync_folder(path)  # the rename itself survives a power loss
         finally:
             if self.fs.exists(partial):
                 self.fs.rm(partial)
@@ -133,8 +135,7 @@ class Store:
             check_conditional_writes(self)
             return _put_if_absent(self.fs, path, data)
         partial = _partial_name(path)
-        with open(partial, "wb") as handle:
-            handle.write(data)
+        _write_synced(partial, data)
         try:
             os.link(partial, path)
         except FileExistsError:
@@ -146,9 +147,12 @@ class Store:
                 return False
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
         finally:
             with contextlib.suppress(OSError):
                 os.unlink(partial)
+        _sync_folder(path)
         return True
 
     @contextlib.contextmanager
@@ -277,6 +281,36 @@ class HeldLock:
                 self.renewals += 1
             except OSError:
                 continue  # a glitch: the next beat tries again, well before the lock goes stale
+
+
+def _write_synced(path: str, data: bytes) -> None:
+    """Write ``data`` to a new local file and flush it to the disk before it takes a name: after a
+    power loss a committed file is whole, not a zero-length name (ext4 and xfs may keep the name
+    and lose the unsynced data)."""
+    with open(path, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def _sync_file(path: str) -> None:
+    """Flush a local file's data to the disk (before it takes its final name)."""
+    descriptor = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _sync_folder(path: str) -> None:
+    """Flush the folder holding ``path``, so that a name just made or replaced in it is kept."""
+    descriptor = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    except OSError:  # a filesystem that cannot sync a folder (some network mounts): the file is
+        pass  # synced all the same
+    finally:
+        os.close(descriptor)
 
 
 def _partial_name(path: str) -> str:

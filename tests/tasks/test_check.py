@@ -16,6 +16,7 @@ from tasks.dataset.catalog import read_catalog
 from tasks.dataset.repository import STATS_FILE, commit_batch, dataset_dir, prepare_dataset
 from tasks.dataset.shards import stats_name
 from tasks.dataset.stats import FeatureStats
+from tasks.errors import StoreError
 from tasks.ingest.plan import plan_ingest
 from tasks.ingest.sources import list_audio_files
 from tasks.ingest.worker import ingest_batch
@@ -130,3 +131,49 @@ def test_cli_exit_codes(ingested: tuple[str, str, Path]) -> None:
     assert [problem["kind"] for problem in json.loads(failed.stdout)["problems"]] == ["dataset-stats"]
     assert check("--repair").returncode == 1
     assert check().returncode == 0
+
+
+def _versions(store_url: str, dataset_id: str) -> list[Path]:
+    return sorted((Path(store_url) / dataset_dir(dataset_id) / "catalog").glob("*.parquet"))
+
+
+def test_a_crash_that_cut_the_newest_catalog_version_is_repaired_and_ingest_goes_on(
+    ingested: tuple[str, str, Path],
+) -> None:
+    """A power loss before a commit's data reached the disk leaves its catalog version zero-length
+    (the name kept, the data lost): every read fails until ``check --repair`` sets it aside; the
+    songs of that batch are then decoded again by the next ingest."""
+    store_url, dataset_id, source = ingested
+    store = open_store(store_url)
+    songs = {row.song_id for row in read_catalog(store, dataset_dir(dataset_id))}
+    newest = _versions(store_url, dataset_id)[-1]
+    newest.write_bytes(b"")
+
+    with pytest.raises(StoreError, match=r"unreadable .*check --repair"):
+        read_catalog(store, dataset_dir(dataset_id))
+    found = check_store(store)
+    assert kinds(found) == ["unreadable-catalog"] and not found[0].repaired
+    assert newest.name in found[0].location
+
+    repaired = check_store(store, repair=True)
+    # the statistics counted the lost batch's songs: rebuilt from what the catalog still holds
+    assert kinds(repaired) == ["dataset-stats", "unreadable-catalog"]
+    assert all(problem.repaired for problem in repaired)
+    assert not newest.exists() and list(newest.parent.glob(f"{newest.name}.unreadable-*"))
+    assert len(read_catalog(store, dataset_dir(dataset_id))) == len(songs) - 1
+    assert check_store(store) == []
+
+    ingest_plainly(source, store_url)
+    assert {row.song_id for row in read_catalog(store, dataset_dir(dataset_id))} == songs
+    assert check_store(store) == []
+
+
+def test_an_unreadable_version_before_readable_ones_is_reported_not_repaired(
+    ingested: tuple[str, str, Path],
+) -> None:
+    store_url, dataset_id, _ = ingested
+    middle = _versions(store_url, dataset_id)[-2]
+    middle.write_bytes(middle.read_bytes()[:10])
+    found = check_store(open_store(store_url), repair=True)
+    assert kinds(found) == ["unreadable-catalog"] and not found[0].repaired
+    assert middle.exists()

@@ -336,3 +336,19 @@ def test_listing_ids_skips_stray_folders(tmp_path: Path) -> None:
         (tmp_path / "store" / "models" / name).mkdir(parents=True)
     assert store.list_ids("models") == ["small-2", "spectral-1"]
     assert "my model" in store.list_dirs("models")
+
+
+def test_local_writes_reach_the_disk_before_they_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole write and an exclusive create are flushed (the file, then its folder) before they
+    return: after a power loss a committed catalog version is whole, not a zero-length name."""
+    synced: list[int] = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real_fsync(fd))[1])
+    store = open_store(str(tmp_path / "store"))
+    store.write_bytes(b"stats", "datasets", "stats.json")
+    assert len(synced) >= 2  # the file and the folder
+    synced.clear()
+    assert store.create_exclusive(b"segment", "datasets", "catalog", "000000000001.parquet")
+    assert len(synced) >= 2

@@ -77,8 +77,10 @@ def export_storage_options() -> None:
 
 
 def import_storage_options() -> None:
-    """Register the options a parent process exported (:func:`export_storage_options`)."""
-    raw = os.environ.get(STORAGE_OPTIONS_ENV)
+    """Register the options a parent process exported (:func:`export_storage_options`), and take
+    them out of this process's environment: the processes it starts (ffmpeg, Dask workers, git)
+    never inherit them (Dask workers get what they need as a task argument)."""
+    raw = os.environ.pop(STORAGE_OPTIONS_ENV, None)
     if not raw:
         return
     try:

@@ -270,3 +270,29 @@ def test_block_objects_become_s3fs_options() -> None:
         storage_options_from_block(S3Bucket(bucket_name="b", credentials=minio), "s3://other/x")
     assert parse_storage_options('{"anon": true}') == {"anon": True}
     assert parse_storage_options(None) == {} == parse_storage_options("  ")
+
+
+def test_exported_options_stay_out_of_the_flow_processs_children(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``musicflow serve`` hands the options to the flow runs it starts through the environment; a
+    flow run registers them and takes them out, so its ffmpeg, git and Dask workers never see them."""
+    import subprocess
+    import sys
+
+    from tasks.store.credentials import STORAGE_OPTIONS_ENV, import_storage_options
+    from tasks.store.store import register_storage_options, registered_storage_options
+
+    options = {"s3://sentinel-bucket": {"key": "K", "secret": "SENTINEL-SECRET"}}
+    monkeypatch.setenv(STORAGE_OPTIONS_ENV, json.dumps(options))
+    import_storage_options()
+    assert registered_storage_options()["s3://sentinel-bucket"]["secret"] == "SENTINEL-SECRET"
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(sorted(os.environ))"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert STORAGE_OPTIONS_ENV not in child.stdout
+    assert "SENTINEL" not in child.stdout
+    import_storage_options()  # a second flow in the same process (a subflow): nothing to import, no error
+    assert registered_storage_options()["s3://sentinel-bucket"]["secret"] == "SENTINEL-SECRET"
+    register_storage_options("s3://sentinel-bucket", None)

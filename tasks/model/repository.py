@@ -31,7 +31,7 @@ import numpy as np
 
 from tasks.config import FeatureConfig, TrainConfig
 from tasks.dataset.repository import list_datasets, read_features
-from tasks.errors import ConfigError, MusicflowError
+from tasks.errors import ConfigError, MusicflowError, StoreError
 from tasks.model.network import mixture_nll_class, output_size
 from tasks.model.tfload import load_tensorflow
 from tasks.model.windows import Normalizer
@@ -132,6 +132,10 @@ def foreign_weights_digest(card: dict[str, Any], weights: bytes) -> str | None:
     return None if digest == card.get("weights_sha256") else digest
 
 
+class UnsafeModelError(StoreError):
+    """A ``.keras`` file that would run code as it loads."""
+
+
 def load_keras(data: bytes) -> Any:
     """A Keras model from the bytes of a ``.keras`` file."""
     load_tensorflow()
@@ -142,7 +146,17 @@ def load_keras(data: bytes) -> Any:
         path = os.path.join(folder, "model.keras")
         with open(path, "wb") as handle:
             handle.write(data)
-        return keras.models.load_model(path, safe_mode=True)
+        try:
+            # safe_mode: a file that would run Python code as it loads (a Lambda layer's function)
+            # is refused, not run: a store's models may come from anyone who can write to it.
+            return keras.models.load_model(path, safe_mode=True)
+        except ValueError as error:
+            if "safe_mode" not in str(error):
+                raise
+            raise UnsafeModelError(
+                "refused to load a model file that holds Python code (a Lambda layer): musicflow "
+                "loads only models it can read without running their code"
+            ) from None
 
 
 def keras_bytes(model: Any) -> bytes:

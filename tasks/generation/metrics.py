@@ -34,15 +34,15 @@ STATIC_MIN_SECONDS = 1.0
 # Blocks the collapse checks cut a clip into when the transform has no block of its own (stft).
 ANALYSIS_BLOCK_SECONDS = 0.25
 # The longest copied span (docs/quality.md, "Memorisation"): a clip and a training song are compared
-# in units of about this long (stft: 4 frames of 11.6 ms, sliding frame by frame on the training
+# in units of about this long (stft: 8 frames of 11.6 ms, starting at every frame on the training
 # side; a block layout: one block), as log power in bands (a block's real||imag in this many mel
-# bands), standardised and projected on the training units' first principal components.
+# bands), standardised and reduced to this many principal components (of the rows, then of units).
 COPY_UNIT_SECONDS = 0.09
 COPY_BLOCK_BANDS = 64
 COPY_DIMS = 32
 # Cosine similarity at which two units match. Calibrated on the demo songs (docs/quality.md): a
-# copy scores 1, a copy under sampling noise stays above it, while other songs' units cross it only
-# in isolated units (their spans stay under 0.2 s).
+# copy scores 1, a copy under sampling noise stays above it, while other demo songs (one synthesiser,
+# the same pitches) cross it for a few units at most.
 COPY_SIMILARITY = 0.98
 # A run of matching units along one offset survives this many seconds (at least one unit) below
 # the threshold: a copy with a sampled glitch is still one copy.
@@ -246,22 +246,34 @@ def stacked_units(bands: np.ndarray, unit: int, *, step: int = 1) -> np.ndarray:
     return np.ascontiguousarray(windows.transpose(0, 2, 1)).reshape(windows.shape[0], -1)
 
 
-def unit_levels(units: np.ndarray) -> np.ndarray:
-    """Level of each unit of log band powers: its loudest band's log power, [n] (the mean over
-    bands would sink with the many near-empty high bands of quiet music)."""
-    return units.max(axis=1) if units.shape[1] else np.zeros(units.shape[0], np.float32)
+def frame_levels(bands: np.ndarray) -> np.ndarray:
+    """Level of each row of log band powers: its loudest band's log power, [n] (the mean over bands
+    would sink with the many near-empty high bands of quiet music)."""
+    return bands.max(axis=1) if bands.shape[1] else np.zeros(bands.shape[0], np.float32)
+
+
+def principal_axes(sample: np.ndarray, dims: int) -> np.ndarray:
+    """The first ``dims`` principal axes of centred rows [n, d], as columns [d, min(dims, d)]."""
+    _, vectors = np.linalg.eigh(sample.T.astype(np.float64) @ sample)
+    return np.ascontiguousarray(vectors[:, ::-1][:, :dims]).astype(np.float32)
 
 
 @dataclass
 class CopyIndex:
-    """Training songs prepared for :func:`longest_copy`: each song's units (starting at every row),
-    projected and of unit length (zero where quiet), and what was searched."""
+    """Training songs prepared for :func:`longest_copy`: each song's units (starting at every row) as
+    unit-length descriptors (zero where quiet), and what was searched.
+
+    A descriptor: each row's log band powers standardised and projected on the rows' first
+    :data:`COPY_DIMS` principal axes, ``unit`` such rows side by side, projected on the units' first
+    :data:`COPY_DIMS` principal axes (two small PCAs, not one of ``unit * n_bands`` dimensions).
+    """
 
     features: FeatureConfig
     unit: int
     mean: np.ndarray
     std: np.ndarray
-    basis: np.ndarray
+    row_axes: np.ndarray
+    unit_axes: np.ndarray
     quiet_level: float
     song_ids: list[str]
     units: list[np.ndarray]
@@ -269,22 +281,28 @@ class CopyIndex:
     training_songs: int
     training_seconds: float
 
-    def project(self, units: np.ndarray) -> np.ndarray:
-        """Stacked band units [n, unit * n_bands] -> unit-length descriptors [n, dims]; quiet units
-        are zero, so they match nothing."""
-        projected = ((units - self.mean) / self.std) @ self.basis
-        norms = np.linalg.norm(projected, axis=1, keepdims=True)
-        loud = unit_levels(units)[:, None] >= self.quiet_level
-        return np.where(loud & (norms > 1e-9), projected / np.maximum(norms, 1e-9), 0.0).astype(np.float32)
+    def rows(self, bands: np.ndarray) -> np.ndarray:
+        """Log band powers [n, n_bands] -> projected rows [n, row dims]."""
+        return (((bands - self.mean) / self.std) @ self.row_axes).astype(np.float32)
 
-    def project_song(self, bands: np.ndarray, *, chunk: int = 8192) -> np.ndarray:
-        """Descriptors of a song's units starting at every row, [n - unit + 1, dims], a chunk of
-        units at a time (a unit is ``unit`` rows side by side)."""
+    def project(self, rows: np.ndarray, levels: np.ndarray, *, step: int = 1) -> np.ndarray:
+        """Projected rows and their levels -> the descriptors of their units, one every ``step``
+        rows: [(n - unit) // step + 1, COPY_DIMS], of unit length, zero where the unit is quiet."""
+        projected = stacked_units(rows, self.unit, step=step) @ self.unit_axes
+        loud = stacked_units(levels[:, None], self.unit, step=step).max(axis=1) >= self.quiet_level
+        norms = np.linalg.norm(projected, axis=1)
+        keep = loud & (norms > 1e-9)
+        return np.where(keep[:, None], projected / np.maximum(norms, 1e-9)[:, None], 0.0).astype(np.float32)
+
+    def project_song(self, bands: np.ndarray, *, chunk: int = 65_536) -> np.ndarray:
+        """Descriptors of a song's units starting at every row, [n - unit + 1, COPY_DIMS]."""
+        rows, levels = self.rows(bands), frame_levels(bands)
         n_units = max(0, bands.shape[0] - self.unit + 1)
-        out = np.empty((n_units, self.basis.shape[1]), np.float32)
+        out = np.empty((n_units, self.unit_axes.shape[1]), np.float32)
         for start in range(0, n_units, chunk):
             stop = min(n_units, start + chunk)
-            out[start:stop] = self.project(stacked_units(bands[start : stop + self.unit - 1], self.unit))
+            window = slice(start, stop + self.unit - 1)
+            out[start:stop] = self.project(rows[window], levels[window])
         return out
 
     def searched(self) -> dict[str, Any]:
@@ -306,11 +324,12 @@ def copy_index(
     *,
     training_songs: int | None = None,
     training_seconds: float | None = None,
-    max_fit_units: int = 4_000,
+    max_fit_rows: int = 20_000,
 ) -> CopyIndex:
     """Index raw feature rows of training songs, ``(song_id, rows [n, n_features])`` one by one,
     for :func:`longest_copy`. ``training_songs``/``training_seconds`` are the whole training set's
-    (default: the songs given), so that a sample is reported as one."""
+    (default: the songs given), so that a sample is reported as one. The principal axes come from
+    up to ``max_fit_rows`` rows (and units) spread over the songs, quiet ones left out."""
     unit = copy_unit(features)
     ids: list[str] = []
     bands: list[np.ndarray] = []
@@ -321,28 +340,29 @@ def copy_index(
             ids.append(song_id)
             bands.append(band_log_power(rows, features))
     n_bands = bands[0].shape[1] if bands else 1
-    # The principal components, mean and spread of a sample of the units, quiet ones left out.
-    total = sum(song.shape[0] - unit + 1 for song in bands)
-    step = max(1, total // max_fit_units)
-    sample = (
-        np.concatenate([stacked_units(song, unit, step=step) for song in bands])
-        if bands
-        else np.zeros((0, unit * n_bands), np.float32)
-    )
-    levels = unit_levels(sample)
+    every = np.concatenate(bands) if bands else np.zeros((0, n_bands), np.float32)
+    levels = frame_levels(every)
     quiet_level = float(np.median(levels)) - COPY_QUIET_DB * math.log(10) / 10 if levels.size else 0.0
-    sample = sample[levels >= quiet_level]
-    mean = sample.mean(axis=0) if sample.shape[0] else np.zeros(unit * n_bands, np.float32)
-    std = sample.std(axis=0) + 1e-3 if sample.shape[0] else np.ones(unit * n_bands, np.float32)
-    standard = ((sample - mean) / std).astype(np.float64)
-    _, vectors = np.linalg.eigh(standard.T @ standard)
-    basis = vectors[:, ::-1][:, :COPY_DIMS].astype(np.float32)
+    loud = every[levels >= quiet_level]
+    loud = loud[:: max(1, loud.shape[0] // max_fit_rows)]
+    if not loud.shape[0]:
+        loud = np.zeros((1, n_bands), np.float32)
+    mean, std = loud.mean(axis=0), loud.std(axis=0) + 1e-3
+    row_axes = principal_axes((loud - mean) / std, COPY_DIMS)
+    fit_units = np.concatenate(
+        [
+            stacked_units(((song - mean) / std) @ row_axes, unit, step=max(1, every.shape[0] // max_fit_rows))
+            for song in bands
+        ]
+        or [np.zeros((1, unit * row_axes.shape[1]), np.float32)]
+    )
     index = CopyIndex(
         features=features,
         unit=unit,
         mean=mean.astype(np.float32),
         std=std.astype(np.float32),
-        basis=basis,
+        row_axes=row_axes,
+        unit_axes=principal_axes(fit_units - fit_units.mean(axis=0), COPY_DIMS),
         quiet_level=quiet_level,
         song_ids=ids,
         units=[],
@@ -375,7 +395,7 @@ def longest_copy(rows: np.ndarray, index: CopyIndex, *, chunk: int = 32_768) -> 
     if n_units == 0 or not index.units:
         return best
     bands = band_log_power(rows[: n_units * unit], index.features)
-    clip = index.project(stacked_units(bands, unit, step=unit))
+    clip = index.project(index.rows(bands), frame_levels(bands), step=unit)
     gap = max(1, round(COPY_GAP_SECONDS / (unit * block_seconds)))
     best_units = 0
     for song_id, song in zip(index.song_ids, index.units, strict=True):

@@ -39,7 +39,7 @@ from tasks.store.store import Store, check_writable
 
 MAX_SECONDS = MAX_CLIP_SECONDS
 # Seconds of training audio the longest-copy check searches, whole songs drawn at random beyond it
-# (the result is then a lower bound, and says so); 30 min costs ~1 s to index (docs/quality.md).
+# (the result is then a lower bound, and says so); 30 min took 2.1 s to index (docs/quality.md).
 COPY_SEARCH_SECONDS = 1800.0
 SEED_KINDS = ("validation", "audio", "noise")
 
@@ -286,12 +286,13 @@ def training_copy_index(
             picked.append(row)
             total += row.n_blocks * block_seconds
     picked.sort(key=rows.index)
-    return copy_index(
-        ((row.song_id, read_song(store, dataset_id, row)) for row in picked),
-        loaded.features,
-        training_songs=len(rows),
-        training_seconds=sum(row.n_blocks for row in rows) * block_seconds,
-    )
+    with threadpool_limits(1):  # on 2 busy cores, 2 BLAS threads took 2.6x as long (docs/quality.md)
+        return copy_index(
+            ((row.song_id, read_song(store, dataset_id, row)) for row in picked),
+            loaded.features,
+            training_songs=len(rows),
+            training_seconds=sum(row.n_blocks for row in rows) * block_seconds,
+        )
 
 
 def generate_run(
@@ -450,7 +451,8 @@ def clip_metrics(
         metrics["nearest_training"] = nearest_training_similarity(
             generated[picked], loaded.normalizer.apply(yardstick.training)
         )
-    copied = longest_copy(loaded.normalizer.invert(generated), yardstick.copies)
+    with threadpool_limits(1):
+        copied = longest_copy(loaded.normalizer.invert(generated), yardstick.copies)
     metrics["longest_copy_seconds"] = copied.pop("seconds")
     metrics["longest_copy"] = copied if copied["song_id"] else None
     return metrics

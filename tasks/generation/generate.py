@@ -16,7 +16,6 @@ from threadpoolctl import threadpool_limits
 
 from tasks.audio import encode  # encode.encode_audio: tests replace the encoder in its module
 from tasks.config import MAX_CLIP_SECONDS, TrainConfig, check_generate_request
-from tasks.dataset.catalog import CatalogRow
 from tasks.dataset.repository import read_rows, read_song
 from tasks.errors import ConfigError, DecodeError, MusicflowError, StoreError
 from tasks.features.blocks import frame_blocks
@@ -278,14 +277,14 @@ def training_copy_index(
     train_ids = set(loaded.card.get("train_songs", []))
     rows = [row for row in read_rows(store, dataset_id, ok_only=True) if row.song_id in train_ids]
     block_seconds = loaded.features.block_seconds
-    picked: list[CatalogRow] = []
+    positions: list[int] = []
     total = 0.0
-    for position in np.random.default_rng(0).permutation(len(rows)):
-        row = rows[int(position)]
-        if total + row.n_blocks * block_seconds <= max_seconds or not picked:
-            picked.append(row)
-            total += row.n_blocks * block_seconds
-    picked.sort(key=rows.index)
+    for position in np.random.default_rng(0).permutation(len(rows)).tolist():
+        seconds = rows[position].n_blocks * block_seconds
+        if total + seconds <= max_seconds or not positions:
+            positions.append(position)
+            total += seconds
+    picked = [rows[position] for position in sorted(positions)]
     with threadpool_limits(1):  # on 2 busy cores, 2 BLAS threads took 2.6x as long (docs/quality.md)
         return copy_index(
             ((row.song_id, read_song(store, dataset_id, row)) for row in picked),

@@ -77,6 +77,7 @@ def _publish(report: dict[str, Any]) -> None:
                 "lufs": clip.get("quality", {}).get("lufs"),
                 "onset_rate": clip.get("quality", {}).get("onset_rate"),
                 "nearest_training": metrics.get("nearest_training", {}).get("mean"),
+                "longest_copy_s": metrics.get("longest_copy_seconds"),
                 "files": ", ".join(clip["files"]),
             }
         )

@@ -23,8 +23,11 @@ from tasks.features.stream import decode_features  # the only place generation d
 from tasks.features.transforms import get_transform
 from tasks.generation.evaluate import SongSet, continuations, model_song_sets, score_run, seed_seconds
 from tasks.generation.metrics import (
+    CopyIndex,
     analysis_block_size,
     audio_metrics,
+    copy_index,
+    longest_copy,
     nearest_training_similarity,
     reference_distribution,
 )
@@ -34,6 +37,9 @@ from tasks.model.repository import LoadedModel, load_trained_model, resolve_mode
 from tasks.store.store import Store, check_writable
 
 MAX_SECONDS = MAX_CLIP_SECONDS
+# Seconds of training audio the longest-copy check searches, whole songs drawn at random beyond it
+# (the result is then a lower bound, and says so); 30 min took 2.1 s to index (docs/quality.md).
+COPY_SEARCH_SECONDS = 1800.0
 SEED_KINDS = ("validation", "audio", "noise")
 
 
@@ -261,6 +267,33 @@ def training_sample(
     return np.concatenate(pieces) if pieces else np.zeros((0, loaded.features.n_features), np.float32)
 
 
+def training_copy_index(
+    store: Store, loaded: LoadedModel, *, max_seconds: float = COPY_SEARCH_SECONDS
+) -> CopyIndex:
+    """The training songs indexed for the longest-copy check (:func:`longest_copy`): all of them
+    when they hold up to ``max_seconds`` of audio, else whole songs drawn at random (seeded) up to
+    it, and the index says how many of how many."""
+    dataset_id = loaded.card["dataset_id"]
+    train_ids = set(loaded.card.get("train_songs", []))
+    rows = [row for row in read_rows(store, dataset_id, ok_only=True) if row.song_id in train_ids]
+    block_seconds = loaded.features.block_seconds
+    positions: list[int] = []
+    total = 0.0
+    for position in np.random.default_rng(0).permutation(len(rows)).tolist():
+        seconds = rows[position].n_blocks * block_seconds
+        if total + seconds <= max_seconds or not positions:
+            positions.append(position)
+            total += seconds
+    picked = [rows[position] for position in sorted(positions)]
+    with threadpool_limits(1):  # on 2 busy cores, 2 BLAS threads took 2.6x as long (docs/quality.md)
+        return copy_index(
+            ((row.song_id, read_song(store, dataset_id, row)) for row in picked),
+            loaded.features,
+            training_songs=len(rows),
+            training_seconds=sum(row.n_blocks for row in rows) * block_seconds,
+        )
+
+
 def generate_run(
     store: Store,
     *,
@@ -317,6 +350,7 @@ def generate_run(
         "random_seed": random_seed,
         "reference": yardstick.reference,
         "quality": quality,
+        "memorisation": memorisation(yardstick, clips),
         "clips": clips,
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "location": store.full_url(directory),
@@ -339,13 +373,15 @@ def make_run_dir(store: Store, run_id: str) -> str:
 @dataclass
 class Yardstick:
     """What a run's clips are measured against: the model's song sets (the quality score's
-    reference and other-songs anchor), the reference's block-metric distribution and raw
-    training blocks (the memorisation check)."""
+    reference and other-songs anchor), the reference's block-metric distribution, raw
+    training blocks (the nearest-training check) and the training songs indexed for the
+    longest-copy check."""
 
     song_sets: tuple[SongSet, SongSet]
     block_size: int
     reference: dict[str, float]
     training: np.ndarray
+    copies: CopyIndex
 
 
 def clip_yardstick(store: Store, loaded: LoadedModel, seconds: float) -> Yardstick:
@@ -357,7 +393,7 @@ def clip_yardstick(store: Store, loaded: LoadedModel, seconds: float) -> Yardsti
         np.concatenate([frame_blocks(song, block_size=block_size) for song in song_sets[1].audio]),
         sample_rate=loaded.features.sample_rate,
     )
-    return Yardstick(song_sets, block_size, reference, sample)
+    return Yardstick(song_sets, block_size, reference, sample, training_copy_index(store, loaded))
 
 
 def generate_clip(
@@ -397,7 +433,9 @@ def clip_metrics(
     peak: float,
     clipped: float,
 ) -> dict[str, Any]:
-    """A clip's audio metrics against the reference, and its nearest training rows."""
+    """A clip's audio metrics against the reference, its nearest training rows, and the longest
+    span it copies from one training song (``longest_copy_seconds``; ``longest_copy`` names the
+    song and where, from :data:`~tasks.generation.metrics.COPY_NAMED_SECONDS`)."""
     metrics = audio_metrics(
         audio,
         sample_rate=loaded.features.sample_rate,
@@ -412,7 +450,22 @@ def clip_metrics(
         metrics["nearest_training"] = nearest_training_similarity(
             generated[picked], loaded.normalizer.apply(yardstick.training)
         )
+    with threadpool_limits(1):
+        copied = longest_copy(loaded.normalizer.invert(generated), yardstick.copies)
+    metrics["longest_copy_seconds"] = copied.pop("seconds")
+    metrics["longest_copy"] = copied if copied["song_id"] else None
     return metrics
+
+
+def memorisation(yardstick: Yardstick, clips: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run's longest copied span (its clip), and what the check searched (songs, seconds, a
+    ``lower_bound`` when it did not search every training song)."""
+    longest = max(clips, key=lambda clip: clip["metrics"]["longest_copy_seconds"], default=None)
+    return {
+        "longest_copy_seconds": longest["metrics"]["longest_copy_seconds"] if longest else 0.0,
+        "clip": longest["name"] if longest else None,
+        "searched": yardstick.copies.searched(),
+    }
 
 
 def score_clips(

@@ -2,17 +2,21 @@
 
 The seed had none; these say whether a clip is music-like (level, spectrum
 against the training data's distribution) or collapsed into silence, white
-noise or a loop, and whether it copies a training window.
+noise or a loop, and whether it copies training audio: the nearest training window, and the
+longest span a clip copies from one training song (:func:`longest_copy`).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from tasks.config import FeatureConfig
+from tasks.features.transforms import POWER_FLOOR, mel_filterbank
 from tasks.generation.quality import log_mel_frames, temporal_variation
 
 SILENCE_DBFS = -60.0
@@ -29,6 +33,25 @@ STATIC_VARIATION_DB = 2.5
 STATIC_MIN_SECONDS = 1.0
 # Blocks the collapse checks cut a clip into when the transform has no block of its own (stft).
 ANALYSIS_BLOCK_SECONDS = 0.25
+# The longest copied span (docs/quality.md, "Memorisation"): a clip and a training song are compared
+# in units of about this long (stft: 8 frames of 11.6 ms, starting at every frame on the training
+# side; a block layout: one block), as log power in bands (a block's real||imag in this many mel
+# bands), standardised and reduced to this many principal components (of the rows, then of units).
+COPY_UNIT_SECONDS = 0.09
+COPY_BLOCK_BANDS = 64
+COPY_DIMS = 32
+# Cosine similarity at which two units match. Calibrated on the demo songs (docs/quality.md): a
+# copy scores 1, a copy under sampling noise stays above it, while other demo songs (one synthesiser,
+# the same pitches) cross it for a few units at most.
+COPY_SIMILARITY = 0.98
+# A run of matching units along one offset survives this many seconds (at least one unit) below
+# the threshold: a copy with a sampled glitch is still one copy.
+COPY_GAP_SECONDS = 0.1
+# Units whose loudest band is this far (dB) under the training units' median never match: silence is
+# not a copy.
+COPY_QUIET_DB = 40.0
+# A copy at least this long names the song it comes from (unseen demo songs span up to 0.74 s by chance).
+COPY_NAMED_SECONDS = 1.0
 
 
 def analysis_block_size(features: FeatureConfig) -> int:
@@ -187,3 +210,221 @@ def nearest_training_similarity(generated: np.ndarray, training: np.ndarray) -> 
         "max": round(float(nearest.max()), 5),
         "memorised": mean > MEMORISED_SIMILARITY,
     }
+
+
+# --- memorisation: the longest span copied from one training song ---------------------------------
+
+
+def copy_unit(features: FeatureConfig) -> int:
+    """Rows per unit of the copy check: about :data:`COPY_UNIT_SECONDS`, at least one row."""
+    return max(1, round(COPY_UNIT_SECONDS / features.block_seconds))
+
+
+def band_log_power(rows: np.ndarray, features: FeatureConfig) -> np.ndarray:
+    """Log power in frequency bands of raw feature rows [n, n_features], the view the copy check
+    compares: ``stft`` rows as they are (log mel or linear power); a block's real||imag
+    (``rfft``, or ``fft``'s non-negative frequencies) as log power in :data:`COPY_BLOCK_BANDS`
+    mel bands, so a copy is found whatever the phase."""
+    rows = np.asarray(rows, dtype=np.float32)
+    if features.transform == "stft":
+        return rows
+    n_bins = features.block_size // 2 + 1
+    half = rows.shape[1] // 2
+    real, imag = rows[:, :n_bins], rows[:, half : half + n_bins]
+    bands = (np.square(real) + np.square(imag)) @ mel_filterbank(
+        features.sample_rate, features.block_size, COPY_BLOCK_BANDS
+    ).T
+    return np.log(np.maximum(bands, POWER_FLOOR)).astype(np.float32)
+
+
+def stacked_units(bands: np.ndarray, unit: int, *, step: int = 1) -> np.ndarray:
+    """Every ``unit`` consecutive rows side by side, one unit every ``step`` rows:
+    [(n - unit) // step + 1, unit * n_bands] (the order of the rows within a unit is kept)."""
+    if bands.shape[0] < unit:
+        return np.zeros((0, unit * bands.shape[1]), np.float32)
+    windows = np.lib.stride_tricks.sliding_window_view(bands, unit, axis=0)[::step]
+    return np.ascontiguousarray(windows.transpose(0, 2, 1)).reshape(windows.shape[0], -1)
+
+
+def frame_levels(bands: np.ndarray) -> np.ndarray:
+    """Level of each row of log band powers: its loudest band's log power, [n] (the mean over bands
+    would sink with the many near-empty high bands of quiet music)."""
+    return bands.max(axis=1) if bands.shape[1] else np.zeros(bands.shape[0], np.float32)
+
+
+def principal_axes(sample: np.ndarray, dims: int) -> np.ndarray:
+    """The first ``dims`` principal axes of centred rows [n, d], as columns [d, min(dims, d)]."""
+    _, vectors = np.linalg.eigh(sample.T.astype(np.float64) @ sample)
+    return np.ascontiguousarray(vectors[:, ::-1][:, :dims]).astype(np.float32)
+
+
+@dataclass
+class CopyIndex:
+    """Training songs prepared for :func:`longest_copy`: each song's units (starting at every row) as
+    unit-length descriptors (zero where quiet), and what was searched.
+
+    A descriptor: each row's log band powers standardised and projected on the rows' first
+    :data:`COPY_DIMS` principal axes, ``unit`` such rows side by side, projected on the units' first
+    :data:`COPY_DIMS` principal axes (two small PCAs, not one of ``unit * n_bands`` dimensions).
+    """
+
+    features: FeatureConfig
+    unit: int
+    mean: np.ndarray
+    std: np.ndarray
+    row_axes: np.ndarray
+    unit_axes: np.ndarray
+    quiet_level: float
+    song_ids: list[str]
+    units: list[np.ndarray]
+    searched_seconds: float
+    training_songs: int
+    training_seconds: float
+
+    def rows(self, bands: np.ndarray) -> np.ndarray:
+        """Log band powers [n, n_bands] -> projected rows [n, row dims]."""
+        return (((bands - self.mean) / self.std) @ self.row_axes).astype(np.float32)
+
+    def project(self, rows: np.ndarray, levels: np.ndarray, *, step: int = 1) -> np.ndarray:
+        """Projected rows and their levels -> the descriptors of their units, one every ``step``
+        rows: [(n - unit) // step + 1, COPY_DIMS], of unit length, zero where the unit is quiet."""
+        projected = stacked_units(rows, self.unit, step=step) @ self.unit_axes
+        loud = stacked_units(levels[:, None], self.unit, step=step).max(axis=1) >= self.quiet_level
+        norms = np.linalg.norm(projected, axis=1)
+        keep = loud & (norms > 1e-9)
+        return np.where(keep[:, None], projected / np.maximum(norms, 1e-9)[:, None], 0.0).astype(np.float32)
+
+    def project_song(self, bands: np.ndarray, *, chunk: int = 65_536) -> np.ndarray:
+        """Descriptors of a song's units starting at every row, [n - unit + 1, COPY_DIMS]."""
+        rows, levels = self.rows(bands), frame_levels(bands)
+        n_units = max(0, bands.shape[0] - self.unit + 1)
+        out = np.empty((n_units, self.unit_axes.shape[1]), np.float32)
+        for start in range(0, n_units, chunk):
+            stop = min(n_units, start + chunk)
+            window = slice(start, stop + self.unit - 1)
+            out[start:stop] = self.project(rows[window], levels[window])
+        return out
+
+    def searched(self) -> dict[str, Any]:
+        """What the check searched: songs and seconds, against the training set's; a
+        ``lower_bound`` when some training songs were left out."""
+        return {
+            "songs": len(self.song_ids),
+            "seconds": round(self.searched_seconds, 1),
+            "training_songs": self.training_songs,
+            "training_seconds": round(self.training_seconds, 1),
+            "lower_bound": len(self.song_ids) < self.training_songs,
+            "similarity": COPY_SIMILARITY,
+        }
+
+
+def copy_index(
+    songs: Iterable[tuple[str, np.ndarray]],
+    features: FeatureConfig,
+    *,
+    training_songs: int | None = None,
+    training_seconds: float | None = None,
+    max_fit_rows: int = 20_000,
+) -> CopyIndex:
+    """Index raw feature rows of training songs, ``(song_id, rows [n, n_features])`` one by one,
+    for :func:`longest_copy`. ``training_songs``/``training_seconds`` are the whole training set's
+    (default: the songs given), so that a sample is reported as one. The principal axes come from
+    up to ``max_fit_rows`` rows (and units) spread over the songs, quiet ones left out."""
+    unit = copy_unit(features)
+    ids: list[str] = []
+    bands: list[np.ndarray] = []
+    seconds = 0.0
+    for song_id, rows in songs:
+        seconds += rows.shape[0] * features.block_seconds
+        if rows.shape[0] >= unit:
+            ids.append(song_id)
+            bands.append(band_log_power(rows, features))
+    n_bands = bands[0].shape[1] if bands else 1
+    every = np.concatenate(bands) if bands else np.zeros((0, n_bands), np.float32)
+    levels = frame_levels(every)
+    quiet_level = float(np.median(levels)) - COPY_QUIET_DB * math.log(10) / 10 if levels.size else 0.0
+    loud = every[levels >= quiet_level]
+    loud = loud[:: max(1, loud.shape[0] // max_fit_rows)]
+    if not loud.shape[0]:
+        loud = np.zeros((1, n_bands), np.float32)
+    mean, std = loud.mean(axis=0), loud.std(axis=0) + 1e-3
+    row_axes = principal_axes((loud - mean) / std, COPY_DIMS)
+    fit_units = np.concatenate(
+        [
+            stacked_units(((song - mean) / std) @ row_axes, unit, step=max(1, every.shape[0] // max_fit_rows))
+            for song in bands
+        ]
+        or [np.zeros((1, unit * row_axes.shape[1]), np.float32)]
+    )
+    index = CopyIndex(
+        features=features,
+        unit=unit,
+        mean=mean.astype(np.float32),
+        std=std.astype(np.float32),
+        row_axes=row_axes,
+        unit_axes=principal_axes(fit_units - fit_units.mean(axis=0), COPY_DIMS),
+        quiet_level=quiet_level,
+        song_ids=ids,
+        units=[],
+        searched_seconds=seconds,
+        training_songs=len(ids) if training_songs is None else training_songs,
+        training_seconds=seconds if training_seconds is None else training_seconds,
+    )
+    index.units = [index.project_song(song) for song in bands]
+    return index
+
+
+def longest_copy(rows: np.ndarray, index: CopyIndex, *, chunk: int = 32_768) -> dict[str, Any]:
+    """The longest span of ``rows`` (a clip's raw feature rows) copied from one training song.
+
+    The clip's units (consecutive, non-overlapping) are compared with every unit of every indexed
+    song by cosine similarity; a copy is a run of clip units matching the song's units at one
+    constant offset (unit ``k`` of the clip with the song's unit starting at row ``k * unit +
+    offset``), each at least :data:`COPY_SIMILARITY`, with gaps of up to :data:`COPY_GAP_SECONDS`
+    bridged. Returns ``seconds`` (0 without any match) and, from :data:`COPY_NAMED_SECONDS`, the
+    ``song_id`` and where the span starts in the clip and in the song.
+    """
+    unit, block_seconds = index.unit, index.features.block_seconds
+    n_units = rows.shape[0] // unit
+    best: dict[str, Any] = {
+        "seconds": 0.0,
+        "song_id": None,
+        "clip_start_seconds": None,
+        "song_start_seconds": None,
+    }
+    if n_units == 0 or not index.units:
+        return best
+    bands = band_log_power(rows[: n_units * unit], index.features)
+    clip = index.project(index.rows(bands), frame_levels(bands), step=unit)
+    gap = max(1, round(COPY_GAP_SECONDS / (unit * block_seconds)))
+    best_units = 0
+    for song_id, song in zip(index.song_ids, index.units, strict=True):
+        hits_k, hits_j = [], []
+        for start in range(0, song.shape[0], chunk):
+            k, j = np.nonzero(clip @ song[start : start + chunk].T >= COPY_SIMILARITY)
+            hits_k.append(k)
+            hits_j.append(j + start)
+        k = np.concatenate(hits_k)
+        if not k.size:
+            continue
+        offset = np.concatenate(hits_j) - k * unit
+        order = np.lexsort((k, offset))
+        k, offset = k[order], offset[order]
+        # A new run where the offset changes or the gap along it is too long.
+        starts = np.flatnonzero(np.r_[True, (np.diff(offset) != 0) | (np.diff(k) > gap + 1)])
+        first, last = k[starts], k[np.r_[starts[1:], k.size] - 1]
+        lengths = last - first + 1
+        run = int(np.argmax(lengths))
+        if lengths[run] > best_units:
+            best_units = int(lengths[run])
+            best = {
+                "seconds": round(best_units * unit * block_seconds, 3),
+                "song_id": song_id,
+                "clip_start_seconds": round(int(first[run]) * unit * block_seconds, 3),
+                "song_start_seconds": round(
+                    (int(first[run]) * unit + int(offset[starts[run]])) * block_seconds, 3
+                ),
+            }
+    if best["seconds"] < COPY_NAMED_SECONDS:
+        best = {**best, "song_id": None, "clip_start_seconds": None, "song_start_seconds": None}
+    return best

@@ -107,6 +107,7 @@ def test_generate_flow_writes_the_run_and_publishes_artifacts(
         assert row["collapsed"] == (clip["metrics"]["collapsed"] or "no")
         assert row["seconds"] == pytest.approx(1.0, abs=0.03)
         assert row["quality"] == clip["quality"]["quality"] and row["lufs"] == clip["quality"]["lufs"]
+        assert row["longest_copy_s"] == clip["metrics"]["longest_copy_seconds"]
     assert report["location"] in artifacts["generated-clips"].description
     assert f"quality {report['quality']['quality']}" in artifacts["generated-clips"].description
     markdown = artifacts["generated-spectrograms"].data

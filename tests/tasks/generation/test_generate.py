@@ -26,6 +26,7 @@ from tasks.generation.generate import (
     generate_blocks_rerun,
     generate_run,
     seed_blocks,
+    training_copy_index,
 )
 from tasks.generation.runs import METRICS_FILE
 from tasks.model.repository import CARD_FILE, MODEL_FILE, ModelMismatchError, load_trained_model, model_dir
@@ -49,6 +50,8 @@ METRIC_KEYS = {
     "spectral_centroid_hz_z",
     "spectral_flatness_z",
     "nearest_training",
+    "longest_copy_seconds",
+    "longest_copy",
 }
 
 
@@ -137,10 +140,44 @@ def test_metrics_json_holds_the_report_and_the_metrics(two_clips: dict[str, Any]
         assert metrics["peak"] == pytest.approx(np.abs(samples).max(), abs=1e-3)
         assert metrics["collapsed"] in (None, "silence", "noise", "loop", "static")
         assert 0.0 <= metrics["nearest_training"]["mean"] <= metrics["nearest_training"]["max"] <= 1.0 + 1e-6
+        assert 0.0 <= metrics["longest_copy_seconds"] <= metrics["seconds"] + 1e-6
     assert sorted(os.listdir(two_clips["dir"])) == sorted(
         [METRICS_FILE] + [file for clip in report["clips"] for file in clip["files"]]
     )
     assert report["location"].endswith("generated/two-clips")
+
+
+def test_metrics_json_carries_the_longest_copied_span(two_clips: dict[str, Any]) -> None:
+    report = two_clips["report"]
+    card = json.loads(Path(two_clips["store"], "models", two_clips["model_id"], CARD_FILE).read_text())
+    memorisation = report["memorisation"]
+    copied = [clip["metrics"]["longest_copy_seconds"] for clip in report["clips"]]
+    assert memorisation["longest_copy_seconds"] == max(copied)
+    assert memorisation["clip"] in {clip["name"] for clip in report["clips"]}
+    searched = memorisation["searched"]
+    assert searched["songs"] == searched["training_songs"] == len(card["train_songs"])
+    assert searched["lower_bound"] is False
+    assert searched["seconds"] == pytest.approx(searched["training_seconds"]) and searched["seconds"] > 0
+
+
+def test_a_copy_of_a_training_song_is_found_in_the_store(model_store: tuple[str, str], loaded: Any) -> None:
+    """The index holds the model's training songs as stored: one of them, as a clip, is copied whole;
+    with a budget under the training set, whole songs are searched and the result is a lower bound."""
+    from tasks.dataset.repository import read_rows, read_song
+    from tasks.generation.metrics import longest_copy
+
+    store = open_store(model_store[0])
+    dataset_id = loaded.card["dataset_id"]
+    rows = [
+        row for row in read_rows(store, dataset_id, ok_only=True) if row.song_id in loaded.card["train_songs"]
+    ]
+    index = training_copy_index(store, loaded)
+    assert sorted(index.song_ids) == sorted(row.song_id for row in rows)
+    song = read_song(store, dataset_id, rows[0])
+    copied = longest_copy(song, index)
+    assert copied["seconds"] == pytest.approx(song.shape[0] * BLOCK_SECONDS, abs=0.1)
+    sampled = training_copy_index(store, loaded, max_seconds=rows[0].n_blocks * BLOCK_SECONDS)
+    assert len(sampled.song_ids) == 1 and sampled.searched()["lower_bound"] is True
 
 
 def test_status_lists_the_generated_run(two_clips: dict[str, Any]) -> None:

@@ -8,13 +8,18 @@ import numpy as np
 import pytest
 
 from tasks.audio.synth import synthesize_song
+from tasks.config import FeatureConfig
+from tasks.features.transforms import get_transform
 from tasks.generation.metrics import (
     LOOP_CORRELATION,
     MEMORISED_SIMILARITY,
     NOISE_FLATNESS,
     SILENCE_DBFS,
     STATIC_VARIATION_DB,
+    CopyIndex,
     audio_metrics,
+    copy_index,
+    longest_copy,
     loop_score,
     nearest_training_similarity,
     power_spectra,
@@ -215,3 +220,107 @@ def test_nearest_training_similarity_ignores_scale_and_half_copies_are_in_betwee
     assert 0.5 < mixed["mean"] < 0.8
     assert mixed["max"] == pytest.approx(1.0, abs=1e-6)
     assert mixed["memorised"] is False
+
+
+# --- memorisation: the longest span copied from one training song -----------------------------------
+
+# A stft-like layout (the default's log-mel frames, 11.6 ms) and a block layout (rfft blocks of 0.1 s).
+COPY_LAYOUTS = {
+    "stft": FeatureConfig.for_transform("stft"),
+    "rfft": FeatureConfig(transform="rfft", sample_rate=22050, block_size=2205),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(COPY_LAYOUTS))
+def copies(request: pytest.FixtureRequest) -> tuple[FeatureConfig, CopyIndex, dict[str, np.ndarray]]:
+    """Four demo songs indexed as training songs, and two songs never trained on, as feature rows."""
+    features = COPY_LAYOUTS[request.param]
+    transform = get_transform(features)
+
+    def rows(seed: int, seconds: float) -> np.ndarray:
+        audio = synthesize_song(seed=seed, seconds=seconds, sample_rate=features.sample_rate).mean(axis=1)
+        return transform.forward(audio)
+
+    songs = {f"train-{seed}": rows(seed, 8.0) for seed in range(4)} | {
+        f"unseen-{seed}": rows(seed, 8.0) for seed in (100, 101)
+    }
+    index = copy_index([(name, songs[name]) for name in songs if name.startswith("train")], features)
+    return features, index, songs
+
+
+def seconds_to_rows(features: FeatureConfig, seconds: float) -> int:
+    return round(seconds / features.block_seconds)
+
+
+def test_an_excerpt_of_a_training_song_copies_its_whole_length(copies) -> None:
+    features, index, songs = copies
+    start, length = seconds_to_rows(features, 2.0), seconds_to_rows(features, 5.0)
+    copied = longest_copy(songs["train-2"][start : start + length], index)
+    assert copied["seconds"] == pytest.approx(5.0, abs=0.1 + features.block_seconds)
+    assert copied["song_id"] == "train-2"
+    assert copied["clip_start_seconds"] == pytest.approx(0.0, abs=0.1)
+    assert copied["song_start_seconds"] == pytest.approx(2.0, abs=0.1)
+
+
+@pytest.mark.parametrize("song", ["unseen-100", "unseen-101"])
+def test_a_song_never_trained_on_copies_nothing_that_lasts(copies, song: str) -> None:
+    """A validation song's continuation (after its first 2 s) and another song: the demo songs share
+    one synthesiser, so a few units of the same chord match by chance, far under a second."""
+    features, index, songs = copies
+    copied = longest_copy(songs[song][seconds_to_rows(features, 2.0) :], index)
+    assert copied["seconds"] < 0.6
+    assert copied["song_id"] is None
+
+
+def test_a_loop_of_a_short_training_passage_copies_the_passage_not_the_clip(copies) -> None:
+    features, index, songs = copies
+    start, length = seconds_to_rows(features, 3.0), seconds_to_rows(features, 1.2)
+    loop = np.tile(songs["train-1"][start : start + length], (5, 1))
+    copied = longest_copy(loop, index)
+    assert 1.0 <= copied["seconds"] <= 1.2 + 0.1
+    assert copied["song_id"] == "train-1"
+
+
+def test_noise_and_silence_copy_nothing(copies) -> None:
+    features, index, _ = copies
+    transform = get_transform(features)
+    noise = np.random.default_rng(0).normal(0.0, 0.3, 5 * features.sample_rate).astype(np.float32)
+    assert longest_copy(transform.forward(noise), index)["seconds"] == 0.0
+    rate = features.sample_rate
+    music = synthesize_song(seed=3, seconds=4.0, sample_rate=rate).mean(axis=1)
+    silence_index = copy_index(
+        [("quiet-end", transform.forward(np.r_[music, np.zeros(2 * rate, np.float32)]))], features
+    )
+    silence = transform.forward(np.zeros(2 * rate, np.float32))
+    assert longest_copy(silence, silence_index)["seconds"] == 0.0
+
+
+def test_a_copy_under_sampling_noise_is_still_one_copy(copies) -> None:
+    """Nearly all of a training song's rows perturbed as a model that memorised them might sample them: stft
+    log-power rows with noise of half their spread in every band; blocks with every bin's phase
+    drawn at random and its magnitude off by ~3 dB."""
+    features, index, songs = copies
+    excerpt = songs["train-0"][: seconds_to_rows(features, 4.0)].astype(np.float64)
+    rng = np.random.default_rng(1)
+    if features.transform == "stft":
+        noisy = excerpt + rng.normal(0.0, 0.5, excerpt.shape) * excerpt.std(axis=0)
+    else:
+        half = excerpt.shape[1] // 2
+        spectrum = excerpt[:, :half] + 1j * excerpt[:, half:]
+        spectrum = spectrum * np.exp(
+            rng.normal(0.0, 0.35, spectrum.shape) + 2j * np.pi * rng.random(spectrum.shape)
+        )
+        noisy = np.concatenate([spectrum.real, spectrum.imag], axis=1)
+    copied = longest_copy(noisy.astype(np.float32), index)
+    assert copied["seconds"] >= 3.0 and copied["song_id"] == "train-0"
+
+
+def test_the_index_says_what_it_searched() -> None:
+    features = COPY_LAYOUTS["rfft"]
+    rows = get_transform(features).forward(song(1, 3.0))
+    index = copy_index([("a", rows), ("b", rows)], features, training_songs=5, training_seconds=60.0)
+    searched = index.searched()
+    assert (searched["songs"], searched["training_songs"], searched["training_seconds"]) == (2, 5, 60.0)
+    assert searched["seconds"] == pytest.approx(2 * rows.shape[0] * features.block_seconds, abs=0.1)
+    assert searched["lower_bound"] is True
+    assert copy_index([("a", rows)], features).searched()["lower_bound"] is False

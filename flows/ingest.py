@@ -61,6 +61,7 @@ def ingest(
     dask_address: str | None = None,
     retry_failed: bool = False,
     strict: bool = False,
+    max_seconds: float | None = None,
     announce: bool = True,
     store_block: str | None = None,
     source_block: str | None = None,
@@ -74,6 +75,7 @@ def ingest(
     (what the train deployment is triggered by; the pipeline turns it off, it
     trains anyway). ``store_block``/``source_block`` name Prefect blocks with the
     credentials of the store/source (``s3-bucket/NAME``, ``aws-credentials/NAME``).
+    ``max_seconds`` (default 4 h) is the longest song kept; a longer one is a failed row.
     """
     started = time.perf_counter()
     logger = get_run_logger()
@@ -90,6 +92,7 @@ def ingest(
         batch_mb=batch_mb,
         retry_failed=retry_failed,
         strict=strict,
+        max_seconds=max_seconds,
     )
     check_cluster_options(workers=workers, dask_address=dask_address)
     dataset_id, plan = plan_ingest_task(source, store, config)

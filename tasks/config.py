@@ -186,6 +186,11 @@ class FeatureConfig:
         return cls(sample_rate=int(values["sample_rate"]), transform=str(values["transform"]), **optional)
 
 
+# The longest song ingest keeps by default (a long DJ mix or concert fits), and the most it may be set to.
+DEFAULT_MAX_SONG_SECONDS = 4 * 3600.0
+MAX_SONG_SECONDS_LIMIT = 7 * 24 * 3600.0
+
+
 @dataclass(frozen=True)
 class IngestConfig:
     """Everything an ingest run needs besides the source and the store.
@@ -194,7 +199,9 @@ class IngestConfig:
     decoded in chunks, so a worker's memory does not depend on it);
     ``min_peak_db`` is the level under which a song counts as silent and is
     recorded as failed; ``strict`` fails any song the decoder reported errors
-    for (otherwise a song whose errors were concealed is kept, with warnings).
+    for (otherwise a song whose errors were concealed is kept, with warnings);
+    ``max_seconds`` is the longest song kept: decoding stops there and the song is
+    a failed row (a few MB of constant FLAC can decode to days of rows).
     """
 
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -203,10 +210,12 @@ class IngestConfig:
     min_peak_db: float = -60.0
     retry_failed: bool = False
     strict: bool = False
+    max_seconds: float = DEFAULT_MAX_SONG_SECONDS
 
     def __post_init__(self) -> None:
         check_choice("format", self.shard_format, SHARD_FORMATS)
         _positive("batch_mb", self.batch_mb, maximum=4096)
+        _positive("max_seconds", self.max_seconds, maximum=MAX_SONG_SECONDS_LIMIT)
         if not -200.0 <= self.min_peak_db <= 0.0:
             raise ConfigError(f"invalid min_peak_db {self.min_peak_db!r}: must be in [-200, 0]")
 
@@ -218,6 +227,7 @@ class IngestConfig:
             "min_peak_db": self.min_peak_db,
             "retry_failed": self.retry_failed,
             "strict": self.strict,
+            "max_seconds": self.max_seconds,
         }
 
 
@@ -385,6 +395,7 @@ def ingest_config(
     batch_mb: float = 32.0,
     retry_failed: bool = False,
     strict: bool = False,
+    max_seconds: float | None = None,
     **frame_options: int | None,
 ) -> IngestConfig:
     """The ingest config of the ingest flow's options; ``frame_options`` (``block_size``,
@@ -396,6 +407,7 @@ def ingest_config(
         batch_mb=batch_mb,
         retry_failed=retry_failed,
         strict=strict,
+        max_seconds=DEFAULT_MAX_SONG_SECONDS if max_seconds is None else max_seconds,
     )
 
 

@@ -55,6 +55,10 @@ def ingest(
         bool,
         typer.Option(help="Fail every song the decoder reports errors for (default: keep concealed ones)."),
     ] = False,
+    max_seconds: Annotated[
+        float | None,
+        typer.Option(help="Longest song kept, in seconds [14400 = 4 h]; a longer one is a failed row."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     storage_options: StorageOptionsOption = None,
     source_options: SourceOptionsOption = None,
@@ -80,6 +84,7 @@ def ingest(
         "batch_mb": batch_mb,
         "retry_failed": retry_failed,
         "strict": strict,
+        "max_seconds": max_seconds,
     }
     ingest_config(**options)  # a bad value is one line before any server starts
     ffmpeg_binary()

@@ -57,6 +57,7 @@ def featurise_stream(
     strict: bool = False,
     timeout: float | None = None,
     restart: Callable[[], Any] | None = None,
+    max_seconds: float | None = None,
 ) -> StreamedSong:
     """Decode a local file chunk by chunk and hand its feature rows to ``sink`` as they come.
 
@@ -66,9 +67,11 @@ def featurise_stream(
     decoder has to start again (:class:`~tasks.audio.decode.DecoderFallback`),
     ``restart`` is called to discard the rows ``sink`` got. Raises
     :class:`DecodeError` (after ``sink`` got some rows: the caller discards
-    them) for undecodable, too short or silent audio.
+    them) for undecodable, too short, too long (over ``max_seconds``: decoding stops
+    there) or silent audio.
     """
     transform = get_transform(features)
+    max_samples = None if max_seconds is None else max_seconds * features.sample_rate
     for decoder in ("ffmpeg", "libsndfile"):
         featurizer = transform.featurizer()
         stream = AudioStream(
@@ -77,6 +80,11 @@ def featurise_stream(
         peak = 0.0
         try:
             for chunk in stream:
+                if max_samples is not None and stream.n_samples > max_samples:
+                    raise DecodeError(
+                        f"too long: over the {max_seconds:g} s a song may last (--max-seconds); "
+                        "decoding stopped there"
+                    )
                 if chunk.shape[0]:
                     peak = max(peak, float(chunk.max()), -float(chunk.min()))
                 rows = featurizer.push(chunk)

@@ -146,6 +146,7 @@ def _ingest_file(item: SourceFile, writer: ShardWriter, config: IngestConfig, no
                 strict=config.strict,
                 timeout=decode_timeout(item.bytes),
                 restart=lambda: _restart_song(writer),
+                max_seconds=config.max_seconds,
             )
             song_id = content_hash()
         offset, n_blocks = writer.end_song(keep=True)

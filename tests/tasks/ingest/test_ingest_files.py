@@ -83,6 +83,45 @@ def test_a_forged_duration_in_a_name_ingests_ok_and_a_playlist_is_a_failed_row(
     assert "playlist" in rows[playlist.name].error, rows[playlist.name].error
 
 
+def test_a_song_longer_than_max_seconds_is_a_failed_row_and_decoding_stops(
+    tmp_path: Path, store_url: str
+) -> None:
+    """A few MB of constant audio can decode to hours of rows: past ``max_seconds`` decoding stops
+    and the song is a failed row that says why; a song within it is kept."""
+    import numpy as np
+
+    from tasks.audio.encode import encode_audio
+
+    source = tmp_path / "songs"
+    source.mkdir()
+    rate = 22050
+    tone = (0.3 * np.sin(2 * np.pi * 440 * np.arange(90 * rate) / rate)).astype(np.float32)
+    (source / "long.flac").write_bytes(encode_audio(tone, sample_rate=rate, format="wav"))
+    (source / "short.wav").write_bytes(encode_audio(tone[: 5 * rate], sample_rate=rate, format="wav"))
+    config = replace(CONFIG, max_seconds=20.0)
+    batch = ingest_batch(
+        list_audio_files(str(source)),
+        store_url=store_url,
+        dataset_id=config.features.dataset_id,
+        config=config,
+    )
+    rows = {Path(row.source).name: row for row in batch.rows}
+    assert rows["short.wav"].ok, rows["short.wav"].error
+    assert not rows["long.flac"].ok
+    assert "too long: over the 20 s" in rows["long.flac"].error, rows["long.flac"].error
+    from tasks.errors import DecodeError
+    from tasks.features.stream import featurise_stream
+
+    received: list[int] = []
+    with pytest.raises(DecodeError, match="too long"):
+        featurise_stream(
+            str(source / "long.flac"), features=config.features, sink=lambda rows: received.append(len(rows)),
+            max_seconds=20.0,
+        )  # fmt: skip
+    hop_seconds = config.features.frame_step / config.features.sample_rate
+    assert sum(received) * hop_seconds < 45  # stopped within a decoded chunk of the limit, not at 90 s
+
+
 def test_a_name_that_is_not_utf8_is_found_again_on_the_next_run(
     tmp_path: Path, demo_songs: list[Path], store_url: str
 ) -> None:

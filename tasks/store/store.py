@@ -1,13 +1,14 @@
 """The store: any fsspec URL (local path, file://, s3://, memory://...) with atomic writes.
 
-Paths inside the store follow ``../shared/DESIGN.md``::
+The store's layout (docs/data-format.md), each folder owned by its repository::
 
-    STORE/datasets/<dataset_id>/{catalog.parquet, shards/, stats.json, config.json}
-    STORE/models/<model_id>/
-    STORE/generated/<run_id>/
+    STORE/datasets/<dataset_id>/{catalog/, shards/, stats.json, config.json}   tasks.dataset.repository
+    STORE/models/<model_id>/                                                  tasks.model.repository
+    STORE/generated/<run_id>/                                                 tasks.generation.runs
 
-Credentials and endpoints come from the usual places (``AWS_*`` variables,
-``FSSPEC_S3_ENDPOINT_URL``...), so every Dask worker sees the same store.
+Ids become folder names only through :func:`checked_id`. Credentials and endpoints are registered
+per URL prefix (:func:`register_storage_options`, docs/credentials.md), or come from the usual
+places (``AWS_*`` variables...).
 """
 
 from __future__ import annotations

@@ -404,18 +404,14 @@ def model_options(config: TrainConfig) -> dict[str, Any]:
     return {name: getattr(config, name) for name in MODEL_OPTIONS}
 
 
-def check_max_minutes(max_minutes: float | None, *, option_prefix: str = "") -> None:
-    """Check a training's wall-clock budget in minutes (None: no budget): a positive, finite
-    number (``option_prefix="--"`` names it as the CLI's option, ``--max-minutes``)."""
+def check_max_minutes(max_minutes: float | None) -> None:
+    """Check a training's wall-clock budget in minutes (None: no budget): a positive, finite number."""
     if max_minutes is None:
         return
-    name = f"{option_prefix}max-minutes" if option_prefix else "max_minutes"
-    if (
-        isinstance(max_minutes, bool)
-        or not isinstance(max_minutes, int | float)
-        or not 0 < max_minutes < float("inf")
-    ):
-        raise ConfigError(f"invalid {name} {max_minutes!r}: must be a positive, finite number of minutes")
+    number = isinstance(max_minutes, int | float) and not isinstance(max_minutes, bool)
+    if not (number and 0 < max_minutes < float("inf")):
+        reason = "must be a positive, finite number of minutes"
+        raise ConfigError(f"invalid max_minutes {max_minutes!r}: {reason}")
 
 
 # Generated clips: at most an hour each, at most 100 in a run.

@@ -38,16 +38,7 @@ def status(
     console = Console(soft_wrap=True)
     sections = {
         "datasets": ["dataset_id", "songs_ok", "songs_failed", "seconds", "n_blocks", "n_features", "format"],
-        "models": [
-            "model_id",
-            "dataset_id",
-            "state",
-            "epochs",
-            "stop_reason",
-            "train_loss",
-            "val_loss",
-            "params",
-        ],
+        "models": ["model_id", "dataset_id", "state", "epochs", "train_loss", "val_loss", "params"],
         "generated": ["run_id", "model_id", "count", "seconds", "quality", "collapsed", "location"],
     }
     for section, columns in sections.items():

@@ -7,7 +7,7 @@
   that an ingest emits when it commits new songs to *this* store
   (:mod:`tasks.ingest.events`), with the event's dataset id as its ``dataset``
   parameter; one at a time (the next waits for its turn). New songs give a new
-  model; a finished model is final;
+  model; a finished model is final; ``max_minutes`` is each run's training budget;
 - ``musicflow-generate``: on a cron schedule (daily at 06:00 UTC by default).
 
 Credentials never go into the parameters (the UI shows them): the deployments
@@ -31,7 +31,7 @@ from prefect.schedules import Cron
 from flows.generate import generate
 from flows.ingest import ingest
 from flows.train import train
-from tasks.config import DEFAULT_PRESETS, DEFAULT_TRANSFORM, TrainConfig, ingest_config
+from tasks.config import DEFAULT_PRESETS, DEFAULT_TRANSFORM, TrainConfig, check_max_minutes, ingest_config
 from tasks.errors import ConfigError
 from tasks.ingest.events import DATASET_UPDATED, STORE_LABEL, store_key
 
@@ -75,6 +75,7 @@ def build_deployments(
     n_mels: int | None = None,
     preset: str | None = None,  # None: the train flow picks it by the dataset's transform
     epochs: int | None = None,
+    max_minutes: float | None = None,  # each train run's wall-clock budget; None: none
     train_options: dict[str, Any] | None = None,
     seconds: float = 10.0,
     count: int = 1,
@@ -104,6 +105,7 @@ def build_deployments(
     if unknown:
         raise ConfigError(f"invalid train options {unknown!r}: expected some of {', '.join(TRAIN_OPTIONS)}")
     TrainConfig.from_preset(preset or DEFAULT_PRESETS[transform], epochs=epochs, **model)
+    check_max_minutes(max_minutes)
     blocks = {"store_block": store_block} if store_block else {}
     ingest_deployment = ingest.to_deployment(
         name="musicflow-ingest",
@@ -124,7 +126,9 @@ def build_deployments(
     train_deployment = train.to_deployment(
         name="musicflow-train",
         triggers=[dataset_updated_trigger(store)],
-        parameters=_given(store=store, preset=preset, epochs=epochs, **model, **blocks),
+        parameters=_given(
+            store=store, preset=preset, epochs=epochs, max_minutes=max_minutes, **model, **blocks
+        ),
         concurrency_limit=TRAIN_CONCURRENCY,
         description="Train the LSTM when an ingest adds songs to this store",
         tags=["musicflow"],

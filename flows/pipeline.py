@@ -9,7 +9,7 @@ from prefect import flow
 from flows.generate import generate
 from flows.ingest import ingest
 from flows.train import train
-from tasks.config import DEFAULT_TRANSFORM
+from tasks.config import DEFAULT_TRANSFORM, check_max_minutes
 
 
 @flow(name="pipeline")
@@ -26,6 +26,7 @@ def pipeline(
     hidden: int | None = None,
     seq_len: int | None = None,
     hop: int | None = None,
+    max_minutes: float | None = None,
     seconds: float = 10.0,
     count: int = 1,
     temperature: float | None = None,
@@ -35,8 +36,10 @@ def pipeline(
     """Ingest new songs, train (or resume) a model on the dataset, generate clips from it.
 
     Its ingest does not announce the new songs (``announce=False``): the train deployment's
-    trigger would train a second time what this flow trains next.
+    trigger would train a second time what this flow trains next. ``max_minutes`` is the
+    training's wall-clock budget (see the train flow), checked before anything is ingested.
     """
+    check_max_minutes(max_minutes)
     ingested = ingest(
         source=source,
         store=store,
@@ -57,6 +60,7 @@ def pipeline(
         hidden=hidden,
         seq_len=seq_len,
         hop=hop,
+        max_minutes=max_minutes,
         store_block=store_block,
     )
     generated = generate(

@@ -110,9 +110,11 @@ def train_model_task(
     model_id: str | None,
     resume: bool,
     extend: bool = False,
+    max_minutes: float | None = None,
 ) -> train_lib.TrainResult:
     """Train or resume one model (a retry resumes from the last checkpoint, and a model that
-    finished is final: a retry returns its card)."""
+    finished is final: a retry returns its card). ``max_minutes``: the attempt's wall-clock
+    budget (a retry gets its own)."""
     logger = get_run_logger()
     progress: StageProgress | None = None
 
@@ -137,6 +139,7 @@ def train_model_task(
         resume=resume,
         extend=extend,
         on_epoch=on_epoch,
+        max_minutes=max_minutes,
     )
 
 

@@ -14,8 +14,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.prefect_tasks import train_model_task
 from flows.runtime import heartbeats
 from flows.runtime.blocks import use_storage
-from tasks.config import TrainConfig
-from tasks.model.repository import LOSS_CURVE_FILE, model_dir
+from tasks.config import TrainConfig, check_max_minutes
+from tasks.model.repository import LOSS_CURVE_FILE, model_dir, stop_text
 from tasks.model.train import default_preset
 from tasks.store.store import open_store
 
@@ -46,15 +46,20 @@ def train(
     seed: int = 0,
     resume: bool = True,
     model_id: str | None = None,
+    max_minutes: float | None = None,
     store_block: str | None = None,
 ) -> dict[str, Any]:
     """Train (or resume) a model; returns its card (config, losses per epoch, params...).
 
     A finished model is final: with ``epochs`` left out, or not above the epochs it has,
     the run returns its card. ``dataset`` is what the train deployment's trigger fills
-    from the ``musicflow.dataset.updated`` event. ``store_block`` names a Prefect block
-    with the store's credentials (``s3-bucket/NAME``, ``aws-credentials/NAME``).
+    from the ``musicflow.dataset.updated`` event. ``max_minutes`` is the run's wall-clock
+    budget: training stops at the end of the epoch that crosses it and keeps the best epoch
+    (the card's ``stop_reason`` is ``budget``); it is not part of the model's id.
+    ``store_block`` names a Prefect block with the store's credentials (``s3-bucket/NAME``,
+    ``aws-credentials/NAME``).
     """
+    check_max_minutes(max_minutes)
     logger = get_run_logger()
     use_storage(store, store_block=store_block)
     preset = preset or default_preset(open_store(store), dataset)  # by the dataset's transform
@@ -77,13 +82,13 @@ def train(
         normalize=normalize,
         seed=seed,
     )
-    result = train_model_task(store, config, dataset, model_id, resume, epochs is not None)
+    result = train_model_task(store, config, dataset, model_id, resume, epochs is not None, max_minutes)
     if result.resumed_from >= result.epochs:
         logger.info(
             "%s is final (%s after %d epochs, best epoch %d): nothing to train; "
             "ask for more epochs than %d to train it further",
             result.model_id,
-            result.stop_reason,
+            stop_text(result.card),
             result.epochs,
             result.best_epoch,
             result.epochs,
@@ -93,7 +98,7 @@ def train(
     logger.info(
         "%s: %s after %d epochs; kept epoch %d (validation loss %.5g)",
         result.model_id,
-        result.stop_reason,
+        stop_text(result.card),
         result.epochs,
         result.best_epoch,
         result.card["val_loss"],
@@ -120,7 +125,7 @@ def _publish(store: str, card: dict[str, Any]) -> None:
         markdown=(
             f"# Model `{card['model_id']}`\n\n"
             f"- dataset: `{card['dataset_id']}`\n- epochs: {card['epochs']} "
-            f"({card.get('stop_reason', 'completed')}; the model is epoch "
+            f"({stop_text(card)}; the model is epoch "
             f"{card.get('best_epoch', card['epochs'])}, the best validation loss)\n"
             f"- train loss: {card['train_loss']:.5g}, validation loss: {card['val_loss']:.5g} "
             f"(predicting the mean block: {card['baseline_val_loss']:.5g})\n"

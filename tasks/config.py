@@ -416,6 +416,16 @@ def model_options(config: TrainConfig) -> dict[str, Any]:
     return {name: getattr(config, name) for name in MODEL_OPTIONS}
 
 
+def check_max_minutes(max_minutes: float | None) -> None:
+    """Check a training's wall-clock budget in minutes (None: no budget): a positive, finite number."""
+    if max_minutes is None:
+        return
+    number = isinstance(max_minutes, int | float) and not isinstance(max_minutes, bool)
+    if not (number and 0 < max_minutes < float("inf")):
+        reason = "must be a positive, finite number of minutes"
+        raise ConfigError(f"invalid max_minutes {max_minutes!r}: {reason}")
+
+
 # Generated clips: at most an hour each, at most 100 in a run.
 MAX_CLIP_SECONDS = 3600.0
 MAX_CLIPS = 100

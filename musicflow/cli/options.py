@@ -13,7 +13,8 @@ from typing import Annotated
 
 import typer
 
-from tasks.config import LOSSES, PRESETS, SHARD_FORMATS, TRANSFORMS
+from tasks.config import LOSSES, PRESETS, SHARD_FORMATS, TRANSFORMS, check_max_minutes
+from tasks.errors import ConfigError
 
 
 class TransformChoice(enum.StrEnum):
@@ -100,6 +101,27 @@ ModelPresetOption = Annotated[
     PresetChoice | None, typer.Option(help="Model preset [spectral for stft, small for rfft/fft].")
 ]
 EpochsOption = Annotated[int | None, typer.Option(min=1, help="Training epochs.")]
+
+
+def _checked_max_minutes(value: float | None) -> float | None:
+    """0, negative, nan or inf: a usage error (exit 2) naming the value as typed, for the reason
+    the flows' check gives."""
+    try:
+        check_max_minutes(value)
+    except ConfigError as error:
+        raise typer.BadParameter(str(error).partition(": ")[2]) from error
+    return value
+
+
+MaxMinutesOption = Annotated[
+    float | None,
+    typer.Option(
+        metavar="M",
+        callback=_checked_max_minutes,
+        help="Wall-clock budget of the training in minutes (loading the data counts): it stops at the end "
+        "of the epoch that crosses it and keeps the best epoch (stop reason: budget).",
+    ),
+]
 HiddenOption = Annotated[int | None, typer.Option(min=1, help="Units of the dense and LSTM layers.")]
 # A step is frames-per-step rows: 4 log-mel frames for spectral (64 steps = 3 s at 22.05 kHz, hop
 # 256), one 0.25-s block for small/gruv (40 blocks = 10 s).

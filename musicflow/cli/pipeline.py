@@ -18,6 +18,7 @@ from musicflow.cli.options import (
     EpochsOption,
     FormatOption,
     HiddenOption,
+    MaxMinutesOption,
     ModelPresetOption,
     SeqLenOption,
     ShardFormatChoice,
@@ -29,7 +30,7 @@ from musicflow.cli.options import (
     VerboseOption,
     WorkersOption,
 )
-from musicflow.cli.reports import print_generated, print_ingest_summary
+from musicflow.cli.reports import model_line, print_generated, print_ingest_summary
 
 
 def pipeline(
@@ -42,6 +43,7 @@ def pipeline(
     block_size: BlockSizeOption = 11025,
     preset: ModelPresetOption = None,
     epochs: EpochsOption = None,
+    max_minutes: MaxMinutesOption = None,
     hidden: HiddenOption = None,
     seq_len: SeqLenOption = None,
     hop: Annotated[int | None, typer.Option(min=1, help="Blocks between training windows.")] = None,
@@ -67,6 +69,7 @@ def pipeline(
         block_size=block_size,
         preset=preset.value if preset else None,
         epochs=epochs,
+        max_minutes=max_minutes,
         hidden=hidden,
         seq_len=seq_len,
         hop=hop,
@@ -93,12 +96,8 @@ def run_pipeline(*, source: str, store: str, **options: Any) -> dict[str, Any]:
 
     result = run_with_progress(pipeline_flow, source=source, store=store, **options)
     print_ingest_summary(result["ingest"])
-    card = result["train"]
     from rich.console import Console  # lazy: start-up
 
-    Console(soft_wrap=True).print(
-        f"model [bold]{card['model_id']}[/]: {card['epochs']} epochs, validation loss {card['val_loss']:.5g} "
-        f"(predicting the mean block: {card['baseline_val_loss']:.5g})"
-    )
+    Console(soft_wrap=True).print(model_line(result["train"]))
     print_generated(result["generate"])
     return result

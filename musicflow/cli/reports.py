@@ -19,6 +19,17 @@ def print_ingest_summary(summary: dict[str, Any]) -> None:
         console.print(f"  [red]failed[/] {failure['source']}: {failure['error']}", highlight=False)
 
 
+def model_line(card: dict[str, Any]) -> str:
+    """A trained model in one line (rich markup): epochs, why it stopped, the kept epoch, losses."""
+    from tasks.model.repository import stop_text  # lazy: start-up
+
+    return (
+        f"model [bold]{card['model_id']}[/]: {card['epochs']} epochs ({stop_text(card)}; "
+        f"kept epoch {card.get('best_epoch', card['epochs'])}), train loss {card['train_loss']:.5g}, "
+        f"validation loss {card['val_loss']:.5g} (predicting the mean block: {card['baseline_val_loss']:.5g})"
+    )
+
+
 def quality_line(quality: dict[str, Any]) -> str:
     loudness = quality.get("loudness", {})
     return (

@@ -16,6 +16,7 @@ from musicflow.cli.options import (
     FormatOption,
     HiddenOption,
     HopLengthOption,
+    MaxMinutesOption,
     ModelPresetOption,
     NFFTOption,
     NMelsOption,
@@ -46,6 +47,7 @@ def serve(
     n_mels: NMelsOption = None,
     preset: ModelPresetOption = None,
     epochs: EpochsOption = None,
+    max_minutes: MaxMinutesOption = None,
     hidden: HiddenOption = None,
     layers: Annotated[int | None, typer.Option(min=1, help="LSTM layers.")] = None,
     seq_len: Annotated[int | None, typer.Option(min=1, help="Blocks per training window.")] = None,
@@ -93,6 +95,7 @@ def serve(
         n_mels=n_mels,
         preset=preset.value if preset else None,
         epochs=epochs,
+        max_minutes=max_minutes,
         train_options={
             "hidden": hidden,
             "layers": layers,

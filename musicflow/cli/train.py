@@ -16,12 +16,14 @@ from musicflow.cli.common import (
 from musicflow.cli.options import (
     HiddenOption,
     LossChoice,
+    MaxMinutesOption,
     PresetChoice,
     SeqLenOption,
     StorageOptionsOption,
     StoreOption,
     VerboseOption,
 )
+from musicflow.cli.reports import model_line
 from tasks.config import TrainConfig, model_options
 
 
@@ -45,6 +47,7 @@ def train(
             "model is trained further only when it is given and above its epochs.",
         ),
     ] = None,
+    max_minutes: MaxMinutesOption = None,
     hidden: HiddenOption = None,
     layers: Annotated[int | None, typer.Option(min=1, help="LSTM layers.")] = None,
     seq_len: SeqLenOption = None,
@@ -80,7 +83,8 @@ def train(
     verbose: VerboseOption = False,
 ) -> None:
     """Train an LSTM to predict the next frames (resumes from the last checkpoint; a finished
-    model is final unless --epochs asks for more epochs than it has)."""
+    model, stopped by its epochs, --patience or --max-minutes, is final unless --epochs asks for
+    more epochs than it has)."""
     quiet_console(verbose)
     use_storage_options(store, storage_options)
     from musicflow.server import ensure_prefect_api  # lazy: start-up
@@ -119,16 +123,11 @@ def train(
         **model_options(config),
         resume=resume,
         model_id=model_id,
+        max_minutes=max_minutes,
     )
     if as_json:
         typer.echo(json.dumps(card, indent=2))
         return
     from rich.console import Console  # lazy: start-up
 
-    Console(soft_wrap=True).print(
-        f"model [bold]{card['model_id']}[/]: {card['epochs']} epochs, "
-        f"train loss {card['train_loss']:.5g}, "
-        f"validation loss {card['val_loss']:.5g} "
-        f"(predicting the mean block: {card['baseline_val_loss']:.5g}), "
-        f"{card['params']:,} parameters"
-    )
+    Console(soft_wrap=True).print(f"{model_line(card)}, {card['params']:,} parameters")

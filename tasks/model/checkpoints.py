@@ -13,6 +13,7 @@ from tasks.model.repository import (
     CHECKPOINTS,
     KEEP_CHECKPOINTS,
     STATE_FILE,
+    STOP_BUDGET,
     STOP_COMPLETED,
     STOP_EARLY,
     EpochCallback,
@@ -31,6 +32,10 @@ class Checkpointer(keras.callbacks.Callback):
     ``patience_from`` is the epoch the patience window may start at (a finished model
     trained further gets a fresh window). The best validation epoch's checkpoint is
     never pruned: it becomes the final model.
+
+    The run's budget: at the end of the epoch that finds ``time.perf_counter()`` at or past
+    ``deadline`` (its checkpoint written), training stops with ``stop_reason`` ``budget``
+    (unless it completed or stopped early on that epoch); ``max_minutes`` is recorded with it.
     """
 
     def __init__(
@@ -45,12 +50,15 @@ class Checkpointer(keras.callbacks.Callback):
         started: float,
         *,
         patience_from: int = 0,
+        deadline: float | None = None,
+        max_minutes: float | None = None,
     ) -> None:
         super().__init__()
         self.store, self.directory, self.dataset_id, self.config = store, directory, dataset_id, config
         self.history, self.on_epoch, self.started = history, on_epoch, started
         self.config_hash = config_hash
         self.patience_from = patience_from
+        self.deadline, self.max_minutes = deadline, max_minutes
         self.diverged: str | None = None
         self.stop_reason: str | None = None
 
@@ -72,12 +80,16 @@ class Checkpointer(keras.callbacks.Callback):
             self.stop_reason = STOP_EARLY
             self.model.stop_training = True
         self.store.write_bytes(keras_bytes(self.model), self.directory, checkpoint_name(done))
+        if self.stop_reason is None and self.deadline is not None and time.perf_counter() >= self.deadline:
+            self.stop_reason = STOP_BUDGET
+            self.model.stop_training = True
         state = {
             "epoch": done,
             "checkpoint": checkpoint_name(done),
             "history": self.history,
             "best_epoch": best,
             "stop_reason": self.stop_reason,
+            "max_minutes": self.max_minutes,
             "dataset_id": self.dataset_id,
             "config": self.config.to_dict(),
             "config_hash": self.config_hash,

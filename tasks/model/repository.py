@@ -51,6 +51,7 @@ KEEP_CHECKPOINTS = 2  # the last epochs kept, besides the best one
 STOP_COMPLETED = "completed"  # it trained every epoch asked for
 STOP_EARLY = "early_stopping"  # --patience epochs without a better validation loss
 STOP_INTERRUPTED = "stopped"  # a callback stopped it before the last epoch
+STOP_BUDGET = "budget"  # the run's wall-clock budget (--max-minutes) ran out during its last epoch
 
 # ``on_epoch(epoch, epochs, logs)``: called after each epoch is checkpointed.
 EpochCallback = Callable[[int, int, dict[str, float]], None]
@@ -96,6 +97,14 @@ def read_finished_card(store: Store, model_id: str) -> dict[str, Any] | None:
         raise CheckpointError(
             f"{store.full_url(directory, CARD_FILE)} is corrupt ({error}): rerun with --no-resume"
         ) from error
+
+
+def stop_text(card: dict[str, Any]) -> str:
+    """Why a model (its card or its ``state.json``) stopped, for a reader: ``completed``,
+    ``early_stopping``, ``budget of 30 min``..."""
+    reason = str(card.get("stop_reason") or STOP_COMPLETED)
+    budget = card.get("max_minutes")
+    return f"{reason} of {budget:g} min" if reason == STOP_BUDGET and budget else reason
 
 
 def list_models(store: Store) -> list[str]:

@@ -2,7 +2,8 @@
 
 What a model folder holds is :mod:`tasks.model.repository`'s. A finished model (a card)
 is final: training it again returns its card, unless more epochs than it has are asked
-for explicitly (``extend``).
+for explicitly (``extend``). A run may have a wall-clock budget (``max_minutes``): a property
+of the run, not of the model (it is not in the config or its hash).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.config import DEFAULT_PRESETS, TrainConfig
+from tasks.config import DEFAULT_PRESETS, TrainConfig, check_max_minutes
 from tasks.dataset.repository import STATS_FILE, dataset_dir, read_features, resolve_dataset
 from tasks.errors import ConfigError, MusicflowError, StoreError
 from tasks.model.network import baseline_loss, build_model, step_features
@@ -102,6 +103,7 @@ def train_model(
     extend: bool = False,
     on_epoch: EpochCallback | None = None,
     callbacks: list[Any] | None = None,
+    max_minutes: float | None = None,
 ) -> TrainResult:
     """Train (or resume training) a model on a dataset of the store.
 
@@ -131,7 +133,15 @@ def train_model(
         ``on_epoch(epoch, epochs, logs)`` after each epoch is checkpointed.
     callbacks : list of keras callbacks, optional
         Extra callbacks for ``model.fit`` (they run before the checkpoint of each epoch).
+    max_minutes : float, optional
+        This run's wall-clock budget, counted from this call (loading the data and the model
+        count): training stops at the end of the epoch that crosses it (at least one epoch is
+        trained), keeps the best epoch, and the card says ``stop_reason: "budget"``. A model
+        stopped by its budget is finished: continuing it takes ``extend`` with more epochs,
+        under that run's own budget (or none). :class:`ConfigError` unless positive and finite.
     """
+    check_max_minutes(max_minutes)
+    deadline = None if max_minutes is None else time.perf_counter() + 60.0 * max_minutes
     load_tensorflow()
 
     started = time.perf_counter()
@@ -184,6 +194,8 @@ def train_model(
             on_epoch=on_epoch,
             callbacks=callbacks,
             started=started,
+            deadline=deadline,
+            max_minutes=max_minutes,
         )
 
 
@@ -203,6 +215,8 @@ def _train(
     on_epoch: EpochCallback | None,
     callbacks: list[Any] | None,
     started: float,
+    deadline: float | None,
+    max_minutes: float | None,
 ) -> TrainResult:
     import keras
 
@@ -218,7 +232,8 @@ def _train(
             {key: list(values) for key, values in state["history"].items()},
         )
         prior_seconds = float(state.get("wall_seconds", 0.0))
-        stop_reason = state.get("stop_reason")  # set when the run stopped (completed, early stopping)
+        stop_reason = state.get("stop_reason")  # set when the run stopped (completed, early stopping, budget)
+        budget = state.get("max_minutes")  # the budget of the run that trained the last epoch
     else:
         if resume and store.exists(directory, CARD_FILE):
             raise CheckpointError(
@@ -229,6 +244,7 @@ def _train(
         store.rm(directory, CHECKPOINTS)
         model = build_model(n_features, config)
         initial_epoch, history, prior_seconds, stop_reason = 0, {"loss": [], "val_loss": []}, 0.0, None
+        budget = None
     store.write_bytes(normalization_bytes(normalizer), directory, NORMALIZATION_FILE)
 
     # A run that stopped is final unless asked for more epochs; then patience counts afresh.
@@ -245,6 +261,8 @@ def _train(
         on_epoch,
         started - prior_seconds,
         patience_from=initial_epoch if stop_reason is not None else 0,
+        deadline=deadline,
+        max_minutes=max_minutes,
     )
     if wants_more:
         train_data = make_tf_dataset(
@@ -272,6 +290,8 @@ def _train(
         stop_reason = checkpoint.stop_reason or (
             STOP_COMPLETED if len(history["loss"]) >= config.epochs else STOP_INTERRUPTED
         )
+        if len(history["loss"]) > initial_epoch:
+            budget = max_minutes
     if checkpoint.diverged is not None:
         kept = len(history["loss"])
         raise TrainingDivergedError(
@@ -293,6 +313,7 @@ def _train(
         "epochs": len(history["loss"]),
         "history": history,
         "stop_reason": stop_reason,
+        "max_minutes": budget,
         "best_epoch": best,
         "train_loss": history["loss"][best - 1],
         "val_loss": history["val_loss"][best - 1],

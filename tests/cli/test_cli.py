@@ -206,3 +206,23 @@ def test_ingest_with_a_bad_stft_config_is_one_line_naming_the_value_and_exit_2(
     assert code == 2, (out, err)
     assert fragment in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.parametrize("command", ["train", "pipeline", "serve"])
+@pytest.mark.parametrize("value", ["0", "-5", "nan", "inf", "1e999", "thirty"])
+def test_a_bad_training_budget_is_one_line_naming_the_value_and_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str, value: str
+) -> None:
+    from helpers import run_cli
+
+    songs = tmp_path / "songs"
+    songs.mkdir()
+    before = {"train": [], "pipeline": [str(songs)], "serve": ["--source", str(songs)]}[command]
+    store = tmp_path / "store"
+    code, out, err = run_cli(capsys, command, *before, "--store", str(store), f"--max-minutes={value}")
+    assert code == 2, (out, err)
+    (line,) = err.strip().splitlines()
+    assert line.startswith("musicflow: error: ") and "--max-minutes" in line and repr(value) in line, line
+    if value != "thirty":  # typer's own message for what is not a number
+        assert line.endswith("must be a positive, finite number of minutes"), line
+    assert not store.exists()

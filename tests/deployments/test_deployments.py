@@ -173,6 +173,7 @@ def test_serve_options_become_the_flows_parameters() -> None:
             shard_format="parquet",
             sample_rate=22050,
             epochs=3,
+            max_minutes=30,
             train_options={"hidden": 32, "seq_len": 8, "hop": 4, "batch_size": 8, "patience": None},
             seconds=1.5,
             count=2,
@@ -193,6 +194,7 @@ def test_serve_options_become_the_flows_parameters() -> None:
     assert built["musicflow-train"].parameters == {
         "store": "s3://models/store",  # no preset: the train flow takes the dataset's transform's
         "epochs": 3,
+        "max_minutes": 30,  # each triggered training's wall-clock budget
         "hidden": 32,
         "seq_len": 8,
         "hop": 4,
@@ -218,6 +220,10 @@ def test_serve_options_become_the_flows_parameters() -> None:
         ({"epochs": 0}, "invalid epochs 0"),
         ({"train_options": {"hidden": -3}}, "invalid hidden -3"),
         ({"train_options": {"dropout": 0.5}}, "invalid train options ['dropout']"),
+        ({"max_minutes": 0}, "invalid max_minutes 0"),
+        ({"max_minutes": -1.0}, "invalid max_minutes -1.0"),
+        ({"max_minutes": float("nan")}, "invalid max_minutes nan"),
+        ({"max_minutes": float("inf")}, "invalid max_minutes inf"),
     ],
 )
 def test_bad_serve_options_are_refused_naming_them(options: dict[str, Any], fragment: str) -> None:
@@ -270,6 +276,7 @@ def test_deployment_parameters_are_parameters_of_their_flows(default: dict[str, 
             source="s",
             store="t",
             epochs=2,
+            max_minutes=30,
             train_options=dict.fromkeys(("hidden", "layers", "seq_len", "hop", "batch_size", "patience"), 2)
             | {"learning_rate": 0.01},
             store_block="s3-bucket/a",

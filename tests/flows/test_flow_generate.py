@@ -225,8 +225,9 @@ def _events_of(name: str, flow_run_id: Any) -> list[dict[str, Any]]:
 def test_cli_pipeline_passes_its_options_to_each_flow(tmp_path: Path) -> None:
     source, store = tmp_path / "songs", str(tmp_path / "store")
     write_periodic_songs(source, n_songs=3, seconds=1.0, block_size=TINY_BLOCK)
-    options = ["--transform", "fft", "--block-size", str(TINY_BLOCK), "--epochs", "1", "--hidden", "16"]
+    options = ["--transform", "fft", "--block-size", str(TINY_BLOCK), "--epochs", "2", "--hidden", "16"]
     options += ["--seq-len", "4", "--hop", "2", "--seconds", "0.5", "--workers", "1"]
+    options += ["--max-minutes", "0.0001"]  # 6 ms: the first epoch crosses it, so 1 epoch of 2
 
     result = musicflow("pipeline", str(source), "--store", store, *options)
 
@@ -237,6 +238,8 @@ def test_cli_pipeline_passes_its_options_to_each_flow(tmp_path: Path) -> None:
     assert dataset["n_features"] == 2 * TINY_BLOCK
     (model,) = status["models"]
     assert model["dataset_id"] == dataset["dataset_id"] and model["epochs"] == 1
+    assert model["stop_reason"] == "budget"
+    assert "1 epochs (budget of 0.0001 min; kept epoch 1)" in result.stdout, result.stdout
     card = json.loads(Path(store, "models", model["model_id"], "card.json").read_text())
     assert (card["config"]["hidden"], card["config"]["seq_len"], card["config"]["hop"]) == (16, 4, 2)
     (generated,) = status["generated"]

@@ -10,9 +10,10 @@ from pathlib import Path
 
 import pytest
 from conftest import TINY_TRAIN
-from helpers import artifact_table, flow_run_artifacts, musicflow
+from helpers import artifact_table, flow_run_artifacts, musicflow, run_cli
 
 from tasks.config import TrainConfig
+from tasks.errors import ConfigError
 from tasks.model.repository import CHECKPOINTS, STATE_FILE, model_dir, read_card
 from tasks.store.store import open_store
 
@@ -129,3 +130,48 @@ def test_train_on_a_store_without_dataset(tmp_path: Path) -> None:
 def test_train_on_a_missing_store(tmp_path: Path) -> None:
     result = musicflow("train", "--store", str(tmp_path / "nowhere"), "--epochs", "1")
     assert_one_line_error(result, 2, "store not found", "nowhere")
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_training_budget_through_the_flow_the_cli_and_status(
+    tiny_dataset: tuple[str, str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A budget of 6 ms is crossed in the first epoch (loading the data counts): the flow's card,
+    its train-summary artifact, ``musicflow train``'s line and ``musicflow status --json`` say ``budget``."""
+    from flows.pipeline import pipeline
+    from flows.train import train
+
+    store_url = str(tmp_path / "store")
+    shutil.copytree(tiny_dataset[0], store_url)
+    options = {key: TINY_TRAIN[key] for key in ("hidden", "seq_len", "hop", "batch_size", "learning_rate")}
+
+    state = train(store=store_url, epochs=3, max_minutes=0.0001, return_state=True, **options)
+    card = state.result()
+    assert (card["epochs"], card["stop_reason"], card["best_epoch"], card["max_minutes"]) == (
+        1,
+        "budget",
+        1,
+        0.0001,
+    )
+    summary = flow_run_artifacts(str(state.state_details.flow_run_id))["train-summary"].data
+    assert "- epochs: 1 (budget of 0.0001 min; the model is epoch 1" in summary
+    assert train(store=store_url, **options) == card  # the same command without --epochs: final
+
+    code, out, err = run_cli(capsys, "status", "--store", store_url, "--json")
+    assert code == 0, err
+    (model,) = json.loads(out)["models"]
+    assert (model["model_id"], model["stop_reason"]) == (card["model_id"], "budget")
+
+    # the command line (another model: the flow's defaults for batch size and learning rate)
+    args = ["--store", store_url, "--epochs", "3", "--hidden", "32", "--seq-len", "8", "--hop", "4"]
+    code, out, err = run_cli(capsys, "train", *args, "--max-minutes", "0.0001")
+    assert code == 0, err
+    assert ": 1 epochs (budget of 0.0001 min; kept epoch 1)" in out, out
+
+    # bad flow parameters are ConfigErrors naming the value, before anything is trained or ingested
+    for bad in (0, float("nan")):  # every bad value: test_train_lifecycle.py and the CLI's tests
+        with pytest.raises(ConfigError, match=f"invalid max_minutes {float(bad)!r}"):
+            train(store=store_url, epochs=3, max_minutes=bad, **options)
+        with pytest.raises(ConfigError, match=f"invalid max_minutes {float(bad)!r}"):
+            pipeline(source=str(tmp_path / "songs"), store=str(tmp_path / "other"), max_minutes=bad)
+    assert not (tmp_path / "other").exists()

@@ -1,6 +1,6 @@
 """A training's life: a finished model is final (re-run, Prefect retry), keeps its best validation
-epoch, says why it stopped, is continued only by asking for more epochs; two runs never train
-the same model folder at once."""
+epoch, says why it stopped (its epochs, patience or its wall-clock budget), is continued only by
+asking for more epochs; two runs never train the same model folder at once."""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ import pytest
 from conftest import TINY_TRAIN
 
 from tasks.config import TrainConfig
+from tasks.errors import ConfigError
 from tasks.model.repository import (
     CARD_FILE,
     CHECKPOINTS,
@@ -226,3 +227,126 @@ def test_two_trainings_of_one_model_at_once(store_url: str) -> None:
     assert result.epochs == 2 and result.stop_reason == "completed"
     assert not (Path(store_url) / model_dir(result.model_id) / "train.lock").exists()
     assert train_model(store_url, tiny_config(2)).card == result.card  # free again, and final
+
+
+# --- the wall-clock budget (--max-minutes) -----------------------------------------------------------
+
+
+class Clock:
+    """``time`` for tasks.model.train and tasks.model.checkpoints whose ``perf_counter`` runs ahead
+    of the real one by ``ahead`` seconds: an epoch that "takes an hour" without waiting for it."""
+
+    def __init__(self) -> None:
+        self.ahead = 0.0
+
+    def perf_counter(self) -> float:
+        return time.perf_counter() + self.ahead
+
+
+class LongEpoch(keras.callbacks.Callback):
+    """Epoch ``at`` (1-based) takes ``seconds`` more on ``clock`` (it runs before the checkpoint)."""
+
+    def __init__(self, clock: Clock, at: int, seconds: float) -> None:
+        super().__init__()
+        self.clock, self.at, self.seconds = clock, at, seconds
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, float] | None = None) -> None:
+        if epoch + 1 == self.at:
+            self.clock.ahead += self.seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    import tasks.model.checkpoints
+    import tasks.model.train
+
+    fake = Clock()
+    for module in (tasks.model.train, tasks.model.checkpoints):
+        monkeypatch.setattr(module, "time", fake)
+    return fake
+
+
+def test_a_budget_stops_at_the_end_of_the_epoch_that_crosses_it(store_url: str) -> None:
+    """With the real clock: a budget of 6 ms is crossed before the first epoch ends (loading the data
+    counts), so one epoch of 2 is trained; without a budget the same model trains both."""
+    budgeted = train_model(store_url, tiny_config(2), max_minutes=0.0001)
+    assert (budgeted.epochs, budgeted.stop_reason, budgeted.best_epoch) == (1, "budget", 1)
+    card = read_card(open_store(store_url), budgeted.model_id)
+    assert (card["stop_reason"], card["max_minutes"], card["epochs"], card["best_epoch"]) == (
+        "budget",
+        0.0001,
+        1,
+        1,
+    )
+    assert card["config"] == tiny_config(2).to_dict()  # the budget is the run's, not the model's
+
+    unbudgeted = train_model(store_url, tiny_config(2), resume=False)
+    assert unbudgeted.model_id == budgeted.model_id  # same model: the budget is not in its id
+    assert (unbudgeted.epochs, unbudgeted.stop_reason, unbudgeted.card["max_minutes"]) == (
+        2,
+        "completed",
+        None,
+    )
+
+
+def test_a_budget_stopped_model_keeps_its_best_epoch_and_stays_final(store_url: str, clock: Clock) -> None:
+    # validation 1.0, 0.5 (best), 0.7, 0.8...; epoch 3 takes an hour: a 60-minute budget ends it there
+    script = [1.0, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.99]
+    result = train_model(
+        store_url,
+        tiny_config(8),
+        max_minutes=60,
+        callbacks=[ScriptedValLoss(script), LongEpoch(clock, at=3, seconds=3600)],
+    )
+    assert (result.epochs, result.stop_reason, result.best_epoch) == (3, "budget", 2)
+    store = open_store(store_url)
+    directory = model_dir(result.model_id)
+    card = read_card(store, result.model_id)
+    assert (card["stop_reason"], card["max_minutes"], card["best_epoch"]) == ("budget", 60, 2)
+    assert card["history"]["val_loss"] == script[:3] and card["val_loss"] == 0.5
+    assert sha(store.read_bytes(directory, MODEL_FILE)) == sha(
+        store.read_bytes(directory, checkpoint_name(2))
+    )
+    assert card["wall_seconds"] >= 3600  # the hour the third epoch took
+
+    # the same command again, or --epochs not above 3, trains nothing and rewrites nothing
+    before = files(store_url, result.model_id)
+    epochs_seen: list[int] = []
+    for again in (
+        train_model(store_url, tiny_config(8), max_minutes=60, on_epoch=lambda e, *_: epochs_seen.append(e)),
+        train_model(store_url, tiny_config(3), max_minutes=60, extend=True),
+    ):
+        assert (again.epochs, again.resumed_from, again.stop_reason) == (3, 3, "budget")
+        assert again.card == card
+    assert epochs_seen == []
+    assert files(store_url, result.model_id) == before
+
+    # killed after the checkpoints, before the card: the resumed run trains nothing either
+    (Path(store_url) / directory / CARD_FILE).unlink()
+    healed = train_model(store_url, tiny_config(8), on_epoch=lambda e, *_: epochs_seen.append(e))
+    assert epochs_seen == []
+    assert (healed.epochs, healed.stop_reason, healed.card["max_minutes"]) == (3, "budget", 60)
+
+    # an explicit --epochs above continues, under its own budget counted from its own start: the
+    # first run's started more than an hour ago, and this one trains its 3 epochs
+    longer = train_model(
+        store_url, tiny_config(6), max_minutes=60, extend=True, callbacks=[ScriptedValLoss(script)]
+    )
+    assert (longer.resumed_from, longer.epochs, longer.stop_reason, longer.best_epoch) == (
+        3,
+        6,
+        "completed",
+        2,
+    )
+    assert longer.history["val_loss"] == script[:6]
+    assert longer.card["max_minutes"] == 60
+
+
+def test_a_bad_budget_is_a_config_error_naming_it(store_url: str) -> None:
+    for bad in (0, -1.5, float("nan"), float("inf"), "30", True):
+        with pytest.raises(ConfigError) as raised:
+            train_model(store_url, tiny_config(2), max_minutes=bad)  # type: ignore[arg-type]
+        assert f"invalid max_minutes {bad!r}: must be a positive, finite number of minutes" == str(
+            raised.value
+        )
+    assert not (Path(store_url) / "models").exists()

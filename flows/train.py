@@ -17,7 +17,7 @@ from flows.runtime.blocks import use_storage
 from tasks.config import TrainConfig, check_max_minutes
 from tasks.model.repository import LOSS_CURVE_FILE, model_dir, stop_text
 from tasks.model.train import default_preset
-from tasks.store.store import open_store
+from tasks.store.store import checked_id, open_store
 
 # A finished run returns at once, not after its heartbeat thread's next 1-s step (see the module).
 heartbeats.install()
@@ -60,6 +60,8 @@ def train(
     ``aws-credentials/NAME``).
     """
     check_max_minutes(max_minutes)
+    if model_id is not None:
+        checked_id("model", model_id)  # a flow-run parameter is anybody's text: refused before any task
     logger = get_run_logger()
     use_storage(store, store_block=store_block)
     preset = preset or default_preset(open_store(store), dataset)  # by the dataset's transform

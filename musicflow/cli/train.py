@@ -90,7 +90,10 @@ def train(
     from musicflow.server import ensure_prefect_api  # lazy: start-up
     from tasks.dataset.repository import resolve_dataset  # lazy: start-up
     from tasks.model.train import default_preset  # lazy: start-up
+    from tasks.store.store import checked_id  # lazy: start-up
 
+    if model_id is not None:
+        checked_id("model", model_id)  # "../x" never reaches a path: one line before anything runs
     opened = open_existing_store(store)
     resolve_dataset(opened, dataset)  # a one-line error before any server starts
     given = {

@@ -118,6 +118,25 @@ def test_bad_train_options_exit_2_naming_them(tmp_path: Path, args: list[str], f
     assert_one_line_error(result, 2, *fragments)
 
 
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.parametrize("model_id", ["../escape", "../../escape", "a/b"])
+def test_a_model_id_that_climbs_out_of_the_store_is_refused(
+    tiny_dataset: tuple[str, str], tmp_path: Path, model_id: str
+) -> None:
+    """The same id as a command-line option and as a flow-run parameter (what a deployment or the UI
+    passes): one line naming it, exit 2, and nothing written inside or outside the store."""
+    store_url = str(tmp_path / "inside" / "store")
+    shutil.copytree(tiny_dataset[0], store_url)
+    before = sorted(str(path) for path in tmp_path.rglob("*"))
+    result = musicflow("train", "--store", store_url, "--epochs", "1", "--model-id", model_id)
+    assert_one_line_error(result, 2, f"invalid model id '{model_id}'")
+    from flows.train import train
+
+    with pytest.raises(ConfigError, match="invalid model id"):
+        train(store=store_url, epochs=1, model_id=model_id)
+    assert sorted(str(path) for path in tmp_path.rglob("*")) == before
+
+
 @pytest.mark.usefixtures("prefect_server")  # if the check came too late, no real server gets started
 def test_train_on_a_store_without_dataset(tmp_path: Path) -> None:
     (tmp_path / "store").mkdir()

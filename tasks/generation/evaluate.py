@@ -32,8 +32,10 @@ REFERENCE_SONGS = 8
 REFERENCE_SECONDS = 30.0
 MIN_EXCERPT_SECONDS = 2.0
 # The round trip through the model's features (the ceiling) inverts at most this much audio (stft:
-# Griffin-Lim, about 2 s of work on 2 cores), cut evenly from the clips' continuations.
+# Griffin-Lim, about 5 s of work on 2 cores), in pieces of at least CEILING_PIECE_SECONDS (each
+# gives the tonality axis a few windows) from continuations spread over the run.
 CEILING_SECONDS = 24.0
+CEILING_PIECE_SECONDS = 6.0
 
 
 @dataclass
@@ -184,14 +186,17 @@ def score_run(
 def round_trip(
     features: FeatureConfig, continued: Sequence[np.ndarray | None]
 ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
-    """The product's sound path on real audio: the start of each real continuation (CEILING_SECONDS
-    in all) through the dataset transform (``forward`` then ``inverse``; stft inverts with
-    Griffin-Lim), with the real audio it came from; None without continuations."""
+    """The product's sound path on real audio: the start of real continuations (CEILING_SECONDS in
+    all, from up to 4 clips spread over the run) through the dataset transform (``forward`` then
+    ``inverse``; stft inverts with Griffin-Lim), with the real audio it came from; None without
+    continuations."""
     sources = [item for item in continued if item is not None]
     if not sources:
         return None
-    length = int(CEILING_SECONDS * features.sample_rate / len(sources))
-    sources = [item[:length] for item in sources]
+    pieces = int(min(len(sources), max(1, CEILING_SECONDS // CEILING_PIECE_SECONDS)))
+    length = int(CEILING_SECONDS * features.sample_rate / pieces)
+    picked = np.linspace(0, len(sources) - 1, pieces).round().astype(int)
+    sources = [sources[index][:length] for index in picked]
     transform = get_transform(features)
     trips = [
         np.clip(transform.inverse(transform.forward(item)), -1.0, 1.0)[: item.size].astype(np.float32)

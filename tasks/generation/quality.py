@@ -45,6 +45,7 @@ run's clips in the store is :mod:`tasks.generation.evaluate`'s.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
@@ -610,11 +611,17 @@ def axes_report(
     ceiling_scores: dict[str, Any] = {}
     if ceiling is not None:
         trip, source = ceiling
-        trip_real, trip_zero = anchors([source], noise[:1])
         trip_analyses = scorer.analyse(trip)
+        short = scorer.missing(trip_analyses)
+        # The first noise draw, recut to the round trip's lengths: the same amount of audio.
+        pooled = np.concatenate(noise[0])
+        cuts = np.cumsum([0] + [item.size for item in source])
+        trip_noise = [pooled[start:stop] for start, stop in itertools.pairwise(cuts)]
+        trip_real, trip_zero = anchors([source], [trip_noise])
         for axis in scorer.axes:
-            distance = scorer.distance(axis, trip_analyses)
-            ceiling_scores[axis] = normalised(distance, zero=trip_zero[axis], one=trip_real[axis])
+            if axis not in short:
+                distance = scorer.distance(axis, trip_analyses)
+                ceiling_scores[axis] = normalised(distance, zero=trip_zero[axis], one=trip_real[axis])
     report: dict[str, Any] = {}
     for axis in scorer.axes:
         d_gen = scorer.distance(axis, clips)

@@ -38,6 +38,11 @@ scores like real music), phase artefacts that leave the magnitudes alone, or
 whether a listener likes it. Onset rate, loudness and the collapse and
 memorisation flags cover part of the rest; it is a proxy, not a listening test.
 
+Order is what the axes add (``frames``, which is this score, ``continuity`` and ``tonality``;
+see the comment above :data:`AXES` and :func:`quality_report`'s ``axes``): each normalised between
+an anchor lacking the property (shaped noise; the continuation shuffled in 46 ms grains) and the
+real continuation, with the spread of other real audio and the product's round trip as ceiling.
+
 This module is the maths alone (numpy and scipy, no store): finding a model's songs and a
 run's clips in the store is :mod:`tasks.generation.evaluate`'s.
 """
@@ -541,14 +546,15 @@ class AxisScorer:
         features = axis_features(axis, analyses, basis=self.basis)
         return frechet_distance(frame_statistics(features), self.reference[axis])
 
-    def missing(self, analyses: Sequence[Analysis]) -> dict[str, str]:
-        """The axes this set has too little audio for, each with the reason."""
+    def missing(self, analyses: Sequence[Analysis], *, source: str = "the clips") -> dict[str, str]:
+        """The axes this set (``source``: what it is, in the reason) has too little audio for, each
+        with the reason."""
         found = {}
         for axis in self.axes:
             need, unit = AXIS_NEEDS[axis]
             have = axis_units(axis, analyses)
             if have < need:
-                found[axis] = f"needs at least {need} {unit}, the clips give {have}"
+                found[axis] = f"needs at least {need} {unit}, {source} give {have}"
         return found
 
 
@@ -577,31 +583,36 @@ def axes_report(
             analysed[id(clip_set)] = scorer.analyse(clip_set)
         return analysed[id(clip_set)]
 
-    def anchors(real_sets: Sequence[Sequence[np.ndarray]], noise_sets: Sequence[Sequence[np.ndarray]]):
-        """Mean distances per axis of the real sets, their shuffles, and the noise sets."""
-        one: dict[str, list[float]] = {axis: [] for axis in scorer.axes}
-        zero: dict[str, list[float]] = {axis: [] for axis in scorer.axes}
-        shuffles = {}
+    def anchors(
+        real_sets: Sequence[Sequence[np.ndarray]],
+        noise_sets: Sequence[Sequence[np.ndarray]],
+        axes: Sequence[str],
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Mean distances per axis of the real sets (1) and of each axis's anchor (0): the real
+        sets shuffled, or the noise sets."""
+        one: dict[str, list[float]] = {axis: [] for axis in axes}
+        zero: dict[str, list[float]] = {axis: [] for axis in axes}
+        by_anchor = {
+            name: [axis for axis in axes if AXIS_ANCHORS[axis] == name] for name in set(AXIS_ANCHORS.values())
+        }
         for real_set in real_sets:
-            for axis in scorer.axes:
+            for axis in axes:
                 one[axis].append(scorer.distance(axis, of(real_set)))
-            if any(AXIS_ANCHORS[axis] == "shuffled real" for axis in scorer.axes):
-                key = id(real_set)
-                shuffles[key] = [shuffled(clip, sample_rate=scorer.sample_rate, rng=rng) for clip in real_set]
-                shuffle_analyses = scorer.analyse(shuffles[key])
-                for axis in scorer.axes:
-                    if AXIS_ANCHORS[axis] == "shuffled real":
-                        zero[axis].append(scorer.distance(axis, shuffle_analyses))
-        for noise_set in noise_sets:
+            if by_anchor["shuffled real"]:
+                mixed = scorer.analyse(
+                    [shuffled(clip, sample_rate=scorer.sample_rate, rng=rng) for clip in real_set]
+                )
+                for axis in by_anchor["shuffled real"]:
+                    zero[axis].append(scorer.distance(axis, mixed))
+        for noise_set in noise_sets if by_anchor["shaped noise"] else []:
             noise_analyses = scorer.analyse(noise_set)
-            for axis in scorer.axes:
-                if AXIS_ANCHORS[axis] == "shaped noise":
-                    zero[axis].append(scorer.distance(axis, noise_analyses))
-        return {axis: float(np.mean(one[axis])) for axis in scorer.axes}, {
-            axis: float(np.mean(zero[axis])) for axis in scorer.axes
+            for axis in by_anchor["shaped noise"]:
+                zero[axis].append(scorer.distance(axis, noise_analyses))
+        return {axis: float(np.mean(one[axis])) for axis in axes}, {
+            axis: float(np.mean(zero[axis])) for axis in axes
         }
 
-    d_real, d_zero = anchors(real, noise)
+    d_real, d_zero = anchors(real, noise, scorer.axes)
     spread_scores: dict[str, list[float | None]] = {axis: [] for axis in scorer.axes}
     for draw in spread:
         draw_analyses = scorer.analyse(draw)
@@ -617,11 +628,11 @@ def axes_report(
         pooled = np.concatenate(noise[0])
         cuts = np.cumsum([0] + [item.size for item in source])
         trip_noise = [pooled[start:stop] for start, stop in itertools.pairwise(cuts)]
-        trip_real, trip_zero = anchors([source], [trip_noise])
-        for axis in scorer.axes:
-            if axis not in short:
-                distance = scorer.distance(axis, trip_analyses)
-                ceiling_scores[axis] = normalised(distance, zero=trip_zero[axis], one=trip_real[axis])
+        scored = [axis for axis in scorer.axes if axis not in short]
+        trip_real, trip_zero = anchors([source], [trip_noise], scored)
+        for axis in scored:
+            distance = scorer.distance(axis, trip_analyses)
+            ceiling_scores[axis] = normalised(distance, zero=trip_zero[axis], one=trip_real[axis])
     report: dict[str, Any] = {}
     for axis in scorer.axes:
         d_gen = scorer.distance(axis, clips)
@@ -659,12 +670,8 @@ def score_axes(
     reference_analyses = scorer.analyse(reference)
     clip_analyses = scorer.analyse(clips)
     scorer.axes = tuple(check_axes(list(axes)))
-    not_scored = {
-        axis: f"the reference {reason}" for axis, reason in scorer.missing(reference_analyses).items()
-    }
-    not_scored |= {
-        axis: reason for axis, reason in scorer.missing(clip_analyses).items() if axis not in not_scored
-    }
+    not_scored = scorer.missing(reference_analyses, source="the reference songs")
+    not_scored |= {axis: why for axis, why in scorer.missing(clip_analyses).items() if axis not in not_scored}
     scorer.axes = tuple(axis for axis in scorer.axes if axis not in not_scored)
     scorer.fit(reference_analyses)
     report = axes_report(

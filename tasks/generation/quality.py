@@ -506,8 +506,9 @@ def patch_basis(reference: Sequence[Analysis]) -> tuple[np.ndarray, np.ndarray]:
     PATCH_COMPONENTS principal directions [components, PATCH_FRAMES * 64]."""
     patches = axis_features("continuity", reference, basis=None)
     mean = patches.mean(axis=0)
-    _, _, vt = np.linalg.svd(patches - mean, full_matrices=False)
-    return mean, vt[:PATCH_COMPONENTS]
+    centred = patches - mean
+    _, vectors = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+    return mean, vectors[:, ::-1][:, :PATCH_COMPONENTS].T
 
 
 def _significant(value: float, digits: int = 5) -> float:

@@ -102,9 +102,16 @@ def test_the_spectral_model_makes_music_that_is_not_collapsed_and_beats_shaped_n
         assert clip["quality"]["quality"] > 0.0
     assert abs(quality["loudness"]["difference_db"]) < 6.0
     assert quality["onset_rate"]["clips"] > 0.5  # the kicks and notes come through
-    assert list(quality["axes"]) == list(AXES)
-    for scored in quality["axes"].values():  # 6 s of clips: enough for every axis
-        assert isinstance(scored["score"], float) and isinstance(scored["ceiling"], float), scored
+    axes = quality["axes"]
+    assert list(axes) == list(AXES)
+    for axis in ("frames", "continuity"):  # 6 s of clips: enough for these, with the round trip's ceiling
+        assert isinstance(axes[axis]["score"], float) and isinstance(axes[axis]["ceiling"], float), axes
+    # The one validation song leaves 3.3 s of reference after the seeds and clips: too little for
+    # 1.5-s tonality windows, which the run reports and goes on.
+    assert axes["tonality"] == {
+        "score": None,
+        "not_scored": "needs at least 16 windows of 64 frames (1.5 s), the reference songs give 14",
+    }
 
 
 @pytest.fixture(scope="module")
@@ -133,7 +140,9 @@ def axes_material() -> dict[str, Any]:
         ],
     }
     reports = {
-        name: quality_report(clips, reference=reference, real=songs, sample_rate=SR, continuations=real)
+        name: quality_report(
+            clips, reference=reference, real=songs, sample_rate=SR, continuations=real, draws=2
+        )
         for name, clips in material.items()
     }
     return {"material": material, "reports": reports, "reference": reference, "songs": songs}
@@ -154,7 +163,7 @@ def test_each_axis_orders_noise_shuffled_round_trip_and_real(
     assert scores["round trip"] > 0.85, scores  # the sound path keeps what each axis hears
     scored = axes_material["reports"]["real"]["axes"][axis]
     assert scored["anchor"] == ("shaped noise" if axis == "frames" else "shuffled real")
-    assert scored["d_real"] < scored["d_anchor"] and scored["spread"]["draws"] == 4
+    assert scored["d_real"] < scored["d_anchor"] and scored["spread"]["draws"] == 2
 
 
 def test_continuity_and_tonality_hear_the_shuffle_that_frames_do_not(axes_material: dict[str, Any]) -> None:
@@ -187,6 +196,7 @@ def test_the_round_trip_is_each_axis_ceiling_and_short_clips_leave_an_axis_unsco
         sample_rate=SR,
         continuations=real,
         ceiling=(trip, real),
+        draws=2,
     )
     for axis in AXES:
         ceiling = report["axes"][axis]["ceiling"]
@@ -200,6 +210,7 @@ def test_the_round_trip_is_each_axis_ceiling_and_short_clips_leave_an_axis_unsco
         sample_rate=SR,
         continuations=short,
         axes=["tonality", "frames"],
+        draws=2,
     )
     assert list(report["axes"]) == ["frames", "tonality"]
     assert report["axes"]["frames"]["score"] == 1.0
@@ -275,16 +286,18 @@ def test_evaluate_scores_a_run_again_and_writes_quality_json(
     assert report["quality"] == pytest.approx(scored_run["report"]["quality"]["quality"], abs=0.02)
     assert list(report["axes"]) == list(AXES)
     for axis, scored in report["axes"].items():
-        assert scored["score"] == pytest.approx(
-            scored_run["report"]["quality"]["axes"][axis]["score"], abs=0.05
-        ), axis
+        generated = scored_run["report"]["quality"]["axes"][axis]
+        if generated["score"] is None:
+            assert scored == generated
+        else:
+            assert scored["score"] == pytest.approx(generated["score"], abs=0.05), axis
     code, out, _ = run_cli(
         capsys, "evaluate", "--store", scored_run["store"], "--run", "scored", "--axes", "frames,continuity"
     )
     assert code == 0 and "quality" in out and "clip-02" in out
     assert "continuity: " in out and "tonality" not in out
     written = json.loads(Path(scored_run["store"], "generated", "scored", QUALITY_FILE).read_text())
-    assert list(written["axes"]) == ["frames", "continuity"]
+    assert set(written["axes"]) == {"frames", "continuity"}
 
 
 @pytest.mark.parametrize(

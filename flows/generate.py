@@ -56,6 +56,10 @@ def generate(
         quality["d_real"],
         quality["d_noise"],
     )
+    for axis, scored in quality.get("axes", {}).items():
+        logger.info(
+            "%s %s", axis, scored.get("score") if "not_scored" not in scored else scored["not_scored"]
+        )
     _publish(report)
     return report
 
@@ -83,6 +87,15 @@ def _publish(report: dict[str, Any]) -> None:
         )
     quality = report.get("quality", {})
     loudness = quality.get("loudness", {})
+    axes = "; ".join(
+        f"{axis} {scored.get('score')} (0 = {scored['anchor']}, spread ± {scored['spread']['std']}, "
+        f"ceiling {scored.get('ceiling')})"
+        if "not_scored" not in scored
+        else f"{axis} not scored ({scored['not_scored']})"
+        for axis, scored in quality.get("axes", {}).items()
+    )
+    for row in rows:  # the run's axes (pooled over the clips) beside each clip's row
+        row.update({axis: scored.get("score") for axis, scored in quality.get("axes", {}).items()})
     create_table_artifact(
         key="generated-clips",
         table=rows,
@@ -90,7 +103,7 @@ def _publish(report: dict[str, Any]) -> None:
             f"Clips in {report['location']}: quality {quality.get('quality')} "
             f"(1 = like the validation songs, 0 = shaped noise), loudness "
             f"{loudness.get('clips_lufs')} LUFS against {loudness.get('train_lufs')} LUFS "
-            "for the training songs"
+            f"for the training songs. Axes of the run (1 = the real continuation): {axes or 'none'}"
         ),
     )
     images = "\n".join(

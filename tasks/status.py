@@ -73,6 +73,9 @@ def generated_status(report: dict[str, Any]) -> dict[str, Any]:
         "count": len(report["clips"]),
         "collapsed": [clip["metrics"]["collapsed"] for clip in report["clips"]],
         "quality": report.get("quality", {}).get("quality"),
+        "axes": {
+            axis: scored.get("score") for axis, scored in report.get("quality", {}).get("axes", {}).items()
+        },
         "loudness_difference_db": report.get("quality", {}).get("loudness", {}).get("difference_db"),
         "metrics": {clip["name"]: clip["metrics"] for clip in report["clips"]},
         "location": report.get("location"),

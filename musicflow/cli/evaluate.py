@@ -13,7 +13,7 @@ from musicflow.cli.common import (
 from musicflow.cli.options import (
     StoreOption,
 )
-from musicflow.cli.reports import quality_line
+from musicflow.cli.reports import axes_lines, quality_line
 
 
 def evaluate(
@@ -22,12 +22,16 @@ def evaluate(
     run: Annotated[
         str | None, typer.Option(help="Generated run id [default: the model's newest run].")
     ] = None,
+    axes: Annotated[
+        str | None,
+        typer.Option(help="Axes to score, comma-separated: frames, continuity, tonality [default: all]."),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print quality.json.")] = False,
 ) -> None:
     """Score a generated run against the model's validation songs (writes quality.json in the run)."""
     from tasks.generation.evaluate import evaluate as evaluate_run  # lazy: start-up
 
-    report = evaluate_run(open_existing_store(store), model_id=model, run_id=run)
+    report = evaluate_run(open_existing_store(store), model_id=model, run_id=run, axes=axes)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
         return
@@ -36,6 +40,8 @@ def evaluate(
     console = Console(soft_wrap=True)
     console.print(f"run [bold]{report['run_id']}[/] of model {report['model_id']}", highlight=False)
     console.print(f"  {quality_line(report)}", highlight=False)
+    for line in axes_lines(report):
+        console.print(f"    {line}", highlight=False)
     console.print(
         f"  scored on {report['features']} against {report['reference_songs']} validation songs "
         f"({report['reference_seconds']} s, from {report['songs_from']}); onsets per second: clips "

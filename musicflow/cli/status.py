@@ -39,7 +39,7 @@ def status(
     sections = {
         "datasets": ["dataset_id", "songs_ok", "songs_failed", "seconds", "n_blocks", "n_features", "format"],
         "models": ["model_id", "dataset_id", "state", "epochs", "train_loss", "val_loss", "params"],
-        "generated": ["run_id", "model_id", "count", "seconds", "quality", "collapsed", "location"],
+        "generated": ["run_id", "model_id", "count", "seconds", "quality", "axes", "collapsed", "location"],
     }
     for section, columns in sections.items():
         if not report.get(section):
@@ -55,6 +55,8 @@ def status(
 
 
 def _cell(value: Any) -> str:
+    if isinstance(value, dict):
+        return ", ".join(f"{key} {_cell(item)}" for key, item in value.items())
     if isinstance(value, list):
         return ", ".join(str(item or "no") for item in value)
     return f"{value:.5g}" if isinstance(value, float) else str(value)

@@ -23,7 +23,7 @@ from tasks.config import FeatureConfig, TrainConfig
 from tasks.dataset.repository import read_features, read_rows, read_song
 from tasks.errors import ConfigError
 from tasks.features.transforms import get_transform
-from tasks.generation.quality import quality_report
+from tasks.generation.quality import AXES, AXIS_NEEDS, analyse, axis_units, check_axes, quality_report
 from tasks.generation.runs import QUALITY_FILE, has_run, list_runs, read_run, read_runs, run_dir
 from tasks.model.repository import list_models, read_card, resolve_model
 from tasks.store.store import Store, is_local_fs, url_to_fs
@@ -31,6 +31,11 @@ from tasks.store.store import Store, is_local_fs, url_to_fs
 REFERENCE_SONGS = 8
 REFERENCE_SECONDS = 30.0
 MIN_EXCERPT_SECONDS = 2.0
+# The round trip through the model's features (the ceiling) inverts at most this much audio (stft:
+# Griffin-Lim, about 5 s of work on 2 cores), in pieces of at least CEILING_PIECE_SECONDS (each
+# gives the tonality axis a few windows) from continuations spread over the run.
+CEILING_SECONDS = 24.0
+CEILING_PIECE_SECONDS = 6.0
 
 
 @dataclass
@@ -155,8 +160,13 @@ def score_run(
     sample_rate: int,
     seed: int = 0,
     continued: Sequence[np.ndarray | None] | None = None,
+    features: FeatureConfig | None = None,
+    axes: Sequence[str] = AXES,
 ) -> dict[str, Any]:
-    """:func:`quality_report` of clips against a model's song sets, saying where the songs came from."""
+    """:func:`quality_report` of clips against a model's song sets, saying where the songs came from;
+    with the model's ``features``, the real continuations' round trip through them is each axis's
+    ceiling (:func:`round_trip`)."""
+    ceiling = round_trip(features, continued or []) if features is not None else None
     report = quality_report(
         clips,
         reference=reference.audio,
@@ -164,6 +174,8 @@ def score_run(
         sample_rate=sample_rate,
         seed=seed,
         continuations=continued,
+        axes=axes,
+        ceiling=ceiling,
     )
     report["reference_songs"] = len(reference.audio)
     report["real_songs"] = len(real.audio)
@@ -171,13 +183,56 @@ def score_run(
     return report
 
 
-def evaluate(store: Store, *, model_id: str | None = None, run_id: str | None = None) -> dict[str, Any]:
+def round_trip(
+    features: FeatureConfig, continued: Sequence[np.ndarray | None]
+) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+    """The product's sound path on real audio: the start of real continuations (CEILING_SECONDS in
+    all, from up to 4 clips spread over the run) through the dataset transform (``forward`` then
+    ``inverse``; stft inverts with Griffin-Lim), with the real audio it came from; None without
+    continuations."""
+    sources = [item for item in continued if item is not None]
+    if not sources:
+        return None
+    pieces = int(min(len(sources), max(1, CEILING_SECONDS // CEILING_PIECE_SECONDS)))
+    length = int(CEILING_SECONDS * features.sample_rate / pieces)
+    picked = np.linspace(0, len(sources) - 1, pieces).round().astype(int)
+    sources = [sources[index][:length] for index in picked]
+    transform = get_transform(features)
+    trips = [
+        np.clip(transform.inverse(transform.forward(item)), -1.0, 1.0)[: item.size].astype(np.float32)
+        for item in sources
+    ]
+    return trips, sources
+
+
+def check_axis_audio(clips: Sequence[np.ndarray], *, sample_rate: int, axes: Sequence[str]) -> None:
+    """:class:`ConfigError` naming the first axis the clips give too little audio for, and what it needs."""
+    analyses = [analyse(clip, sample_rate=sample_rate) for clip in clips]
+    for axis in axes:
+        need, unit = AXIS_NEEDS[axis]
+        have = axis_units(axis, analyses)
+        if have < need:
+            raise ConfigError(
+                f"too little audio for axis {axis!r}: it needs at least {need} {unit}, "
+                f"the run's clips give {have}"
+            )
+
+
+def evaluate(
+    store: Store,
+    *,
+    model_id: str | None = None,
+    run_id: str | None = None,
+    axes: Sequence[str] | str | None = None,
+) -> dict[str, Any]:
     """Score a generated run again (default: the newest run of the model, default the newest model)
-    and write ``quality.json`` into the run's folder; returns it.
+    on ``axes`` (default: all) and write ``quality.json`` into the run's folder; returns it.
 
     Raises :class:`ConfigError` (one line, naming what is missing) when the store has no such
-    model or run, or the model has no validation songs.
+    model or run, the model has no validation songs, an axis is unknown or the run's clips give
+    too little audio for one.
     """
+    axes = check_axes(axes)
     if run_id is not None:
         if not has_run(store, run_id):
             raise ConfigError(
@@ -204,6 +259,7 @@ def evaluate(store: Store, *, model_id: str | None = None, run_id: str | None = 
     card = read_card(store, model_id)
     clips, sample_rate = read_clips(store, run)
     seeds = [clip.get("seed", "") for clip in run["clips"]]
+    check_axis_audio(clips, sample_rate=sample_rate, axes=axes)
     lengths = [clip.size / sample_rate for clip in clips]
     reference, real = model_song_sets(store, card, after_seconds=seed_seconds(card) + max(lengths))
     continued = continuations(store, card, seeds, lengths)
@@ -214,6 +270,8 @@ def evaluate(store: Store, *, model_id: str | None = None, run_id: str | None = 
         sample_rate=sample_rate,
         seed=int(run.get("random_seed", 0)),
         continued=continued,
+        features=FeatureConfig.from_dict(card["features"]),
+        axes=axes,
     )
     report.update(
         {

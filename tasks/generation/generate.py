@@ -477,7 +477,9 @@ def score_clips(
     *,
     random_seed: int,
 ) -> dict[str, Any]:
-    """The run's quality score (:func:`tasks.generation.evaluate.score_run`); each clip's own
+    """The run's quality score (:func:`tasks.generation.evaluate.score_run`) on every axis, with the
+    round trip of the model's features as the ceiling (an axis the clips are too short for is
+    reported as not scored, with the reason; generation never fails for it); each clip's own
     score goes into its entry of ``clips``."""
     sample_rate = loaded.features.sample_rate
     continued = continuations(
@@ -487,7 +489,12 @@ def score_clips(
         [audio.size / sample_rate for audio in clip_audio],
     )
     quality = score_run(
-        clip_audio, *yardstick.song_sets, sample_rate=sample_rate, seed=random_seed, continued=continued
+        clip_audio,
+        *yardstick.song_sets,
+        sample_rate=sample_rate,
+        seed=random_seed,
+        continued=continued,
+        features=loaded.features,
     )
     for clip, scored in zip(clips, quality["per_clip"], strict=True):
         clip["quality"] = scored

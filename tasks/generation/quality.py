@@ -38,6 +38,11 @@ scores like real music), phase artefacts that leave the magnitudes alone, or
 whether a listener likes it. Onset rate, loudness and the collapse and
 memorisation flags cover part of the rest; it is a proxy, not a listening test.
 
+Order is what the axes add (``frames``, which is this score, ``continuity`` and ``tonality``;
+see the comment above :data:`AXES` and :func:`quality_report`'s ``axes``): each normalised between
+an anchor lacking the property (shaped noise; the continuation shuffled in 46 ms grains) and the
+real continuation, with the spread of other real audio and the product's round trip as ceiling.
+
 This module is the maths alone (numpy and scipy, no store): finding a model's songs and a
 run's clips in the store is :mod:`tasks.generation.evaluate`'s.
 """
@@ -45,9 +50,11 @@ run's clips in the store is :mod:`tasks.generation.evaluate`'s.
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -55,6 +62,7 @@ import scipy.fft
 import scipy.linalg
 import scipy.signal
 
+from tasks.errors import ConfigError
 from tasks.features.transforms import mel_filterbank, scaled_hann
 
 QUALITY_SAMPLE_RATE = 22050
@@ -65,6 +73,42 @@ DB_FLOOR = -100.0
 ANCHOR_DRAWS = 4
 # Frames a set needs for a covariance worth comparing (64 bands: ~1.5 s of audio).
 MIN_FRAMES = 64
+
+# --- the axes ------------------------------------------------------------------------------------------
+#
+# Each axis turns a set of audio into feature vectors, summarised by their mean and covariance and
+# compared with the reference's by the Fréchet distance, like ``frames``. Each is normalised in the
+# same run between an anchor that lacks the property (0) and the real continuation (1):
+#
+# - ``frames``: single log-mel frames (the score above); 0 = shaped noise.
+# - ``continuity``: spectro-temporal patches of PATCH_FRAMES consecutive log-mel frames (186 ms),
+#   reduced to PATCH_COMPONENTS by a PCA basis fitted on the reference's patches: how frames follow
+#   each other, how long partials and hits last; 0 = the shuffled anchor.
+# - ``tonality``: per window of TONAL_WINDOW frames (1.5 s), the mean pitch-class profile (chroma,
+#   12), its stability (mean cosine of each frame's chroma to the window's) and the harmonic energy
+#   ratio (HPSS on the mel power): which notes sound, whether they hold; 0 = the shuffled anchor.
+#
+# The shuffled anchor is the real continuation cut into grains (GRAIN-sample Hann windows every
+# GRAIN_HOP samples at 22.05 kHz, 46 ms), the grains shuffled within each clip and overlap-added back:
+# the same spectra, the same amount of audio, and no partial longer than a grain.
+
+AXES = ("frames", "continuity", "tonality")
+GRAIN = 2048
+GRAIN_HOP = 1024
+PATCH_FRAMES = 8
+PATCH_STRIDE = 2
+PATCH_COMPONENTS = 16
+TONAL_WINDOW = 64
+TONAL_STRIDE = 8
+# HPSS median filters on the 64-band mel power: harmonic along time (0.4 s), percussive along bands.
+HPSS_KERNEL = (17, 9)
+# The least a set needs on each axis for a covariance worth comparing: (count, of what).
+AXIS_NEEDS = {
+    "frames": (MIN_FRAMES, "log-mel frames (hop 512 at 22.05 kHz)"),
+    "continuity": (2 * PATCH_COMPONENTS, f"patches of {PATCH_FRAMES} frames"),
+    "tonality": (16, f"windows of {TONAL_WINDOW} frames (1.5 s)"),
+}
+AXIS_ANCHORS = {"frames": "shaped noise", "continuity": "shuffled real", "tonality": "shuffled real"}
 
 
 @functools.lru_cache(maxsize=1)
@@ -89,12 +133,21 @@ def log_mel_frames(audio: np.ndarray, *, sample_rate: int) -> np.ndarray:
     np.ndarray, shape [n_frames, 64], float64
         dB of the mel band power (the window normalised to unit sum), floored at -100 dB.
     """
+    return _decibels(power_frames(audio, sample_rate=sample_rate) @ _mel_basis().T)
+
+
+def power_frames(audio: np.ndarray, *, sample_rate: int) -> np.ndarray:
+    """Power spectra [n_frames, 1025] of 2048-sample Hann frames (unit sum) every 512 samples of
+    ``audio`` resampled to 22.05 kHz."""
     signal = resample(audio, sample_rate=sample_rate)
     if signal.size < QUALITY_N_FFT:
         signal = np.pad(signal, (0, QUALITY_N_FFT - signal.size))
     frames = np.lib.stride_tricks.sliding_window_view(signal, QUALITY_N_FFT)[::QUALITY_HOP]
     spectrum = scipy.fft.rfft(frames * scaled_hann(QUALITY_N_FFT), axis=1)
-    power = (np.square(spectrum.real) + np.square(spectrum.imag)).astype(np.float64) @ _mel_basis().T
+    return (np.square(spectrum.real) + np.square(spectrum.imag)).astype(np.float64)
+
+
+def _decibels(power: np.ndarray) -> np.ndarray:
     return np.maximum(10.0 * np.log10(np.maximum(power, 1e-30)), DB_FLOOR)
 
 
@@ -203,8 +256,10 @@ def quality_report(
     seed: int = 0,
     draws: int = ANCHOR_DRAWS,
     continuations: Sequence[np.ndarray | None] | None = None,
+    axes: Sequence[str] = AXES,
+    ceiling: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None = None,
 ) -> dict[str, Any]:
-    """Score generated clips against the reference songs, with both anchors.
+    """Score generated clips against the reference songs, with both anchors, and on each axis.
 
     Parameters
     ----------
@@ -218,11 +273,16 @@ def quality_report(
     continuations : optional, one per clip
         The real audio that follows each clip's seed in its song (None where there is none):
         when every clip has one, they are the real anchor; else excerpts of ``real`` are.
+    axes : the axes to score (:data:`AXES`)
+    ceiling : optional ``(round-tripped audio, the real audio it came from)``: the sound path's
+        ceiling on each axis (see :func:`axes_report`)
 
     Returns
     -------
     dict
-        ``quality``, ``d_gen``, ``d_real``, ``d_noise`` (all clips pooled), ``per_clip`` (each
+        ``quality``, ``d_gen``, ``d_real``, ``d_noise`` (all clips pooled), ``axes`` (per axis: score,
+        distances, anchor, spread, ceiling; ``not_scored`` with the reason where the clips or the
+        reference give too little audio for it), ``per_clip`` (each
         clip scored alone, against anchors of its own length), ``loudness`` (clips' and training
         songs' LUFS and their difference) and ``onset_rate`` (clips' and training songs').
     """
@@ -236,17 +296,31 @@ def quality_report(
         list(continuations) if continuations is not None else [None] * len(clips)
     )
 
+    drawn: dict[str, list[list[np.ndarray]]] = {"real": [], "other": [], "noise": []}
+
     def anchors(lengths: list[int], follows: list[np.ndarray | None]) -> tuple[float, float, float]:
         """(d_real, d_other_songs, d_noise) of a set of clips of these lengths: the real set is each
-        clip's continuation where it has one, an excerpt of another song where not."""
+        clip's continuation where it has one, an excerpt of another song where not. The sets drawn
+        are kept in ``drawn`` (the axes' anchors and spread)."""
         d_real, d_other, d_noise = [], [], []
+        drawn.update(real=[], other=[], noise=[])
+        continued_set = [item for item in follows if item is not None]
         for _ in range(draws):
             others = excerpts(real, lengths, rng)
             d_other.append(frechet_distance(set_statistics(others, sample_rate=sample_rate), reference_stats))
-            mixed = [item if item is not None else other for item, other in zip(follows, others, strict=True)]
+            mixed = (
+                continued_set
+                if len(continued_set) == len(follows)  # the same set every draw: analysed once
+                else [
+                    item if item is not None else other for item, other in zip(follows, others, strict=True)
+                ]
+            )
             d_real.append(frechet_distance(set_statistics(mixed, sample_rate=sample_rate), reference_stats))
             noise = [shaped_noise(length, spectrum=spectrum, rms=level, rng=rng) for length in lengths]
             d_noise.append(frechet_distance(set_statistics(noise, sample_rate=sample_rate), reference_stats))
+            drawn["real"].append(mixed)
+            drawn["other"].append(others)
+            drawn["noise"].append(noise)
         return float(np.mean(d_real)), float(np.mean(d_other)), float(np.mean(d_noise))
 
     def score(d_gen: float, d_real: float, d_noise: float) -> float | None:
@@ -257,6 +331,9 @@ def quality_report(
     d_gen = frechet_distance(set_statistics(clips, sample_rate=sample_rate), reference_stats)
     d_real, d_other, d_noise = anchors(lengths, continued)
     n_continued = sum(item is not None for item in continued)
+    axes_scored = score_axes(
+        clips, reference, sample_rate=sample_rate, axes=axes, drawn=drawn, ceiling=ceiling, rng=rng
+    )
     per_clip = []
     for clip, follows in zip(clips, continued, strict=True):
         clip_gen = frechet_distance(set_statistics([clip], sample_rate=sample_rate), reference_stats)
@@ -293,6 +370,7 @@ def quality_report(
             f"log-mel {QUALITY_N_MELS} bands, n_fft {QUALITY_N_FFT}, hop {QUALITY_HOP} "
             f"at {QUALITY_SAMPLE_RATE} Hz"
         ),
+        "axes": axes_scored,
         "per_clip": per_clip,
         "loudness": {
             "clips_lufs": None if loudness_clips is None else round(loudness_clips, 3),
@@ -313,3 +391,299 @@ def quality_report(
         "real_seconds": round(sum(song.size for song in real) / sample_rate, 2),
         "draws": draws,
     }
+
+
+def check_axes(axes: Sequence[str] | str | None) -> tuple[str, ...]:
+    """The axes asked for, in :data:`AXES` order (None or empty: all); :class:`ConfigError` naming
+    an unknown one."""
+    if axes is None:
+        return AXES
+    names = [name.strip() for name in (axes.split(",") if isinstance(axes, str) else axes)]
+    for name in names:
+        if name not in AXES:
+            raise ConfigError(f"unknown axis {name!r} (choose from {', '.join(AXES)})")
+    return tuple(axis for axis in AXES if axis in names) or AXES
+
+
+def shuffled(audio: np.ndarray, *, sample_rate: int, rng: np.random.Generator, group: int = 1) -> np.ndarray:
+    """``audio`` cut into Hann grains (GRAIN samples every GRAIN_HOP at 22.05 kHz, scaled to
+    ``sample_rate``), shuffled in groups of ``group`` consecutive grains and overlap-added back:
+    the same length and spectra, no partial longer than a grain."""
+    size = max(4, round(GRAIN * sample_rate / QUALITY_SAMPLE_RATE)) // 2 * 2
+    hop = size * GRAIN_HOP // GRAIN  # half the grain: the Hann windows sum to 1
+    audio = np.asarray(audio, dtype=np.float32)
+    n_grains = max(1, -(-(audio.size - hop) // hop))
+    padded = np.pad(audio, (hop, n_grains * hop + size - audio.size - hop))
+    window = scipy.signal.get_window("hann", size).astype(np.float32)  # periodic: sums to 1 at hop
+    grains = np.stack([padded[i * hop : i * hop + size] * window for i in range(n_grains + 1)])
+    order = np.arange(grains.shape[0]).reshape(-1, 1)
+    groups = [order[start : start + group].ravel() for start in range(0, order.size, group)]
+    permuted = np.concatenate([groups[i] for i in rng.permutation(len(groups))])
+    out = np.zeros(padded.size, np.float32)
+    for position, source in enumerate(permuted):
+        out[position * hop : position * hop + size] += grains[source]
+    return out[hop : hop + audio.size]
+
+
+@dataclass
+class Analysis:
+    """The waveform features every axis reads, of one clip (at 22.05 kHz, hop 512)."""
+
+    log_mel: np.ndarray  # [n_frames, 64] dB
+    chroma: np.ndarray  # [n_frames, 12], each frame summing to 1 (0 for silence)
+    harmonic: np.ndarray  # [n_frames] HPSS harmonic power
+    total: np.ndarray  # [n_frames] harmonic + percussive power
+
+
+@functools.lru_cache(maxsize=1)
+def _chroma_basis() -> np.ndarray:
+    import librosa.filters
+
+    return np.asarray(librosa.filters.chroma(sr=QUALITY_SAMPLE_RATE, n_fft=QUALITY_N_FFT), dtype=np.float64)
+
+
+def analyse(audio: np.ndarray, *, sample_rate: int) -> Analysis:
+    """One clip's :class:`Analysis` (one STFT for all the axes)."""
+    import librosa.decompose
+
+    power = power_frames(audio, sample_rate=sample_rate)
+    mel = power @ _mel_basis().T
+    chroma = power @ _chroma_basis().T
+    sums = chroma.sum(axis=1, keepdims=True)
+    chroma = np.divide(chroma, sums, out=np.zeros_like(chroma), where=sums > 1e-20)
+    harmonic, percussive = librosa.decompose.hpss(mel.T, kernel_size=HPSS_KERNEL)
+    return Analysis(
+        log_mel=_decibels(mel),
+        chroma=chroma,
+        harmonic=harmonic.sum(axis=0),
+        total=(harmonic + percussive).sum(axis=0),
+    )
+
+
+def _patches(log_mel: np.ndarray) -> np.ndarray:
+    if log_mel.shape[0] < PATCH_FRAMES:
+        return np.zeros((0, PATCH_FRAMES * log_mel.shape[1]))
+    windows = np.lib.stride_tricks.sliding_window_view(log_mel, PATCH_FRAMES, axis=0)[::PATCH_STRIDE]
+    return windows.reshape(windows.shape[0], -1)
+
+
+def _tonal_windows(item: Analysis) -> np.ndarray:
+    n = item.chroma.shape[0]
+    rows = []
+    for start in range(0, n - TONAL_WINDOW + 1, TONAL_STRIDE):
+        chroma = item.chroma[start : start + TONAL_WINDOW]
+        mean = chroma.mean(axis=0)
+        norms = np.linalg.norm(chroma, axis=1) * (np.linalg.norm(mean) or 1.0)
+        cosine = np.divide(chroma @ mean, norms, out=np.zeros(len(chroma)), where=norms > 0)
+        total = float(item.total[start : start + TONAL_WINDOW].sum())
+        ratio = float(item.harmonic[start : start + TONAL_WINDOW].sum()) / total if total > 0 else 0.0
+        rows.append(np.concatenate([mean, [cosine.mean(), ratio]]))
+    return np.array(rows).reshape(-1, 14)
+
+
+def axis_units(axis: str, analyses: Sequence[Analysis]) -> int:
+    """How many of the axis's feature vectors (frames, patches, windows) a set gives."""
+    return int(sum(axis_features(axis, [item], basis=None).shape[0] for item in analyses))
+
+
+def axis_features(
+    axis: str, analyses: Sequence[Analysis], *, basis: tuple[np.ndarray, np.ndarray] | None
+) -> np.ndarray:
+    """The axis's feature vectors of a set of clips, pooled; ``basis`` (mean, components) projects
+    continuity patches (None: unprojected)."""
+    if axis == "frames":
+        return np.concatenate([item.log_mel for item in analyses])
+    if axis == "continuity":
+        patches = np.concatenate([_patches(item.log_mel) for item in analyses])
+        return patches if basis is None else (patches - basis[0]) @ basis[1].T
+    if axis == "tonality":
+        return np.concatenate([_tonal_windows(item) for item in analyses])
+    raise ConfigError(f"unknown axis {axis!r} (choose from {', '.join(AXES)})")
+
+
+def patch_basis(reference: Sequence[Analysis]) -> tuple[np.ndarray, np.ndarray]:
+    """The continuity axis's PCA basis, fitted on the reference's patches: their mean and the top
+    PATCH_COMPONENTS principal directions [components, PATCH_FRAMES * 64]."""
+    patches = axis_features("continuity", reference, basis=None)
+    mean = patches.mean(axis=0)
+    centred = patches - mean
+    _, vectors = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
+    return mean, vectors[:, ::-1][:, :PATCH_COMPONENTS].T
+
+
+def _significant(value: float, digits: int = 5) -> float:
+    return float(f"{value:.{digits}g}")
+
+
+def normalised(d: float, *, zero: float, one: float) -> float | None:
+    """``d`` on the scale where ``zero`` (the anchor's distance) is 0 and ``one`` (the real
+    continuation's) is 1; None when the anchors are not ordered."""
+    span = zero - one
+    return round((zero - d) / span, 4) if span > 1e-9 else None
+
+
+class AxisScorer:
+    """The axes' distances of sets of clips against one reference (its statistics computed once)."""
+
+    def __init__(self, reference: Sequence[np.ndarray], *, sample_rate: int, axes: Sequence[str] = AXES):
+        self.sample_rate = sample_rate
+        self.axes = tuple(axes)
+        self.basis: tuple[np.ndarray, np.ndarray] | None = None
+        self.reference: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+        if self.axes:
+            self.fit(self.analyse(reference))
+
+    def fit(self, reference: Sequence[Analysis]) -> None:
+        """The reference's statistics on each axis (and the continuity basis)."""
+        self.basis = patch_basis(reference) if "continuity" in self.axes else None
+        self.reference = {
+            axis: frame_statistics(axis_features(axis, reference, basis=self.basis)) for axis in self.axes
+        }
+
+    def analyse(self, clips: Sequence[np.ndarray]) -> list[Analysis]:
+        return [analyse(clip, sample_rate=self.sample_rate) for clip in clips]
+
+    def distance(self, axis: str, analyses: Sequence[Analysis]) -> float:
+        features = axis_features(axis, analyses, basis=self.basis)
+        return frechet_distance(frame_statistics(features), self.reference[axis])
+
+    def missing(self, analyses: Sequence[Analysis], *, source: str = "the clips") -> dict[str, str]:
+        """The axes this set (``source``: what it is, in the reason) has too little audio for, each
+        with the reason."""
+        found = {}
+        for axis in self.axes:
+            need, unit = AXIS_NEEDS[axis]
+            have = axis_units(axis, analyses)
+            if have < need:
+                found[axis] = f"needs at least {need} {unit}, {source} give {have}"
+        return found
+
+
+def axes_report(
+    scorer: AxisScorer,
+    clips: Sequence[Analysis],
+    *,
+    real: Sequence[Sequence[np.ndarray]],
+    noise: Sequence[Sequence[np.ndarray]],
+    spread: Sequence[Sequence[np.ndarray]],
+    ceiling: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """Each axis of ``clips``: its score, distances and anchors, the spread of same-sized draws of
+    real audio, and the ceiling.
+
+    ``real`` is a few draws of the real continuation set (the 1 of every axis; draws that are the
+    same list are analysed once), ``noise`` the shaped-noise draws (frames' 0), ``spread`` draws of
+    other real audio of the clips' size, and ``ceiling`` (round-tripped, the real audio it came from),
+    the product's sound path, scored against anchors made from the same real audio.
+    """
+    analysed: dict[int, list[Analysis]] = {}
+
+    def of(clip_set: Sequence[np.ndarray]) -> list[Analysis]:
+        if id(clip_set) not in analysed:
+            analysed[id(clip_set)] = scorer.analyse(clip_set)
+        return analysed[id(clip_set)]
+
+    def anchors(
+        real_sets: Sequence[Sequence[np.ndarray]],
+        noise_sets: Sequence[Sequence[np.ndarray]],
+        axes: Sequence[str],
+    ) -> tuple[dict[str, float], dict[str, float]]:
+        """Mean distances per axis of the real sets (1) and of each axis's anchor (0): the real
+        sets shuffled, or the noise sets."""
+        one: dict[str, list[float]] = {axis: [] for axis in axes}
+        zero: dict[str, list[float]] = {axis: [] for axis in axes}
+        by_anchor = {
+            name: [axis for axis in axes if AXIS_ANCHORS[axis] == name] for name in set(AXIS_ANCHORS.values())
+        }
+        for real_set in real_sets:
+            for axis in axes:
+                one[axis].append(scorer.distance(axis, of(real_set)))
+            if by_anchor["shuffled real"]:
+                mixed = scorer.analyse(
+                    [shuffled(clip, sample_rate=scorer.sample_rate, rng=rng) for clip in real_set]
+                )
+                for axis in by_anchor["shuffled real"]:
+                    zero[axis].append(scorer.distance(axis, mixed))
+        for noise_set in noise_sets if by_anchor["shaped noise"] else []:
+            noise_analyses = scorer.analyse(noise_set)
+            for axis in by_anchor["shaped noise"]:
+                zero[axis].append(scorer.distance(axis, noise_analyses))
+        return {axis: float(np.mean(one[axis])) for axis in axes}, {
+            axis: float(np.mean(zero[axis])) for axis in axes
+        }
+
+    d_real, d_zero = anchors(real, noise, scorer.axes)
+    spread_scores: dict[str, list[float | None]] = {axis: [] for axis in scorer.axes}
+    for draw in spread:
+        draw_analyses = scorer.analyse(draw)
+        for axis in scorer.axes:
+            distance = scorer.distance(axis, draw_analyses)
+            spread_scores[axis].append(normalised(distance, zero=d_zero[axis], one=d_real[axis]))
+    ceiling_scores: dict[str, Any] = {}
+    if ceiling is not None:
+        trip, source = ceiling
+        trip_analyses = scorer.analyse(trip)
+        short = scorer.missing(trip_analyses)
+        # The first noise draw, recut to the round trip's lengths: the same amount of audio.
+        pooled = np.concatenate(noise[0])
+        cuts = np.cumsum([0] + [item.size for item in source])
+        trip_noise = [pooled[start:stop] for start, stop in itertools.pairwise(cuts)]
+        scored = [axis for axis in scorer.axes if axis not in short]
+        trip_real, trip_zero = anchors([source], [trip_noise], scored)
+        for axis in scored:
+            distance = scorer.distance(axis, trip_analyses)
+            ceiling_scores[axis] = normalised(distance, zero=trip_zero[axis], one=trip_real[axis])
+    report: dict[str, Any] = {}
+    for axis in scorer.axes:
+        d_gen = scorer.distance(axis, clips)
+        values = [value for value in spread_scores[axis] if value is not None]
+        report[axis] = {
+            "score": normalised(d_gen, zero=d_zero[axis], one=d_real[axis]),
+            "d_gen": _significant(d_gen),
+            "d_real": _significant(d_real[axis]),
+            "d_anchor": _significant(d_zero[axis]),
+            "anchor": AXIS_ANCHORS[axis],
+            "spread": {
+                "mean": round(float(np.mean(values)), 4) if values else None,
+                "std": round(float(np.std(values)), 4) if values else None,
+                "draws": len(spread_scores[axis]),
+            },
+            "ceiling": ceiling_scores.get(axis),
+        }
+    return report
+
+
+def score_axes(
+    clips: Sequence[np.ndarray],
+    reference: Sequence[np.ndarray],
+    *,
+    sample_rate: int,
+    axes: Sequence[str],
+    drawn: dict[str, list[list[np.ndarray]]],
+    ceiling: tuple[Sequence[np.ndarray], Sequence[np.ndarray]] | None,
+    rng: np.random.Generator,
+) -> dict[str, Any]:
+    """:func:`axes_report` of the clips on the axes both they and the reference have audio for; the
+    others ``{"score": None, "not_scored": reason}``. ``drawn``: :func:`quality_report`'s draws of
+    real continuations (``real``), other songs (``other``, the spread) and shaped noise."""
+    scorer = AxisScorer(reference, sample_rate=sample_rate, axes=())
+    reference_analyses = scorer.analyse(reference)
+    clip_analyses = scorer.analyse(clips)
+    scorer.axes = tuple(check_axes(list(axes)))
+    not_scored = scorer.missing(reference_analyses, source="the reference songs")
+    not_scored |= {axis: why for axis, why in scorer.missing(clip_analyses).items() if axis not in not_scored}
+    scorer.axes = tuple(axis for axis in scorer.axes if axis not in not_scored)
+    scorer.fit(reference_analyses)
+    report = axes_report(
+        scorer,
+        clip_analyses,
+        real=drawn["real"],
+        noise=drawn["noise"],
+        spread=drawn["other"],
+        ceiling=ceiling,
+        rng=rng,
+    )
+    for axis, reason in not_scored.items():
+        report[axis] = {"score": None, "not_scored": reason}
+    return {axis: report[axis] for axis in AXES if axis in report}

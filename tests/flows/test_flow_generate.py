@@ -110,6 +110,14 @@ def test_generate_flow_writes_the_run_and_publishes_artifacts(
         assert row["longest_copy_s"] == clip["metrics"]["longest_copy_seconds"]
     assert report["location"] in artifacts["generated-clips"].description
     assert f"quality {report['quality']['quality']}" in artifacts["generated-clips"].description
+    # 2 s of clips: too little for the tonality axis, which is reported as not scored; the run goes on.
+    axes = report["quality"]["axes"]
+    assert list(axes) == ["frames", "continuity", "tonality"]
+    assert isinstance(axes["frames"]["score"], float)
+    assert axes["tonality"]["score"] is None and "needs at least 16 windows" in axes["tonality"]["not_scored"]
+    for row in rows:
+        assert {axis: row[axis] for axis in axes} == {axis: scored["score"] for axis, scored in axes.items()}
+    assert "tonality not scored (needs at least" in artifacts["generated-clips"].description
     markdown = artifacts["generated-spectrograms"].data
     assert tiny_model[1] in markdown
     assert f"{report['location']}/clip-01.png" in markdown and f"{report['location']}/clip-02.png" in markdown
@@ -270,6 +278,10 @@ def test_cli_generate_then_status_lists_the_run(
     assert run["metrics"]["clip-01"]["seconds"] == pytest.approx(run["seconds"])
     assert run["collapsed"] == [run["metrics"]["clip-01"]["collapsed"]]
     assert isinstance(run["quality"], float) and "quality" in result.stdout
+    # 1 s (40 frames) is too short for every axis (frames needs 64): reported, not a failure; the
+    # single `quality` number is still given as before.
+    assert run["axes"] == {"frames": None, "continuity": None, "tonality": None}
+    assert "tonality: not scored (needs at least 16 windows" in result.stdout
     folder = Path(store, "generated", run["run_id"])
     assert sorted(os.listdir(folder)) == sorted([*run["files"], METRICS_FILE])
 

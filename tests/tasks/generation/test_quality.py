@@ -9,18 +9,26 @@ from typing import Any
 
 import numpy as np
 import pytest
+import scipy.io.wavfile
 from helpers import write_periodic_music
 
 from tasks.audio.decode import decode_audio
+from tasks.audio.synth import synthesize_song
+from tasks.config import FeatureConfig
+from tasks.features.transforms import get_transform
 from tasks.generation.evaluate import model_song_sets
 from tasks.generation.generate import generate_run
 from tasks.generation.quality import (
+    AXES,
+    average_spectrum,
     frame_statistics,
     frechet_distance,
     log_mel_frames,
     loudness_lufs,
     quality_report,
+    rms_of,
     shaped_noise,
+    shuffled,
 )
 from tasks.generation.runs import QUALITY_FILE
 from tasks.model.repository import read_card
@@ -94,6 +102,134 @@ def test_the_spectral_model_makes_music_that_is_not_collapsed_and_beats_shaped_n
         assert clip["quality"]["quality"] > 0.0
     assert abs(quality["loudness"]["difference_db"]) < 6.0
     assert quality["onset_rate"]["clips"] > 0.5  # the kicks and notes come through
+    axes = quality["axes"]
+    assert list(axes) == list(AXES)
+    for axis in ("frames", "continuity"):  # 6 s of clips: enough for these, with the round trip's ceiling
+        assert isinstance(axes[axis]["score"], float) and isinstance(axes[axis]["ceiling"], float), axes
+    # The one validation song leaves 3.3 s of reference after the seeds and clips: too little for
+    # 1.5-s tonality windows, which the run reports and goes on.
+    assert axes["tonality"] == {
+        "score": None,
+        "not_scored": "needs at least 16 windows of 64 frames (1.5 s), the reference songs give 14",
+    }
+
+
+@pytest.fixture(scope="module")
+def axes_material() -> dict[str, Any]:
+    """Demo songs with held chords and melody (tasks/audio/synth.py): the validation part (from 12 s
+    on), the real continuation (two 6-s excerpts from the start), and the same amount of audio as
+    shaped noise, as the continuation shuffled in 46 ms grains and as its round trip through the
+    default features (stft, 128 mels, Griffin-Lim); each set scored on every axis."""
+    songs = [synthesize_song(seed=seed, seconds=24.0, sample_rate=SR).mean(axis=1) for seed in (1, 2)]
+    reference = [song[12 * SR :] for song in songs]
+    real = [song[: 6 * SR] for song in songs]
+    rng = np.random.default_rng(3)
+    transform = get_transform(FeatureConfig(sample_rate=SR, transform="stft"))
+    spectrum, level = average_spectrum(songs), rms_of(songs)
+    rows = [transform.forward(clip) for clip in real]
+    material = {
+        "noise": [shaped_noise(clip.size, spectrum=spectrum, rms=level, rng=rng) for clip in real],
+        "shuffled": [shuffled(clip, sample_rate=SR, rng=rng) for clip in real],
+        "round trip": [transform.inverse(item)[: clip.size] for item, clip in zip(rows, real, strict=True)],
+        "real": real,
+        # Not the anchor: the features' frames shuffled in groups of 4 (46 ms) and inverted with
+        # Griffin-Lim, as the issue's measurement did; the old score rated this like real music.
+        "shuffled features": [
+            transform.inverse(item[_group_order(len(item), 4, rng)])[: clip.size]
+            for item, clip in zip(rows, real, strict=True)
+        ],
+    }
+    reports = {
+        name: quality_report(
+            clips, reference=reference, real=songs, sample_rate=SR, continuations=real, draws=2
+        )
+        for name, clips in material.items()
+    }
+    return {"material": material, "reports": reports, "reference": reference, "songs": songs}
+
+
+def _group_order(n: int, group: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices 0..n-1 in groups of ``group``, the groups shuffled."""
+    groups = [np.arange(start, min(n, start + group)) for start in range(0, n, group)]
+    return np.concatenate([groups[i] for i in rng.permutation(len(groups))])
+
+
+@pytest.mark.parametrize("axis", AXES)
+def test_each_axis_orders_noise_shuffled_round_trip_and_real(
+    axes_material: dict[str, Any], axis: str
+) -> None:
+    scores = {name: report["axes"][axis]["score"] for name, report in axes_material["reports"].items()}
+    assert scores["noise"] < scores["shuffled"] < scores["round trip"] <= scores["real"] == 1.0, scores
+    assert scores["round trip"] > 0.85, scores  # the sound path keeps what each axis hears
+    scored = axes_material["reports"]["real"]["axes"][axis]
+    assert scored["anchor"] == ("shaped noise" if axis == "frames" else "shuffled real")
+    assert scored["d_real"] < scored["d_anchor"] and scored["spread"]["draws"] == 2
+
+
+def test_continuity_and_tonality_hear_the_shuffle_that_frames_do_not(axes_material: dict[str, Any]) -> None:
+    for name in ("shuffled", "shuffled features"):
+        axes = axes_material["reports"][name]["axes"]
+        assert axes["frames"]["score"] > 0.7, axes  # the old score's blindness: shuffled frames pass
+        assert axes["continuity"]["score"] < 0.3, axes
+        assert axes["tonality"]["score"] < 0.3, axes
+    # Those low scores come partly from the anchor (a shuffle is 0 by definition). What shows that
+    # the features hear order: how much further the shuffle is than the real continuation, against
+    # the same ratio for single frames (2.5 here; with 1-frame patches and 1-frame tonal windows,
+    # continuity 3.4 and tonality 1.8 instead of 4.7 and 3.1).
+    axes = axes_material["reports"]["shuffled"]["axes"]
+    ratio = {axis: axes[axis]["d_gen"] / axes[axis]["d_real"] for axis in AXES}
+    assert ratio["continuity"] > 1.5 * ratio["frames"], ratio
+    assert ratio["tonality"] > 1.1 * ratio["frames"], ratio
+    # The frames axis is the old score, on the same anchors.
+    for report in axes_material["reports"].values():
+        assert report["axes"]["frames"]["score"] == report["quality"]
+
+
+def test_the_round_trip_is_each_axis_ceiling_and_short_clips_leave_an_axis_unscored(
+    axes_material: dict[str, Any],
+) -> None:
+    real, trip = axes_material["material"]["real"], axes_material["material"]["round trip"]
+    report = quality_report(
+        real,
+        reference=axes_material["reference"],
+        real=axes_material["songs"],
+        sample_rate=SR,
+        continuations=real,
+        ceiling=(trip, real),
+        draws=2,
+    )
+    for axis in AXES:
+        ceiling = report["axes"][axis]["ceiling"]
+        trip_score = axes_material["reports"]["round trip"]["axes"][axis]["score"]
+        assert ceiling == pytest.approx(trip_score, abs=0.05), (axis, ceiling, trip_score)
+    short = [clip[:SR] for clip in real]  # 2 s in all: too little for the 1.5-s tonality windows
+    report = quality_report(
+        short,
+        reference=axes_material["reference"],
+        real=axes_material["songs"],
+        sample_rate=SR,
+        continuations=short,
+        axes=["tonality", "frames"],
+        draws=2,
+    )
+    assert list(report["axes"]) == ["frames", "tonality"]
+    assert report["axes"]["frames"]["score"] == 1.0
+    assert report["axes"]["tonality"] == {
+        "score": None,
+        "not_scored": "needs at least 16 windows of 64 frames (1.5 s), the clips give 0",
+    }
+
+
+def test_the_shuffled_anchor_keeps_the_audio_and_breaks_its_order() -> None:
+    t = np.arange(2 * SR) / SR
+    sweep = np.sin(2 * np.pi * (200 + 400 * t) * t).astype(np.float32)  # a rising tone
+    mixed = shuffled(sweep, sample_rate=SR, rng=np.random.default_rng(0))
+    assert mixed.size == sweep.size
+    assert float(np.sqrt(np.mean(mixed**2))) == pytest.approx(float(np.sqrt(np.mean(sweep**2))), rel=0.15)
+    frames = log_mel_frames(mixed, sample_rate=SR)
+    peaks = frames.argmax(axis=1)[4:-4]
+    assert np.mean(np.diff(peaks) < 0) > 0.2  # the pitch jumps down often: its order is gone
+    assert np.mean(np.diff(log_mel_frames(sweep, sample_rate=SR).argmax(axis=1)[4:-4]) < 0) == 0
 
 
 def test_frechet_distance_is_zero_for_the_same_frames_and_counts_a_level_shift() -> None:
@@ -148,8 +284,20 @@ def test_evaluate_scores_a_run_again_and_writes_quality_json(
     assert written == report
     # The same clips (as 16-bit WAV), songs and anchors: the score generate wrote, to the quantisation.
     assert report["quality"] == pytest.approx(scored_run["report"]["quality"]["quality"], abs=0.02)
-    code, out, _ = run_cli(capsys, "evaluate", "--store", scored_run["store"], "--run", "scored")
+    assert list(report["axes"]) == list(AXES)
+    for axis, scored in report["axes"].items():
+        generated = scored_run["report"]["quality"]["axes"][axis]
+        if generated["score"] is None:
+            assert scored == generated
+        else:
+            assert scored["score"] == pytest.approx(generated["score"], abs=0.05), axis
+    code, out, _ = run_cli(
+        capsys, "evaluate", "--store", scored_run["store"], "--run", "scored", "--axes", "frames,continuity"
+    )
     assert code == 0 and "quality" in out and "clip-02" in out
+    assert "continuity: " in out and "tonality" not in out
+    written = json.loads(Path(scored_run["store"], "generated", "scored", QUALITY_FILE).read_text())
+    assert set(written["axes"]) == {"frames", "continuity"}
 
 
 @pytest.mark.parametrize(
@@ -159,6 +307,8 @@ def test_evaluate_scores_a_run_again_and_writes_quality_json(
         ("no-run", "has no generated run"),
         ("unknown-run", "no generated run 'nope'"),
         ("no-validation-songs", "has no validation songs"),
+        ("unknown-axis", "unknown axis 'melody'"),
+        ("short-clips", "too little audio for axis 'tonality': it needs at least 16 windows"),
     ],
 )
 def test_evaluate_errors_are_one_line_and_exit_2(
@@ -175,6 +325,12 @@ def test_evaluate_errors_are_one_line_and_exit_2(
         shutil.rmtree(Path(store, "generated"))
     elif damage == "unknown-run":
         args += ["--run", "nope"]
+    elif damage == "unknown-axis":
+        args += ["--axes", "frames,melody"]
+    elif damage == "short-clips":  # 1 s of each clip: too little for 1.5-s tonality windows
+        for wav in Path(store, "generated", "scored").glob("clip-*.wav"):
+            rate, data = scipy.io.wavfile.read(wav)
+            scipy.io.wavfile.write(wav, rate, data[:rate])
     else:
         (model_id,) = [path.name for path in Path(store, "models").iterdir()]
         card_path = Path(store, "models", model_id, "card.json")

@@ -15,8 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-
-import httpx
+from typing import Any
 
 from tasks.errors import ConfigError
 
@@ -26,10 +25,40 @@ logger = logging.getLogger(__name__)
 
 
 def api_healthy(api_url: str, *, timeout: float = 2.0) -> bool:
-    try:
-        return httpx.get(f"{api_url.rstrip('/')}/health", timeout=timeout).status_code == 200
-    except httpx.HTTPError:
-        return False
+    """Whether the Prefect API at ``api_url`` answers, asked through Prefect's own client: the
+    credentials Prefect is configured with go along (``PREFECT_API_KEY`` for Prefect Cloud,
+    ``PREFECT_API_AUTH_STRING`` for a server started with ``PREFECT_SERVER_API_AUTH_STRING``).
+    An API that answers its health check but refuses those credentials is a :class:`ConfigError`
+    that says so (a protected server's ``/health`` answers anyone)."""
+    from prefect.client.orchestration import SyncPrefectClient  # lazy: start-up
+    from prefect.exceptions import PrefectHTTPStatusError  # lazy: start-up
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_KEY  # lazy: start-up
+
+    def secret(value: Any) -> str | None:
+        return value.get_secret_value() if hasattr(value, "get_secret_value") else value
+
+    client = SyncPrefectClient(
+        api_url,
+        auth_string=secret(PREFECT_API_AUTH_STRING.value()),
+        api_key=secret(PREFECT_API_KEY.value()),
+        httpx_settings={"timeout": timeout},
+    )
+    with client:
+        if client.api_healthcheck() is not None:
+            return False
+        try:
+            client.api_version()  # an authenticated call: /health is open on a protected server
+        except PrefectHTTPStatusError as error:
+            if error.response.status_code in (401, 403):
+                raise ConfigError(
+                    f"Prefect API {api_url!r} refused the credentials ({error.response.status_code}): set "
+                    "PREFECT_API_AUTH_STRING (a server started with PREFECT_SERVER_API_AUTH_STRING) or "
+                    "PREFECT_API_KEY (Prefect Cloud)"
+                ) from None
+            return False
+        except Exception:  # not answering as a Prefect API does
+            return False
+    return True
 
 
 def ensure_prefect_api(*, start: bool = True, log_dir: Path | None = None, wait_seconds: float = 90.0) -> str:

@@ -1,0 +1,65 @@
+"""musicflow.server: the Prefect API musicflow talks to, checked the way Prefect itself talks to it."""
+
+from __future__ import annotations
+
+import base64
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, HTTPServer
+
+import pytest
+
+from musicflow.server import api_healthy, ensure_prefect_api
+from tasks.errors import ConfigError
+
+AUTH = "Basic " + base64.b64encode(b"musicflow:sesame").decode()
+
+
+@pytest.fixture
+def protected_api() -> Iterator[str]:
+    """An API on 127.0.0.1 protected as a Prefect server started with PREFECT_SERVER_API_AUTH_STRING
+    is: its health check answers anyone, every other route only the right credentials (401)."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            # as a Prefect server started with PREFECT_SERVER_API_AUTH_STRING: /health answers anyone,
+            # the rest only the right credentials
+            allowed = self.path == "/api/health" or self.headers.get("Authorization") == AUTH
+            self.send_response(200 if allowed else 401)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            body = b'"3.8.0"' if self.path == "/api/admin/version" else b"true"
+            self.wfile.write(body if allowed else b'{"detail": "Unauthorized"}')
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}/api"
+    server.shutdown()
+    server.server_close()
+
+
+def test_a_protected_api_answers_with_prefects_credentials(
+    protected_api: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.settings import PREFECT_API_AUTH_STRING, temporary_settings
+
+    monkeypatch.setenv("PREFECT_API_URL", protected_api)
+    without_credentials = temporary_settings(restore_defaults={PREFECT_API_AUTH_STRING})
+    with (
+        without_credentials,
+        pytest.raises(ConfigError, match=r"refused the credentials .*PREFECT_API_AUTH_STRING"),
+    ):
+        ensure_prefect_api(start=False)
+    with temporary_settings(updates={PREFECT_API_AUTH_STRING: "musicflow:sesame"}):
+        assert api_healthy(protected_api)
+        assert ensure_prefect_api(start=False) == protected_api
+
+
+def test_an_api_that_does_not_answer_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
+    with pytest.raises(ConfigError, match="is not answering"):
+        ensure_prefect_api(start=False)

@@ -18,6 +18,7 @@ from prefect.context import TaskRunContext
 from prefect.tasks import exponential_backoff
 
 from flows.runtime.progress import StageProgress
+from tasks.audio.decode import decode_timeout
 from tasks.config import IngestConfig, TrainConfig
 from tasks.dataset import repository as dataset_lib
 from tasks.dataset.catalog import CatalogRow
@@ -93,7 +94,25 @@ def ingest_batch_task(
         key=f"ingest-batch-{run}",  # the Dask dashboard names the task after its task run
         pure=False,
     )
-    return future.result()
+    limit = batch_wait_seconds(files)
+    try:
+        return future.result(timeout=limit)
+    except TimeoutError:
+        future.cancel()
+        raise TimeoutError(
+            f"batch of {len(files)} files did not finish within {limit:.0f} s (a stuck worker or store "
+            "write): its task run fails and is retried, and the next run is not held"
+        ) from None
+
+
+# What a batch may take, queued and decoded, before its task run stops waiting: twice the time limits
+# of its files' decodes (each file is also bounded on the worker) plus a margin for the queue.
+BATCH_WAIT_MARGIN_S = 600.0
+
+
+def batch_wait_seconds(files: list[SourceFile]) -> float:
+    """How long ``ingest_batch_task`` waits for its Dask task."""
+    return BATCH_WAIT_MARGIN_S + 2 * sum(decode_timeout(item.bytes) for item in files)
 
 
 @task(name="commit-batch", **IO_RETRIES)

@@ -216,3 +216,31 @@ def test_training_killed_mid_epoch_resumes(tmp_path: Path) -> None:
     k = interrupted["epoch"]
     assert card["history"]["loss"][:k] == interrupted["history"]["loss"]
     assert len(card["history"]["val_loss"]) == 10
+
+
+def test_a_batch_whose_worker_hangs_fails_within_its_limit(
+    tmp_path: Path, demo_songs: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker stuck inside a batch (a store write that never returns) no longer holds the task run,
+    and so the ingest run and its concurrency slot, forever: the wait is bounded by the batch's files."""
+    from flows import prefect_tasks
+    from flows.runtime.cluster import dask_client
+    from tasks.config import IngestConfig
+    from tasks.ingest.sources import list_audio_files
+
+    def hangs(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(600)
+
+    monkeypatch.setattr(prefect_tasks.ingest_lib, "ingest_batch", hangs)  # a local function: sent by value
+    monkeypatch.setattr(prefect_tasks, "BATCH_WAIT_MARGIN_S", 3.0)
+    monkeypatch.setattr(prefect_tasks, "decode_timeout", lambda n_bytes: 0.5)
+    copy_songs(demo_songs[:1], tmp_path / "songs")
+    files = list_audio_files(str(tmp_path / "songs"))
+    assert prefect_tasks.batch_wait_seconds(files) == pytest.approx(4.0)
+    with dask_client(workers=1) as client:
+        started = time.monotonic()
+        with pytest.raises(TimeoutError, match="did not finish within 4 s"):
+            prefect_tasks.ingest_batch_task.fn(
+                files, str(tmp_path / "store"), "dataset", IngestConfig(), client=client
+            )
+        assert time.monotonic() - started < 30

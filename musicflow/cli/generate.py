@@ -14,6 +14,7 @@ from musicflow.cli.common import (
     use_storage_options,
 )
 from musicflow.cli.options import (
+    SamplingChoice,
     SeedChoice,
     StorageOptionsOption,
     StoreOption,
@@ -34,6 +35,14 @@ def generate(
         typer.Option(
             help="Spread of the samples of a spectral model (0 = its mean) [1]; noise fed back "
             "with each block of a small/gruv model [0]."
+        ),
+    ] = None,
+    sampling: Annotated[
+        SamplingChoice | None,
+        typer.Option(
+            help="How a spectral model's steps follow each other: independent (a mixture component "
+            "drawn and independent noise at every step), sticky (the previous step's component kept "
+            "while it stays likely), smooth (noise correlated across steps) or sticky-smooth [independent]."
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json.")] = False,
@@ -62,6 +71,7 @@ def generate(
         seed=seed.value,
         seed_audio=seed_audio,
         temperature=temperature,
+        sampling=sampling.value if sampling else None,
     )
     if as_json:
         typer.echo(json.dumps(report, indent=2))

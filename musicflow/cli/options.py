@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from tasks.config import LOSSES, PRESETS, SHARD_FORMATS, TRANSFORMS, check_max_minutes
+from tasks.config import LOSSES, PRESETS, SAMPLINGS, SHARD_FORMATS, TRANSFORMS, check_max_minutes
 from tasks.errors import ConfigError
 
 
@@ -53,6 +53,14 @@ class SeedChoice(enum.StrEnum):
     noise = "noise"
 
 
+class SamplingChoice(enum.StrEnum):
+    independent = "independent"
+    sticky = "sticky"
+    smooth = "smooth"
+    sticky_smooth = "sticky-smooth"
+
+
+assert tuple(SamplingChoice) == SAMPLINGS
 assert tuple(TransformChoice) == TRANSFORMS and tuple(ShardFormatChoice) == SHARD_FORMATS
 assert tuple(LossChoice) == LOSSES and set(PresetChoice) == set(PRESETS)
 

@@ -429,9 +429,12 @@ def check_max_minutes(max_minutes: float | None) -> None:
 # How a mixture model's steps are sampled (tasks.model.network.sample_step): "independent" draws a
 # component by its weight at every step and independent noise per output; "sticky" keeps the previous
 # step's component while its weight stays within a margin of the best one; "smooth" carries each
-# output's noise over from step to step (correlated in time); "sticky-smooth" does both.
+# output's noise over from step to step (correlated in time); "sticky-smooth" does both. The default
+# is smooth: on drascula-music it beat independent (the default before) on tonality beyond the spread
+# and on frames and continuity too, with no clip collapsed (docs/benchmarks.md, "Sampling that keeps
+# notes"); sticky held one chord for seconds (continuity fell, copies grew).
 SAMPLINGS: tuple[str, ...] = ("independent", "sticky", "smooth", "sticky-smooth")
-DEFAULT_SAMPLING = "independent"
+DEFAULT_SAMPLING = "smooth"
 
 # Generated clips: at most an hour each, at most 100 in a run.
 MAX_CLIP_SECONDS = 3600.0

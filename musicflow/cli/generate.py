@@ -14,7 +14,7 @@ from musicflow.cli.common import (
     use_storage_options,
 )
 from musicflow.cli.options import (
-    SamplingChoice,
+    SamplingOption,
     SeedChoice,
     StorageOptionsOption,
     StoreOption,
@@ -37,14 +37,7 @@ def generate(
             "with each block of a small/gruv model [0]."
         ),
     ] = None,
-    sampling: Annotated[
-        SamplingChoice | None,
-        typer.Option(
-            help="How a spectral model's steps follow each other: independent (a mixture component "
-            "drawn and independent noise at every step), sticky (the previous step's component kept "
-            "while it stays likely), smooth (noise correlated across steps) or sticky-smooth [independent]."
-        ),
-    ] = None,
+    sampling: SamplingOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json.")] = False,
     storage_options: StorageOptionsOption = None,
     verbose: VerboseOption = False,

@@ -130,6 +130,15 @@ MaxMinutesOption = Annotated[
         "of the epoch that crosses it and keeps the best epoch (stop reason: budget).",
     ),
 ]
+SamplingOption = Annotated[
+    SamplingChoice | None,
+    typer.Option(
+        help="How a spectral model's steps follow each other: independent (a mixture component drawn "
+        "and independent noise at every step, the default before), sticky (the previous step's "
+        "component kept while it stays likely), smooth (noise correlated across steps) or "
+        "sticky-smooth [smooth]."
+    ),
+]
 HiddenOption = Annotated[int | None, typer.Option(min=1, help="Units of the dense and LSTM layers.")]
 # A step is frames-per-step rows: 4 log-mel frames for spectral (64 steps = 3 s at 22.05 kHz, hop
 # 256), one 0.25-s block for small/gruv (40 blocks = 10 s).

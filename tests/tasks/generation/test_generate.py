@@ -246,15 +246,15 @@ def test_numpy_steps_match_keras_for_the_spectral_model(stft_model: tuple[str, s
     generated = generate_blocks(loaded.model, seed, 7, temperature=0.7, config=loaded.config)
     assert generated.shape == (7, seed.shape[1]) and np.isfinite(generated).all()
 
-    # Sampling variants run the same path: independent is the default's draws, the others differ.
+    # Sampling variants run the same path: smooth is the default, independent (the default before) differs.
     def blocks(**options: Any) -> np.ndarray:
         rng = np.random.default_rng(3)
         return generate_blocks(
             loaded.model, seed, 7, temperature=0.7, rng=rng, config=loaded.config, **options
         )
 
-    np.testing.assert_array_equal(blocks(sampling="independent"), blocks())
-    assert np.abs(blocks(sampling="smooth")[1:] - blocks()[1:]).max() > 1e-3
+    np.testing.assert_array_equal(blocks(sampling="smooth"), blocks())
+    assert np.abs(blocks(sampling="independent")[1:] - blocks()[1:]).max() > 1e-3
 
 
 def test_temperature_changes_the_output_and_is_reproducible(tiny_model: tuple[str, str], loaded: Any) -> None:
@@ -281,7 +281,7 @@ def test_temperature_in_a_run_is_reproducible_with_the_same_random_seed(model_st
     assert clip("hot-other", temperature=0.8, random_seed=8) != hot
     assert clip("cold", temperature=0.0, random_seed=7) != hot
     report = json.loads(Path(model_store[0], "generated", "hot", METRICS_FILE).read_text())
-    assert (report["temperature"], report["random_seed"], report["sampling"]) == (0.8, 7, "independent")
+    assert (report["temperature"], report["random_seed"], report["sampling"]) == (0.8, 7, "smooth")
 
 
 # --- seeds ----------------------------------------------------------------------------------------------

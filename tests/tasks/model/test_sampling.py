@@ -9,7 +9,7 @@ import math
 import numpy as np
 import pytest
 
-from tasks.config import SAMPLINGS, TrainConfig
+from tasks.config import DEFAULT_SAMPLING, SAMPLINGS, TrainConfig
 from tasks.errors import ConfigError
 from tasks.model.network import STICKY_LOG_MARGIN, SamplingState, sample_step
 
@@ -40,7 +40,7 @@ def components(sampling: str | None, params: np.ndarray, steps: int, seed: int =
     ]
 
 
-def test_the_default_draws_as_before_a_component_then_independent_noise() -> None:
+def test_independent_draws_as_before_a_component_then_independent_noise() -> None:
     params = mixture([0.0, 1.0, -1.0, 0.5])
     weights = np.exp([0.0, 1.0, -1.0, 0.5])
     reference = np.random.default_rng(3)  # today's draws, by hand: a component by weight, then noise
@@ -48,7 +48,7 @@ def test_the_default_draws_as_before_a_component_then_independent_noise() -> Non
     for _ in range(20):
         k = int(reference.choice(K, p=weights / weights.sum()))
         expected.append(10.0 * k + 0.7 * SCALE * reference.standard_normal(D))
-    for state in (None, SamplingState(), SamplingState("independent")):
+    for state in (None, SamplingState("independent")):
         rng = np.random.default_rng(3)
         drawn = [sample_step(params, CONFIG, temperature=0.7, rng=rng, state=state) for _ in range(20)]
         np.testing.assert_allclose(drawn, expected, rtol=1e-5, atol=1e-5)
@@ -103,6 +103,10 @@ def test_temperature_zero_is_the_component_mean_under_every_sampling() -> None:
             mixture([30.0, 0.0, 0.0, 0.0]), CONFIG, temperature=0.0, rng=rng, state=SamplingState(sampling)
         )
         np.testing.assert_array_equal(sample, np.zeros(D, np.float32))
+
+
+def test_the_default_is_smooth() -> None:
+    assert SamplingState().sampling == DEFAULT_SAMPLING == "smooth"
 
 
 def test_an_unknown_sampling_is_a_one_line_config_error() -> None:

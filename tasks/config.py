@@ -433,7 +433,8 @@ def check_max_minutes(max_minutes: float | None) -> None:
 # is smooth: on drascula-music it beat independent (the default before) on tonality beyond the spread
 # and on frames and continuity too, with no clip collapsed (docs/benchmarks.md, "Sampling that keeps
 # notes"); sticky held one chord for seconds (continuity fell, copies grew).
-SAMPLINGS: tuple[str, ...] = ("independent", "sticky", "smooth", "sticky-smooth")
+# "smooth-frames" carries it from frame to frame (within a step as well), with the same time constant.
+SAMPLINGS: tuple[str, ...] = ("independent", "sticky", "smooth", "sticky-smooth", "smooth-frames")
 DEFAULT_SAMPLING = "smooth"
 
 # Generated clips: at most an hour each, at most 100 in a run.

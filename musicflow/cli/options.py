@@ -58,6 +58,7 @@ class SamplingChoice(enum.StrEnum):
     sticky = "sticky"
     smooth = "smooth"
     sticky_smooth = "sticky-smooth"
+    smooth_frames = "smooth-frames"
 
 
 assert tuple(SamplingChoice) == SAMPLINGS
@@ -135,8 +136,8 @@ SamplingOption = Annotated[
     typer.Option(
         help="How a spectral model's steps follow each other: independent (a mixture component drawn "
         "and independent noise at every step, the default before), sticky (the previous step's "
-        "component kept while it stays likely), smooth (noise correlated across steps) or "
-        "sticky-smooth [smooth]."
+        "component kept while it stays likely), smooth (noise correlated across steps), sticky-smooth "
+        "or smooth-frames (noise correlated across frames) [smooth]."
     ),
 ]
 HiddenOption = Annotated[int | None, typer.Option(min=1, help="Units of the dense and LSTM layers.")]

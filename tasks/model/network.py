@@ -183,6 +183,10 @@ class SamplingState:
     def smooth(self) -> bool:
         return self.sampling in ("smooth", "sticky-smooth")
 
+    @property
+    def smooth_frames(self) -> bool:
+        return self.sampling == "smooth-frames"
+
 
 def sample_step(
     params: np.ndarray,
@@ -199,7 +203,9 @@ def sample_step(
     (carried across a clip's steps) chooses how: None or ``independent`` draws a component and
     independent noise per output at each step; ``sticky`` keeps the previous component while its
     weight is within :data:`STICKY_LOG_MARGIN` of the best; ``smooth`` makes each output's noise
-    an AR(1) process over the steps (:data:`NOISE_CORRELATION`), each step still N(0, 1).
+    an AR(1) process over the steps (:data:`NOISE_CORRELATION`), each step still N(0, 1);
+    ``smooth-frames`` makes it one over the frames (``frames_per_step`` per step, the same
+    correlation per step), so that the frames inside a step follow each other too.
     """
     if config.loss != "gaussian":
         return params.astype(np.float32)
@@ -222,11 +228,27 @@ def sample_step(
     if not temperature:
         return mean.astype(np.float32)
     noise = rng.standard_normal(width)
+    if state is not None and state.smooth_frames:
+        noise = _frame_noise(noise, state.noise, config.frames_per_step)
+        state.noise = noise
     if state is not None and state.smooth:
         if state.noise is not None:
             noise = NOISE_CORRELATION * state.noise + math.sqrt(1.0 - NOISE_CORRELATION**2) * noise
         state.noise = noise
     return (mean + temperature * np.exp(log_scale) * noise).astype(np.float32)
+
+
+def _frame_noise(fresh: np.ndarray, previous: np.ndarray | None, frames: int) -> np.ndarray:
+    """A step's noise [frames * F] as an AR(1) over its frames, from ``previous`` step's last frame;
+    correlation ``NOISE_CORRELATION ** (1 / frames)`` per frame, each value N(0, 1)."""
+    correlation = NOISE_CORRELATION ** (1.0 / frames)
+    rows = fresh.reshape(frames, -1).copy()
+    last = None if previous is None else previous.reshape(frames, -1)[-1]
+    for index in range(frames):
+        if last is not None:
+            rows[index] = correlation * last + math.sqrt(1.0 - correlation**2) * rows[index]
+        last = rows[index]
+    return rows.reshape(-1)
 
 
 def baseline_loss(targets: np.ndarray, config: TrainConfig) -> tuple[float, int]:

@@ -18,11 +18,11 @@ SCALE = 0.1
 CONFIG = TrainConfig.from_preset("spectral", mixtures=K)
 
 
-def mixture(logits: list[float], scale: float = SCALE) -> np.ndarray:
+def mixture(logits: list[float], scale: float = SCALE, width: int = D) -> np.ndarray:
     """The decoder's output for one step: K logits, then per component its means and log scales."""
     parts = [np.asarray(logits, np.float32)]
     for k in range(K):
-        parts += [np.full(D, 10.0 * k, np.float32), np.full(D, math.log(scale), np.float32)]
+        parts += [np.full(width, 10.0 * k, np.float32), np.full(width, math.log(scale), np.float32)]
     return np.concatenate(parts)
 
 
@@ -94,6 +94,28 @@ def test_smooth_noise_is_correlated_across_steps_with_the_same_spread() -> None:
         assert abs(lagged - correlation) < 0.05, (sampling, lagged)
         assert abs(drawn.std() - 1.0) < 0.1, (sampling, drawn.std())
         assert abs(np.corrcoef(drawn[:, 0], drawn[:, 1])[0, 1]) < 0.1  # still independent across outputs
+
+
+def test_smooth_frames_noise_follows_from_frame_to_frame_inside_and_across_steps() -> None:
+    frames, bands = CONFIG.frames_per_step, 2
+    params = mixture([30.0, 0.0, 0.0, 0.0], scale=1.0, width=frames * bands)
+
+    def per_frame(sampling: str) -> np.ndarray:
+        """The noise as one row per frame [steps * frames, bands]."""
+        rng, state = np.random.default_rng(2), SamplingState(sampling)
+        steps = [sample_step(params, CONFIG, temperature=1.0, rng=rng, state=state) for _ in range(2000)]
+        return np.concatenate([step.reshape(frames, bands) for step in steps])
+
+    expected = 0.9 ** (1 / frames)
+    for sampling, inside, across in (("smooth-frames", expected, 0.9), ("smooth", 0.0, 0.9)):
+        rows = per_frame(sampling)
+        pairs = np.arange(rows.shape[0] - 1)
+        within = pairs[pairs % frames != frames - 1]  # frame f -> f + 1 of the same step
+        lag = np.mean([np.corrcoef(rows[within, b], rows[within + 1, b])[0, 1] for b in range(bands)])
+        assert abs(lag - inside) < 0.05, (sampling, lag)
+        step_lag = np.corrcoef(rows[:-frames, 0], rows[frames:, 0])[0, 1]  # the same frame, next step
+        assert abs(step_lag - across) < 0.05, (sampling, step_lag)
+        assert abs(rows.std() - 1.0) < 0.1, (sampling, rows.std())
 
 
 def test_temperature_zero_is_the_component_mean_under_every_sampling() -> None:

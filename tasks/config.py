@@ -429,13 +429,14 @@ def check_max_minutes(max_minutes: float | None) -> None:
 # How a mixture model's steps are sampled (tasks.model.network.sample_step): "independent" draws a
 # component by its weight at every step and independent noise per output; "sticky" keeps the previous
 # step's component while its weight stays within a margin of the best one; "smooth" carries each
-# output's noise over from step to step (correlated in time); "sticky-smooth" does both. The default
-# is smooth: on drascula-music it beat independent (the default before) on tonality beyond the spread
-# and on frames and continuity too, with no clip collapsed (docs/benchmarks.md, "Sampling that keeps
-# notes"); sticky held one chord for seconds (continuity fell, copies grew).
+# output's noise over from step to step (correlated in time); "sticky-smooth" does both;
 # "smooth-frames" carries it from frame to frame (within a step as well), with the same time constant.
+# The default is smooth-frames: on drascula-music (2 seeds) it beat independent (the default before)
+# on tonality by 7-16 spreads (0.50 and 0.52 against -0.51 and -0.39), with frames and continuity
+# as good on average and no clip collapsed (docs/benchmarks.md, "Sampling that keeps notes"); sticky
+# held one chord for seconds (continuity fell, copies grew).
 SAMPLINGS: tuple[str, ...] = ("independent", "sticky", "smooth", "sticky-smooth", "smooth-frames")
-DEFAULT_SAMPLING = "smooth"
+DEFAULT_SAMPLING = "smooth-frames"
 
 # Generated clips: at most an hour each, at most 100 in a run.
 MAX_CLIP_SECONDS = 3600.0

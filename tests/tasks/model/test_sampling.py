@@ -127,8 +127,8 @@ def test_temperature_zero_is_the_component_mean_under_every_sampling() -> None:
         np.testing.assert_array_equal(sample, np.zeros(D, np.float32))
 
 
-def test_the_default_is_smooth() -> None:
-    assert SamplingState().sampling == DEFAULT_SAMPLING == "smooth"
+def test_the_default_is_smooth_frames() -> None:
+    assert SamplingState().sampling == DEFAULT_SAMPLING == "smooth-frames"
 
 
 def test_an_unknown_sampling_is_a_one_line_config_error() -> None:

@@ -32,6 +32,7 @@ def pipeline(
     temperature: float | None = None,
     store_block: str | None = None,
     source_block: str | None = None,
+    sampling: str | None = None,
 ) -> dict[str, Any]:
     """Ingest new songs, train (or resume) a model on the dataset, generate clips from it.
 
@@ -70,5 +71,6 @@ def pipeline(
         count=count,
         temperature=temperature,
         store_block=store_block,
+        sampling=sampling,
     )
     return {"ingest": ingested, "train": card, "generate": generated}

@@ -172,6 +172,7 @@ def generate_clips_task(
     seed_audio: str | None,
     temperature: float | None,
     run_id: str,
+    sampling: str | None = None,
 ) -> dict[str, Any]:
     """Generate clips into ``generated/<run_id>/`` (a retry rewrites the same run folder)."""
     # lazy: the generation stack (0.5 s) stays out of every ingest and train run's start-up
@@ -186,4 +187,5 @@ def generate_clips_task(
         seed_audio=seed_audio,
         temperature=temperature,
         run_id=run_id,
+        sampling=sampling,
     )

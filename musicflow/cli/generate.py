@@ -14,6 +14,7 @@ from musicflow.cli.common import (
     use_storage_options,
 )
 from musicflow.cli.options import (
+    SamplingOption,
     SeedChoice,
     StorageOptionsOption,
     StoreOption,
@@ -36,6 +37,7 @@ def generate(
             "with each block of a small/gruv model [0]."
         ),
     ] = None,
+    sampling: SamplingOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json.")] = False,
     storage_options: StorageOptionsOption = None,
     verbose: VerboseOption = False,
@@ -62,6 +64,7 @@ def generate(
         seed=seed.value,
         seed_audio=seed_audio,
         temperature=temperature,
+        sampling=sampling.value if sampling else None,
     )
     if as_json:
         typer.echo(json.dumps(report, indent=2))

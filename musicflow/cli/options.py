@@ -13,7 +13,7 @@ from typing import Annotated
 
 import typer
 
-from tasks.config import LOSSES, PRESETS, SHARD_FORMATS, TRANSFORMS, check_max_minutes
+from tasks.config import LOSSES, PRESETS, SAMPLINGS, SHARD_FORMATS, TRANSFORMS, check_max_minutes
 from tasks.errors import ConfigError
 
 
@@ -53,6 +53,15 @@ class SeedChoice(enum.StrEnum):
     noise = "noise"
 
 
+class SamplingChoice(enum.StrEnum):
+    independent = "independent"
+    sticky = "sticky"
+    smooth = "smooth"
+    sticky_smooth = "sticky-smooth"
+    smooth_frames = "smooth-frames"
+
+
+assert tuple(SamplingChoice) == SAMPLINGS
 assert tuple(TransformChoice) == TRANSFORMS and tuple(ShardFormatChoice) == SHARD_FORMATS
 assert tuple(LossChoice) == LOSSES and set(PresetChoice) == set(PRESETS)
 
@@ -120,6 +129,15 @@ MaxMinutesOption = Annotated[
         callback=_checked_max_minutes,
         help="Wall-clock budget of the training in minutes (loading the data counts): it stops at the end "
         "of the epoch that crosses it and keeps the best epoch (stop reason: budget).",
+    ),
+]
+SamplingOption = Annotated[
+    SamplingChoice | None,
+    typer.Option(
+        help="How a spectral model's steps follow each other: independent (a mixture component drawn "
+        "and independent noise at every step, the default before), sticky (the previous step's "
+        "component kept while it stays likely), smooth (noise correlated across steps), sticky-smooth "
+        "or smooth-frames (noise correlated across frames) [smooth-frames]."
     ),
 ]
 HiddenOption = Annotated[int | None, typer.Option(min=1, help="Units of the dense and LSTM layers.")]

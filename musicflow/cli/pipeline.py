@@ -20,6 +20,7 @@ from musicflow.cli.options import (
     HiddenOption,
     MaxMinutesOption,
     ModelPresetOption,
+    SamplingOption,
     SeqLenOption,
     ShardFormatChoice,
     SourceOptionsOption,
@@ -52,6 +53,7 @@ def pipeline(
     temperature: Annotated[
         float | None, typer.Option(help="Sampling spread (spectral) or fed-back noise (small/gruv).")
     ] = None,
+    sampling: SamplingOption = None,
     storage_options: StorageOptionsOption = None,
     source_options: SourceOptionsOption = None,
     verbose: VerboseOption = False,
@@ -76,6 +78,7 @@ def pipeline(
         seconds=seconds,
         count=count,
         temperature=temperature,
+        sampling=sampling.value if sampling else None,
     )
 
 

@@ -15,7 +15,7 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from tasks.audio import encode  # encode.encode_audio: tests replace the encoder in its module
-from tasks.config import MAX_CLIP_SECONDS, TrainConfig, check_generate_request
+from tasks.config import DEFAULT_SAMPLING, MAX_CLIP_SECONDS, TrainConfig, check_generate_request
 from tasks.dataset.repository import read_rows, read_song
 from tasks.errors import ConfigError, DecodeError, MusicflowError, StoreError
 from tasks.features.blocks import frame_blocks
@@ -32,7 +32,7 @@ from tasks.generation.metrics import (
     reference_distribution,
 )
 from tasks.generation.runs import METRICS_FILE, new_run_id, run_dir
-from tasks.model.network import group_steps, sample_step, ungroup_steps
+from tasks.model.network import SamplingState, group_steps, sample_step, ungroup_steps
 from tasks.model.repository import LoadedModel, load_trained_model, resolve_model
 from tasks.store.store import Store, check_writable
 
@@ -113,6 +113,7 @@ def generate_blocks(
     temperature: float = 0.0,
     rng: np.random.Generator | None = None,
     config: TrainConfig | None = None,
+    sampling: str = DEFAULT_SAMPLING,
 ) -> np.ndarray:
     """Continue ``seed`` by ``n_blocks`` steps with carried LSTM state.
 
@@ -130,6 +131,9 @@ def generate_blocks(
         the scale of each sample's spread (0 = the mean of the chosen component).
     config : TrainConfig, optional
         The model's config; without it the model is taken as a point model.
+    sampling : str
+        Distribution models: how the component and the noise follow from step to step
+        (``tasks.config.SAMPLINGS``, :func:`tasks.model.network.sample_step`).
 
     Returns
     -------
@@ -137,16 +141,17 @@ def generate_blocks(
     """
     stepper = NumpyStepModel(trained)
     rng = rng or np.random.default_rng(0)
-    sampling = config is not None and config.is_distribution
+    state = SamplingState(sampling)
+    distribution = config is not None and config.is_distribution
 
     def next_step(params: np.ndarray) -> np.ndarray:
-        if sampling:
+        if distribution:
             assert config is not None
-            return sample_step(params, config, temperature=temperature, rng=rng)
+            return sample_step(params, config, temperature=temperature, rng=rng, state=state)
         return params
 
     with threadpool_limits(1):  # a multi-threaded GEMV per step is ~8x slower on 2 busy cores
-        return _generate_steps(stepper, seed, n_blocks, next_step, temperature if not sampling else 0.0, rng)
+        return _generate_steps(stepper, seed, n_blocks, next_step, 0.0 if distribution else temperature, rng)
 
 
 def _generate_steps(
@@ -305,6 +310,7 @@ def generate_run(
     temperature: float | None = None,
     run_id: str | None = None,
     random_seed: int = 0,
+    sampling: str | None = None,
 ) -> dict[str, Any]:
     """Generate ``count`` clips of ``seconds`` and write them to ``generated/<run_id>/``.
 
@@ -312,9 +318,12 @@ def generate_run(
     and, last, ``metrics.json``: a run folder without it is incomplete. The report
     holds each clip's metrics and the run's quality score against the model's
     validation songs (:mod:`tasks.generation.quality`). ``temperature`` None is the model's
-    default (:func:`default_temperature`). Returns the content of ``metrics.json``.
+    default (:func:`default_temperature`); ``sampling`` None is ``DEFAULT_SAMPLING`` (how a
+    distribution model's steps follow each other, :func:`tasks.model.network.sample_step`).
+    Returns the content of ``metrics.json``.
     """
-    check_generate_request(seconds, count, temperature)
+    check_generate_request(seconds, count, temperature, sampling=sampling)
+    sampling = sampling or DEFAULT_SAMPLING
     if seed_audio and seed == "validation":
         seed = "audio"
     check_writable(store)
@@ -332,7 +341,9 @@ def generate_run(
         seed_features, seed_source = seed_blocks(
             store, loaded, kind=seed, seed_audio=seed_audio, index=index, rng=rng
         )
-        generated, audio, peak, clipped = generate_clip(loaded, seed_features, n_blocks, temperature, rng)
+        generated, audio, peak, clipped = generate_clip(
+            loaded, seed_features, n_blocks, temperature, rng, sampling=sampling
+        )
         name = f"clip-{index + 1:02d}"
         files = write_clip(store, run_id, name, audio, sample_rate=loaded.features.sample_rate)
         metrics = clip_metrics(loaded, yardstick, generated, audio, peak=peak, clipped=clipped)
@@ -346,6 +357,7 @@ def generate_run(
         "seconds": n_blocks * loaded.features.block_seconds,
         "count": count,
         "temperature": temperature,
+        "sampling": sampling,
         "seed": seed,
         "random_seed": random_seed,
         "reference": yardstick.reference,
@@ -402,12 +414,20 @@ def generate_clip(
     n_blocks: int,
     temperature: float,
     rng: np.random.Generator,
+    *,
+    sampling: str = DEFAULT_SAMPLING,
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """One clip of ``n_blocks`` continuing the seed: its normalised blocks [n_blocks, n_features]
     and :func:`to_audio`'s ``(audio, unclipped peak, clipped fraction)``."""
     n_steps = -(-n_blocks // loaded.config.frames_per_step)
     steps = generate_blocks(
-        loaded.model, seed_features, n_steps, temperature=temperature, rng=rng, config=loaded.config
+        loaded.model,
+        seed_features,
+        n_steps,
+        temperature=temperature,
+        rng=rng,
+        config=loaded.config,
+        sampling=sampling,
     )
     generated = ungroup_steps(steps, loaded.features.n_features)[:n_blocks]
     return (generated, *to_audio(generated, loaded))

@@ -20,16 +20,24 @@ from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from tasks.config import TrainConfig
+from tasks.config import DEFAULT_SAMPLING, SAMPLINGS, TrainConfig
+from tasks.errors import ConfigError
 from tasks.model.tfload import load_tensorflow
 
 LOG_SCALE_MIN = -7.0  # sigma >= 1e-3 of the normalised features: the likelihood stays bounded
 LOG_SCALE_MAX = 4.0
 _HALF_LOG_2PI = 0.5 * math.log(2 * math.pi)
+# "sticky" sampling keeps the previous step's component while its weight is at least the best
+# component's over this factor (log 4: a component 4x less likely than the best is left).
+STICKY_LOG_MARGIN = math.log(4.0)
+# "smooth" sampling: the correlation of an output's noise from one step (4 frames, 46 ms) to the next;
+# 0.9 keeps it for ~10 steps (0.5 s) and leaves each step's noise N(0, 1).
+NOISE_CORRELATION = 0.9
 
 
 def step_features(n_features: int, config: TrainConfig) -> int:
@@ -154,13 +162,50 @@ def mixture_nll_class() -> Any:
     return MixtureNLL
 
 
+@dataclass
+class SamplingState:
+    """What :func:`sample_step` carries from one step of a clip to the next under ``sampling``
+    (one of ``tasks.config.SAMPLINGS``): the last component and the last noise."""
+
+    sampling: str = DEFAULT_SAMPLING
+    component: int | None = None
+    noise: np.ndarray | None = None
+
+    def __post_init__(self) -> None:
+        if self.sampling not in SAMPLINGS:
+            raise ConfigError(f"invalid sampling {self.sampling!r}: must be one of {', '.join(SAMPLINGS)}")
+
+    @property
+    def sticky(self) -> bool:
+        return self.sampling in ("sticky", "sticky-smooth")
+
+    @property
+    def smooth(self) -> bool:
+        return self.sampling in ("smooth", "sticky-smooth")
+
+    @property
+    def smooth_frames(self) -> bool:
+        return self.sampling == "smooth-frames"
+
+
 def sample_step(
-    params: np.ndarray, config: TrainConfig, *, temperature: float, rng: np.random.Generator
+    params: np.ndarray,
+    config: TrainConfig,
+    *,
+    temperature: float,
+    rng: np.random.Generator,
+    state: SamplingState | None = None,
 ) -> np.ndarray:
     """The next step [D] from the decoder's output for one step.
 
     Point models return it as it is. Mixture models pick a component by its weight and
-    draw from it with its scale times ``temperature`` (0: the component's mean).
+    draw from it with its scale times ``temperature`` (0: the component's mean). ``state``
+    (carried across a clip's steps) chooses how: None or ``independent`` draws a component and
+    independent noise per output at each step; ``sticky`` keeps the previous component while its
+    weight is within :data:`STICKY_LOG_MARGIN` of the best; ``smooth`` makes each output's noise
+    an AR(1) process over the steps (:data:`NOISE_CORRELATION`), each step still N(0, 1);
+    ``smooth-frames`` makes it one over the frames (``frames_per_step`` per step, the same
+    correlation per step), so that the frames inside a step follow each other too.
     """
     if config.loss != "gaussian":
         return params.astype(np.float32)
@@ -170,14 +215,40 @@ def sample_step(
     rest = params
     if mixtures > 1:
         logits, rest = params[:mixtures].astype(np.float64), params[mixtures:]
-        weights = np.exp(logits - logits.max())
-        component = int(rng.choice(mixtures, p=weights / weights.sum()))
+        previous = state.component if state is not None and state.sticky else None
+        if previous is not None and logits[previous] >= logits.max() - STICKY_LOG_MARGIN:
+            component = previous
+        else:
+            weights = np.exp(logits - logits.max())
+            component = int(rng.choice(mixtures, p=weights / weights.sum()))
+    if state is not None:
+        state.component = component
     pairs = rest.reshape(mixtures, 2, width)[component]
     mean, log_scale = pairs[0], np.clip(pairs[1], LOG_SCALE_MIN, LOG_SCALE_MAX)
     if not temperature:
         return mean.astype(np.float32)
     noise = rng.standard_normal(width)
+    if state is not None and state.smooth_frames:
+        noise = _frame_noise(noise, state.noise, config.frames_per_step)
+        state.noise = noise
+    if state is not None and state.smooth:
+        if state.noise is not None:
+            noise = NOISE_CORRELATION * state.noise + math.sqrt(1.0 - NOISE_CORRELATION**2) * noise
+        state.noise = noise
     return (mean + temperature * np.exp(log_scale) * noise).astype(np.float32)
+
+
+def _frame_noise(fresh: np.ndarray, previous: np.ndarray | None, frames: int) -> np.ndarray:
+    """A step's noise [frames * F] as an AR(1) over its frames, from ``previous`` step's last frame;
+    correlation ``NOISE_CORRELATION ** (1 / frames)`` per frame, each value N(0, 1)."""
+    correlation = NOISE_CORRELATION ** (1.0 / frames)
+    rows = fresh.reshape(frames, -1).copy()
+    last = None if previous is None else previous.reshape(frames, -1)[-1]
+    for index in range(frames):
+        if last is not None:
+            rows[index] = correlation * last + math.sqrt(1.0 - correlation**2) * rows[index]
+        last = rows[index]
+    return rows.reshape(-1)
 
 
 def baseline_loss(targets: np.ndarray, config: TrainConfig) -> tuple[float, int]:

@@ -294,6 +294,7 @@ def test_cli_generate_then_status_lists_the_run(
         (["--count", "0"], "--count 0"),
         (["--temperature", "-1"], "-1.0"),
         (["--seed", "chaos"], "chaos"),
+        (["--sampling", "chaos"], "chaos"),
     ],
 )
 def test_cli_generate_argument_errors_exit_2(

@@ -246,6 +246,16 @@ def test_numpy_steps_match_keras_for_the_spectral_model(stft_model: tuple[str, s
     generated = generate_blocks(loaded.model, seed, 7, temperature=0.7, config=loaded.config)
     assert generated.shape == (7, seed.shape[1]) and np.isfinite(generated).all()
 
+    # Sampling variants run the same path: smooth-frames is the default, independent (the one before) differs.
+    def blocks(**options: Any) -> np.ndarray:
+        rng = np.random.default_rng(3)
+        return generate_blocks(
+            loaded.model, seed, 7, temperature=0.7, rng=rng, config=loaded.config, **options
+        )
+
+    np.testing.assert_array_equal(blocks(sampling="smooth-frames"), blocks())
+    assert np.abs(blocks(sampling="independent")[1:] - blocks()[1:]).max() > 1e-3
+
 
 def test_temperature_changes_the_output_and_is_reproducible(tiny_model: tuple[str, str], loaded: Any) -> None:
     seed, _ = seed_blocks(open_store(tiny_model[0]), loaded)
@@ -271,7 +281,7 @@ def test_temperature_in_a_run_is_reproducible_with_the_same_random_seed(model_st
     assert clip("hot-other", temperature=0.8, random_seed=8) != hot
     assert clip("cold", temperature=0.0, random_seed=7) != hot
     report = json.loads(Path(model_store[0], "generated", "hot", METRICS_FILE).read_text())
-    assert (report["temperature"], report["random_seed"]) == (0.8, 7)
+    assert (report["temperature"], report["random_seed"], report["sampling"]) == (0.8, 7, "smooth-frames")
 
 
 # --- seeds ----------------------------------------------------------------------------------------------
@@ -382,6 +392,7 @@ def test_model_whose_dataset_is_gone_is_a_mismatch(model_store: tuple[str, str])
         ({"count": 0}, "count 0"),
         ({"count": 101}, "count 101"),
         ({"temperature": -1.0}, "-1.0"),
+        ({"sampling": "chaos"}, "sampling 'chaos'"),
     ],
 )
 def test_bad_options_are_named(model_store: tuple[str, str], options: dict[str, Any], fragment: str) -> None:

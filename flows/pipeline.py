@@ -9,7 +9,7 @@ from prefect import flow
 from flows.generate import generate
 from flows.ingest import ingest
 from flows.train import train
-from tasks.config import DEFAULT_TRANSFORM, check_max_minutes
+from tasks.config import DEFAULT_TRANSFORM, check_generate_request, check_max_minutes
 
 
 @flow(name="pipeline")
@@ -38,9 +38,11 @@ def pipeline(
 
     Its ingest does not announce the new songs (``announce=False``): the train deployment's
     trigger would train a second time what this flow trains next. ``max_minutes`` is the
-    training's wall-clock budget (see the train flow), checked before anything is ingested.
+    training's wall-clock budget (see the train flow), checked before anything is ingested, as
+    is the generate request (``seconds``, ``count``, ``temperature``, ``sampling``).
     """
     check_max_minutes(max_minutes)
+    check_generate_request(seconds, count, temperature, sampling=sampling)
     ingested = ingest(
         source=source,
         store=store,

@@ -193,4 +193,10 @@ def test_a_training_budget_through_the_flow_the_cli_and_status(
             train(store=store_url, epochs=3, max_minutes=bad, **options)
         with pytest.raises(ConfigError, match=f"invalid max_minutes {float(bad)!r}"):
             pipeline(source=str(tmp_path / "songs"), store=str(tmp_path / "other"), max_minutes=bad)
+    for bad_request, fragment in (
+        ({"sampling": "chaos"}, "invalid sampling 'chaos'"),
+        ({"seconds": 0}, "seconds 0"),
+    ):
+        with pytest.raises(ConfigError, match=fragment):  # before minutes of ingest and training, not after
+            pipeline(source=str(tmp_path / "songs"), store=str(tmp_path / "other"), **bad_request)
     assert not (tmp_path / "other").exists()

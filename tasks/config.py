@@ -459,6 +459,12 @@ def check_generate_request(
         raise ConfigError(f"invalid {option_prefix}count {count!r}: must be in [1, {MAX_CLIPS}]")
     if temperature is not None and temperature < 0:
         raise ConfigError(f"invalid {option_prefix}temperature {temperature!r}: must be >= 0")
-    if sampling is not None and sampling not in SAMPLINGS:
+    if sampling is not None:
+        check_sampling(sampling, option_prefix=option_prefix)
+
+
+def check_sampling(sampling: str, *, option_prefix: str = "") -> None:
+    """:class:`ConfigError` naming ``sampling`` unless it is one of :data:`SAMPLINGS`."""
+    if sampling not in SAMPLINGS:
         choices = ", ".join(SAMPLINGS)
         raise ConfigError(f"invalid {option_prefix}sampling {sampling!r}: must be one of {choices}")

@@ -25,8 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from tasks.config import DEFAULT_SAMPLING, SAMPLINGS, TrainConfig
-from tasks.errors import ConfigError
+from tasks.config import DEFAULT_SAMPLING, TrainConfig, check_sampling
 from tasks.model.tfload import load_tensorflow
 
 LOG_SCALE_MIN = -7.0  # sigma >= 1e-3 of the normalised features: the likelihood stays bounded
@@ -172,8 +171,7 @@ class SamplingState:
     noise: np.ndarray | None = None
 
     def __post_init__(self) -> None:
-        if self.sampling not in SAMPLINGS:
-            raise ConfigError(f"invalid sampling {self.sampling!r}: must be one of {', '.join(SAMPLINGS)}")
+        check_sampling(self.sampling)
 
     @property
     def sticky(self) -> bool:

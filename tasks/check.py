@@ -11,7 +11,14 @@ import datetime as dt
 import posixpath
 from dataclasses import asdict, dataclass
 
-from tasks.dataset.catalog import CatalogLog, catalog_log, has_catalog, table_to_rows, write_catalog
+from tasks.dataset.catalog import (
+    CatalogLog,
+    catalog_log,
+    has_catalog,
+    table_to_rows,
+    version_file,
+    write_catalog,
+)
 from tasks.dataset.repository import (
     LOCK_FILE,
     STATS_FILE,
@@ -166,7 +173,7 @@ def _unreadable_catalog(store: Store, directory: str, *, repair: bool) -> list[P
     problems = []
     for version, reason in unreadable:
         fixable = repair and version in trailing
-        where = f"{directory}/{'catalog.parquet' if version == 0 else f'catalog/{version:012d}.parquet'}"
+        where = f"{directory}/{version_file(version)}"
         if fixable:
             log.set_aside(version)
         problems.append(Problem("unreadable-catalog", where, reason, fixable))

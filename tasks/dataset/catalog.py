@@ -203,6 +203,11 @@ class UnreadableCatalogError(StoreError):
     """A catalog version that does not decode: cut short by a crash, or damaged."""
 
 
+def version_file(version: int) -> str:
+    """The file of a catalog version inside its dataset's folder (0: the single-file catalog)."""
+    return CATALOG_FILE if version == 0 else _version_name(version)
+
+
 def _version_name(version: int) -> str:
     return posixpath.join(CATALOG_DIR, f"{version:012d}.parquet")
 
@@ -241,7 +246,7 @@ class CatalogLog:
         return sorted(found)
 
     def _read_version(self, version: int) -> tuple[pa.Table, str, int | None]:
-        name = CATALOG_FILE if version == 0 else _version_name(version)
+        name = version_file(version)
         data = self.store.read_bytes(self.dataset_dir, name)
         try:
             return _decode(data)
@@ -266,7 +271,7 @@ class CatalogLog:
 
     def set_aside(self, version: int) -> str:
         """Rename an unreadable version out of the log (readers skip the name); the new name."""
-        name = CATALOG_FILE if version == 0 else _version_name(version)
+        name = version_file(version)
         aside = f"{name}.unreadable-{time.strftime('%Y%m%dT%H%M%S')}"
         self.store.fs.mv(self.store.path(self.dataset_dir, name), self.store.path(self.dataset_dir, aside))
         return aside
@@ -407,7 +412,7 @@ class CatalogLog:
         """Remove the files a snapshot at ``version`` replaces (readers then retry their listing)."""
         for old in self.versions():
             if old < version:
-                name = CATALOG_FILE if old == 0 else _version_name(old)
+                name = version_file(old)
                 # Already gone, or left for the next compaction to remove.
                 with contextlib.suppress(FileNotFoundError, OSError):
                     self.store.fs.rm(self.store.path(self.dataset_dir, name))

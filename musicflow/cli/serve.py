@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Annotated
 
 import typer
@@ -103,8 +104,6 @@ def serve(
         dask_security=dask_security,
         dashboard=dashboard,
     )
-    from contextlib import nullcontext  # lazy: start-up
-
     from deployments.serve import build_deployments  # lazy: start-up
     from flows.runtime.cluster import KeptCluster  # lazy: start-up
     from musicflow.server import ensure_prefect_api, ui_url  # lazy: start-up

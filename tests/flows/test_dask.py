@@ -128,7 +128,7 @@ def test_ingest_on_a_tls_cluster(songs: Path, tmp_path: Path) -> None:
         protocol="tls://",
         host="127.0.0.1",
         security=cluster_security,
-        dashboard_address=None,
+        dashboard_address="127.0.0.1:0",  # a dashboard the run does not show (dashboard=False)
     ) as cluster:
         assert cluster.scheduler_address.startswith("tls://")
         with listening(lambda *report: None, notice=notices.append):

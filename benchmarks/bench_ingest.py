@@ -3,7 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_ingest.py [--minutes 20] [--workers 2] [--workdir DIR] [--quick]
-                                               [--no-real]
+                                               [--no-real] [--served-only]
 
 Everything is measured in one run, on the same songs and cores, and reported
 as ratios, on two collections: generated songs, and a real one, Debian's
@@ -23,6 +23,9 @@ is missing), converted to mp3 here once (cached) so that both are decoded from m
     ``np.fft.fft`` over blocks, one ``.npy`` per song); target (a)/(c) >= 2;
 (e) a no-op re-run: the flow again on the same source and store, where
     nothing is new; target <= 0.1 of the full (cold) run's wall time;
+(f) ``musicflow serve``'s ingest ticks (``--served-only``: only these): a served tick on
+    drascula-music's .ogg files, as it is installed, in the flow run's time against (b);
+    target >= 0.7; and a no-op tick's flow time, target <= 1 s;
 (d) peak RSS per worker (the flow's ``peak_worker_rss_mb``) on the collection
     and on one 4x larger, a fresh cluster per size (each warmed up on two songs
     first, so the large run is warm too); target: within 20%. The clusters are
@@ -289,6 +292,136 @@ def core_ratios(collection: Collection, stores: Path, *, workers: int, address: 
         "noop_s": statistics.median(again for _, again in noop),
         "full_s": statistics.median(full for full, _ in noop),
     }
+
+
+# ---------------------------------------------------------------- (f) served ticks
+
+DRASCULA_OGG = Path("/usr/share/scummvm/drascula/audio")
+TARGET_NOOP_TICK_S = 1.0
+
+
+def drascula_ogg_collection(workdir: Path) -> Collection:
+    """The drascula-music tracks as installed (Ogg Vorbis, ``DRASCULA_OGG``), linked into ``workdir``."""
+    oggs = sorted(DRASCULA_OGG.glob("*.ogg"))
+    if not oggs:
+        raise RuntimeError(f"no .ogg in {DRASCULA_OGG}: apt-get install {DRASCULA_PACKAGE}")
+    songs = [(path, _probe_seconds(path)) for path in oggs]
+    return link_collection("drascula-ogg", workdir / "drascula-ogg", songs)
+
+
+def _served_tick() -> dict[str, float]:
+    """One run of the served ingest deployment, as its interval would start it: (flow time, wall).
+
+    Flow time is the flow run's own start to end as the Prefect server recorded it (what the tick
+    costs once its process runs); wall adds the runner's poll and the flow-run process start; CPU is
+    this process tree's (serve, its flow-run process and cluster, the Prefect server) over the wall."""
+    from prefect.deployments import run_deployment
+
+    # announce off: a tick that adds songs would trigger the served train deployment, which would
+    # then train beside the next tick.
+    with Clock() as clock:
+        run = run_deployment("ingest/musicflow-ingest", parameters={"announce": False}, timeout=1800,
+                             poll_interval=0.5, as_subflow=False)  # fmt: skip
+    if not (run.state and run.state.is_completed()) or run.start_time is None or run.end_time is None:
+        raise RuntimeError(f"served ingest tick did not complete: {run.state}")
+    return {
+        "flow_s": (run.end_time - run.start_time).total_seconds(),
+        "wall_s": clock.wall,
+        "cpu_s": clock.cpu,
+    }
+
+
+@contextlib.contextmanager
+def served(api: str, collection: Collection, store: Path, *, workers: int) -> Iterator[str]:
+    """``musicflow serve`` on ``collection`` into ``store`` (its kept LocalCluster of ``workers``),
+    until the block ends; yields its first line."""
+    env = {**os.environ, "PREFECT_API_URL": api, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    command = [sys.executable, "-m", "musicflow.cli", "serve", "--source", str(collection.directory),
+               "--store", str(store), "--workers", str(workers)]  # fmt: skip
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert process.stdout is not None
+    try:
+        lines = []
+        while len(lines) < 3:  # serving ..., trigger ..., Dask cluster ...
+            line = process.stdout.readline()
+            if not line:
+                raise RuntimeError(f"musicflow serve exited ({process.wait()}): {lines}")
+            lines.append(line.strip())
+        time.sleep(3)  # the runner registers its deployments and starts polling
+        yield lines[-1]
+    finally:
+        process.send_signal(2)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+
+def _songs_ok(store: Path) -> int:
+    """Songs committed ``ok`` in the store's one dataset."""
+    from tasks.dataset import repository as dataset_lib
+    from tasks.store.store import open_store
+
+    (dataset,) = [path.name for path in (store / "datasets").iterdir()]
+    return sum(row.ok for row in dataset_lib.read_rows(open_store(str(store)), dataset))
+
+
+def served_ticks(
+    api: str, collection: Collection, store: Path, *, workers: int, repeats: int
+) -> dict[str, Any]:
+    """(f) ``musicflow serve``'s ingest ticks on one collection: the first (the kept cluster's workers
+    not yet warm), then ``repeats`` times a no-op tick and a full tick into an emptied store, each
+    full tick between two (b) raw decodes of the same files."""
+    shutil.rmtree(store, ignore_errors=True)
+    full, noop, raw = [], [], []
+    with served(api, collection, store, workers=workers) as cluster_line:
+        first = _served_tick()
+        for _ in range(repeats):
+            noop.append(_served_tick())
+            shutil.rmtree(store, ignore_errors=True)
+            raw.append(raw_decode(collection, workers=workers))
+            full.append(_served_tick())
+            raw.append(raw_decode(collection, workers=workers))
+            if _songs_ok(store) != len(collection.paths):
+                raise RuntimeError(f"a served tick did not ingest every song of {collection.directory}")
+    shutil.rmtree(store, ignore_errors=True)
+    full_flow = statistics.median(tick["flow_s"] for tick in full)
+    raw_x = statistics.median(run.x_realtime for run in raw)
+    return {
+        "songs": len(collection.paths),
+        "minutes": collection.seconds / 60,
+        "cluster": cluster_line,
+        "raw_x": raw_x,
+        "first_x": collection.seconds / first["flow_s"],
+        "full_x": collection.seconds / full_flow,
+        "full_wall_x": collection.seconds / statistics.median(tick["wall_s"] for tick in full),
+        # per CPU second: what the ratio would be on idle cores (other load on the machine aside)
+        "full_cpu_x": collection.seconds / statistics.median(tick["cpu_s"] for tick in full),
+        "raw_cpu_x": statistics.median(run.x_realtime_per_cpu for run in raw),
+        "noop_cpu_s": statistics.median(tick["cpu_s"] for tick in noop),
+        "noop_flow_s": statistics.median(tick["flow_s"] for tick in noop),
+        "noop_wall_s": statistics.median(tick["wall_s"] for tick in noop),
+    }
+
+
+def served_rows(ticks: dict[str, Any]) -> list[tuple[str, ...]]:
+    vs_raw = ticks["full_x"] / ticks["raw_x"]
+    return [
+        ("measure", "value", "target / detail"),
+        ("(f) served tick / (b), flow time", f"{vs_raw:.2f}",
+         f"{target(vs_raw, TARGET_VS_DECODE)}: {ticks['full_x']:.0f}x / {ticks['raw_x']:.0f}x real time"),
+        ("(f) first served tick / (b)", f"{ticks['first_x'] / ticks['raw_x']:.2f}",
+         "kept cluster started, its workers not yet warm"),
+        ("(f) served tick / (b), per CPU second", f"{ticks['full_cpu_x'] / ticks['raw_cpu_x']:.2f}",
+         f"the tick's CPU (tick wall, whole process tree) against (b)'s: {ticks['full_cpu_x']:.0f}x / "
+         f"{ticks['raw_cpu_x']:.0f}x"),
+        ("(f) served tick / (b), tick wall", f"{ticks['full_wall_x'] / ticks['raw_x']:.2f}",
+         "with the runner's poll and the flow-run process start"),
+        ("(f) no-op tick, flow time (s)", f"{ticks['noop_flow_s']:.2f}",
+         target(ticks["noop_flow_s"], TARGET_NOOP_TICK_S, at_most=True)),
+        ("(f) no-op tick, wall (s)", f"{ticks['noop_wall_s']:.2f}",
+         f"with the poll and process start; {ticks['noop_cpu_s']:.2f} CPU s"),
+    ]  # fmt: skip
 
 
 # ---------------------------------------------------------------- (a) ingest flow
@@ -581,6 +714,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-real", action="store_true", help=f"skip the real collection ({DRASCULA_PACKAGE})"
     )
+    parser.add_argument("--served-only", action="store_true",
+                        help="only (f): musicflow serve's ingest ticks on drascula-music's .ogg")  # fmt: skip
     args = parser.parse_args(argv)
     if args.minutes is None:
         args.minutes = 4.0 if args.quick else 20.0
@@ -602,6 +737,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("ffmpeg and ffprobe are needed: apt-get install ffmpeg")
 
     load_before = os.getloadavg()[0]
+    if args.served_only:
+        main_served(args, workdir, load_before)
+        return
     log(f"preparing songs in {workdir / 'pool'} (cached; not timed)")
     started = time.perf_counter()
     pool = make_pool(workdir / "pool", LARGE_FACTOR * (args.minutes * 60 + SONG_SECONDS[1]), workers=workers)
@@ -794,6 +932,29 @@ def main(argv: list[str] | None = None) -> None:
         print(f"  {name}: (a) warm {core['warm_x']:.0f}x, cold {core['cold_x']:.0f}x, "
               f"(b) {core['raw_x']:.0f}x, (c) {core['seed_x']:.0f}x real time")  # fmt: skip
     print()
+    print("command:", shlex.join(sys.orig_argv))
+
+
+def main_served(args: argparse.Namespace, workdir: Path, load_before: float) -> None:
+    """(f) alone: ``musicflow serve`` ticks against (b), on drascula-music's .ogg files."""
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    collection = drascula_ogg_collection(workdir)
+    print("starting a Prefect test server, then musicflow serve")
+    with prefect_test_harness(server_startup_timeout=120):
+        api = str(PREFECT_API_URL.value())
+        os.environ["PREFECT_API_URL"] = api
+        ticks = served_ticks(api, collection, workdir / "stores" / "served", workers=args.workers,
+                             repeats=args.repeats)  # fmt: skip
+    print()
+    print(
+        f"musicflow serve ingest ticks: {ticks['songs']} songs, {ticks['minutes']:.1f} min of Ogg Vorbis "
+        f"({DRASCULA_OGG}); {args.workers} workers on {os.cpu_count()} cores (1-min load {load_before:.1f} "
+        f"before, {os.getloadavg()[0]:.1f} after); {_ffmpeg_version()}; median of {args.repeats} round(s)"
+    )
+    print(ticks["cluster"])
+    print(table(served_rows(ticks)))
     print("command:", shlex.join(sys.orig_argv))
 
 

@@ -21,8 +21,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.prefect_tasks import commit_batch_task, ingest_batch_task, plan_ingest_task
 from flows.runtime import heartbeats
 from flows.runtime.blocks import use_storage
-from flows.runtime.cluster import check_cluster_options, cluster_threads, dask_client, default_workers
-from flows.runtime.progress import StageProgress
+from flows.runtime.cluster import (
+    check_cluster_options,
+    cluster_threads,
+    dashboard_link,
+    dask_client,
+    default_workers,
+)
+from flows.runtime.progress import StageProgress, notify
 from tasks.audio.ffmpeg import ffmpeg_binary
 from tasks.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, ingest_config
 from tasks.dataset.catalog import display_text
@@ -40,9 +46,22 @@ heartbeats.install()
 # worker, the flow and the Prefect server (measured: 20 min of songs, 4 batches vs 2 on 2 workers,
 # 13.0 vs 10.1-10.7 CPU s, 170x vs 197x real time).
 BATCHES_PER_WORKER = 1
-# Batch task runs waiting at once, per Dask thread: one running and one queued on the cluster, so
-# a worker that finishes a batch starts the next at once; the rest wait here, not in the cluster.
-BATCHES_IN_FLIGHT_PER_THREAD = 2
+# At most about this many batches per ingest, whatever the collection: batches grow with it
+# (tasks.ingest.plan.grown_batch_bytes). Each batch is two task runs (ingest + commit), so 100k
+# songs make ~260 task runs, not the ~25k of fixed 32 MB batches; a worker still holds one song
+# at a time (the shard writer streams), so a larger batch costs no worker memory.
+MAX_BATCHES = 128
+# The flow process holds one waiting thread per batch in flight: a cap far above what the batch
+# sizing makes (MAX_BATCHES), for the file-by-file retries of failed batches.
+MAX_BATCHES_IN_FLIGHT = 256
+
+
+def batches_in_flight(n_batches: int, threads: int) -> int:
+    """Batch task runs submitted at once: every pending batch (up to :data:`MAX_BATCHES_IN_FLIGHT`),
+    so the scheduler sees all the work there is and an adaptive cluster scales up to it, and never
+    fewer than two per thread present (one running, one queued: a worker that finishes a batch
+    starts the next at once). The order stays largest first through the tasks' Dask priority."""
+    return max(1, min(max(n_batches, 2 * threads), max(MAX_BATCHES_IN_FLIGHT, 2 * threads)))
 
 
 @flow(name="ingest", log_prints=False)
@@ -59,6 +78,9 @@ def ingest(
     batch_mb: float = 32.0,
     workers: int | None = None,
     dask_address: str | None = None,
+    dask_scheduler_file: str | None = None,
+    dask_security: dict[str, Any] | None = None,
+    dashboard: bool = True,
     retry_failed: bool = False,
     strict: bool = False,
     max_seconds: float | None = None,
@@ -76,6 +98,9 @@ def ingest(
     trains anyway). ``store_block``/``source_block`` name Prefect blocks with the
     credentials of the store/source (``s3-bucket/NAME``, ``aws-credentials/NAME``).
     ``max_seconds`` (default 4 h) is the longest song kept; a longer one is a failed row.
+    ``dask_address``/``dask_scheduler_file`` (with ``dask_security`` for TLS) run it on an existing
+    cluster, else a LocalCluster of ``workers`` starts here, its dashboard on unless ``dashboard``
+    is off; the dashboard's link is logged and shown (``flows.runtime.progress.notify``).
     """
     started = time.perf_counter()
     logger = get_run_logger()
@@ -94,7 +119,13 @@ def ingest(
         strict=strict,
         max_seconds=max_seconds,
     )
-    check_cluster_options(workers=workers, dask_address=dask_address)
+    cluster_options: dict[str, Any] = {
+        "workers": workers,
+        "dask_address": dask_address,
+        "dask_scheduler_file": dask_scheduler_file,
+        "dask_security": dask_security,
+    }
+    check_cluster_options(**cluster_options)
     dataset_id, plan = plan_ingest_task(source, store, config)
     logger.info(
         "dataset %s: %d files listed, %d already ingested, %d duplicates, %d to ingest",
@@ -110,22 +141,28 @@ def ingest(
     committed, results = [], []
     commit_seconds = 0.0
     if plan.todo:  # only then a Dask cluster: a re-run with nothing new is stat checks only
-        with dask_client(workers=workers, dask_address=dask_address) as client:
+        with dask_client(**cluster_options, dashboard=dashboard) as client:
+            link = dashboard_link(client) if dashboard else None
+            if link:
+                logger.info("Dask dashboard: %s", link)
+                notify(f"Dask dashboard: {link}")
             # Batches for the cluster's threads (an external cluster's, not this machine's cores).
-            n_workers = cluster_threads(client) or workers or default_workers()
+            threads = cluster_threads(client)
+            n_workers = threads or workers or default_workers()
             batches = make_batches(
                 plan.todo,
                 batch_bytes=int(batch_mb * 2**20),
                 min_batches=BATCHES_PER_WORKER * n_workers,
                 rounds_of=n_workers,
+                max_batches=MAX_BATCHES,
             )
             batches.sort(key=lambda batch: -sum(item.bytes for item in batch))  # largest first
-            logger.info("%d songs in %d batches on %d Dask threads", len(plan.todo), len(batches), n_workers)
+            logger.info("%d songs in %d batches on %d Dask threads", len(plan.todo), len(batches), threads)
             runner: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(
-                max_workers=BATCHES_IN_FLIGHT_PER_THREAD * n_workers
+                max_workers=batches_in_flight(len(batches), threads)
             )
 
-            def submit(batch: list[Any]) -> Any:
+            def submit(batch: list[Any], priority: int = 0) -> Any:
                 parameters = {
                     "files": batch,
                     "store_url": store,
@@ -133,11 +170,15 @@ def ingest(
                     "config": config,
                     "storage_options": registered_storage_options(),
                     "client": client,
+                    "priority": priority,
                 }
                 return runner.submit(ingest_batch_task, parameters)
 
             with runner:
-                pending = [(submit(batch), batch) for batch in batches]
+                # Largest first on the cluster too: all are queued there at once (see batches_in_flight).
+                pending = [
+                    (submit(batch, len(batches) - index), batch) for index, batch in enumerate(batches)
+                ]
                 while pending:
                     retries = []
                     futures = {id(future): (future, batch) for future, batch in pending}

@@ -74,6 +74,7 @@ def ingest_batch_task(
     storage_options: dict[str, dict[str, Any]] | None = None,
     *,
     client: Client,
+    priority: int = 0,
 ) -> dataset_lib.BatchResult:
     """Decode + featurise + write one shard on a Dask worker of ``client``'s cluster.
 
@@ -81,6 +82,7 @@ def ingest_batch_task(
     it again): the worker runs the plain :func:`tasks.ingest.worker.ingest_batch` and needs no
     Prefect client, settings or API of its own. ``storage_options`` is the flow process's
     ``registered_storage_options()``, registered on the worker before anything is opened.
+    ``priority``: the Dask task's (higher runs first), so batches queued at once keep their order.
     """
     context = TaskRunContext.get()
     run = f"{context.task_run.id}-{context.task_run.run_count}" if context else uuid.uuid4().hex
@@ -93,6 +95,7 @@ def ingest_batch_task(
         storage_options=storage_options,
         key=f"ingest-batch-{run}",  # the Dask dashboard names the task after its task run
         pure=False,
+        priority=priority,
     )
     limit = batch_wait_seconds(files)
     try:

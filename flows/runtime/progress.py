@@ -16,16 +16,28 @@ from uuid import UUID
 
 Listener = Callable[[str, float, float, str], None]
 _listeners: list[Listener] = []
+_notice_listeners: list[Callable[[str], None]] = []
 
 
 @contextlib.contextmanager
-def listening(listener: Listener) -> Iterator[None]:
-    """Call ``listener(stage, done, total, message)`` on every report inside the block."""
+def listening(listener: Listener, notice: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Call ``listener(stage, done, total, message)`` on every report inside the block, and
+    ``notice(text)`` on every :func:`notify` (a line to show once, such as the Dask dashboard's link)."""
     _listeners.append(listener)
+    if notice is not None:
+        _notice_listeners.append(notice)
     try:
         yield
     finally:
         _listeners.remove(listener)
+        if notice is not None:
+            _notice_listeners.remove(notice)
+
+
+def notify(text: str) -> None:
+    """Show ``text`` once to every local listener (the CLI prints it above its progress bar)."""
+    for notice in list(_notice_listeners):
+        notice(text)
 
 
 class StageProgress:

@@ -3,6 +3,7 @@ opening an existing store, the generate options' checks, and one-line errors."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -34,6 +35,55 @@ def use_storage_options(
     ]
     for url, options in parsed:
         register_storage_options(url, options)
+
+
+def dask_options(
+    *,
+    workers: int | None,
+    dask_address: str | None,
+    dask_scheduler_file: str | None,
+    dask_security: str | None,
+    dashboard: bool,
+) -> dict[str, Any]:
+    """The flows' Dask parameters from the shared options, checked (a bad one: exit 2, naming it)."""
+    from flows.runtime.cluster import check_cluster_options  # lazy: start-up
+    from tasks.store.credentials import parse_storage_options  # lazy: start-up
+
+    options: dict[str, Any] = {
+        "workers": workers,
+        "dask_address": dask_address,
+        "dask_scheduler_file": dask_scheduler_file,
+        "dask_security": parse_storage_options(dask_security, "--dask-security") or None,
+    }
+    check_cluster_options(**options)
+    return {**options, "dashboard": dashboard}
+
+
+def read_config_file(ctx: typer.Context, param: Any, value: str | None) -> str | None:
+    """``--config FILE.toml``: the command's options as TOML keys (``ingest-every = 600`` or
+    ``ingest_every``), read before the other options as their defaults, so a flag or a MUSICFLOW_*
+    variable given wins over the file. An unknown key or a file that is not TOML: exit 2."""
+    if not value:
+        return value
+    import tomllib  # lazy: start-up
+
+    try:
+        with open(value, "rb") as handle:
+            table = tomllib.load(handle)
+    except OSError as error:
+        raise typer.BadParameter(f"{value!r}: cannot read it ({error.strerror})") from None
+    except tomllib.TOMLDecodeError as error:
+        raise typer.BadParameter(f"{value!r}: not TOML ({error})") from None
+    names = {option.name for option in ctx.command.params if option.name and option is not param}
+    defaults: dict[str, Any] = {}
+    for key, item in table.items():
+        name = key.replace("-", "_")
+        if name not in names:
+            raise typer.BadParameter(f"{value!r}: unknown key {key!r}")
+        # A table of fsspec or TLS options is the JSON those options take.
+        defaults[name] = json.dumps(item) if isinstance(item, dict) else item
+    ctx.default_map = {**(ctx.default_map or {}), **defaults}
+    return value
 
 
 class _NoQueueProgress(logging.Filter):
@@ -80,7 +130,7 @@ def run_with_progress(function: Any, **kwargs: Any) -> Any:
 
     console = Console(stderr=True)
     if not console.is_terminal:
-        with listening(LinePrinter(sys.stderr)):
+        with listening(LinePrinter(sys.stderr), notice=lambda text: print(text, file=sys.stderr, flush=True)):
             return function(**kwargs)
     bars: dict[str, Any] = {}
     with progress_bar(console) as progress:
@@ -90,7 +140,9 @@ def run_with_progress(function: Any, **kwargs: Any) -> Any:
                 bars[stage] = progress.add_task(stage, total=total, message=message)
             progress.update(bars[stage], completed=done, total=total, message=message)
 
-        with listening(listener):
+        with listening(
+            listener, notice=lambda text: progress.console.print(text, soft_wrap=True, markup=False)
+        ):
             return function(**kwargs)
 
 

@@ -8,13 +8,17 @@ from typing import Annotated, Any
 import typer
 
 from musicflow.cli.common import (
+    dask_options,
     quiet_console,
     run_with_progress,
     use_storage_options,
 )
 from musicflow.cli.options import (
     BlockSizeOption,
+    DashboardOption,
     DaskAddressOption,
+    DaskSchedulerFileOption,
+    DaskSecurityOption,
     FormatOption,
     HopLengthOption,
     NFFTOption,
@@ -46,9 +50,15 @@ def ingest(
     hop_length: HopLengthOption = None,
     n_mels: NMelsOption = None,
     workers: Annotated[
-        int | None, typer.Option(min=1, help="LocalCluster worker processes [default: cores].")
+        int | None,
+        typer.Option(
+            min=1, envvar="MUSICFLOW_WORKERS", help="LocalCluster worker processes [default: cores]."
+        ),
     ] = None,
     dask_address: DaskAddressOption = None,
+    dask_scheduler_file: DaskSchedulerFileOption = None,
+    dask_security: DaskSecurityOption = None,
+    dashboard: DashboardOption = True,
     batch_mb: Annotated[float, typer.Option(min=0.001, help="Compressed audio per Dask task, in MB.")] = 32.0,
     retry_failed: Annotated[bool, typer.Option(help="Decode again songs that failed before.")] = False,
     strict: Annotated[
@@ -67,7 +77,6 @@ def ingest(
     """Decode new songs into feature shards, log-mel frames by default (skips songs already ingested)."""
     quiet_console(verbose)
     use_storage_options(store, storage_options, source, source_options)
-    from flows.runtime.cluster import check_cluster_options  # lazy: start-up
     from musicflow.server import ensure_prefect_api  # lazy: start-up
     from tasks.audio.ffmpeg import ffmpeg_binary  # lazy: start-up
     from tasks.ingest.sources import open_source  # lazy: start-up
@@ -90,13 +99,17 @@ def ingest(
     ffmpeg_binary()
     open_source(source)
     check_writable(open_store(store))
-    check_cluster_options(workers=workers, dask_address=dask_address)  # before a server starts
+    cluster = dask_options(
+        workers=workers,
+        dask_address=dask_address,
+        dask_scheduler_file=dask_scheduler_file,
+        dask_security=dask_security,
+        dashboard=dashboard,
+    )  # before a server starts
     ensure_prefect_api()
     from flows.ingest import ingest as ingest_flow  # lazy: start-up
 
-    summary = run_with_progress(
-        ingest_flow, source=source, store=store, workers=workers, dask_address=dask_address, **options
-    )
+    summary = run_with_progress(ingest_flow, source=source, store=store, **cluster, **options)
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:

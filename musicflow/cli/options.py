@@ -65,14 +65,20 @@ assert tuple(SamplingChoice) == SAMPLINGS
 assert tuple(TransformChoice) == TRANSFORMS and tuple(ShardFormatChoice) == SHARD_FORMATS
 assert tuple(LossChoice) == LOSSES and set(PresetChoice) == set(PRESETS)
 
+# The common options also read MUSICFLOW_* environment variables (ENVIRONMENT_VARIABLES lists
+# them; docs/usage.md too): a flag given wins over its variable.
 StoreOption = Annotated[
-    str, typer.Option("--store", help="Store URL: a local path, file://, s3://, memory://...")
+    str,
+    typer.Option(
+        "--store", envvar="MUSICFLOW_STORE", help="Store URL: a local path, file://, s3://, memory://..."
+    ),
 ]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect and Dask logs.")]
 StorageOptionsOption = Annotated[
     str | None,
     typer.Option(
         "--storage-options",
+        envvar="MUSICFLOW_STORAGE_OPTIONS",
         metavar="JSON",
         help="fsspec options of the store, as JSON or @FILE (credentials, endpoint), e.g. "
         '\'{"key": "...", "secret": "...", "endpoint_url": "http://127.0.0.1:9000"}\'. '
@@ -83,6 +89,7 @@ SourceOptionsOption = Annotated[
     str | None,
     typer.Option(
         "--source-options",
+        envvar="MUSICFLOW_SOURCE_OPTIONS",
         metavar="JSON",
         help="fsspec options of the source, as JSON or @FILE (it may be on another endpoint).",
     ),
@@ -104,8 +111,38 @@ NMelsOption = Annotated[int | None, typer.Option(help="stft: mel bands, 0 = line
 
 
 # The run options that ingest, pipeline, serve and demo share.
-WorkersOption = Annotated[int | None, typer.Option(min=1, help="LocalCluster worker processes.")]
-DaskAddressOption = Annotated[str | None, typer.Option(help="Existing Dask scheduler, e.g. tcp://host:8786.")]
+WorkersOption = Annotated[
+    int | None, typer.Option(min=1, envvar="MUSICFLOW_WORKERS", help="LocalCluster worker processes.")
+]
+DaskAddressOption = Annotated[
+    str | None,
+    typer.Option(envvar="MUSICFLOW_DASK_ADDRESS", help="Existing Dask scheduler, e.g. tcp://host:8786."),
+]
+DaskSchedulerFileOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MUSICFLOW_DASK_SCHEDULER_FILE",
+        metavar="FILE",
+        help="Existing Dask scheduler, by the JSON file `dask scheduler --scheduler-file` writes.",
+    ),
+]
+DaskSecurityOption = Annotated[
+    str | None,
+    typer.Option(
+        envvar="MUSICFLOW_DASK_SECURITY",
+        metavar="JSON",
+        help="TLS of an existing Dask cluster, as JSON or @FILE: paths of "
+        '{"tls_ca_file", "tls_client_cert", "tls_client_key"} (distributed.Security); '
+        "default: dask's distributed.comm.tls config.",
+    ),
+]
+DashboardOption = Annotated[
+    bool,
+    typer.Option(
+        envvar="MUSICFLOW_DASHBOARD",
+        help="The LocalCluster's Dask dashboard, on a free port (its link is printed).",
+    ),
+]
 ModelPresetOption = Annotated[
     PresetChoice | None, typer.Option(help="Model preset [spectral for stft, small for rfft/fft].")
 ]
@@ -147,3 +184,16 @@ SeqLenOption = Annotated[
     int | None,
     typer.Option(min=1, help="Steps per training window [64 = 3 s for spectral; 40 = 10 s for small/gruv]."),
 ]
+
+
+# Every MUSICFLOW_* variable the options above read, for the docs and the tests.
+ENVIRONMENT_VARIABLES = (
+    "MUSICFLOW_STORE",
+    "MUSICFLOW_STORAGE_OPTIONS",
+    "MUSICFLOW_SOURCE_OPTIONS",
+    "MUSICFLOW_WORKERS",
+    "MUSICFLOW_DASK_ADDRESS",
+    "MUSICFLOW_DASK_SCHEDULER_FILE",
+    "MUSICFLOW_DASK_SECURITY",
+    "MUSICFLOW_DASHBOARD",
+)

@@ -8,13 +8,17 @@ import typer
 
 from musicflow.cli.common import (
     check_generate_options,
+    dask_options,
     quiet_console,
     run_with_progress,
     use_storage_options,
 )
 from musicflow.cli.options import (
     BlockSizeOption,
+    DashboardOption,
     DaskAddressOption,
+    DaskSchedulerFileOption,
+    DaskSecurityOption,
     EpochsOption,
     FormatOption,
     HiddenOption,
@@ -39,6 +43,9 @@ def pipeline(
     store: StoreOption,
     workers: WorkersOption = None,
     dask_address: DaskAddressOption = None,
+    dask_scheduler_file: DaskSchedulerFileOption = None,
+    dask_security: DaskSecurityOption = None,
+    dashboard: DashboardOption = True,
     format: FormatOption = ShardFormatChoice.zarr,
     transform: TransformOption = TransformChoice.stft,
     block_size: BlockSizeOption = 11025,
@@ -64,8 +71,13 @@ def pipeline(
     run_pipeline(
         source=source,
         store=store,
-        workers=workers,
-        dask_address=dask_address,
+        **dask_options(
+            workers=workers,
+            dask_address=dask_address,
+            dask_scheduler_file=dask_scheduler_file,
+            dask_security=dask_security,
+            dashboard=dashboard,
+        ),
         format=format.value,
         transform=transform.value,
         block_size=block_size,
@@ -93,7 +105,8 @@ def run_pipeline(*, source: str, store: str, **options: Any) -> dict[str, Any]:
     ffmpeg_binary()
     open_source(source)
     check_writable(open_store(store))
-    check_cluster_options(workers=options["workers"], dask_address=options["dask_address"])
+    cluster = ("workers", "dask_address", "dask_scheduler_file", "dask_security")
+    check_cluster_options(**{key: options.get(key) for key in cluster})
     ensure_prefect_api()
     from flows.pipeline import pipeline as pipeline_flow  # lazy: start-up
 

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Annotated
 
 import typer
 
 from musicflow.cli.common import (
     check_generate_options,
+    dask_options,
+    read_config_file,
     use_storage_options,
 )
 from musicflow.cli.options import (
     BlockSizeOption,
+    DashboardOption,
+    DaskAddressOption,
+    DaskSchedulerFileOption,
+    DaskSecurityOption,
     EpochsOption,
     FormatOption,
     HiddenOption,
@@ -37,7 +44,10 @@ def serve(
     cron: Annotated[str, typer.Option(help="Schedule of the generate deployment (UTC).")] = "0 6 * * *",
     ingest_every: Annotated[float | None, typer.Option(help="Also ingest every N seconds.")] = None,
     workers: WorkersOption = None,
-    dask_address: Annotated[str | None, typer.Option(help="Existing Dask scheduler.")] = None,
+    dask_address: DaskAddressOption = None,
+    dask_scheduler_file: DaskSchedulerFileOption = None,
+    dask_security: DaskSecurityOption = None,
+    dashboard: DashboardOption = True,
     format: FormatOption = ShardFormatChoice.zarr,
     transform: TransformOption = TransformChoice.stft,
     block_size: BlockSizeOption = 11025,
@@ -70,22 +80,50 @@ def serve(
     source_block: Annotated[
         str | None, typer.Option(help="Prefect block with the source's credentials.")
     ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option(
+            metavar="FILE.toml",
+            is_eager=True,
+            callback=read_config_file,
+            help="These options as TOML keys (ingest-every = 600, storage-options = {...}); a flag or "
+            "MUSICFLOW_* variable given wins over the file.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the deployments: ingest (on demand/interval), train (when an ingest adds songs to this
-    store), generate (cron). Flow runs run here, in child processes."""
+    store), generate (cron). Flow runs run here, in child processes; their ingests share one Dask
+    LocalCluster kept here (started again if it dies), unless --dask-address/--dask-scheduler-file
+    names a cluster."""
     use_storage_options(store, storage_options, source, source_options)
     check_generate_options(seconds, count, 0.0, None)
+    cluster = dask_options(
+        workers=workers,
+        dask_address=dask_address,
+        dask_scheduler_file=dask_scheduler_file,
+        dask_security=dask_security,
+        dashboard=dashboard,
+    )
     from deployments.serve import build_deployments  # lazy: start-up
+    from flows.runtime.cluster import KeptCluster  # lazy: start-up
     from musicflow.server import ensure_prefect_api, ui_url  # lazy: start-up
     from tasks.store.credentials import export_storage_options  # lazy: start-up
 
+    # The runs' ingests share one cluster, kept here: its address is fixed before the deployments
+    # are built (and checked), and it starts only once they are.
+    kept = (
+        None
+        if cluster["dask_address"] or cluster["dask_scheduler_file"]
+        else KeptCluster(workers=workers, dashboard=dashboard)
+    )
+    if kept is not None:
+        cluster = {**cluster, "workers": None, "dask_address": kept.address}
     deployments = build_deployments(
         source=source,
         store=store,
         generate_cron=cron,
         ingest_every=ingest_every,
-        workers=workers,
-        dask_address=dask_address,
+        **cluster,
         shard_format=format.value,
         transform=transform.value,
         block_size=block_size,
@@ -116,4 +154,9 @@ def serve(
     typer.echo("trigger an ingest: prefect deployment run 'ingest/musicflow-ingest'")
     from prefect import serve as prefect_serve  # lazy: start-up
 
-    prefect_serve(*deployments)
+    with kept or nullcontext():
+        if kept is not None:
+            typer.echo(
+                f"Dask cluster for the served runs: {kept.address}; dashboard: {kept.dashboard_link or 'off'}"
+            )
+        prefect_serve(*deployments)

@@ -94,8 +94,23 @@ def plan_ingest(
     return plan
 
 
+def grown_batch_bytes(total_bytes: int, batch_bytes: int, max_batches: int) -> int:
+    """The batch size for ``total_bytes`` of input: ``batch_bytes``, or more when that would make
+    over ``max_batches`` batches (a large collection gets larger batches, not more of them: each
+    batch costs two task runs, and 100k songs in 32 MB batches made ~25k)."""
+    if max_batches < 1:
+        raise ConfigError(f"invalid max_batches {max_batches!r}: must be positive")
+    # 10% headroom: balanced packing of unequal files fills a batch less than full.
+    return max(batch_bytes, math.ceil(1.1 * total_bytes / max_batches))
+
+
 def make_batches(
-    files: list[SourceFile], *, batch_bytes: int, min_batches: int = 1, rounds_of: int = 1
+    files: list[SourceFile],
+    *,
+    batch_bytes: int,
+    min_batches: int = 1,
+    rounds_of: int = 1,
+    max_batches: int | None = None,
 ) -> list[list[SourceFile]]:
     """Split files into balanced batches of at most ``batch_bytes`` of input (or one larger file).
 
@@ -103,7 +118,9 @@ def make_batches(
     count is a multiple of ``rounds_of`` where the files allow (pass the worker count: every
     round of batches, the last one too, keeps every worker busy). Files go largest first to
     the lightest batch, so batches weigh about the same; within a batch they keep their
-    listing order.
+    listing order. With ``max_batches``, ``batch_bytes`` grows with the collection
+    (:func:`grown_batch_bytes`) so that there are about that many batches at most (more only
+    where ``min_batches`` or ``rounds_of`` ask for them).
     """
     if batch_bytes <= 0:
         raise ConfigError(f"invalid batch_bytes {batch_bytes!r}: must be positive")
@@ -111,6 +128,8 @@ def make_batches(
         raise ConfigError(f"invalid rounds_of {rounds_of!r}: must be positive")
     if not files:
         return []
+    if max_batches is not None:
+        batch_bytes = grown_batch_bytes(sum(item.bytes for item in files), batch_bytes, max_batches)
 
     def rounded(wanted: int) -> int:
         return min(len(files), -(-wanted // rounds_of) * rounds_of)

@@ -10,8 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from distributed import LocalCluster
 from helpers import assert_store_consistent, copy_songs, musicflow, start_musicflow
 
+from musicflow.cli.options import ENVIRONMENT_VARIABLES
 from tasks.dataset.catalog import read_catalog
 from tasks.dataset.repository import dataset_dir
 from tasks.store.store import open_store
@@ -37,6 +39,9 @@ def test_unknown_transform_exits_2_naming_it(tmp_path: Path) -> None:
         (["--format", "hdf5"], "hdf5"),
         (["--workers", "0"], "--workers"),
         (["--dask-address", "nowhere"], "nowhere"),
+        (["--dask-scheduler-file", "/nowhere/scheduler.json"], "/nowhere/scheduler.json"),
+        (["--dask-security", '{"tls_cert": "c.pem"}'], "'tls_cert'"),
+        (["--dask-security", '{"tls_client_key": "/nowhere/key.pem"}'], "/nowhere/key.pem"),
     ],
 )
 def test_bad_options_exit_2(tmp_path: Path, demo_songs: list[Path], args: list[str], fragment: str) -> None:
@@ -226,3 +231,71 @@ def test_a_bad_training_budget_is_one_line_naming_the_value_and_exit_2(
     if value != "thirty":  # typer's own message for what is not a number
         assert line.endswith("must be a positive, finite number of minutes"), line
     assert not store.exists()
+
+
+# ---------------------------------------------------------------- MUSICFLOW_* variables, serve --config
+
+
+def test_environment_variables_reach_the_options(tmp_path: Path) -> None:
+    result = musicflow("status", env={"MUSICFLOW_STORE": str(tmp_path / "from-env")})
+    assert_one_line_error(result, 2, "from-env")
+    result = musicflow(
+        "ingest", str(tmp_path), "--store", str(tmp_path / "s"), env={"MUSICFLOW_DASK_ADDRESS": "env-nowhere"}
+    )
+    assert_one_line_error(result, 2, "env-nowhere")
+    result = musicflow(
+        "ingest", str(tmp_path), "--store", str(tmp_path / "s"), "--dask-address", "flag-nowhere",
+        env={"MUSICFLOW_DASK_ADDRESS": "env-nowhere"},
+    )  # fmt: skip
+    assert_one_line_error(result, 2, "flag-nowhere")
+
+
+def test_every_variable_is_documented() -> None:
+    usage = (Path(__file__).resolve().parents[2] / "docs" / "usage.md").read_text()
+    assert [name for name in ENVIRONMENT_VARIABLES if name not in usage] == []
+
+
+def _config(tmp_path: Path, text: str) -> str:
+    path = tmp_path / "serve.toml"
+    path.write_text(f'source = "{tmp_path}"\nstore = "{tmp_path / "store"}"\n{text}')
+    return str(path)
+
+
+def test_serve_config_file_and_its_precedence(tmp_path: Path) -> None:
+    config = _config(tmp_path, 'ingest-every = -5\ndask_address = "file-nowhere"\n')
+    # The file's values are used (source and store come from it too)...
+    assert_one_line_error(musicflow("serve", "--config", config), 2, "file-nowhere")
+    # ...a MUSICFLOW_* variable wins over the file, and a flag over both.
+    env = {"MUSICFLOW_DASK_ADDRESS": "env-nowhere"}
+    assert_one_line_error(musicflow("serve", "--config", config, env=env), 2, "env-nowhere")
+    flag = musicflow("serve", "--config", config, "--dask-address", "flag-nowhere", env=env)
+    assert_one_line_error(flag, 2, "flag-nowhere")
+    config = _config(tmp_path, "ingest-every = -5\n")
+    assert_one_line_error(musicflow("serve", "--config", config), 2, "-5")
+    assert_one_line_error(musicflow("serve", "--config", config, "--ingest-every", "-7"), 2, "-7")
+
+
+def test_serve_config_file_errors(tmp_path: Path) -> None:
+    unknown = _config(tmp_path, 'colour = "red"\n')
+    assert_one_line_error(musicflow("serve", "--config", unknown), 2, "--config", "unknown key 'colour'")
+    broken = tmp_path / "broken.toml"
+    broken.write_text("ingest-every = \n")
+    assert_one_line_error(musicflow("serve", "--config", str(broken)), 2, "not TOML")
+    assert_one_line_error(musicflow("serve", "--config", str(tmp_path / "none.toml")), 2, "none.toml")
+
+
+@pytest.mark.usefixtures("prefect_server")
+@pytest.mark.timeout(300)
+def test_ingest_prints_the_dashboard_link(tmp_path: Path, demo_songs: list[Path]) -> None:
+    copy_songs(demo_songs[:1], tmp_path / "songs")
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp://", host="127.0.0.1",
+        dashboard_address="127.0.0.1:0",
+    ) as cluster:  # fmt: skip
+        result = musicflow(
+            "ingest", str(tmp_path / "songs"), "--store", str(tmp_path / "store"),
+            "--dask-address", cluster.scheduler_address,
+        )  # fmt: skip
+        link = cluster.dashboard_link
+    assert result.returncode == 0, result.stderr
+    assert f"Dask dashboard: {link}" in result.stderr.splitlines()

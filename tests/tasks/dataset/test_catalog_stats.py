@@ -491,3 +491,24 @@ def test_refresh_stats_follows_the_catalog(tmp_path: Path) -> None:
     # A failed row adds nothing.
     append_rows(store, directory, [row("bad", STATUS_FAILED)])
     _assert_stats_equal(refresh_stats(store, dataset_id, rebuild=True), expected)
+
+
+def test_batches_grow_with_the_collection() -> None:
+    """100k songs of 2-12 MB (about 650 GB) in 32 MB batches made ~20k batches (two task runs each);
+    with max_batches the batches grow instead, and a small collection keeps its 32 MB batches."""
+    import random
+
+    rng = random.Random(7)
+    songs = _files([rng.randint(2_000_000, 12_000_000) for _ in range(100_000)])
+    fixed = 32 * 2**20
+    batches = make_batches(songs, batch_bytes=fixed, min_batches=2, rounds_of=2, max_batches=128)
+    assert 64 <= len(batches) <= 128
+    assert sorted(item.uri for batch in batches for item in batch) == sorted(item.uri for item in songs)
+    few = songs[:40]  # ~280 MB: about nine 32 MB batches, as before
+    assert len(make_batches(few, batch_bytes=fixed, max_batches=128)) == len(
+        make_batches(few, batch_bytes=fixed)
+    )
+    assert planning.grown_batch_bytes(10 * fixed, fixed, 128) == fixed
+    assert planning.grown_batch_bytes(1000 * fixed, fixed, 100) == pytest.approx(11 * fixed, rel=1e-6)
+    with pytest.raises(ConfigError, match="max_batches 0"):
+        planning.grown_batch_bytes(1, 1, 0)

@@ -217,3 +217,28 @@ def test_a_store_from_before_the_format_was_versioned_still_reads() -> None:
     }
     assert data.frames(song["song_id"]).shape == (song["n_blocks"], data.n_features)
     assert len(list(data.windows(seq_len=8, hop=4))) > 0
+
+
+def test_an_s3_store_opens_with_its_storage_options(
+    s3_bucket: str, s3_endpoint: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import s3fs
+
+    from tasks.store.store import storage_options_for
+
+    store = f"{s3_bucket}/store"
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, skip_instance_cache=True)
+    fs.put(str(OLD_STORE) + "/", store.removeprefix("s3://"), recursive=True)
+    options = {"client_kwargs": {"endpoint_url": s3_endpoint}}
+
+    data = mf.open_dataset(store, storage_options=options)
+
+    assert storage_options_for(store) == options  # registered for the store's URLs in this process
+    local = mf.open_dataset(str(OLD_STORE))
+    song = local.songs[0]["song_id"]
+    np.testing.assert_array_equal(data.frames(song), local.frames(song))
+    code, out, err = run_cli(
+        capsys, "catalog", "--store", store, "--storage-options", json.dumps(options), "--json"
+    )
+    assert code == 0, err
+    assert [row["song_id"] for row in json.loads(out)["songs"]] == [song["song_id"] for song in local.songs]

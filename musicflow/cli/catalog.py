@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from musicflow.cli.common import open_existing_store, use_storage_options
-from musicflow.cli.options import StorageOptionsOption, StoreOption
+from musicflow.cli.options import DatasetOption, StorageOptionsOption, StoreOption
 from tasks.errors import ConfigError
 
 
@@ -22,9 +22,7 @@ class StatusChoice(enum.StrEnum):
 
 def catalog(
     store: StoreOption,
-    dataset: Annotated[
-        str | None, typer.Option(help="Dataset id [default: the store's only dataset].")
-    ] = None,
+    dataset: DatasetOption = None,
     status: Annotated[
         StatusChoice | None, typer.Option(help="Only the songs of this status (failed: with their error).")
     ] = None,

@@ -100,3 +100,13 @@ def test_status_fits_80_columns_with_whole_ids(
     assert any("spectral-2e6afd36cb" in line for line in lines), out
     report = json.loads(run_cli(capsys, "status", "--store", str(OLD_STORE), "--json")[1])
     assert report["datasets"][0]["songs_ok"] == 2
+
+
+def test_synth_json_lists_the_songs_it_wrote(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["--songs", "2", "--min-seconds", "0.5", "--max-seconds", "0.5", "--format", "wav", "--json"]
+    code, out, err = run_cli(capsys, "synth", str(tmp_path / "songs"), *args)
+    assert code == 0, err
+    written = json.loads(out)
+    assert written["directory"] == str(tmp_path / "songs")
+    assert sorted(written["songs"]) == sorted(str(path) for path in (tmp_path / "songs").iterdir())
+    assert len(written["songs"]) == 2

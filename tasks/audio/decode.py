@@ -335,8 +335,22 @@ def decoder_chatter(into: list[str]) -> Iterator[None]:
     """Keep what a decoder library writes to the process's stderr (file descriptor 2) off the
     terminal while the block runs: its notes and warnings (:data:`_CHATTER`) are appended to
     ``into``, anything else is written to stderr when the block ends."""
-    with _STDERR_LOCK, tempfile.TemporaryFile() as capture:
-        saved = os.dup(2)
+    with _STDERR_LOCK:  # the dup too: another thread's redirection is no stderr to restore
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all (a daemon): nothing can reach a terminal
+            saved = -1
+        if saved < 0:
+            yield
+            return
+        with _restored(saved, into):
+            yield
+
+
+@contextlib.contextmanager
+def _restored(saved: int, into: list[str]) -> Iterator[None]:
+    """Point file descriptor 2 at a temporary file, then back at ``saved`` (see :func:`decoder_chatter`)."""
+    with tempfile.TemporaryFile() as capture:
         os.dup2(capture.fileno(), 2)
         try:
             yield

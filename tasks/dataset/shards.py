@@ -24,7 +24,6 @@ import datetime as dt
 import json
 import posixpath
 import uuid
-import warnings
 from collections.abc import Callable
 from types import TracebackType
 from typing import Any
@@ -149,7 +148,6 @@ class ShardWriter:
         self._song_ids: list[SongId] = []  # by song ordinal (every begin_song)
         self._resolved: dict[int, str | None] = {}
         self._songs: list[dict[str, Any]] = []  # the songs kept: song_id, offset, n_frames
-        self._group: Any = None
         self._array: Any = None
         self._parquet: pq.ParquetWriter | None = None
         self._parquet_file: Any = None
@@ -161,17 +159,18 @@ class ShardWriter:
     def __enter__(self) -> ShardWriter:
         self.store.fs.makedirs(posixpath.dirname(self._write_path), exist_ok=True)
         if self.format == "zarr":
-            self._group = zarr.open_group(
-                store=_zarr_store(self.store, self._write_path, read_only=False), mode="w"
-            )
-            self._array = self._group.create_array(
-                FEATURES_ARRAY,
+            # The array first, on its own (the group's zarr.json is written once, at the end).
+            self._array = zarr.create_array(
+                store=_zarr_store(
+                    self.store, posixpath.join(self._write_path, FEATURES_ARRAY), read_only=False
+                ),
                 shape=(0, self.n_features),
                 chunks=(self.chunk_rows, self.n_features),
                 dtype="float32",
                 compressors=None,  # FFT features of music barely compress; speed wins
                 fill_value=0.0,
                 dimension_names=DIMENSION_NAMES,
+                overwrite=True,
             )
         else:
             schema = pa.schema(
@@ -273,6 +272,24 @@ class ShardWriter:
                 self._resolved[ordinal] = None  # why; its rows here are never referenced
         return self._resolved[ordinal]
 
+    def _write_group(self) -> None:
+        """The Zarr group's ``zarr.json`` in one write: the ``musicflow`` attribute and the
+        array's metadata consolidated (what ``zarr.consolidate_metadata`` writes after an
+        attributes update: two writes more for each shard, each one a chance to fail on a bad
+        network), so ``xarray.open_zarr`` reads one file."""
+        array_json = self.store.fs.cat_file(posixpath.join(self._write_path, FEATURES_ARRAY, "zarr.json"))
+        group = {
+            "zarr_format": 3,
+            "node_type": "group",
+            "attributes": {METADATA_KEY: self._record()},
+            "consolidated_metadata": {
+                "kind": "inline",
+                "must_understand": False,
+                "metadata": {FEATURES_ARRAY: json.loads(array_json)},
+            },
+        }
+        self.store.fs.pipe_file(posixpath.join(self._write_path, "zarr.json"), json.dumps(group).encode())
+
     def _record(self) -> dict[str, Any]:
         """What the shard says of itself: schema version, the writer's attributes, its songs."""
         return {**self._attributes, "songs": self._songs}
@@ -322,11 +339,8 @@ class ShardWriter:
             self._flush(final=True)
             if self._array is not None and self._capacity != self.n_blocks and self.n_songs:
                 self._array.resize((self.n_blocks, self.n_features))
-            if self._group is not None and self.n_songs:
-                self._group.attrs.update({METADATA_KEY: self._record()})
-                with warnings.catch_warnings():  # "not part of the Zarr v3 specification" (yet): known
-                    warnings.simplefilter("ignore", zarr.errors.ZarrUserWarning)
-                    zarr.consolidate_metadata(self._group.store)  # xarray.open_zarr reads one file
+            if self._array is not None and self.n_songs:
+                self._write_group()
             if self._parquet is not None and self.n_songs:
                 self._parquet.add_key_value_metadata({METADATA_KEY: json.dumps(self._record())})
         if self._parquet is not None:

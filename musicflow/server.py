@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, ServiceError
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 4200
@@ -74,18 +74,20 @@ def ensure_prefect_api(*, start: bool = True, log_dir: Path | None = None, wait_
     configured = os.environ.get("PREFECT_API_URL") or PREFECT_API_URL.value()
     if configured:
         if not api_healthy(configured):
-            raise ConfigError(f"Prefect API {configured!r} (PREFECT_API_URL) is not answering")
+            raise ServiceError(f"Prefect API {configured!r} (PREFECT_API_URL) is not answering")
         os.environ["PREFECT_API_URL"] = configured
         return configured
     local = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/api"
     if not api_healthy(local):
         if not start:
-            raise ConfigError(f"no Prefect API at {local}: run `prefect server start` or set PREFECT_API_URL")
+            raise ServiceError(
+                f"no Prefect API at {local}: run `prefect server start` or set PREFECT_API_URL"
+            )
         _start_server(log_dir or Path.home() / ".musicflow")
         deadline = time.monotonic() + wait_seconds
         while not api_healthy(local):
             if time.monotonic() > deadline:
-                raise ConfigError(f"Prefect server did not answer at {local} within {wait_seconds:.0f} s")
+                raise ServiceError(f"Prefect server did not answer at {local} within {wait_seconds:.0f} s")
             time.sleep(0.5)
     os.environ["PREFECT_API_URL"] = local
     return local

@@ -12,7 +12,6 @@ from typing import Any
 import typer
 
 from tasks.config import check_generate_request
-from tasks.errors import StoreError
 
 
 def use_storage_options(
@@ -147,12 +146,9 @@ def run_with_progress(function: Any, **kwargs: Any) -> Any:
 
 
 def open_existing_store(store: str) -> Any:
-    from tasks.store.store import open_store  # lazy: start-up
+    from tasks.store.store import open_existing_store as open_existing  # lazy: start-up
 
-    opened = open_store(store)
-    if not opened.fs.exists(opened.root):
-        raise StoreError(f"store not found: {store!r}")
-    return opened
+    return open_existing(store)
 
 
 def check_generate_options(

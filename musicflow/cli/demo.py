@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -14,7 +15,7 @@ from musicflow.cli.options import (
     VerboseOption,
     WorkersOption,
 )
-from musicflow.cli.pipeline import run_pipeline
+from musicflow.cli.pipeline import print_pipeline, run_pipeline
 from musicflow.cli.reports import quality_line
 
 
@@ -24,6 +25,9 @@ def demo(
     epochs: Annotated[int, typer.Option(min=1, help="Training epochs.")] = 8,
     seconds: Annotated[float, typer.Option(help="Length of the generated clip.")] = 10.0,
     workers: WorkersOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON: the pipeline's results, the store and the Prefect UI.")
+    ] = False,
     verbose: VerboseOption = False,
 ) -> None:
     """Run ingest -> train -> generate on synthetic songs with a local Prefect server and Dask cluster."""
@@ -34,7 +38,7 @@ def demo(
     from tasks.audio.ffmpeg import ffmpeg_binary  # lazy: start-up
     from tasks.audio.synth import write_demo_songs  # lazy: start-up
 
-    console = Console(soft_wrap=True)
+    console = Console(soft_wrap=True, stderr=as_json)  # with --json, stdout is the JSON alone
     ffmpeg_binary()
     song_dir, store = workdir / "songs", str((workdir / "store").resolve())
     paths = write_demo_songs(song_dir, n_songs=songs, seconds=(10.0, 40.0))
@@ -62,6 +66,10 @@ def demo(
         count=1,
         temperature=None,
     )
+    if as_json:
+        typer.echo(json.dumps({**result, "store": store, "prefect_ui": ui_url(api)}, indent=2))
+        return
+    print_pipeline(result)
     clip = result["generate"]["clips"][0]
     location = result["generate"]["location"]
     console.print()

@@ -9,8 +9,10 @@ import typer
 
 from musicflow.cli.common import (
     open_existing_store,
+    use_storage_options,
 )
 from musicflow.cli.options import (
+    StorageOptionsOption,
     StoreOption,
 )
 from musicflow.cli.reports import axes_lines, quality_line
@@ -27,8 +29,10 @@ def evaluate(
         typer.Option(help="Axes to score, comma-separated: frames, continuity, tonality [default: all]."),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print quality.json.")] = False,
+    storage_options: StorageOptionsOption = None,
 ) -> None:
     """Score a generated run against the model's validation songs (writes quality.json in the run)."""
+    use_storage_options(store, storage_options)
     from tasks.generation.evaluate import evaluate as evaluate_run  # lazy: start-up
 
     report = evaluate_run(open_existing_store(store), model_id=model, run_id=run, axes=axes)

@@ -73,6 +73,9 @@ StoreOption = Annotated[
         "--store", envvar="MUSICFLOW_STORE", help="Store URL: a local path, file://, s3://, memory://..."
     ),
 ]
+DatasetOption = Annotated[
+    str | None, typer.Option("--dataset", help="Dataset id [default: the store's only dataset].")
+]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v", help="Show Prefect and Dask logs.")]
 StorageOptionsOption = Annotated[
     str | None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Annotated, Any
 
 import typer
@@ -61,6 +62,9 @@ def pipeline(
         float | None, typer.Option(help="Sampling spread (spectral) or fed-back noise (small/gruv).")
     ] = None,
     sampling: SamplingOption = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON: the ingest summary, model card and generated run.")
+    ] = False,
     storage_options: StorageOptionsOption = None,
     source_options: SourceOptionsOption = None,
     verbose: VerboseOption = False,
@@ -68,7 +72,7 @@ def pipeline(
     """Ingest -> train -> generate as one flow run (three subflows in the Prefect UI)."""
     quiet_console(verbose)
     use_storage_options(store, storage_options, source, source_options)
-    run_pipeline(
+    result = run_pipeline(
         source=source,
         store=store,
         **dask_options(
@@ -92,6 +96,10 @@ def pipeline(
         temperature=temperature,
         sampling=sampling.value if sampling else None,
     )
+    if as_json:
+        typer.echo(json.dumps(result, indent=2))
+    else:
+        print_pipeline(result)
 
 
 def run_pipeline(*, source: str, store: str, **options: Any) -> dict[str, Any]:
@@ -110,10 +118,14 @@ def run_pipeline(*, source: str, store: str, **options: Any) -> dict[str, Any]:
     ensure_prefect_api()
     from flows.pipeline import pipeline as pipeline_flow  # lazy: start-up
 
-    result = run_with_progress(pipeline_flow, source=source, store=store, **options)
+    result: dict[str, Any] = run_with_progress(pipeline_flow, source=source, store=store, **options)
+    return result
+
+
+def print_pipeline(result: dict[str, Any]) -> None:
+    """The three stages' results, as ingest, train and generate print theirs."""
     print_ingest_summary(result["ingest"])
     from rich.console import Console  # lazy: start-up
 
     Console(soft_wrap=True).print(model_line(result["train"]))
     print_generated(result["generate"])
-    return result

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import textwrap
 from typing import Annotated, Any
 
 import typer
@@ -33,9 +34,10 @@ def status(
         typer.echo(json.dumps(report, indent=2))
         return
     from rich.console import Console  # lazy: start-up
-    from rich.table import Table  # lazy: start-up
 
-    console = Console(soft_wrap=True)
+    # One item a block: its id whole on a line (ids are ~40 characters: in a table's column they
+    # wrapped over four lines at 80 columns), then its facts, wrapped at the terminal's width.
+    console = Console(soft_wrap=True, highlight=False)
     sections = {
         "datasets": ["dataset_id", "songs_ok", "songs_failed", "seconds", "n_blocks", "n_features", "format"],
         "models": ["model_id", "dataset_id", "state", "epochs", "train_loss", "val_loss", "params"],
@@ -44,12 +46,12 @@ def status(
     for section, columns in sections.items():
         if not report.get(section):
             continue
-        table = Table(title=f"{section} in {store}")
-        for column in columns:
-            table.add_column(column, overflow="fold")
+        console.print(f"[bold]{section}[/] in {store}")
         for item in report[section]:
-            table.add_row(*(_cell(item[column]) for column in columns))
-        console.print(table)
+            console.print(f"  [bold]{item[columns[0]]}[/]")
+            facts = ", ".join(f"{column} {_cell(item[column])}" for column in columns[1:])
+            console.print(textwrap.fill(facts, width=max(console.width, 40), initial_indent="    ",
+                                        subsequent_indent="    "), markup=False)  # fmt: skip
     if not any(report.get(section) for section in sections):
         console.print(f"{store} holds nothing yet: run `musicflow ingest SONGS --store {store}`")
 

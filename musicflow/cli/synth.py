@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
@@ -19,6 +20,7 @@ def synth(
     max_seconds: Annotated[float, typer.Option(min=0.1, help="Longest song.")] = 30.0,
     seed: Annotated[int, typer.Option(help="First song's seed.")] = 0,
     format: Annotated[DemoFormatChoice, typer.Option(help="Audio format.")] = DemoFormatChoice.mp3,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON: the songs written.")] = False,
 ) -> None:
     """Write synthetic demo songs (notes, chords, drums) as real audio files."""
     from tasks.audio.synth import write_demo_songs  # lazy: start-up
@@ -26,4 +28,9 @@ def synth(
     paths = write_demo_songs(
         directory, n_songs=songs, seconds=(min_seconds, max_seconds), seed=seed, format=format.value
     )
-    typer.echo(f"{len(paths)} songs in {directory}")
+    if as_json:
+        typer.echo(
+            json.dumps({"directory": str(directory), "songs": [str(path) for path in paths]}, indent=2)
+        )
+    else:
+        typer.echo(f"{len(paths)} songs in {directory}")

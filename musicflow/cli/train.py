@@ -14,6 +14,7 @@ from musicflow.cli.common import (
     use_storage_options,
 )
 from musicflow.cli.options import (
+    DatasetOption,
     HiddenOption,
     LossChoice,
     MaxMinutesOption,
@@ -29,9 +30,7 @@ from tasks.config import TrainConfig, model_options
 
 def train(
     store: StoreOption,
-    dataset: Annotated[
-        str | None, typer.Option(help="Dataset id [default: the store's only dataset].")
-    ] = None,
+    dataset: DatasetOption = None,
     preset: Annotated[
         PresetChoice | None,
         typer.Option(

@@ -50,6 +50,12 @@ INPUT_OPENERS = frozenset(
 )  # fmt: skip
 # Decoding time limit: a base plus a time per byte, far beyond what any real decoder needs
 # (ffmpeg decodes mp3 at ~10 MB/s per core), so only a hung decoder or a stalled read hits it.
+# What libsndfile's MP3 reader (libmpg123) writes to the process's stderr about a damaged stream:
+# "Note: Trying to resync...", "Warning: Xing stream size off by more than 1%...",
+# "[src/libmpg123/parse.c:...] error: ...". Kept off the terminal: the song's ``warnings``.
+_CHATTER = re.compile(r"^\s*(Note:|Warning:|Error:|\[src/|\[.*mpg123)", re.IGNORECASE)
+_STDERR_LOCK = threading.Lock()  # one redirection of file descriptor 2 at a time per process
+
 DECODE_TIMEOUT_BASE_S = 120.0
 DECODE_TIMEOUT_S_PER_MB = 4.0
 
@@ -233,7 +239,8 @@ class AudioStream:
         except ImportError:  # pragma: no cover - a dependency; without it, ffmpeg's verdict stands
             return None
         try:
-            with soundfile.SoundFile(self._sndfile_source()) as handle:
+            # Its chatter is dropped: the decode that may follow records the same in its warnings.
+            with decoder_chatter([]), soundfile.SoundFile(self._sndfile_source()) as handle:
                 return str(handle.format) if handle.frames else None
         except Exception:  # libsndfile's verdict on a file ffmpeg refused: not audio either
             return None
@@ -245,13 +252,21 @@ class AudioStream:
         """Read with libsndfile, mix to mono, and resample with ffmpeg when the rates differ."""
         import soundfile
 
-        with soundfile.SoundFile(self._sndfile_source()) as handle:
+        chatter: list[str] = []
+        with decoder_chatter(chatter):
+            handle = soundfile.SoundFile(self._sndfile_source())
+        with handle:
             self.channels = handle.channels
             native = handle.samplerate
             expected = handle.frames
 
             def mono_chunks() -> Iterator[np.ndarray]:
-                for block in handle.blocks(blocksize=1 << 16, dtype="float32", always_2d=True):
+                blocks = handle.blocks(blocksize=1 << 16, dtype="float32", always_2d=True)
+                while True:
+                    with decoder_chatter(chatter):  # around libsndfile only, not the consumer's work
+                        block = next(blocks, None)
+                    if block is None:
+                        return
                     mixed = block[:, 0].copy()
                     for channel in range(1, block.shape[1]):
                         mixed += block[:, channel]
@@ -268,6 +283,7 @@ class AudioStream:
                     yield chunk
             else:
                 decoded = yield from self._resampled(ffmpeg, mono_chunks(), native)
+        self.warnings = summarise(chatter) or None
         if self.n_samples == 0:
             raise DecodeError("libsndfile read no samples")
         if expected and decoded < expected - TRUNCATION_TOLERANCE_S * native:
@@ -312,6 +328,41 @@ class AudioStream:
         if watchdog.fired:
             raise DecodeError(f"timed out: decoding took longer than {self.timeout:.0f} s (ffmpeg stopped)")
         return returncode
+
+
+@contextlib.contextmanager
+def decoder_chatter(into: list[str]) -> Iterator[None]:
+    """Keep what a decoder library writes to the process's stderr (file descriptor 2) off the
+    terminal while the block runs: its notes and warnings (:data:`_CHATTER`) are appended to
+    ``into``, anything else is written to stderr when the block ends."""
+    with _STDERR_LOCK:  # the dup too: another thread's redirection is no stderr to restore
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all (a daemon): nothing can reach a terminal
+            saved = -1
+        if saved < 0:
+            yield
+            return
+        with _restored(saved, into):
+            yield
+
+
+@contextlib.contextmanager
+def _restored(saved: int, into: list[str]) -> Iterator[None]:
+    """Point file descriptor 2 at a temporary file, then back at ``saved`` (see :func:`decoder_chatter`)."""
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = [line.strip() for line in capture.read().decode(errors="replace").splitlines()]
+            into.extend(line for line in lines if _CHATTER.match(line))
+            other = [line for line in lines if line and not _CHATTER.match(line)]
+            if other:
+                os.write(2, ("\n".join(other) + "\n").encode())
 
 
 def decode_command(ffmpeg: str, target: str, *, sample_rate: int) -> list[str]:

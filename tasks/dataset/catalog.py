@@ -437,6 +437,12 @@ def catalog_log(store: Store, dataset_dir: str) -> CatalogLog:
     return _LOGS[key]
 
 
+def read_catalog_table(store: Store, dataset_dir: str) -> pa.Table:
+    """The current rows of a dataset's catalog as an Arrow table of :data:`CATALOG_SCHEMA`, in commit
+    order: what other tools should read instead of the log's files (the last row of a song wins)."""
+    return CatalogLog(store, dataset_dir).read_table().select(CATALOG_SCHEMA.names)
+
+
 def read_catalog(store: Store, dataset_dir: str) -> list[CatalogRow]:
     """All current rows of a dataset's catalog, in commit order (empty when there is none)."""
     return table_to_rows(CatalogLog(store, dataset_dir).read_table())

@@ -24,10 +24,21 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 
 from tasks.config import FeatureConfig, IngestConfig
-from tasks.dataset.catalog import CatalogLog, CatalogRow, catalog_log, read_catalog, table_to_rows
-from tasks.dataset.shards import read_blocks, read_shard_stats, stats_name
+from tasks.dataset.catalog import (
+    STATUS_FAILED,
+    STATUS_OK,
+    CatalogLog,
+    CatalogRow,
+    catalog_log,
+    read_catalog,
+    read_catalog_table,
+    table_to_rows,
+)
+from tasks.dataset.shards import SCHEMA_VERSION, read_blocks, read_shard_stats, stats_name
 from tasks.dataset.stats import FeatureStats, merge_all
 from tasks.errors import ConfigError, StoreError
 from tasks.store.store import Store, checked_id
@@ -67,6 +78,7 @@ def prepare_dataset(store: Store, config: IngestConfig) -> str:
         store.write_json(
             {
                 "dataset_id": dataset_id,
+                "schema_version": SCHEMA_VERSION,
                 "features": features.to_dict(),
                 "shard_format": config.shard_format,
                 "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
@@ -240,6 +252,24 @@ def read_config(store: Store, dataset_id: str) -> dict[str, Any]:
         raise ConfigError(f"no dataset {dataset_id!r} in store {store.url!r}")
     config: dict[str, Any] = store.read_json(dataset_dir(dataset_id), CONFIG_FILE)
     return config
+
+
+def schema_version(config: dict[str, Any]) -> int:
+    """The data-format version a dataset was created with (its ``config.json``; 1 before it said)."""
+    return int(config.get("schema_version", 1))
+
+
+CATALOG_STATUSES = (STATUS_OK, STATUS_FAILED)
+
+
+def catalog_view(store: Store, dataset_id: str, *, status: str | None = None) -> pa.Table:
+    """The dataset's current catalog (one row per song, as musicflow reads it), only the songs of
+    ``status`` when given: what ``musicflow catalog`` prints and exports."""
+    if status is not None and status not in CATALOG_STATUSES:
+        raise ConfigError(f"invalid status {status!r}: expected one of {', '.join(CATALOG_STATUSES)}")
+    read_config(store, dataset_id)  # a one-line error naming the dataset when there is none
+    table = read_catalog_table(store, dataset_dir(dataset_id))
+    return table if status is None else table.filter(pc.equal(table.column("status"), status))
 
 
 def read_features(store: Store, dataset_id: str) -> FeatureConfig:

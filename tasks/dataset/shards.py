@@ -1,17 +1,30 @@
-"""Tensor shards: many songs' feature blocks in one Zarr v3 array or Parquet file.
+"""Tensor shards: many songs' feature blocks in one Zarr v3 group or Parquet file.
 
 A shard holds a ``[n_blocks, n_features]`` float32 matrix, songs one after the
 other; the catalog says where each song starts (``offset``) and how many blocks
 it has. :class:`ShardWriter` writes one shard and commits it atomically on a
 local disk (temporary name, then rename); on object stores the shard is simply
 never referenced until its catalog rows are committed.
+
+Other tools can read a shard without musicflow (``docs/data-format.md``, schema 2):
+
+- Zarr: a group whose array ``features`` has ``dimension_names`` ``("frame", "feature")``;
+  the group's attributes (``musicflow``) hold the shard's schema version, the feature
+  config and its songs (``song_id``, ``offset``, ``n_frames``), and its metadata is
+  consolidated, so ``xarray.open_zarr(shard)`` gives a dataset with named dimensions.
+- Parquet: columns ``song_id``, ``frame`` (the row's index in its song) and ``features``;
+  the same ``musicflow`` record is the file's key-value metadata.
+
+Shards of schema 1 (a bare Zarr array; Parquet with ``features`` only) read as before.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import json
 import posixpath
 import uuid
+from collections.abc import Callable
 from types import TracebackType
 from typing import Any
 
@@ -44,6 +57,14 @@ def default_chunk_rows(n_features: int) -> int:
 
 
 _EXTENSIONS = {"zarr": ".zarr", "parquet": ".parquet"}
+# The data format this code writes (docs/data-format.md), in a dataset's config.json and in each
+# shard; 1 (files without it): a bare Zarr array, Parquet with the features column only.
+SCHEMA_VERSION = 2
+FEATURES_ARRAY = "features"  # the array inside a Zarr shard's group
+DIMENSION_NAMES = ("frame", "feature")
+METADATA_KEY = "musicflow"  # Zarr group attribute and Parquet key-value metadata key
+# A song's id, or how to get it once known (the worker hashes a song while decoding it).
+SongId = str | Callable[[], str | None] | None
 
 
 def shard_format(shard: str) -> str:
@@ -100,7 +121,10 @@ class ShardWriter:
         n_features: int,
         shard_format: str = "zarr",
         chunk_rows: int | None = None,
+        attributes: dict[str, Any] | None = None,
     ) -> None:
+        """``attributes``: what the shard records about itself besides its songs (the ingest
+        writes the feature config under ``features``)."""
         check_choice("format", shard_format, SHARD_FORMATS)
         self.store = store
         self.dataset_dir = dataset_dir
@@ -117,7 +141,13 @@ class ShardWriter:
         self._write_path = final + ".partial" if store.is_local else final
         self._final_path = final
         self._pending: list[np.ndarray] = []
+        # Per pending block, per row: its song's ordinal and its frame in that song.
+        self._pending_labels: list[tuple[np.ndarray, np.ndarray]] = []
         self._n_pending = 0
+        self._attributes = {"schema_version": SCHEMA_VERSION, **(attributes or {})}
+        self._song_ids: list[SongId] = []  # by song ordinal (every begin_song)
+        self._resolved: dict[int, str | None] = {}
+        self._songs: list[dict[str, Any]] = []  # the songs kept: song_id, offset, n_frames
         self._array: Any = None
         self._parquet: pq.ParquetWriter | None = None
         self._parquet_file: Any = None
@@ -129,24 +159,34 @@ class ShardWriter:
     def __enter__(self) -> ShardWriter:
         self.store.fs.makedirs(posixpath.dirname(self._write_path), exist_ok=True)
         if self.format == "zarr":
+            # The array first, on its own (the group's zarr.json is written once, at the end).
             self._array = zarr.create_array(
-                store=_zarr_store(self.store, self._write_path, read_only=False),
+                store=_zarr_store(
+                    self.store, posixpath.join(self._write_path, FEATURES_ARRAY), read_only=False
+                ),
                 shape=(0, self.n_features),
                 chunks=(self.chunk_rows, self.n_features),
                 dtype="float32",
                 compressors=None,  # FFT features of music barely compress; speed wins
                 fill_value=0.0,
+                dimension_names=DIMENSION_NAMES,
                 overwrite=True,
             )
         else:
-            schema = pa.schema([("features", pa.list_(pa.float32(), self.n_features))])
+            schema = pa.schema(
+                [
+                    ("song_id", pa.dictionary(pa.int32(), pa.string())),
+                    ("frame", pa.int32()),
+                    ("features", pa.list_(pa.float32(), self.n_features)),
+                ]
+            )
             self._parquet_file = self.store.fs.open(self._write_path, "wb")
             self._parquet = pq.ParquetWriter(self._parquet_file, schema, compression="none")
         return self
 
-    def add(self, features: np.ndarray) -> int:
+    def add(self, features: np.ndarray, *, song_id: SongId = None) -> int:
         """Append one whole song's blocks (shape [n_blocks, n_features]); returns its offset."""
-        self.begin_song()
+        self.begin_song(song_id)
         try:
             self.add_rows(features)
         except BaseException:
@@ -154,10 +194,16 @@ class ShardWriter:
             raise
         return self.end_song(keep=True)[0]
 
-    def begin_song(self) -> None:
-        """Start a song that is written as its rows come (:meth:`add_rows`), then :meth:`end_song`."""
+    def begin_song(self, song_id: SongId = None) -> None:
+        """Start a song that is written as its rows come (:meth:`add_rows`), then :meth:`end_song`.
+
+        ``song_id`` labels the song's rows (Parquet) and its entry in the shard's song list:
+        the id, or a callable that gives it, called when the first rows are written or the
+        song ends (a song is hashed while it decodes).
+        """
         if self._song_start is not None:
             raise StoreError("begin_song() while a song is being written: end_song() first")
+        self._song_ids.append(song_id)
         self._song_start = self.n_blocks
         self._song_stats = FeatureStats.empty(self.n_features)
 
@@ -173,6 +219,13 @@ class ShardWriter:
             return
         block = np.ascontiguousarray(rows, dtype=np.float32)
         self._song_stats = self._song_stats.merge(FeatureStats.from_features(block))
+        first = self.n_blocks - self._song_start
+        self._pending_labels.append(
+            (
+                np.full(block.shape[0], len(self._song_ids) - 1, dtype=np.int32),
+                np.arange(first, first + block.shape[0], dtype=np.int32),
+            )
+        )
         self._pending.append(block)
         self._n_pending += block.shape[0]
         self.n_blocks += block.shape[0]
@@ -193,20 +246,62 @@ class ShardWriter:
         if keep:
             self.stats = self.stats.merge(self._song_stats)
             self.n_songs += 1
+            song_id = self._song_id(len(self._song_ids) - 1)
+            self._songs.append({"song_id": song_id, "offset": start, "n_frames": self.n_blocks - start})
             return start, self.n_blocks - start
         written = self.n_blocks - self._n_pending
         if start >= written:  # all of it still buffered: forget it
-            pending = np.concatenate(self._pending) if self._pending else None
             keep_rows = start - written
-            self._pending = [pending[:keep_rows]] if pending is not None and keep_rows else []
+            if self._pending and keep_rows:
+                pending = np.concatenate(self._pending)[:keep_rows]
+                songs = np.concatenate([songs for songs, _ in self._pending_labels])[:keep_rows]
+                frames = np.concatenate([frames for _, frames in self._pending_labels])[:keep_rows]
+                self._pending, self._pending_labels = [pending], [(songs, frames)]
+            else:
+                self._pending, self._pending_labels = [], []
             self._n_pending = keep_rows
             self.n_blocks = start
         return start, 0
+
+    def _song_id(self, ordinal: int) -> str | None:
+        if ordinal not in self._resolved:
+            given = self._song_ids[ordinal]
+            try:
+                self._resolved[ordinal] = given() if callable(given) else given
+            except Exception:  # a song whose bytes could not be hashed: its own caller records
+                self._resolved[ordinal] = None  # why; its rows here are never referenced
+        return self._resolved[ordinal]
+
+    def _write_group(self) -> None:
+        """The Zarr group's ``zarr.json`` in one write: the ``musicflow`` attribute and the
+        array's metadata consolidated (what ``zarr.consolidate_metadata`` writes after an
+        attributes update: two writes more for each shard, each one a chance to fail on a bad
+        network), so ``xarray.open_zarr`` reads one file."""
+        array_json = self.store.fs.cat_file(posixpath.join(self._write_path, FEATURES_ARRAY, "zarr.json"))
+        group = {
+            "zarr_format": 3,
+            "node_type": "group",
+            "attributes": {METADATA_KEY: self._record()},
+            "consolidated_metadata": {
+                "kind": "inline",
+                "must_understand": False,
+                "metadata": {FEATURES_ARRAY: json.loads(array_json)},
+            },
+        }
+        self.store.fs.pipe_file(posixpath.join(self._write_path, "zarr.json"), json.dumps(group).encode())
+
+    def _record(self) -> dict[str, Any]:
+        """What the shard says of itself: schema version, the writer's attributes, its songs."""
+        return {**self._attributes, "songs": self._songs}
 
     def _flush(self, *, final: bool) -> None:
         if not self._pending:
             return
         pending = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
+        labels = (  # per row: its song's ordinal and its frame in that song
+            np.concatenate([songs for songs, _ in self._pending_labels]),
+            np.concatenate([frames for _, frames in self._pending_labels]),
+        )
         # Write whole chunks only, so no chunk is ever read back and rewritten.
         n_write = pending.shape[0] if final else pending.shape[0] - pending.shape[0] % self.chunk_rows
         rows, rest = pending[:n_write], pending[n_write:]
@@ -218,11 +313,20 @@ class ShardWriter:
             self._array[start : start + n_write] = rows
         else:
             assert self._parquet is not None
+            ordinals, indices = np.unique(labels[0][:n_write], return_inverse=True)
+            ids = [self._song_id(int(ordinal)) for ordinal in ordinals]
+            unknown = np.array([song_id is None for song_id in ids])[indices]  # a null, not in the dictionary
+            songs = pa.DictionaryArray.from_arrays(
+                pa.array(indices.astype(np.int32), type=pa.int32(), mask=unknown),
+                pa.array([song_id or "" for song_id in ids], pa.string()),
+            )
+            frames = pa.array(labels[1][:n_write], type=pa.int32())
             flat = pa.array(rows.reshape(-1), type=pa.float32())
             column = pa.FixedSizeListArray.from_arrays(flat, self.n_features)
-            table = pa.Table.from_arrays([column], names=["features"])
+            table = pa.Table.from_arrays([songs, frames, column], names=["song_id", "frame", "features"])
             self._parquet.write_table(table, row_group_size=self.chunk_rows)
         self._pending = [rest] if rest.shape[0] else []
+        self._pending_labels = [(labels[0][n_write:], labels[1][n_write:])] if rest.shape[0] else []
         self._n_pending = rest.shape[0]
 
     def __exit__(
@@ -235,6 +339,10 @@ class ShardWriter:
             self._flush(final=True)
             if self._array is not None and self._capacity != self.n_blocks and self.n_songs:
                 self._array.resize((self.n_blocks, self.n_features))
+            if self._array is not None and self.n_songs:
+                self._write_group()
+            if self._parquet is not None and self.n_songs:
+                self._parquet.add_key_value_metadata({METADATA_KEY: json.dumps(self._record())})
         if self._parquet is not None:
             self._parquet.close()
             self._parquet_file.close()
@@ -264,7 +372,7 @@ def read_blocks(store: Store, dataset_dir: str, shard: str, *, offset: int, n_bl
     """
     path = store.path(dataset_dir, shard)
     if shard_format(shard) == "zarr":
-        array = zarr.open_array(store=_zarr_store(store, path, read_only=True), mode="r")
+        array = _open_features(store, path)
         return np.asarray(array[offset : offset + n_blocks], dtype=np.float32)
     with store.fs.open(path, "rb") as handle:
         parquet = pq.ParquetFile(handle, pre_buffer=False)  # reads stay on this thread (see catalog)
@@ -287,6 +395,27 @@ def read_blocks(store: Store, dataset_dir: str, shard: str, *, offset: int, n_bl
         values = column.values.to_numpy(zero_copy_only=False).reshape(-1, n_features)
         start = offset - (first_row or 0)
         return np.asarray(values[start : start + n_blocks], dtype=np.float32)
+
+
+def _open_features(store: Store, path: str) -> Any:
+    """The features array of a Zarr shard: the group's ``features`` (schema 2) or the bare array (1)."""
+    opened = zarr.open(store=_zarr_store(store, path, read_only=True), mode="r")
+    return opened[FEATURES_ARRAY] if isinstance(opened, zarr.Group) else opened
+
+
+def read_shard_record(store: Store, dataset_dir: str, shard: str) -> dict[str, Any]:
+    """What a shard says of itself (``schema_version``, ``features``, ``songs``); ``{"schema_version":
+    1}`` for a shard written before shards described themselves."""
+    path = store.path(dataset_dir, shard)
+    if shard_format(shard) == "zarr":
+        opened = zarr.open(store=_zarr_store(store, path, read_only=True), mode="r")
+        record = opened.attrs.get(METADATA_KEY) if isinstance(opened, zarr.Group) else None
+    else:
+        with store.fs.open(path, "rb") as handle:
+            metadata = pq.ParquetFile(handle, pre_buffer=False).metadata.metadata or {}
+        raw = metadata.get(METADATA_KEY.encode())
+        record = json.loads(raw) if raw else None
+    return dict(record) if isinstance(record, dict) else {"schema_version": 1}
 
 
 def read_shard_stats(store: Store, dataset_dir: str, shard: str) -> FeatureStats:

@@ -79,6 +79,7 @@ def ingest_batch(
         dataset_dir(dataset_id),
         n_features=config.features.n_features,
         shard_format=config.shard_format,
+        attributes={"dataset_id": dataset_id, "features": config.features.to_dict()},
     ) as writer:
         for item in files:
             row = _ingest_file(item, writer, config, now)
@@ -136,7 +137,7 @@ def _ingest_file(item: SourceFile, writer: ShardWriter, config: IngestConfig, no
     began = False
     try:
         with _readable_copy(item) as (path, content_hash):
-            writer.begin_song()
+            writer.begin_song(content_hash)
             began = True
             song = featurise_stream(
                 path,
@@ -145,7 +146,7 @@ def _ingest_file(item: SourceFile, writer: ShardWriter, config: IngestConfig, no
                 min_peak_db=config.min_peak_db,
                 strict=config.strict,
                 timeout=decode_timeout(item.bytes),
-                restart=lambda: _restart_song(writer),
+                restart=lambda: _restart_song(writer, content_hash),
                 max_seconds=config.max_seconds,
             )
             song_id = content_hash()
@@ -178,9 +179,9 @@ def _ingest_file(item: SourceFile, writer: ShardWriter, config: IngestConfig, no
     )
 
 
-def _restart_song(writer: ShardWriter) -> None:
+def _restart_song(writer: ShardWriter, song_id: Callable[[], str | None]) -> None:
     writer.end_song(keep=False)
-    writer.begin_song()
+    writer.begin_song(song_id)
 
 
 @contextmanager

@@ -14,6 +14,7 @@ places (``AWS_*`` variables...).
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import posixpath
@@ -29,7 +30,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from tasks.errors import ConfigError, StoreError
+from tasks.errors import ConfigError, StoreArgumentError, StoreError
 
 # An id that names a folder of the store (a dataset, a model, a generated run): letters, digits,
 # ".", "_" and "-", starting with a letter or digit, so that it stays one folder inside the store
@@ -408,14 +409,25 @@ def url_to_fs(url: str, **options: Any) -> tuple[fsspec.AbstractFileSystem, str]
 
 
 def open_store(url: str) -> Store:
-    """Open the store at ``url``; :class:`StoreError` names the URL when that fails."""
+    """Open the store at ``url``; :class:`StoreArgumentError` names the URL when that fails."""
     if not url or not isinstance(url, str):
-        raise StoreError(f"invalid store URL {url!r}")
+        raise StoreArgumentError(f"invalid store URL {url!r}")
     try:
         fs, root = url_to_fs(url, auto_mkdir=True) if _is_local_url(url) else url_to_fs(url)
     except (ValueError, ImportError, OSError) as error:
-        raise StoreError(f"cannot open store {url!r}: {error}") from error
+        raise StoreArgumentError(f"cannot open store {url!r}: {error}") from error
     return Store(url=url, fs=fs, root=root.rstrip("/") or root)
+
+
+def open_existing_store(url: str) -> Store:
+    """:func:`open_store` of a store that must already exist (reading commands, the Python API)."""
+    store = open_store(url)
+    if not store.fs.exists(store.root):
+        raise StoreArgumentError(f"store not found: {url!r}")
+    return store
+
+
+_NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENOENT, errno.EISDIR}
 
 
 def check_writable(store: Store) -> None:
@@ -427,7 +439,13 @@ def check_writable(store: Store) -> None:
         store.fs.rm(store.path(probe))
     except Exception as error:  # any backend error means the same thing to the user
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise StoreError(f"cannot write to store {store.url!r}: {reason}") from error
+        # A store the user cannot write (permissions, read-only, not a folder) is a bad argument; a
+        # full disk or an endpoint that does not answer is a failure of the run.
+        bad_argument = isinstance(error, PermissionError | FileNotFoundError | NotADirectoryError) or (
+            isinstance(error, OSError) and error.errno in _NOT_WRITABLE
+        )
+        kind = StoreArgumentError if bad_argument else StoreError
+        raise kind(f"cannot write to store {store.url!r}: {reason}") from error
 
 
 def _pid_alive(pid: int) -> bool:

@@ -112,6 +112,7 @@ def test_the_clis_choices_are_the_libraries() -> None:
             "invalid --source-options (inline JSON of 4 characters, not shown",
         ),
         (["train", "--store", "s3://b/x", "--storage-options", "@/nonexistent/creds.json"], "cannot read"),
+        (["evaluate", "--store", "s3://b/x", "--storage-options", "{"], "invalid --storage-options (inline"),
         (
             ["serve", "--source", "s", "--store", "t", "--source-options", "{"],
             "invalid --source-options (inline",

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 
 from musicflow.server import api_healthy, ensure_prefect_api
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, ServiceError, exit_code
 
 AUTH = "Basic " + base64.b64encode(b"musicflow:sesame").decode()
 
@@ -60,6 +60,8 @@ def test_a_protected_api_answers_with_prefects_credentials(
 
 
 def test_an_api_that_does_not_answer_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A service that is down is a failure of the run (exit 1), not a bad argument (exit 2)."""
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:9/api")
-    with pytest.raises(ConfigError, match="is not answering"):
+    with pytest.raises(ServiceError, match="is not answering") as raised:
         ensure_prefect_api(start=False)
+    assert exit_code(raised.value) == 1

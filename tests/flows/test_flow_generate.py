@@ -15,6 +15,7 @@ import pytest
 from conftest import TINY_BLOCK
 from helpers import artifact_table, flow_run_artifacts, musicflow, run_cli, write_periodic_songs
 
+from musicflow.cli.reports import model_line
 from tasks.generation.runs import METRICS_FILE
 
 SR = 44100
@@ -237,9 +238,10 @@ def test_cli_pipeline_passes_its_options_to_each_flow(tmp_path: Path) -> None:
     options += ["--seq-len", "4", "--hop", "2", "--seconds", "0.5", "--workers", "1"]
     options += ["--max-minutes", "0.0001"]  # 6 ms: the first epoch crosses it, so 1 epoch of 2
 
-    result = musicflow("pipeline", str(source), "--store", store, *options)
+    result = musicflow("pipeline", str(source), "--store", store, *options, "--json")
 
     assert result.returncode == 0, result.stderr
+    printed = json.loads(result.stdout)  # --json: stdout is the three stages' results alone
     status = json.loads(musicflow("status", "--store", store, "--json").stdout)
     (dataset,) = status["datasets"]
     assert dataset["dataset_id"].startswith(f"fft-b{TINY_BLOCK}-") and dataset["songs_ok"] == 3
@@ -247,11 +249,13 @@ def test_cli_pipeline_passes_its_options_to_each_flow(tmp_path: Path) -> None:
     (model,) = status["models"]
     assert model["dataset_id"] == dataset["dataset_id"] and model["epochs"] == 1
     assert model["stop_reason"] == "budget"
-    assert "1 epochs (budget of 0.0001 min; kept epoch 1)" in result.stdout, result.stdout
+    assert printed["ingest"]["dataset_id"] == dataset["dataset_id"] and printed["ingest"]["songs_ok"] == 3
+    assert printed["train"]["model_id"] == model["model_id"]
+    assert "1 epochs (budget of 0.0001 min; kept epoch 1)" in model_line(printed["train"])  # as printed
     card = json.loads(Path(store, "models", model["model_id"], "card.json").read_text())
     assert (card["config"]["hidden"], card["config"]["seq_len"], card["config"]["hop"]) == (16, 4, 2)
     (generated,) = status["generated"]
-    assert generated["model_id"] == model["model_id"]
+    assert generated["model_id"] == model["model_id"] == printed["generate"]["model_id"]
     assert generated["seconds"] == pytest.approx(0.5, abs=TINY_BLOCK / 44100)
 
 

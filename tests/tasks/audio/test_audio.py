@@ -7,9 +7,11 @@ answers (the mono mix of a known stereo pair, a sine's frequency after resamplin
 from __future__ import annotations
 
 import io
+import json
 import os
 import struct
 import subprocess
+import sys
 import time
 import zlib
 from pathlib import Path
@@ -635,3 +637,29 @@ def test_a_name_or_a_tag_cannot_state_the_songs_length(tmp_path: Path) -> None:
         decoded = decode_audio(path, sample_rate=22050)
         assert decoded.samples.shape[0] / 22050 == pytest.approx(3.0, abs=0.1), path
         assert decoded.warnings is None, decoded.warnings
+
+
+_DECODE_IN_A_CHILD = """
+import json, sys
+from tasks.audio.decode import AudioStream
+stream = AudioStream(sys.argv[1], sample_rate=22050, decoder="libsndfile")
+n = sum(chunk.shape[0] for chunk in stream)
+print(json.dumps({"samples": n, "warnings": stream.warnings}))
+"""
+
+
+def test_libsndfile_chatter_stays_off_stderr_and_lands_in_the_warnings(tmp_path: Path) -> None:
+    """libsndfile's MP3 reader (libmpg123) writes "Note: Trying to resync..." straight to file
+    descriptor 2, between the CLI's progress lines; the decode keeps it as the song's warnings."""
+    mp3 = tmp_path / "damaged.mp3"
+    mp3.write_bytes(corrupt_frames(encode_audio(sine(440.0, 6.0, sample_rate=22050), sample_rate=22050)))
+
+    result = subprocess.run(
+        [sys.executable, "-c", _DECODE_IN_A_CHILD, str(mp3)], capture_output=True, text=True, timeout=60
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "resync" not in result.stderr and "Note:" not in result.stderr, result.stderr
+    report = json.loads(result.stdout)
+    assert report["samples"] > 5 * 22050
+    assert report["warnings"] and report["warnings"].startswith("Note: "), report

@@ -28,6 +28,7 @@ from tasks.dataset.shards import (
     ShardWriter,
     default_chunk_rows,
     read_blocks,
+    read_shard_record,
     read_shard_stats,
     shard_format,
     stats_name,
@@ -228,7 +229,7 @@ def test_chunks_are_about_chunk_bytes(
     if shard_format == "zarr":
         import zarr
 
-        assert zarr.open_array(path, mode="r").chunks == (4096, 128)
+        assert zarr.open_group(path, mode="r")["features"].chunks == (4096, 128)
     else:
         import pyarrow.parquet as pq
 
@@ -272,3 +273,37 @@ def test_reading_a_parquet_shard_leaves_no_native_thread(tmp_path: Path) -> None
         "assert blocks.shape[0] == 10"
     )
     assert native_threads_started_by(setup, action) == []
+
+
+@pytest.mark.parametrize("shard_format", FORMATS)
+def test_a_shard_names_its_songs_and_parquet_rows_their_song_and_frame(
+    store: Store, shard_format: str
+) -> None:
+    """Schema 2: the shard lists its kept songs (id, offset, frames); a Parquet row says its song and
+    its frame in that song, across flushes, and a song dropped while buffered leaves no label."""
+    import pyarrow.parquet as pq
+
+    first, dropped, last = _songs([CHUNK_BLOCKS * 5 + 3, 10, CHUNK_BLOCKS * 2])
+    with ShardWriter(
+        store, DATASET, n_features=N_FEATURES, shard_format=shard_format, attributes={"features": {"n": 6}}
+    ) as writer:
+        writer.add(first, song_id="a" * 64)
+        writer.begin_song(lambda: "b" * 64)  # an id known only later, as the worker's hash
+        writer.add_rows(dropped)
+        writer.end_song(keep=False)
+        writer.add(last, song_id=lambda: "c" * 64)
+    assert writer.shard is not None
+    record = read_shard_record(store, DATASET, writer.shard)
+    assert record == {
+        "schema_version": shards.SCHEMA_VERSION,
+        "features": {"n": 6},
+        "songs": [
+            {"song_id": "a" * 64, "offset": 0, "n_frames": len(first)},
+            {"song_id": "c" * 64, "offset": len(first), "n_frames": len(last)},
+        ],
+    }
+    if shard_format == "parquet":
+        with store.fs.open(store.path(DATASET, writer.shard), "rb") as handle:
+            table = pq.read_table(handle)
+        assert table.column("song_id").to_pylist() == ["a" * 64] * len(first) + ["c" * 64] * len(last)
+        assert table.column("frame").to_pylist() == [*range(len(first)), *range(len(last))]

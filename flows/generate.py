@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.prefect_tasks import generate_clips_task
 from flows.runtime import heartbeats
 from flows.runtime.blocks import use_storage
+from flows.runtime.names import generate_run_name
 from tasks.generation.runs import new_run_id
 from tasks.model.repository import resolve_model
 from tasks.store.store import open_store
@@ -22,7 +23,7 @@ from tasks.store.store import open_store
 heartbeats.install()
 
 
-@flow(name="generate")
+@flow(name="generate", flow_run_name=generate_run_name)
 def generate(
     store: str,
     model: str | None = None,

@@ -22,6 +22,7 @@ from flows.prefect_tasks import commit_batch_task, ingest_batch_task, plan_inges
 from flows.runtime import heartbeats
 from flows.runtime.blocks import use_storage
 from flows.runtime.cluster import check_cluster_options, cluster_threads, dask_client, default_workers
+from flows.runtime.names import ingest_run_name
 from flows.runtime.progress import StageProgress
 from tasks.audio.ffmpeg import ffmpeg_binary
 from tasks.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, ingest_config
@@ -45,7 +46,7 @@ BATCHES_PER_WORKER = 1
 BATCHES_IN_FLIGHT_PER_THREAD = 2
 
 
-@flow(name="ingest", log_prints=False)
+@flow(name="ingest", flow_run_name=ingest_run_name, log_prints=False)
 def ingest(
     source: str,
     store: str,

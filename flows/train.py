@@ -14,6 +14,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.prefect_tasks import train_model_task
 from flows.runtime import heartbeats
 from flows.runtime.blocks import use_storage
+from flows.runtime.names import train_run_name
 from tasks.config import TrainConfig, check_max_minutes
 from tasks.model.repository import LOSS_CURVE_FILE, model_dir, stop_text
 from tasks.model.train import default_preset
@@ -23,7 +24,7 @@ from tasks.store.store import checked_id, open_store
 heartbeats.install()
 
 
-@flow(name="train")
+@flow(name="train", flow_run_name=train_run_name)
 def train(
     store: str,
     dataset: str | None = None,

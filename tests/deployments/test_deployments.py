@@ -318,16 +318,33 @@ def test_yaml_names_the_same_deployments_and_entrypoints(
 ) -> None:
     from prefect.flows import load_flow_from_entrypoint
 
-    assert list(declared) == NAMES
+    # the served three, and a pipeline deployment (ingest, train, generate in one run) for prefect deploy
+    assert list(declared) == [*NAMES, "musicflow-pipeline"]
     for name, deployment in declared.items():
         path = deployment["entrypoint"].partition(":")[0]
         assert (ROOT / path).is_file(), deployment["entrypoint"]
         flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
-        assert flow.name == default[name].flow_name
-        assert default[name].entrypoint.endswith(deployment["entrypoint"])
+        if name in default:
+            assert flow.name == default[name].flow_name
+            assert default[name].entrypoint.endswith(deployment["entrypoint"])
+        else:
+            assert flow.name == "pipeline"
         assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)
         assert deployment["tags"] == ["musicflow"]
         assert deployment["work_pool"]["name"] == "musicflow"
+
+
+def test_yaml_pull_step_clones_the_repository(declared: dict[str, dict[str, Any]]) -> None:
+    document = yaml.safe_load(YAML.read_text())
+    assert document["pull"] == [
+        {
+            "prefect.deployments.steps.git_clone": {
+                "id": "clone-musicflow",
+                "repository": "{{ $MUSICFLOW_REPO }}",
+            }
+        }
+    ]
+    assert all("pull" not in deployment for deployment in declared.values())
 
 
 def test_yaml_schedules_and_trigger_match_the_code(
@@ -347,6 +364,9 @@ def test_yaml_schedules_and_trigger_match_the_code(
     assert set(trigger.match.root) == set(code.match.root)
     assert trigger.posture == code.posture and trigger.threshold == code.threshold
     assert trigger.parameters == code.parameters == {"dataset": DATASET_ID_TEMPLATE}
+    assert not declared["musicflow-pipeline"].get("schedules") and not declared["musicflow-pipeline"].get(
+        "triggers"
+    )
     for name, strategy in (("musicflow-ingest", "CANCEL_NEW"), ("musicflow-train", "ENQUEUE")):
         limit = declared[name]["concurrency_limit"]
         assert limit == {"limit": default[name].concurrency_limit, "collision_strategy": strategy}

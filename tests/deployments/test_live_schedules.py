@@ -87,11 +87,13 @@ class Live:
         self.server_log = root / "server.log"
         self.http = httpx.Client(base_url=self.api, timeout=30)
 
-    def start(self, command: list[str], log: Path, *, service: bool = True) -> subprocess.Popen[bytes]:
+    def start(
+        self, command: list[str], log: Path, *, service: bool = True, cwd: Path = ROOT
+    ) -> subprocess.Popen[bytes]:
         with open(log, "ab") as output:
             process = subprocess.Popen(
                 command,
-                cwd=ROOT,
+                cwd=cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=output,

@@ -1,0 +1,144 @@
+"""``prefect deploy`` as Prefect users run it, for real: a ``prefect server start`` subprocess, a
+``process`` work pool, ``prefect deploy --all`` from ``deployments/prefect.yaml`` (its pull step
+clones the repository with ``git_clone``), then ``prefect worker start --run-once`` from a folder
+outside the checkout runs a ``musicflow-pipeline`` deployment run that ingests tiny songs, trains
+a 1-epoch model and generates a 1 s clip.
+
+The repository cloned is a snapshot of this working tree (tracked and untracked files that git
+does not ignore, committed into a temporary git repository, cloned through ``file://``), so the
+code under test is the code the worker runs. Every process started is killed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import TINY_BLOCK
+from helpers import ROOT, write_periodic_songs
+from test_live_schedules import BIN, Live
+
+pytestmark = pytest.mark.slow
+
+POOL = "musicflow"  # the work pool deployments/prefect.yaml names
+DEPLOYMENTS = {"musicflow-ingest", "musicflow-train", "musicflow-generate", "musicflow-pipeline"}
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[Live]:
+    processes = Live(tmp_path)
+    try:
+        yield processes
+    finally:
+        processes.stop()
+
+
+def snapshot_repository(destination: Path) -> str:
+    """This working tree as a one-commit git repository; returns its ``file://`` URL."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z"],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    for name in filter(None, listed.split("\0")):
+        if (ROOT / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, destination / name)
+    identity = ["-c", "user.name=musicflow-test", "-c", "user.email=test@musicflow.invalid"]
+    for command in (["init", "-q"], ["add", "-A"], [*identity, "commit", "-q", "-m", "snapshot"]):
+        subprocess.run(["git", *command], cwd=destination, check=True, capture_output=True)
+    return destination.as_uri()
+
+
+def prefect(live: Live, *args: str, cwd: Path, env: dict[str, str] | None = None) -> str:
+    result = subprocess.run(
+        [str(BIN / "prefect"), *args],
+        cwd=cwd,
+        env={**live.env, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert result.returncode == 0, f"prefect {' '.join(args)}:\n{result.stdout}\n{result.stderr}"
+    return result.stdout
+
+
+def logs(live: Live, run_id: str) -> list[str]:
+    found = live.post("/logs/filter", {"logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200})
+    return [entry["message"] for entry in found]
+
+
+def test_prefect_deploy_and_a_process_worker_run_the_pipeline(live: Live, tmp_path: Path) -> None:
+    songs, store = tmp_path / "songs", tmp_path / "store"
+    write_periodic_songs(songs, n_songs=2, seconds=3.0, block_size=TINY_BLOCK)
+    repository = snapshot_repository(tmp_path / "repository")
+    live.start_server()
+
+    prefect(live, "work-pool", "create", POOL, "--type", "process", cwd=tmp_path)
+    deploy_env = {"MUSICFLOW_REPO": repository, "MUSICFLOW_SOURCE": str(songs), "MUSICFLOW_STORE": str(store)}
+    prefect(
+        live,
+        *("--no-prompt", "deploy", "--prefect-file", "deployments/prefect.yaml", "--all"),
+        cwd=ROOT,
+        env=deploy_env,
+    )
+    deployments = live.deployments()
+    assert set(deployments) == DEPLOYMENTS
+    for deployment in deployments.values():
+        assert deployment["work_pool_name"] == POOL
+        assert deployment["pull_steps"] == [
+            {"prefect.deployments.steps.git_clone": {"id": "clone-musicflow", "repository": repository}}
+        ]
+        assert deployment["parameters"]["store"] == str(store)
+
+    tiny = {"transform": "rfft", "block_size": TINY_BLOCK, "workers": 1, "epochs": 1, "hidden": 32}
+    tiny |= {"seq_len": 8, "hop": 4, "seconds": 1.0, "count": 1}
+    run_id = live.run_deployment("musicflow-pipeline", **tiny)
+
+    # the worker runs from a folder of its own: the flow's code comes from the clone
+    elsewhere = tmp_path / "worker"
+    elsewhere.mkdir()
+    worker_log = tmp_path / "worker.log"
+    live.env.pop("PYTHONPATH", None)
+    worker = live.start(
+        [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--run-once"],
+        worker_log,
+        service=False,
+        cwd=elsewhere,
+    )
+    assert worker.wait(timeout=400) == 0, worker_log.read_text()
+
+    runs = live.runs()
+    failure = f"\n{live.report()}\n--- worker ---\n{worker_log.read_text()[-4000:]}"
+    (pipeline,) = [run for run in runs if run["id"] == run_id]
+    assert pipeline["state_type"] == "COMPLETED", failure
+    messages = logs(live, run_id)
+    assert any("Executing deployment step: git_clone" in line for line in messages), failure
+    assert any("All deployment steps completed successfully" in line for line in messages), failure
+
+    # the deployment's run and its three subflows carry readable names (flows/runtime/names.py)
+    subflows = {run["flow"]: run for run in runs if run["parent_task_run_id"]}
+    assert set(subflows) == {"ingest", "train", "generate"}, failure
+    assert all(run["state_type"] == "COMPLETED" for run in subflows.values()), failure
+    assert pipeline["name"] == "pipeline · songs → store"
+    assert subflows["ingest"]["name"] == "ingest · songs → store"
+    dataset_id = subflows["train"]["parameters"]["dataset"]
+    assert subflows["train"]["name"] == f"train · {dataset_id}"
+    model_id = subflows["generate"]["parameters"]["model"]
+    assert subflows["generate"]["name"] == f"generate · {model_id} · 1 clip"
+
+    # what it wrote: the dataset, the model, a generated clip
+    assert (store / "datasets" / dataset_id).is_dir()
+    assert (store / "models" / model_id / "card.json").is_file()
+    (metrics_file,) = store.glob("generated/*/metrics.json")
+    report: dict[str, Any] = json.loads(metrics_file.read_text())
+    assert report["model_id"] == model_id
+    (clip,) = report["clips"]
+    for name in clip["files"]:
+        assert (metrics_file.parent / name).stat().st_size > 0, name

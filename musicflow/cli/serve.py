@@ -70,6 +70,12 @@ def serve(
     source_block: Annotated[
         str | None, typer.Option(help="Prefect block with the source's credentials.")
     ] = None,
+    name: Annotated[
+        str,
+        typer.Option(
+            help="Deployment names NAME-ingest, NAME-train, NAME-generate: one NAME per store served."
+        ),
+    ] = "musicflow",
 ) -> None:
     """Serve the deployments: ingest (on demand/interval), train (when an ingest adds songs to this
     store), generate (cron). Flow runs run here, in child processes."""
@@ -109,11 +115,12 @@ def serve(
         count=count,
         store_block=store_block,
         source_block=source_block,
+        name=name,
     )
     api = ensure_prefect_api()
     export_storage_options()  # the flow-run processes inherit them; the API never sees them
     typer.echo(f"serving {', '.join(d.name for d in deployments)}; UI: {ui_url(api)}  (Ctrl+C to stop)")
-    typer.echo("trigger an ingest: prefect deployment run 'ingest/musicflow-ingest'")
+    typer.echo(f"trigger an ingest: prefect deployment run 'ingest/{deployments[0].name}'")
     from prefect import serve as prefect_serve  # lazy: start-up
 
     prefect_serve(*deployments)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -392,3 +393,26 @@ def test_serve_passes_the_stft_frame_options_and_checks_them() -> None:
     assert built["musicflow-train"].parameters == {"store": "/store", "preset": "gruv"}
     with pytest.raises(ConfigError, match="300"):
         build_deployments(source="/songs", store="/store", n_fft=512, n_mels=300)
+
+
+def test_a_name_prefixes_the_deployments_so_stores_can_share_a_server() -> None:
+    built = build_deployments(source="/songs", store="/jazz", name="jazz")
+    assert [d.name for d in built] == ["jazz-ingest", "jazz-train", "jazz-generate"]
+    assert [d.flow_name for d in built] == ["ingest", "train", "generate"]
+
+
+@pytest.mark.parametrize("name", ["", "has space", "a/b", "-dash-first", "x" * 65, "é"])
+def test_a_bad_deployment_name_is_refused_naming_it(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"invalid deployment name {re.escape(repr(name))}"):
+        build_deployments(source="s", store="t", name=name)
+
+
+def test_serve_with_a_bad_name_exits_2_naming_it(tmp_path: Path) -> None:
+    result = musicflow(
+        *("serve", "--source", str(tmp_path), "--store", str(tmp_path), "--name", "my store"),
+        env={"PREFECT_API_URL": "http://127.0.0.1:9/api"},  # must fail before any server
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "invalid deployment name 'my store'" in lines[0]

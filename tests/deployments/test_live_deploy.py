@@ -142,3 +142,37 @@ def test_prefect_deploy_and_a_process_worker_run_the_pipeline(live: Live, tmp_pa
     (clip,) = report["clips"]
     for name in clip["files"]:
         assert (metrics_file.parent / name).stat().st_size > 0, name
+
+
+def test_two_named_serves_share_one_server(live: Live, tmp_path: Path) -> None:
+    """``musicflow serve --name`` twice against one server: six deployments, and each serve runs
+    its own deployments' runs into its own store."""
+    live.start_server()
+    stores = {}
+    for name in ("jazz", "folk"):
+        songs, stores[name] = tmp_path / f"{name}-songs", tmp_path / f"{name}-store"
+        write_periodic_songs(songs, n_songs=1, seconds=2.0, block_size=TINY_BLOCK)
+        serve = [str(BIN / "musicflow"), "serve", "--name", name, "--source", str(songs)]
+        serve += ["--store", str(stores[name]), "--transform", "rfft", "--block-size", str(TINY_BLOCK)]
+        live.start([*serve, "--workers", "1"], tmp_path / f"serve-{name}.log")
+    expected = {f"{name}-{flow}" for name in stores for flow in ("ingest", "train", "generate")}
+    live.wait_until(lambda: set(live.deployments()) == expected, 180, "the two serves' six deployments")
+    deployments = live.deployments()
+    for name, store in stores.items():
+        assert deployments[f"{name}-ingest"]["parameters"]["store"] == str(store)
+
+    runs = {name: live.run_deployment(f"{name}-ingest") for name in stores}
+
+    def finished() -> bool:
+        states = {run["id"]: run["state_type"] for run in live.runs()}
+        return all(
+            states.get(run_id) in {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"} for run_id in runs.values()
+        )
+
+    live.wait_until(finished, 240, "both ingests to finish")
+    by_id = {run["id"]: run for run in live.runs()}
+    for name, run_id in runs.items():
+        run = by_id[run_id]
+        assert run["state_type"] == "COMPLETED", live.report()
+        assert run["name"] == f"ingest · {name}-songs → {name}-store"
+        assert len(list(stores[name].glob("datasets/*/config.json"))) == 1, name

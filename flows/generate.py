@@ -14,8 +14,9 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.prefect_tasks import generate_clips_task
 from flows.runtime import heartbeats
 from flows.runtime.blocks import use_storage
+from flows.runtime.images import image_markdown
 from flows.runtime.names import generate_run_name
-from tasks.generation.runs import new_run_id
+from tasks.generation.runs import new_run_id, run_dir
 from tasks.model.repository import resolve_model
 from tasks.store.store import open_store
 
@@ -63,11 +64,11 @@ def generate(
         logger.info(
             "%s %s", axis, scored.get("score") if "not_scored" not in scored else scored["not_scored"]
         )
-    _publish(report)
+    _publish(store, report)
     return report
 
 
-def _publish(report: dict[str, Any]) -> None:
+def _publish(store: str, report: dict[str, Any]) -> None:
     rows = []
     for clip in report["clips"]:
         metrics = clip["metrics"]
@@ -109,9 +110,13 @@ def _publish(report: dict[str, Any]) -> None:
             f"for the training songs. Axes of the run (1 = the real continuation): {axes or 'none'}"
         ),
     )
+    opened = open_store(store)
     images = "\n".join(
-        f"### {clip['name']}\n\nspectrogram: [{report['location']}/{clip['name']}.png]"
-        f"({report['location']}/{clip['name']}.png)\n"
+        f"### {clip['name']}\n\n`{report['location']}/{clip['name']}.png`\n\n"
+        + image_markdown(
+            opened, run_dir(report["run_id"]), f"{clip['name']}.png", alt=f"{clip['name']} spectrogram"
+        )
+        + "\n"
         for clip in report["clips"]
     )
     create_markdown_artifact(

@@ -44,6 +44,9 @@ BATCHES_PER_WORKER = 1
 # Batch task runs waiting at once, per Dask thread: one running and one queued on the cluster, so
 # a worker that finishes a batch starts the next at once; the rest wait here, not in the cluster.
 BATCHES_IN_FLIGHT_PER_THREAD = 2
+# Rows of the failures and warnings tables: a collection with thousands of bad files would make a
+# table artifact the UI cannot show; the catalog keeps every one of them.
+TABLE_ROWS = 50
 
 
 @flow(name="ingest", flow_run_name=ingest_run_name, log_prints=False)
@@ -233,15 +236,28 @@ def _publish(summary: dict[str, Any]) -> None:
         ],
         description=f"Ingest into {summary['store']}",
     )
+    full_list = (
+        f"`musicflow catalog --store {summary['store']} --dataset {summary['dataset_id']} --status failed` "
+        "or `musicflow status`"
+    )
     if summary["failures"]:
         create_table_artifact(
             key="ingest-failures",
-            table=summary["failures"],
-            description="Files recorded as failed (skipped), with the decoder's error",
+            table=summary["failures"][:TABLE_ROWS],
+            description="Files recorded as failed (skipped), with the decoder's error"
+            + _more(len(summary["failures"]), full_list),
         )
     if summary["warnings"]:
         create_table_artifact(
             key="ingest-warnings",
-            table=summary["warnings"],
-            description="Songs kept although the decoder reported (concealed) errors",
+            table=summary["warnings"][:TABLE_ROWS],
+            description="Songs kept although the decoder reported (concealed) errors"
+            + _more(len(summary["warnings"]), "the catalog's `warnings` column"),
         )
+
+
+def _more(n_rows: int, where: str) -> str:
+    """What a capped table says about the rows it leaves out."""
+    if n_rows <= TABLE_ROWS:
+        return ""
+    return f". The first {TABLE_ROWS} of {n_rows}: {n_rows - TABLE_ROWS} more in {where}"

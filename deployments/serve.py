@@ -1,5 +1,8 @@
 """The musicflow deployments, built in code and served by ``musicflow serve``.
 
+Their names start with the serve's name (``--name``, default ``musicflow``), so that several
+stores are served on one server; with the default:
+
 - ``musicflow-ingest``: on demand, and every ``ingest_every`` seconds if given,
   to pick up new songs in the source; one at a time (a run that finds another
   one running is cancelled: the running one picks the songs up, or the next);

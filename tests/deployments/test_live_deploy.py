@@ -12,6 +12,7 @@ code under test is the code the worker runs. Every process started is killed at 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from typing import Any
 
 import pytest
 from conftest import TINY_BLOCK
-from helpers import ROOT, write_periodic_songs
+from helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, write_periodic_songs
 from test_live_schedules import BIN, Live
 
 pytestmark = pytest.mark.slow
@@ -142,6 +143,7 @@ def test_prefect_deploy_and_a_process_worker_run_the_pipeline(live: Live, tmp_pa
     (clip,) = report["clips"]
     for name in clip["files"]:
         assert (metrics_file.parent / name).stat().st_size > 0, name
+    ui_pictures(live, tmp_path, {"pipeline": pipeline, **subflows})
 
 
 def test_two_named_serves_share_one_server(live: Live, tmp_path: Path) -> None:
@@ -176,3 +178,45 @@ def test_two_named_serves_share_one_server(live: Live, tmp_path: Path) -> None:
         assert run["state_type"] == "COMPLETED", live.report()
         assert run["name"] == f"ingest · {name}-songs → {name}-store"
         assert len(list(stores[name].glob("datasets/*/config.json"))) == 1, name
+
+
+def ui_pictures(live: Live, tmp_path: Path, runs: dict[str, dict[str, Any]]) -> None:
+    """In headless Chromium, the Prefect UI lists the named runs and shows the loss curve and the
+    spectrogram inside their artifacts (skipped without Chromium/Playwright). Set
+    MUSICFLOW_UI_SCREENSHOTS=DIR to keep the screenshots."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return
+    if CHROMIUM is None:
+        return
+    ui = live.api.removesuffix("/api")
+    artifacts = {
+        "loss curve": live.artifacts(runs["train"]["id"])["train-summary"]["id"],
+        "clip-01 spectrogram": live.artifacts(runs["generate"]["id"])["generated-spectrograms"]["id"],
+    }
+    shown: dict[str, int] = {}
+    with sync_playwright() as driver:
+        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 900})
+            page.goto(f"{ui}/v2/runs")
+            for run in runs.values():
+                page.get_by_text(run["name"]).first.wait_for(timeout=60_000)
+            page.wait_for_timeout(1000)
+            page.screenshot(path=str(tmp_path / "prefect-ui-named-runs.png"), full_page=True)
+            for alt, artifact_id in artifacts.items():
+                page.goto(f"{ui}/v2/artifacts/artifact/{artifact_id}")
+                image = page.locator(f"img[alt='{alt}']")
+                image.wait_for(timeout=60_000)
+                page.wait_for_function(f"document.querySelector(\"img[alt='{alt}']\").complete")
+                shown[alt] = int(image.evaluate("img => img.naturalWidth"))
+                assert image.get_attribute("src").startswith("data:image/png;base64,")
+            page.screenshot(path=str(tmp_path / "prefect-ui-spectrogram.png"), full_page=True)
+        finally:
+            browser.close()
+    assert all(width > 100 for width in shown.values()), shown  # decoded, not broken images
+    keep = os.environ.get("MUSICFLOW_UI_SCREENSHOTS")
+    if keep:
+        for name in ("prefect-ui-named-runs.png", "prefect-ui-spectrogram.png"):
+            shutil.copy(tmp_path / name, Path(keep) / name)

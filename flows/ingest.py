@@ -236,16 +236,13 @@ def _publish(summary: dict[str, Any]) -> None:
         ],
         description=f"Ingest into {summary['store']}",
     )
-    full_list = (
-        f"`musicflow catalog --store {summary['store']} --dataset {summary['dataset_id']} --status failed` "
-        "or `musicflow status`"
-    )
+    catalog = f"musicflow catalog --store {summary['store']} --dataset {summary['dataset_id']}"
     if summary["failures"]:
         create_table_artifact(
             key="ingest-failures",
             table=summary["failures"][:TABLE_ROWS],
             description="Files recorded as failed (skipped), with the decoder's error"
-            + _more(len(summary["failures"]), full_list),
+            + _more(len(summary["failures"]), f"`{catalog} --status failed`"),
         )
     if summary["warnings"]:
         create_table_artifact(

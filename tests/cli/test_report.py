@@ -5,13 +5,12 @@ Set MUSICFLOW_UI_SCREENSHOTS=DIR to keep the screenshot."""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import CHROMIUM, CHROMIUM_ARGS, musicflow
+from helpers import CHROMIUM, chromium_browser, keep_screenshots, musicflow
 
 from tasks.generation.generate import generate_run
 from tasks.report import REPORT_PAGE, write_report
@@ -38,7 +37,7 @@ def test_the_page_plays_in_chromium(listened: dict[str, Any], tmp_path: Path) ->
     assert str(page_path.resolve()) in result.stdout
 
     with sync_api.sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = chromium_browser(driver)
         try:
             page = browser.new_page(viewport={"width": 1200, "height": 900})
             page.goto(page_path.as_uri())
@@ -69,9 +68,7 @@ def test_the_page_plays_in_chromium(listened: dict[str, Any], tmp_path: Path) ->
     for axis, scored in run["quality"]["axes"].items():  # each axis beside its anchor or the reason
         assert axis in text
         assert (scored.get("not_scored") or scored["anchor"]) in text
-    keep = os.environ.get("MUSICFLOW_UI_SCREENSHOTS")
-    if keep:
-        shutil.copy(tmp_path / "musicflow-report.png", Path(keep) / "musicflow-report.png")
+    keep_screenshots(tmp_path, "musicflow-report.png")
 
 
 def test_an_s3_stores_media_are_copied_beside_the_page(

@@ -292,16 +292,22 @@ def test_deployment_parameters_are_parameters_of_their_flows(default: dict[str, 
         assert set(full[name].parameters) <= set(inspect.signature(flow.fn).parameters), name
 
 
-def test_serve_with_a_bad_cron_exits_2_naming_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [("--cron", "0 99 * * *", "'0 99 * * *'"), ("--name", "my store", "invalid deployment name 'my store'")],
+)
+def test_serve_with_a_bad_value_exits_2_naming_it(
+    tmp_path: Path, option: str, value: str, fragment: str
+) -> None:
     result = musicflow(
-        *("serve", "--source", str(tmp_path), "--store", str(tmp_path), "--cron", "0 99 * * *"),
+        *("serve", "--source", str(tmp_path), "--store", str(tmp_path), option, value),
         env={"PREFECT_API_URL": "http://127.0.0.1:9/api"},  # must fail before any server
         timeout=120,
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("musicflow: error: ")
-    assert "'0 99 * * *'" in lines[0]
+    assert fragment in lines[0]
 
 
 # --- prefect.yaml -------------------------------------------------------------------------------------
@@ -405,14 +411,3 @@ def test_a_name_prefixes_the_deployments_so_stores_can_share_a_server() -> None:
 def test_a_bad_deployment_name_is_refused_naming_it(name: str) -> None:
     with pytest.raises(ConfigError, match=f"invalid deployment name {re.escape(repr(name))}"):
         build_deployments(source="s", store="t", name=name)
-
-
-def test_serve_with_a_bad_name_exits_2_naming_it(tmp_path: Path) -> None:
-    result = musicflow(
-        *("serve", "--source", str(tmp_path), "--store", str(tmp_path), "--name", "my store"),
-        env={"PREFECT_API_URL": "http://127.0.0.1:9/api"},  # must fail before any server
-        timeout=120,
-    )
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and "invalid deployment name 'my store'" in lines[0]

@@ -12,31 +12,22 @@ code under test is the code the worker runs. Every process started is killed at 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+import test_live_schedules
 from conftest import TINY_BLOCK
-from helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, write_periodic_songs
+from helpers import ROOT, chromium_browser, keep_screenshots, ui_playwright, write_periodic_songs
 from test_live_schedules import BIN, Live
 
 pytestmark = pytest.mark.slow
+live = test_live_schedules.live  # the fixture: a Prefect server and what the test starts, killed at the end
 
 POOL = "musicflow"  # the work pool deployments/prefect.yaml names
 DEPLOYMENTS = {"musicflow-ingest", "musicflow-train", "musicflow-generate", "musicflow-pipeline"}
-
-
-@pytest.fixture
-def live(tmp_path: Path) -> Iterator[Live]:
-    processes = Live(tmp_path)
-    try:
-        yield processes
-    finally:
-        processes.stop()
 
 
 def snapshot_repository(destination: Path) -> str:
@@ -184,11 +175,8 @@ def ui_pictures(live: Live, tmp_path: Path, runs: dict[str, dict[str, Any]]) -> 
     """In headless Chromium, the Prefect UI lists the named runs and shows the loss curve and the
     spectrogram inside their artifacts (skipped without Chromium/Playwright). Set
     MUSICFLOW_UI_SCREENSHOTS=DIR to keep the screenshots."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        return
-    if CHROMIUM is None:
+    sync_playwright = ui_playwright()
+    if sync_playwright is None:
         return
     ui = live.api.removesuffix("/api")
     artifacts = {
@@ -197,7 +185,7 @@ def ui_pictures(live: Live, tmp_path: Path, runs: dict[str, dict[str, Any]]) -> 
     }
     shown: dict[str, int] = {}
     with sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = chromium_browser(driver)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.goto(f"{ui}/v2/runs")
@@ -216,7 +204,4 @@ def ui_pictures(live: Live, tmp_path: Path, runs: dict[str, dict[str, Any]]) -> 
         finally:
             browser.close()
     assert all(width > 100 for width in shown.values()), shown  # decoded, not broken images
-    keep = os.environ.get("MUSICFLOW_UI_SCREENSHOTS")
-    if keep:
-        for name in ("prefect-ui-named-runs.png", "prefect-ui-spectrogram.png"):
-            shutil.copy(tmp_path / name, Path(keep) / name)
+    keep_screenshots(tmp_path, "prefect-ui-named-runs.png", "prefect-ui-spectrogram.png")

@@ -1,5 +1,8 @@
 """The musicflow deployments, built in code and served by ``musicflow serve``.
 
+Their names start with the serve's name (``--name``, default ``musicflow``), so that several
+stores are served on one server; with the default:
+
 - ``musicflow-ingest``: on demand, and every ``ingest_every`` seconds if given,
   to pick up new songs in the source; one at a time (a run that finds another
   one running is cancelled: the running one picks the songs up, or the next);
@@ -20,6 +23,7 @@ flows load the blocks (``flows.runtime.blocks``).
 from __future__ import annotations
 
 import datetime as dt
+import re
 from typing import Any
 
 from cronsim import CronSim, CronSimError
@@ -37,6 +41,9 @@ from tasks.ingest.events import DATASET_UPDATED, STORE_LABEL, store_key
 
 DEFAULT_GENERATE_CRON = "0 6 * * *"
 DATASET_ID_TEMPLATE = "{{ event.payload.dataset_id }}"  # rendered by the server when the trigger fires
+DEFAULT_NAME = "musicflow"  # deployments NAME-ingest, NAME-train, NAME-generate
+# Letters, digits, '-', '_' and '.': a deployment name Prefect's CLI and URLs take as it is.
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 TRAIN_OPTIONS = ("hidden", "layers", "seq_len", "hop", "batch_size", "learning_rate", "patience")
 
 # Ingests never overlap: an interval tick that finds one running is cancelled (it would only wait
@@ -58,10 +65,21 @@ def dataset_updated_trigger(store: str) -> DeploymentEventTrigger:
     )
 
 
+def deployment_names(name: str = DEFAULT_NAME) -> list[str]:
+    """The names of the three deployments served under ``name`` (:class:`ConfigError` for a bad one)."""
+    if not NAME_PATTERN.fullmatch(name):
+        raise ConfigError(
+            f"invalid deployment name {name!r}: use 1-64 letters, digits, '-', '_' or '.', starting with "
+            "a letter or digit"
+        )
+    return [f"{name}-ingest", f"{name}-train", f"{name}-generate"]
+
+
 def build_deployments(
     *,
     source: str,
     store: str,
+    name: str = DEFAULT_NAME,
     generate_cron: str = DEFAULT_GENERATE_CRON,
     ingest_every: float | None = None,
     workers: int | None = None,
@@ -88,8 +106,10 @@ def build_deployments(
     """The three deployments (``RunnerDeployment`` objects), ready for ``prefect.serve``.
 
     ``train_options`` are the train flow's model options (``hidden``, ``seq_len``...);
-    every value is checked here, so a bad one fails before anything is served.
+    every value is checked here, so a bad one fails before anything is served. ``name`` prefixes
+    the deployments' names (``NAME-ingest``...), so that several stores are served on one server.
     """
+    ingest_name, train_name, generate_name = deployment_names(name)
     _check_cron(generate_cron)
     if ingest_every is not None and ingest_every <= 0:
         raise ConfigError(f"invalid ingest interval {ingest_every!r}: must be positive seconds")
@@ -111,7 +131,7 @@ def build_deployments(
     check_max_minutes(max_minutes)
     blocks = {"store_block": store_block} if store_block else {}
     ingest_deployment = ingest.to_deployment(
-        name="musicflow-ingest",
+        name=ingest_name,
         interval=ingest_every,
         parameters=_given(
             source=source,
@@ -130,7 +150,7 @@ def build_deployments(
         tags=["musicflow"],
     )
     train_deployment = train.to_deployment(
-        name="musicflow-train",
+        name=train_name,
         triggers=[dataset_updated_trigger(store)],
         parameters=_given(
             store=store, preset=preset, epochs=epochs, max_minutes=max_minutes, **model, **blocks
@@ -140,7 +160,7 @@ def build_deployments(
         tags=["musicflow"],
     )
     generate_deployment = generate.to_deployment(
-        name="musicflow-generate",
+        name=generate_name,
         schedules=[Cron(generate_cron, timezone="UTC")],
         parameters=_given(store=store, seconds=seconds, count=count, **blocks),
         description="Generate clips from the newest model",

@@ -28,6 +28,7 @@ from flows.runtime.cluster import (
     dask_client,
     default_workers,
 )
+from flows.runtime.names import ingest_run_name
 from flows.runtime.progress import StageProgress, notify
 from tasks.audio.ffmpeg import ffmpeg_binary
 from tasks.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, ingest_config
@@ -62,9 +63,12 @@ def batches_in_flight(n_batches: int, threads: int) -> int:
     fewer than two per thread present (one running, one queued: a worker that finishes a batch
     starts the next at once). The order stays largest first through the tasks' Dask priority."""
     return max(1, min(max(n_batches, 2 * threads), max(MAX_BATCHES_IN_FLIGHT, 2 * threads)))
+# Rows of the failures and warnings tables: a collection with thousands of bad files would make a
+# table artifact the UI cannot show; the catalog keeps every one of them.
+TABLE_ROWS = 50
 
 
-@flow(name="ingest", log_prints=False)
+@flow(name="ingest", flow_run_name=ingest_run_name, log_prints=False)
 def ingest(
     source: str,
     store: str,
@@ -273,15 +277,25 @@ def _publish(summary: dict[str, Any]) -> None:
         ],
         description=f"Ingest into {summary['store']}",
     )
+    catalog = f"musicflow catalog --store {summary['store']} --dataset {summary['dataset_id']}"
     if summary["failures"]:
         create_table_artifact(
             key="ingest-failures",
-            table=summary["failures"],
-            description="Files recorded as failed (skipped), with the decoder's error",
+            table=summary["failures"][:TABLE_ROWS],
+            description="Files recorded as failed (skipped), with the decoder's error"
+            + _more(len(summary["failures"]), f"`{catalog} --status failed`"),
         )
     if summary["warnings"]:
         create_table_artifact(
             key="ingest-warnings",
-            table=summary["warnings"],
-            description="Songs kept although the decoder reported (concealed) errors",
+            table=summary["warnings"][:TABLE_ROWS],
+            description="Songs kept although the decoder reported (concealed) errors"
+            + _more(len(summary["warnings"]), "the catalog's `warnings` column"),
         )
+
+
+def _more(n_rows: int, where: str) -> str:
+    """What a capped table says about the rows it leaves out."""
+    if n_rows <= TABLE_ROWS:
+        return ""
+    return f". The first {TABLE_ROWS} of {n_rows}: {n_rows - TABLE_ROWS} more in {where}"

@@ -8,11 +8,12 @@ from prefect import flow
 
 from flows.generate import generate
 from flows.ingest import ingest
+from flows.runtime.names import pipeline_run_name
 from flows.train import train
 from tasks.config import DEFAULT_TRANSFORM, check_generate_request, check_max_minutes
 
 
-@flow(name="pipeline")
+@flow(name="pipeline", flow_run_name=pipeline_run_name)
 def pipeline(
     source: str,
     store: str,

@@ -14,6 +14,8 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from flows.prefect_tasks import train_model_task
 from flows.runtime import heartbeats
 from flows.runtime.blocks import use_storage
+from flows.runtime.images import image_markdown
+from flows.runtime.names import train_run_name
 from tasks.config import TrainConfig, check_max_minutes
 from tasks.model.repository import LOSS_CURVE_FILE, model_dir, stop_text
 from tasks.model.train import default_preset
@@ -23,7 +25,7 @@ from tasks.store.store import checked_id, open_store
 heartbeats.install()
 
 
-@flow(name="train")
+@flow(name="train", flow_run_name=train_run_name)
 def train(
     store: str,
     dataset: str | None = None,
@@ -121,7 +123,9 @@ def _publish(store: str, card: dict[str, Any]) -> None:
         ],
         description=f"Losses per epoch (predicting the mean block: {card['baseline_val_loss']:.4g})",
     )
-    curve = open_store(store).full_url(model_dir(card["model_id"]), LOSS_CURVE_FILE)
+    opened = open_store(store)
+    curve = opened.full_url(model_dir(card["model_id"]), LOSS_CURVE_FILE)
+    picture = image_markdown(opened, model_dir(card["model_id"]), LOSS_CURVE_FILE, alt="loss curve")
     create_markdown_artifact(
         key="train-summary",
         markdown=(
@@ -132,7 +136,7 @@ def _publish(store: str, card: dict[str, Any]) -> None:
             f"- train loss: {card['train_loss']:.5g}, validation loss: {card['val_loss']:.5g} "
             f"(predicting the mean block: {card['baseline_val_loss']:.5g})\n"
             f"- parameters: {card['params']:,}\n- wall time: {card['wall_seconds']:.1f} s\n"
-            f"- loss curve: [{curve}]({curve})\n"
+            f"- loss curve: `{curve}`\n\n{picture}\n"
         ),
         description="Trained model",
     )

@@ -166,6 +166,28 @@ CHROMIUM_ARGS = [
 ]
 
 
+def chromium_browser(driver: Any) -> Any:
+    """Headless Chromium launched through a Playwright driver, as the UI tests run it."""
+    return driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+
+
+def ui_playwright() -> Any | None:
+    """Playwright's ``sync_playwright`` when Playwright and Chromium are both installed; None
+    otherwise (a live test then skips its UI checks, not its own)."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        return None
+    return sync_playwright if CHROMIUM is not None else None
+
+
+def keep_screenshots(folder: Path, *names: str) -> None:
+    """Copy the screenshots ``names`` from ``folder`` to $MUSICFLOW_UI_SCREENSHOTS, when it is set."""
+    keep = os.environ.get("MUSICFLOW_UI_SCREENSHOTS")
+    for name in names if keep else ():
+        shutil.copy(folder / name, Path(str(keep)) / name)
+
+
 def flow_run_artifacts(flow_run_id: Any) -> dict[str, Any]:
     """The keyed artifacts of a flow run, by key, from the Prefect API."""
     from prefect.client.orchestration import get_client

@@ -90,6 +90,12 @@ def serve(
             "MUSICFLOW_* variable given wins over the file.",
         ),
     ] = None,
+    name: Annotated[
+        str,
+        typer.Option(
+            help="Deployment names NAME-ingest, NAME-train, NAME-generate: one NAME per store served."
+        ),
+    ] = "musicflow",
 ) -> None:
     """Serve the deployments: ingest (on demand/interval), train (when an ingest adds songs to this
     store), generate (cron). Flow runs run here, in child processes; their ingests share one Dask
@@ -147,11 +153,12 @@ def serve(
         count=count,
         store_block=store_block,
         source_block=source_block,
+        name=name,
     )
     api = ensure_prefect_api()
     export_storage_options()  # the flow-run processes inherit them; the API never sees them
     typer.echo(f"serving {', '.join(d.name for d in deployments)}; UI: {ui_url(api)}  (Ctrl+C to stop)")
-    typer.echo("trigger an ingest: prefect deployment run 'ingest/musicflow-ingest'")
+    typer.echo(f"trigger an ingest: prefect deployment run 'ingest/{deployments[0].name}'")
     from prefect import serve as prefect_serve  # lazy: start-up
 
     with kept or nullcontext():

@@ -69,6 +69,17 @@ class Store:
         path = self.path(*parts)
         return path if self.is_local else self.fs.unstrip_protocol(path)
 
+    def signed_url(self, *parts: str, expires_seconds: int) -> str | None:
+        """A URL of ``parts`` that a browser opens without credentials for ``expires_seconds``
+        (presigned, as S3 gives it through fsspec's ``sign``); None where the filesystem cannot
+        sign (a local folder, memory)."""
+        if self.is_local:
+            return None
+        try:
+            return str(self.fs.sign(self.path(*parts), expiration=expires_seconds))
+        except NotImplementedError:
+            return None
+
     def exists(self, *parts: str) -> bool:
         return bool(self.fs.exists(self.path(*parts)))
 

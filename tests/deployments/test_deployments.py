@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import inspect
+import re
 import uuid
 from pathlib import Path
 from typing import Any
@@ -291,16 +292,22 @@ def test_deployment_parameters_are_parameters_of_their_flows(default: dict[str, 
         assert set(full[name].parameters) <= set(inspect.signature(flow.fn).parameters), name
 
 
-def test_serve_with_a_bad_cron_exits_2_naming_it(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("option", "value", "fragment"),
+    [("--cron", "0 99 * * *", "'0 99 * * *'"), ("--name", "my store", "invalid deployment name 'my store'")],
+)
+def test_serve_with_a_bad_value_exits_2_naming_it(
+    tmp_path: Path, option: str, value: str, fragment: str
+) -> None:
     result = musicflow(
-        *("serve", "--source", str(tmp_path), "--store", str(tmp_path), "--cron", "0 99 * * *"),
+        *("serve", "--source", str(tmp_path), "--store", str(tmp_path), option, value),
         env={"PREFECT_API_URL": "http://127.0.0.1:9/api"},  # must fail before any server
         timeout=120,
     )
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("musicflow: error: ")
-    assert "'0 99 * * *'" in lines[0]
+    assert fragment in lines[0]
 
 
 # --- prefect.yaml -------------------------------------------------------------------------------------
@@ -318,16 +325,33 @@ def test_yaml_names_the_same_deployments_and_entrypoints(
 ) -> None:
     from prefect.flows import load_flow_from_entrypoint
 
-    assert list(declared) == NAMES
+    # the served three, and a pipeline deployment (ingest, train, generate in one run) for prefect deploy
+    assert list(declared) == [*NAMES, "musicflow-pipeline"]
     for name, deployment in declared.items():
         path = deployment["entrypoint"].partition(":")[0]
         assert (ROOT / path).is_file(), deployment["entrypoint"]
         flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
-        assert flow.name == default[name].flow_name
-        assert default[name].entrypoint.endswith(deployment["entrypoint"])
+        if name in default:
+            assert flow.name == default[name].flow_name
+            assert default[name].entrypoint.endswith(deployment["entrypoint"])
+        else:
+            assert flow.name == "pipeline"
         assert set(deployment["parameters"]) <= set(inspect.signature(flow.fn).parameters)
         assert deployment["tags"] == ["musicflow"]
         assert deployment["work_pool"]["name"] == "musicflow"
+
+
+def test_yaml_pull_step_clones_the_repository(declared: dict[str, dict[str, Any]]) -> None:
+    document = yaml.safe_load(YAML.read_text())
+    assert document["pull"] == [
+        {
+            "prefect.deployments.steps.git_clone": {
+                "id": "clone-musicflow",
+                "repository": "{{ $MUSICFLOW_REPO }}",
+            }
+        }
+    ]
+    assert all("pull" not in deployment for deployment in declared.values())
 
 
 def test_yaml_schedules_and_trigger_match_the_code(
@@ -347,6 +371,9 @@ def test_yaml_schedules_and_trigger_match_the_code(
     assert set(trigger.match.root) == set(code.match.root)
     assert trigger.posture == code.posture and trigger.threshold == code.threshold
     assert trigger.parameters == code.parameters == {"dataset": DATASET_ID_TEMPLATE}
+    assert not declared["musicflow-pipeline"].get("schedules") and not declared["musicflow-pipeline"].get(
+        "triggers"
+    )
     for name, strategy in (("musicflow-ingest", "CANCEL_NEW"), ("musicflow-train", "ENQUEUE")):
         limit = declared[name]["concurrency_limit"]
         assert limit == {"limit": default[name].concurrency_limit, "collision_strategy": strategy}
@@ -372,3 +399,15 @@ def test_serve_passes_the_stft_frame_options_and_checks_them() -> None:
     assert built["musicflow-train"].parameters == {"store": "/store", "preset": "gruv"}
     with pytest.raises(ConfigError, match="300"):
         build_deployments(source="/songs", store="/store", n_fft=512, n_mels=300)
+
+
+def test_a_name_prefixes_the_deployments_so_stores_can_share_a_server() -> None:
+    built = build_deployments(source="/songs", store="/jazz", name="jazz")
+    assert [d.name for d in built] == ["jazz-ingest", "jazz-train", "jazz-generate"]
+    assert [d.flow_name for d in built] == ["ingest", "train", "generate"]
+
+
+@pytest.mark.parametrize("name", ["", "has space", "a/b", "-dash-first", "x" * 65, "é"])
+def test_a_bad_deployment_name_is_refused_naming_it(name: str) -> None:
+    with pytest.raises(ConfigError, match=f"invalid deployment name {re.escape(repr(name))}"):
+        build_deployments(source="s", store="t", name=name)

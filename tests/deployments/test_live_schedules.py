@@ -37,7 +37,7 @@ import httpx
 import psutil
 import pytest
 from conftest import TINY_BLOCK
-from helpers import CHROMIUM, CHROMIUM_ARGS, ROOT, write_periodic_songs
+from helpers import ROOT, chromium_browser, keep_screenshots, ui_playwright, write_periodic_songs
 
 from tasks.ingest.events import DATASET_UPDATED, store_key
 
@@ -87,11 +87,13 @@ class Live:
         self.server_log = root / "server.log"
         self.http = httpx.Client(base_url=self.api, timeout=30)
 
-    def start(self, command: list[str], log: Path, *, service: bool = True) -> subprocess.Popen[bytes]:
+    def start(
+        self, command: list[str], log: Path, *, service: bool = True, cwd: Path = ROOT
+    ) -> subprocess.Popen[bytes]:
         with open(log, "ab") as output:
             process = subprocess.Popen(
                 command,
-                cwd=ROOT,
+                cwd=cwd,
                 env=self.env,
                 stdin=subprocess.DEVNULL,
                 stdout=output,
@@ -250,6 +252,7 @@ class Live:
 
 @pytest.fixture
 def live(tmp_path: Path) -> Iterator[Live]:
+    """The server and the processes a test starts (test_live_deploy.py uses it too), all killed at the end."""
     processes = Live(tmp_path)
     try:
         yield processes
@@ -452,15 +455,12 @@ def test_served_deployments_run_on_schedule_and_on_new_songs(live: Live, tmp_pat
 
 def screenshots(live: Live, tmp_path: Path, train_runs: list[str]) -> None:
     """The UI shows the three deployments and their runs (skipped without Chromium/Playwright)."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        return
-    if CHROMIUM is None:
+    sync_playwright = ui_playwright()
+    if sync_playwright is None:
         return
     ui = live.api.removesuffix("/api")
     with sync_playwright() as driver:
-        browser = driver.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        browser = chromium_browser(driver)
         try:
             page = browser.new_page(viewport={"width": 1500, "height": 1000})
             page.goto(f"{ui}/v2/deployments")
@@ -478,7 +478,4 @@ def screenshots(live: Live, tmp_path: Path, train_runs: list[str]) -> None:
             page.screenshot(path=str(tmp_path / "prefect-ui-runs.png"), full_page=True)
         finally:
             browser.close()
-    keep = os.environ.get("MUSICFLOW_UI_SCREENSHOTS")
-    if keep:
-        for name in ("prefect-ui-deployments.png", "prefect-ui-runs.png"):
-            shutil.copy(tmp_path / name, Path(keep) / name)
+    keep_screenshots(tmp_path, "prefect-ui-deployments.png", "prefect-ui-runs.png")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import shutil
@@ -122,6 +123,10 @@ def test_generate_flow_writes_the_run_and_publishes_artifacts(
     markdown = artifacts["generated-spectrograms"].data
     assert tiny_model[1] in markdown
     assert f"{report['location']}/clip-01.png" in markdown and f"{report['location']}/clip-02.png" in markdown
+    assert f"`musicflow report --store {store}`" in markdown  # where to listen
+    for clip in ("clip-01", "clip-02"):  # the spectrograms themselves, embedded for the browser
+        embedded = base64.b64encode((run / f"{clip}.png").read_bytes()).decode()
+        assert f"![{clip} spectrogram](data:image/png;base64,{embedded})" in markdown
 
 
 @pytest.mark.usefixtures("prefect_server")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
 import pytest
 from helpers import assert_store_consistent, copy_songs, flow_run_artifacts, write_bad_inputs
 
+import flows.ingest
 from flows.ingest import ingest
 from tasks.dataset.catalog import CATALOG_DIR, read_catalog
 from tasks.dataset.repository import dataset_dir
@@ -17,7 +19,10 @@ from tasks.store.store import open_store
 pytestmark = pytest.mark.usefixtures("prefect_server")
 
 
-def test_ingest_records_bad_files_and_publishes_artifacts(tmp_path: Path, demo_songs: list[Path]) -> None:
+def test_ingest_records_bad_files_and_publishes_artifacts(
+    tmp_path: Path, demo_songs: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(flows.ingest, "TABLE_ROWS", 3)  # of the 5 bad files, the table shows 3
     source = tmp_path / "songs"
     good = copy_songs(demo_songs[:3], source / "nested")
     expected_errors = write_bad_inputs(source / "bad", demo_songs[-1])
@@ -37,6 +42,11 @@ def test_ingest_records_bad_files_and_publishes_artifacts(tmp_path: Path, demo_s
     artifacts = flow_run_artifacts(str(state.state_details.flow_run_id))
     assert {"ingest-summary", "ingest-failures", "ingest-progress"} <= set(artifacts)
     assert artifacts["ingest-progress"].data == pytest.approx(100.0)
+    failures = artifacts["ingest-failures"]
+    rows = json.loads(failures.data) if isinstance(failures.data, str) else failures.data
+    assert [row["source"] for row in rows] == [row["source"] for row in summary["failures"][:3]]
+    assert "The first 3 of 5: 2 more in `musicflow catalog --store" in failures.description
+    assert f"--dataset {summary['dataset_id']} --status failed`" in failures.description
 
 
 def test_second_run_decodes_nothing_and_new_songs_are_added(tmp_path: Path, demo_songs: list[Path]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import shutil
@@ -62,6 +63,8 @@ def test_train_flow_publishes_the_model_and_its_artifacts(
         assert row["val_loss"] == pytest.approx(val_loss, abs=1e-6)
     summary = artifacts["train-summary"].data
     assert model_id in summary and dataset_id in summary and "loss-curve.png" in summary
+    curve = base64.b64encode(store.read_bytes(model_dir(model_id), "loss-curve.png")).decode()
+    assert f"![loss curve](data:image/png;base64,{curve})" in summary  # shown in the UI, not a path
     assert artifacts["train-progress"].data == pytest.approx(100.0)  # the task's progress, all epochs
 
     # the same flow again resumes the same model to more epochs

@@ -63,6 +63,8 @@ def batches_in_flight(n_batches: int, threads: int) -> int:
     fewer than two per thread present (one running, one queued: a worker that finishes a batch
     starts the next at once). The order stays largest first through the tasks' Dask priority."""
     return max(1, min(max(n_batches, 2 * threads), max(MAX_BATCHES_IN_FLIGHT, 2 * threads)))
+
+
 # Rows of the failures and warnings tables: a collection with thousands of bad files would make a
 # table artifact the UI cannot show; the catalog keeps every one of them.
 TABLE_ROWS = 50

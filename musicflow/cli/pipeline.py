@@ -20,6 +20,7 @@ from musicflow.cli.options import (
     HiddenOption,
     MaxMinutesOption,
     ModelPresetOption,
+    PhaseOption,
     SamplingOption,
     SeqLenOption,
     ShardFormatChoice,
@@ -54,6 +55,7 @@ def pipeline(
         float | None, typer.Option(help="Sampling spread (spectral) or fed-back noise (small/gruv).")
     ] = None,
     sampling: SamplingOption = None,
+    phase: PhaseOption = None,
     storage_options: StorageOptionsOption = None,
     source_options: SourceOptionsOption = None,
     verbose: VerboseOption = False,
@@ -79,6 +81,7 @@ def pipeline(
         count=count,
         temperature=temperature,
         sampling=sampling.value if sampling else None,
+        phase=phase.value if phase else None,
     )
 
 

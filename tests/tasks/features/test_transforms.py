@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tasks.config import FeatureConfig
+from tasks.config import PHASES, FeatureConfig
 from tasks.errors import ConfigError
 from tasks.features.blocks import blocks_to_features, frame_blocks
 from tasks.features.transforms import (
@@ -190,7 +190,8 @@ def test_the_mel_filterbank_is_librosas(sample_rate: int, n_fft: int, n_mels: in
     np.testing.assert_allclose(hann(n_fft), scipy.signal.get_window("hann", n_fft, fftbins=True), atol=1e-12)
 
 
-def test_long_stft_inverse_is_segmented_without_an_edge(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("phase", PHASES)
+def test_long_stft_inverse_is_segmented_without_an_edge(monkeypatch: pytest.MonkeyPatch, phase: str) -> None:
     import tasks.features.transforms as transforms
 
     monkeypatch.setattr(transforms, "GRIFFIN_LIM_SEGMENT_FRAMES", 200)
@@ -199,7 +200,7 @@ def test_long_stft_inverse_is_segmented_without_an_edge(monkeypatch: pytest.Monk
     t = np.arange(3 * 22050) / 22050
     tone = (0.3 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
     rows = transform.forward(tone)
-    audio = transform.inverse(rows)
+    audio = transform.inverse(rows, phase=phase)
     assert audio.shape == (rows.shape[0] * 256,)
     # Segments 0-200 and 136-259 (frames): across their crossfade (136-200) the envelope stays
     # within 10 % of the level (two independent reconstructions crossfaded dip to 22 % of it).

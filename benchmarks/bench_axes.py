@@ -17,6 +17,14 @@ after it (up to 30 s of each); the rest are the training songs (the noise's spec
 
     python benchmarks/bench_axes.py                       # synthetic and drascula-music, 16 x 15 s
     python benchmarks/bench_axes.py --collection synth --clips 8 --seconds 10
+
+``--phases``: the round trip's ceiling for every phase method instead (``tasks.config.PHASES``: PGHI,
+PGHI + a few Griffin-Lim iterations, Griffin-Lim), with 128 mels and with linear bins: the inverse's
+speed in x real time (each clip inverted by every method in turn, the order rotated, so the machine's
+load falls on all of them; the ratio to Griffin-Lim of the same features, measured in the same run),
+the spectral convergence of the round trip's features to the original's (``features``) and of its
+linear magnitudes (``linear``, 513 bins, whatever the features), and each axis scored against the
+anchors of the real row (the same anchors for every method), with the spread of other songs.
 """
 
 from __future__ import annotations
@@ -44,6 +52,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--collection", choices=["synth", "drascula", "both"], default="both")
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--phases", action="store_true", help="compare the phase methods' round trips")
     return parser.parse_args(argv)
 
 
@@ -114,9 +123,102 @@ def measure(name: str, args: argparse.Namespace) -> list[tuple[str, ...]]:
     return rows
 
 
+def split(name: str, args: argparse.Namespace) -> tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]]:
+    """(continuations, reference, training songs) of a collection, as :func:`measure` splits them."""
+    songs = sorted(load(name), key=lambda song: -song.size)
+    clip, start = int(args.seconds * SR), int(SEED_SECONDS * SR)
+    validation, training = songs[: args.clips], songs[args.clips :]
+    continuations = [song[start : start + clip] for song in validation]
+    reference = [song[start + clip : start + clip + int(REFERENCE_SECONDS * SR)] for song in validation]
+    return continuations, [song for song in reference if song.size >= 2 * SR], training
+
+
+def measure_phases(name: str, args: argparse.Namespace) -> list[tuple[str, ...]]:
+    """The phase methods' round trips of the continuations: speed, spectral convergence, axes."""
+    from tasks.config import PHASES, FeatureConfig
+    from tasks.features.transforms import get_transform, spectral_convergence
+    from tasks.generation.quality import AXES, AxisScorer, normalised, quality_report
+
+    continuations, reference, training = split(name, args)
+    audio_seconds = sum(item.size for item in continuations) / SR
+    linear = get_transform(FeatureConfig(sample_rate=SR, transform="stft", n_mels=0))
+    transforms = {
+        label: get_transform(FeatureConfig(sample_rate=SR, transform="stft", n_mels=n_mels))
+        for label, n_mels in (("128 mels", 128), ("linear", 0))
+    }
+    methods = [(label, phase) for label in transforms for phase in PHASES]
+    transforms["128 mels"].inverse(transforms["128 mels"].forward(continuations[0][: SR // 2]), phase="pghi")
+    spent = dict.fromkeys(methods, 0.0)
+    trips: dict[tuple[str, str], list[np.ndarray]] = {method: [] for method in methods}
+    convergence: dict[tuple[str, str], list[tuple[float, float]]] = {method: [] for method in methods}
+    for index, item in enumerate(continuations):
+        rows = {label: transform.forward(item) for label, transform in transforms.items()}
+        truth = linear.forward(item)
+        for method in methods[index % len(methods) :] + methods[: index % len(methods)]:
+            label, phase = method
+            began = time.perf_counter()
+            audio = transforms[label].inverse(rows[label], phase=phase)
+            spent[method] += time.perf_counter() - began
+            trip = np.clip(audio, -1, 1)[: item.size]
+            trips[method].append(trip)
+            convergence[method].append(
+                (
+                    spectral_convergence(rows[label], transforms[label].forward(trip)),
+                    spectral_convergence(truth, linear.forward(trip)),
+                )
+            )
+    print(f"{name}: round trips of {audio_seconds:.0f} s of audio by {len(methods)} methods", flush=True)
+    real = quality_report(
+        continuations, reference=reference, real=training, sample_rate=SR, continuations=continuations
+    )["axes"]
+    scorer = AxisScorer(reference, sample_rate=SR)
+    rows_out: list[tuple[str, ...]] = [
+        (
+            name,
+            "real (spread: other songs)",
+            *("",) * 4,
+            *(f"1 ({real[axis]['spread']['mean']} ± {real[axis]['spread']['std']})" for axis in AXES),
+        )
+    ]
+    for method in methods:
+        label, phase = method
+        analyses = scorer.analyse(trips[method])
+        scores = [
+            normalised(scorer.distance(axis, analyses), zero=real[axis]["d_anchor"], one=real[axis]["d_real"])
+            for axis in AXES
+        ]
+        speed = audio_seconds / spent[method]
+        ratio = spent[(label, "griffin-lim")] / spent[method]
+        features_sc, linear_sc = np.mean(convergence[method], axis=0)
+        rows_out.append(
+            (
+                name,
+                f"{label}, {phase}",
+                f"{speed:.1f}x",
+                f"{ratio:.2f}",
+                f"{features_sc:.4f}",
+                f"{linear_sc:.4f}",
+                *(f"{score}" for score in scores),
+            )
+        )
+        print(f"  {rows_out[-1]}", flush=True)
+    return rows_out
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     collections = ["synth", "drascula"] if args.collection == "both" else [args.collection]
+    if args.phases:
+        header = ("collection", "round trip", "x real time", "speed vs GL", "SC features", "SC linear")
+        phase_rows: list[tuple[str, ...]] = [(*header, "frames", "continuity", "tonality")]
+        for name in collections:
+            phase_rows += measure_phases(name, args)
+        print(
+            f"\n{args.clips} clips of {args.seconds:g} s per set; axes: 0 = the axis's anchor, 1 = the real "
+            "continuation (the anchors of the real row)"
+        )
+        print(table(phase_rows))
+        return
     rows: list[tuple[str, ...]] = [("collection", "material", "frames", "continuity", "tonality")]
     for name in collections:
         rows += measure(name, args)

@@ -7,13 +7,16 @@ product's own ``generate_run`` (the clips, ``metrics.json`` and its axes land in
 ``generated/<run_id>/`` as ``musicflow generate`` writes them):
 
 - the 1-epoch model and the budget model at today's default (the score must rank training);
-- the budget model under each sampling variant: ``TEMPERATURE/SAMPLING`` (``--variants``), e.g.
-  ``0.7/independent`` (today's default), ``0.3/independent``, ``0/independent`` (the component's
-  mean), ``0.7/sticky``, ``0.7/smooth``, ``0.7/sticky-smooth``.
+- the budget model under each sampling variant: ``TEMPERATURE/SAMPLING[/PHASE]`` (``--variants``),
+  e.g. ``0.7/independent`` (today's default), ``0.3/independent``, ``0/independent`` (the component's
+  mean), ``0.7/sticky``, ``0.7/smooth``, ``0.7/sticky-smooth``; ``PHASE`` is the phase method
+  (``tasks.config.PHASES``, default ``DEFAULT_PHASE``), e.g. ``0.7/smooth-frames/pghi-gl``.
 
 Each row: every axis's score (0 = its anchor, 1 = the real continuation), the spread (other real
 audio of the same size, mean ± std), the clips collapsed, and generation's speed in x real time
-(the model's steps and the phase reconstruction; not the scoring).
+(the model's steps and the phase reconstruction; not the scoring), the same per CPU second of the
+process (less sensitive to a shared machine's load), and the phase reconstruction's share of the
+wall time (``to_audio``: the features' inverse).
 
     python benchmarks/bench_sampling.py                          # drascula-music, 16 x 15 s, 10 min
     python benchmarks/bench_sampling.py --store /tmp/bs --max-minutes 7 --variants 0.7/independent 0.7/sticky
@@ -79,22 +82,32 @@ def prepare(args: argparse.Namespace) -> None:
         print(f"{model_id}: trained in {time.perf_counter() - began:.0f} s", flush=True)
 
 
-def run_variant(args: argparse.Namespace, model_id: str, temperature: float, sampling: str) -> dict[str, Any]:
-    """One run of ``generate_run``, its report with the seconds spent generating the clips."""
+def run_variant(
+    args: argparse.Namespace, model_id: str, temperature: float, sampling: str, phase: str | None = None
+) -> dict[str, Any]:
+    """One run of ``generate_run``, its report with the seconds spent generating the clips and, of
+    them, inverting the features (``to_audio``)."""
     import tasks.generation.generate as generate
     from tasks.store.store import open_store
 
-    spent = [0.0]
-    generate_clip = generate.generate_clip
+    spent = [0.0, 0.0, 0.0]
+    generate_clip, to_audio = generate.generate_clip, generate.to_audio
 
-    def timed(*clip_args: Any, **clip_options: Any) -> Any:
-        began = time.perf_counter()
-        try:
-            return generate_clip(*clip_args, **clip_options)
-        finally:
-            spent[0] += time.perf_counter() - began
+    def timer(call: Any, slot: int) -> Any:
+        def timed(*call_args: Any, **call_options: Any) -> Any:
+            began, cpu = time.perf_counter(), time.process_time()
+            try:
+                return call(*call_args, **call_options)
+            finally:
+                spent[slot] += time.perf_counter() - began
+                if slot == 0:  # CPU seconds of this process's threads: what a busy machine's wall time hides
+                    spent[2] += time.process_time() - cpu
 
-    generate.generate_clip = timed  # the same call, timed: the steps and the phase reconstruction
+        return timed
+
+    suffix = f"-{phase}" if phase else ""
+    # The same calls, timed: the steps and the phase reconstruction, and the reconstruction alone.
+    generate.generate_clip, generate.to_audio = timer(generate_clip, 0), timer(to_audio, 1)
     try:
         report = generate.generate_run(
             open_store(args.store),
@@ -103,12 +116,13 @@ def run_variant(args: argparse.Namespace, model_id: str, temperature: float, sam
             count=args.clips,
             temperature=temperature,
             sampling=sampling,
+            phase=phase,
             random_seed=args.random_seed,
-            run_id=f"bench-{model_id}-{temperature:g}-{sampling}-r{args.random_seed}",
+            run_id=f"bench-{model_id}-{temperature:g}-{sampling}{suffix}-r{args.random_seed}",
         )
     finally:
-        generate.generate_clip = generate_clip
-    report["generate_seconds"] = spent[0]
+        generate.generate_clip, generate.to_audio = generate_clip, to_audio
+    report["generate_seconds"], report["inverse_seconds"], report["generate_cpu_seconds"] = spent
     return report
 
 
@@ -122,30 +136,38 @@ def row(label: str, report: dict[str, Any]) -> tuple[str, ...]:
         cells.append(f"{scored['score']:.3f} (spread {spread.get('mean'):.3f} ± {spread.get('std'):.3f})")
     collapsed = sum(1 for clip in report["clips"] if clip["metrics"]["collapsed"])
     real_seconds = report["seconds"] * report["count"]
-    cells += [f"{collapsed}/{report['count']}", f"{real_seconds / report['generate_seconds']:.1f}x"]
+    cells += [
+        f"{collapsed}/{report['count']}",
+        f"{real_seconds / report['generate_seconds']:.1f}x",
+        f"{real_seconds / report['generate_cpu_seconds']:.1f}x",
+        f"{report['inverse_seconds'] / report['generate_seconds']:.0%}",
+    ]
     return tuple(cells)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     prepare(args)
-    runs: list[tuple[str, str, float, str]] = []
+    runs: list[tuple[str, str, float, str, str | None]] = []
     if not args.skip_epoch:
-        runs.append(("e1 (1 epoch)", "e1", 0.7, "independent"))
+        runs.append(("e1 (1 epoch)", "e1", 0.7, "independent", None))
     for variant in args.variants:
-        temperature, _, sampling = variant.partition("/")
+        temperature, _, rest = variant.partition("/")
+        sampling, _, phase = rest.partition("/")
         sampling = sampling or "independent"
-        runs.append((f"budget {temperature}/{sampling}", "budget", float(temperature), sampling))
+        runs.append((f"budget {variant}", "budget", float(temperature), sampling, phase or None))
     rows: list[tuple[str, ...]] = []
-    for label, model_id, temperature, sampling in runs:
+    for label, model_id, temperature, sampling, phase in runs:
         began = time.perf_counter()
-        report = run_variant(args, model_id, temperature, sampling)
+        report = run_variant(args, model_id, temperature, sampling, phase)
         rows.append(row(label, report))
         took = time.perf_counter() - began
         print(f"{'  '.join(rows[-1])} ({took:.0f} s; {report['location']})", flush=True)
     axes = list(report["quality"]["axes"])
     print(f"\n{args.clips} clips of {args.seconds:g} s per row; 0 = the axis's anchor, 1 = the real one")
-    print(table([("model temperature/sampling", *axes, "collapsed", "x real time"), *rows]))
+    speed = ("x real time", "per CPU s", "inverse share")
+    header = ("model temperature/sampling[/phase]", *axes, "collapsed", *speed)
+    print(table([header, *rows]))
 
 
 if __name__ == "__main__":

@@ -35,10 +35,13 @@ def generate(
     temperature: float | None = None,
     store_block: str | None = None,
     sampling: str | None = None,
+    phase: str | None = None,
 ) -> dict[str, Any]:
     """Generate ``count`` clips of ``seconds`` from ``model`` (default: the newest); returns metrics.json
     with the run's quality score. ``temperature`` None is the model's default; ``sampling`` None is
-    ``tasks.config.DEFAULT_SAMPLING`` (one of ``tasks.config.SAMPLINGS``).
+    ``tasks.config.DEFAULT_SAMPLING`` (one of ``tasks.config.SAMPLINGS``); ``phase`` None is
+    ``tasks.config.DEFAULT_PHASE`` (how an stft model's phases are reconstructed, one of
+    ``tasks.config.PHASES``).
 
     ``store_block`` names a Prefect block with the store's credentials (``s3-bucket/NAME``...).
     """
@@ -46,7 +49,7 @@ def generate(
     use_storage(store, store_block=store_block)
     model_id = resolve_model(open_store(store), model)
     report = generate_clips_task(
-        store, model_id, seconds, count, seed, seed_audio, temperature, new_run_id(model_id), sampling
+        store, model_id, seconds, count, seed, seed_audio, temperature, new_run_id(model_id), sampling, phase
     )
     for clip in report["clips"]:
         if clip["metrics"]["collapsed"]:

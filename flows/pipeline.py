@@ -37,16 +37,17 @@ def pipeline(
     store_block: str | None = None,
     source_block: str | None = None,
     sampling: str | None = None,
+    phase: str | None = None,
 ) -> dict[str, Any]:
     """Ingest new songs, train (or resume) a model on the dataset, generate clips from it.
 
     Its ingest does not announce the new songs (``announce=False``): the train deployment's
     trigger would train a second time what this flow trains next. ``max_minutes`` is the
     training's wall-clock budget (see the train flow), checked before anything is ingested, as
-    is the generate request (``seconds``, ``count``, ``temperature``, ``sampling``).
+    is the generate request (``seconds``, ``count``, ``temperature``, ``sampling``, ``phase``).
     """
     check_max_minutes(max_minutes)
-    check_generate_request(seconds, count, temperature, sampling=sampling)
+    check_generate_request(seconds, count, temperature, sampling=sampling, phase=phase)
     ingested = ingest(
         source=source,
         store=store,
@@ -81,5 +82,6 @@ def pipeline(
         temperature=temperature,
         store_block=store_block,
         sampling=sampling,
+        phase=phase,
     )
     return {"ingest": ingested, "train": card, "generate": generated}

@@ -176,6 +176,7 @@ def generate_clips_task(
     temperature: float | None,
     run_id: str,
     sampling: str | None = None,
+    phase: str | None = None,
 ) -> dict[str, Any]:
     """Generate clips into ``generated/<run_id>/`` (a retry rewrites the same run folder)."""
     # lazy: the generation stack (0.5 s) stays out of every ingest and train run's start-up
@@ -191,4 +192,5 @@ def generate_clips_task(
         temperature=temperature,
         run_id=run_id,
         sampling=sampling,
+        phase=phase,
     )

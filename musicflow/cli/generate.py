@@ -14,6 +14,7 @@ from musicflow.cli.common import (
     use_storage_options,
 )
 from musicflow.cli.options import (
+    PhaseOption,
     SamplingOption,
     SeedChoice,
     StorageOptionsOption,
@@ -38,6 +39,7 @@ def generate(
         ),
     ] = None,
     sampling: SamplingOption = None,
+    phase: PhaseOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics.json.")] = False,
     storage_options: StorageOptionsOption = None,
     verbose: VerboseOption = False,
@@ -65,6 +67,7 @@ def generate(
         seed_audio=seed_audio,
         temperature=temperature,
         sampling=sampling.value if sampling else None,
+        phase=phase.value if phase else None,
     )
     if as_json:
         typer.echo(json.dumps(report, indent=2))

@@ -13,7 +13,16 @@ from typing import Annotated
 
 import typer
 
-from tasks.config import LOSSES, PRESETS, SAMPLINGS, SHARD_FORMATS, TRANSFORMS, check_max_minutes
+from tasks.config import (
+    DEFAULT_PHASE,
+    LOSSES,
+    PHASES,
+    PRESETS,
+    SAMPLINGS,
+    SHARD_FORMATS,
+    TRANSFORMS,
+    check_max_minutes,
+)
 from tasks.errors import ConfigError
 
 
@@ -61,7 +70,13 @@ class SamplingChoice(enum.StrEnum):
     smooth_frames = "smooth-frames"
 
 
-assert tuple(SamplingChoice) == SAMPLINGS
+class PhaseChoice(enum.StrEnum):
+    pghi = "pghi"
+    pghi_gl = "pghi-gl"
+    griffin_lim = "griffin-lim"
+
+
+assert tuple(SamplingChoice) == SAMPLINGS and tuple(PhaseChoice) == PHASES
 assert tuple(TransformChoice) == TRANSFORMS and tuple(ShardFormatChoice) == SHARD_FORMATS
 assert tuple(LossChoice) == LOSSES and set(PresetChoice) == set(PRESETS)
 
@@ -178,6 +193,14 @@ SamplingOption = Annotated[
         "and independent noise at every step, the default before), sticky (the previous step's "
         "component kept while it stays likely), smooth (noise correlated across steps), sticky-smooth "
         "or smooth-frames (noise correlated across frames) [smooth-frames]."
+    ),
+]
+PhaseOption = Annotated[
+    PhaseChoice | None,
+    typer.Option(
+        help="How a spectral (stft) model's phases are reconstructed: pghi (phase-gradient heap "
+        "integration, no iteration), pghi-gl (a few Griffin-Lim iterations from it) or griffin-lim "
+        f"(32 iterations from random phases, the method before) [{DEFAULT_PHASE}]."
     ),
 ]
 HiddenOption = Annotated[int | None, typer.Option(min=1, help="Units of the dense and LSTM layers.")]

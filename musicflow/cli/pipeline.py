@@ -25,6 +25,7 @@ from musicflow.cli.options import (
     HiddenOption,
     MaxMinutesOption,
     ModelPresetOption,
+    PhaseOption,
     SamplingOption,
     SeqLenOption,
     ShardFormatChoice,
@@ -62,6 +63,7 @@ def pipeline(
         float | None, typer.Option(help="Sampling spread (spectral) or fed-back noise (small/gruv).")
     ] = None,
     sampling: SamplingOption = None,
+    phase: PhaseOption = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON: the ingest summary, model card and generated run.")
     ] = False,
@@ -95,6 +97,7 @@ def pipeline(
         count=count,
         temperature=temperature,
         sampling=sampling.value if sampling else None,
+        phase=phase.value if phase else None,
     )
     if as_json:
         typer.echo(json.dumps(result, indent=2))

@@ -19,7 +19,7 @@ import numpy as np
 import scipy.io.wavfile
 
 from tasks.audio.decode import decode_audio
-from tasks.config import FeatureConfig, TrainConfig
+from tasks.config import DEFAULT_PHASE, FeatureConfig, TrainConfig
 from tasks.dataset.repository import read_features, read_rows, read_song
 from tasks.errors import ConfigError
 from tasks.features.transforms import get_transform
@@ -162,11 +162,12 @@ def score_run(
     continued: Sequence[np.ndarray | None] | None = None,
     features: FeatureConfig | None = None,
     axes: Sequence[str] = AXES,
+    phase: str = DEFAULT_PHASE,
 ) -> dict[str, Any]:
     """:func:`quality_report` of clips against a model's song sets, saying where the songs came from;
-    with the model's ``features``, the real continuations' round trip through them is each axis's
-    ceiling (:func:`round_trip`)."""
-    ceiling = round_trip(features, continued or []) if features is not None else None
+    with the model's ``features``, the real continuations' round trip through them (the phase
+    reconstructed by ``phase``) is each axis's ceiling (:func:`round_trip`)."""
+    ceiling = round_trip(features, continued or [], phase=phase) if features is not None else None
     report = quality_report(
         clips,
         reference=reference.audio,
@@ -184,12 +185,12 @@ def score_run(
 
 
 def round_trip(
-    features: FeatureConfig, continued: Sequence[np.ndarray | None]
+    features: FeatureConfig, continued: Sequence[np.ndarray | None], *, phase: str = DEFAULT_PHASE
 ) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
     """The product's sound path on real audio: the start of real continuations (CEILING_SECONDS in
     all, from up to 4 clips spread over the run) through the dataset transform (``forward`` then
-    ``inverse``; stft inverts with Griffin-Lim), with the real audio it came from; None without
-    continuations."""
+    ``inverse``; stft reconstructs the phase by ``phase``), with the real audio it came from; None
+    without continuations."""
     sources = [item for item in continued if item is not None]
     if not sources:
         return None
@@ -199,7 +200,9 @@ def round_trip(
     sources = [sources[index][:length] for index in picked]
     transform = get_transform(features)
     trips = [
-        np.clip(transform.inverse(transform.forward(item)), -1.0, 1.0)[: item.size].astype(np.float32)
+        np.clip(transform.inverse(transform.forward(item), phase=phase), -1.0, 1.0)[: item.size].astype(
+            np.float32
+        )
         for item in sources
     ]
     return trips, sources
@@ -272,6 +275,8 @@ def evaluate(
         continued=continued,
         features=FeatureConfig.from_dict(card["features"]),
         axes=axes,
+        # the ceiling by the run's own phase method (runs from before the option: Griffin-Lim)
+        phase=run.get("phase", "griffin-lim"),
     )
     report.update(
         {

@@ -15,7 +15,13 @@ import numpy as np
 from threadpoolctl import threadpool_limits
 
 from tasks.audio import encode  # encode.encode_audio: tests replace the encoder in its module
-from tasks.config import DEFAULT_SAMPLING, MAX_CLIP_SECONDS, TrainConfig, check_generate_request
+from tasks.config import (
+    DEFAULT_PHASE,
+    DEFAULT_SAMPLING,
+    MAX_CLIP_SECONDS,
+    TrainConfig,
+    check_generate_request,
+)
 from tasks.dataset.repository import read_rows, read_song
 from tasks.errors import ConfigError, DecodeError, MusicflowError, StoreError
 from tasks.features.blocks import frame_blocks
@@ -242,12 +248,15 @@ def seed_blocks(
     return group_steps(loaded.normalizer.apply(blocks), per_step), f"validation:{row.song_id}"
 
 
-def to_audio(normalised: np.ndarray, loaded: LoadedModel) -> tuple[np.ndarray, float, float]:
-    """Undo the normalisation, invert the transform, clip to [-1, 1].
+def to_audio(
+    normalised: np.ndarray, loaded: LoadedModel, *, phase: str = DEFAULT_PHASE
+) -> tuple[np.ndarray, float, float]:
+    """Undo the normalisation, invert the transform (``phase``: how an stft's phases are
+    reconstructed, one of ``tasks.config.PHASES``), clip to [-1, 1].
 
     Returns ``(audio [n_blocks * block_size] float32, unclipped peak, clipped fraction)``.
     """
-    audio = get_transform(loaded.features).inverse(loaded.normalizer.invert(normalised))
+    audio = get_transform(loaded.features).inverse(loaded.normalizer.invert(normalised), phase=phase)
     if not np.isfinite(audio).all():
         raise MusicflowError(f"model {loaded.model_id!r} generated non-finite values")
     peak = float(np.abs(audio).max()) if audio.size else 0.0
@@ -311,6 +320,7 @@ def generate_run(
     run_id: str | None = None,
     random_seed: int = 0,
     sampling: str | None = None,
+    phase: str | None = None,
 ) -> dict[str, Any]:
     """Generate ``count`` clips of ``seconds`` and write them to ``generated/<run_id>/``.
 
@@ -319,11 +329,14 @@ def generate_run(
     holds each clip's metrics and the run's quality score against the model's
     validation songs (:mod:`tasks.generation.quality`). ``temperature`` None is the model's
     default (:func:`default_temperature`); ``sampling`` None is ``DEFAULT_SAMPLING`` (how a
-    distribution model's steps follow each other, :func:`tasks.model.network.sample_step`).
-    Returns the content of ``metrics.json``.
+    distribution model's steps follow each other, :func:`tasks.model.network.sample_step`);
+    ``phase`` None is ``DEFAULT_PHASE`` (how an stft model's phases are reconstructed, for the
+    clips and for the round trip that is each axis's ceiling). Returns the content of
+    ``metrics.json``.
     """
-    check_generate_request(seconds, count, temperature, sampling=sampling)
+    check_generate_request(seconds, count, temperature, sampling=sampling, phase=phase)
     sampling = sampling or DEFAULT_SAMPLING
+    phase = phase or DEFAULT_PHASE
     if seed_audio and seed == "validation":
         seed = "audio"
     check_writable(store)
@@ -342,14 +355,14 @@ def generate_run(
             store, loaded, kind=seed, seed_audio=seed_audio, index=index, rng=rng
         )
         generated, audio, peak, clipped = generate_clip(
-            loaded, seed_features, n_blocks, temperature, rng, sampling=sampling
+            loaded, seed_features, n_blocks, temperature, rng, sampling=sampling, phase=phase
         )
         name = f"clip-{index + 1:02d}"
         files = write_clip(store, run_id, name, audio, sample_rate=loaded.features.sample_rate)
         metrics = clip_metrics(loaded, yardstick, generated, audio, peak=peak, clipped=clipped)
         clips.append({"name": name, "files": files, "seed": seed_source, "metrics": metrics})
         clip_audio.append(audio)
-    quality = score_clips(store, loaded, yardstick, clips, clip_audio, random_seed=random_seed)
+    quality = score_clips(store, loaded, yardstick, clips, clip_audio, random_seed=random_seed, phase=phase)
     report = {
         "run_id": run_id,
         "model_id": loaded.model_id,
@@ -358,6 +371,7 @@ def generate_run(
         "count": count,
         "temperature": temperature,
         "sampling": sampling,
+        "phase": phase,
         "seed": seed,
         "random_seed": random_seed,
         "reference": yardstick.reference,
@@ -416,9 +430,10 @@ def generate_clip(
     rng: np.random.Generator,
     *,
     sampling: str = DEFAULT_SAMPLING,
+    phase: str = DEFAULT_PHASE,
 ) -> tuple[np.ndarray, np.ndarray, float, float]:
     """One clip of ``n_blocks`` continuing the seed: its normalised blocks [n_blocks, n_features]
-    and :func:`to_audio`'s ``(audio, unclipped peak, clipped fraction)``."""
+    and :func:`to_audio`'s ``(audio, unclipped peak, clipped fraction)`` (``phase``: its method)."""
     n_steps = -(-n_blocks // loaded.config.frames_per_step)
     steps = generate_blocks(
         loaded.model,
@@ -430,7 +445,7 @@ def generate_clip(
         sampling=sampling,
     )
     generated = ungroup_steps(steps, loaded.features.n_features)[:n_blocks]
-    return (generated, *to_audio(generated, loaded))
+    return (generated, *to_audio(generated, loaded, phase=phase))
 
 
 def write_clip(store: Store, run_id: str, name: str, audio: np.ndarray, *, sample_rate: int) -> list[str]:
@@ -496,11 +511,12 @@ def score_clips(
     clip_audio: list[np.ndarray],
     *,
     random_seed: int,
+    phase: str = DEFAULT_PHASE,
 ) -> dict[str, Any]:
     """The run's quality score (:func:`tasks.generation.evaluate.score_run`) on every axis, with the
-    round trip of the model's features as the ceiling (an axis the clips are too short for is
-    reported as not scored, with the reason; generation never fails for it); each clip's own
-    score goes into its entry of ``clips``."""
+    round trip of the model's features (its phase by ``phase``) as the ceiling (an axis the clips
+    are too short for is reported as not scored, with the reason; generation never fails for it);
+    each clip's own score goes into its entry of ``clips``."""
     sample_rate = loaded.features.sample_rate
     continued = continuations(
         store,
@@ -515,6 +531,7 @@ def score_clips(
         seed=random_seed,
         continued=continued,
         features=loaded.features,
+        phase=phase,
     )
     for clip, scored in zip(clips, quality["per_clip"], strict=True):
         clip["quality"] = scored

@@ -272,7 +272,7 @@ def test_cli_generate_then_status_lists_the_run(
     tiny_model = request.getfixturevalue(fixture)
     store = copy_store(tiny_model[0], tmp_path / "store")
 
-    result = musicflow("generate", "--store", store, "--seconds", "1")
+    result = musicflow("generate", "--store", store, "--seconds", "1", "--phase", "pghi")
     assert result.returncode == 0, result.stderr
     assert tiny_model[1] in result.stdout and "clip-01" in result.stdout
 
@@ -293,6 +293,7 @@ def test_cli_generate_then_status_lists_the_run(
     assert "tonality: not scored (needs at least 16 windows" in result.stdout
     folder = Path(store, "generated", run["run_id"])
     assert sorted(os.listdir(folder)) == sorted([*run["files"], METRICS_FILE])
+    assert json.loads((folder / METRICS_FILE).read_text())["phase"] == "pghi"  # the option reached the run
 
 
 @pytest.mark.parametrize(
@@ -304,6 +305,7 @@ def test_cli_generate_then_status_lists_the_run(
         (["--temperature", "-1"], "-1.0"),
         (["--seed", "chaos"], "chaos"),
         (["--sampling", "chaos"], "chaos"),
+        (["--phase", "chaos"], "chaos"),
     ],
 )
 def test_cli_generate_argument_errors_exit_2(

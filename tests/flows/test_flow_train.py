@@ -198,6 +198,7 @@ def test_a_training_budget_through_the_flow_the_cli_and_status(
             pipeline(source=str(tmp_path / "songs"), store=str(tmp_path / "other"), max_minutes=bad)
     for bad_request, fragment in (
         ({"sampling": "chaos"}, "invalid sampling 'chaos'"),
+        ({"phase": "chaos"}, "invalid phase 'chaos'"),
         ({"seconds": 0}, "seconds 0"),
     ):
         with pytest.raises(ConfigError, match=fragment):  # before minutes of ingest and training, not after

@@ -257,6 +257,31 @@ def test_numpy_steps_match_keras_for_the_spectral_model(stft_model: tuple[str, s
     assert np.abs(blocks(sampling="independent")[1:] - blocks()[1:]).max() > 1e-3
 
 
+def test_the_phase_method_reaches_the_inverse_and_is_recorded(
+    stft_model: tuple[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tasks.config import DEFAULT_PHASE
+    from tasks.features.transforms import SpectralTransform
+
+    store = open_store(copy_store(stft_model[0], tmp_path / "store"))
+    used: list[str | None] = []
+    inverse = SpectralTransform.inverse
+
+    def recording(self: SpectralTransform, rows: np.ndarray, **options: Any) -> np.ndarray:
+        used.append(options.get("phase"))
+        return inverse(self, rows, **options)
+
+    monkeypatch.setattr(SpectralTransform, "inverse", recording)
+    report = generate_run(store, seconds=0.5, run_id="by-pghi", phase="pghi")
+    # The clip and the ceiling's round trip of the real continuation, both by PGHI.
+    assert used.count("pghi") == len(used) >= 2, used
+    assert report["phase"] == "pghi"
+    assert json.loads(Path(store.url, "generated", "by-pghi", METRICS_FILE).read_text())["phase"] == "pghi"
+    used.clear()
+    assert generate_run(store, seconds=0.5, run_id="by-default")["phase"] == DEFAULT_PHASE
+    assert used.count(DEFAULT_PHASE) == len(used) >= 2, used
+
+
 def test_temperature_changes_the_output_and_is_reproducible(tiny_model: tuple[str, str], loaded: Any) -> None:
     seed, _ = seed_blocks(open_store(tiny_model[0]), loaded)
     plain = generate_blocks(loaded.model, seed, 5)
@@ -393,6 +418,7 @@ def test_model_whose_dataset_is_gone_is_a_mismatch(model_store: tuple[str, str])
         ({"count": 101}, "count 101"),
         ({"temperature": -1.0}, "-1.0"),
         ({"sampling": "chaos"}, "sampling 'chaos'"),
+        ({"phase": "chaos"}, "phase 'chaos'"),
     ],
 )
 def test_bad_options_are_named(model_store: tuple[str, str], options: dict[str, Any], fragment: str) -> None:

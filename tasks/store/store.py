@@ -168,7 +168,11 @@ class Store:
 
     @contextlib.contextmanager
     def lock(
-        self, *parts: str, timeout: float = 120.0, stale_after: float | None = None
+        self,
+        *parts: str,
+        timeout: float = 120.0,
+        stale_after: float | None = None,
+        raise_if_lost: bool = True,
     ) -> Iterator[HeldLock]:
         """Hold an exclusive lock file at ``parts`` for the duration of the block.
 
@@ -190,7 +194,9 @@ class Store:
         ``stale_after`` and another run took it); call it right before each
         write the lock guards (or pass it as ``fence`` to :meth:`write_bytes`).
         Leaving the block raises :class:`LockLostError` when it was lost
-        meanwhile. Raises :class:`StoreError` after ``timeout`` seconds of waiting.
+        meanwhile (unless ``raise_if_lost`` is off: a lock that only marks a run
+        in progress, whose writes are checked otherwise). Raises
+        :class:`StoreError` after ``timeout`` seconds of waiting.
         """
         expiry = lock_expiry() if stale_after is None else stale_after
         path = self.path(*parts)
@@ -220,11 +226,24 @@ class Store:
         finally:
             held.stop()
             released = self._delete_if_owner(path, token)
-            if not failed and (held.lost or not released):
+            if raise_if_lost and not failed and (held.lost or not released):
                 raise LockLostError(
                     f"the lock {self.full_url(*parts)} was lost while held "
                     f"(not renewed for {expiry:g} s, then taken by another process)"
                 )
+
+    def lock_is_live(self, *parts: str, stale_after: float | None = None) -> bool:
+        """Whether the lock file at ``parts`` is held by a run that is alive for all the store can
+        tell (present, and neither unrenewed for ``stale_after`` nor a dead process of this machine)."""
+        path = self.path(*parts)
+        expiry = lock_expiry() if stale_after is None else stale_after
+        return self._look(path) is not None and self._breakable(path, expiry) is None
+
+    def break_stale_lock(self, *parts: str, stale_after: float | None = None) -> bool:
+        """Remove the lock file at ``parts`` if it is stale (compare-and-delete); True when it did."""
+        path = self.path(*parts)
+        stale = self._breakable(path, lock_expiry() if stale_after is None else stale_after)
+        return stale is not None and self._delete_if_unchanged(path, stale)
 
     def modified(self, *parts: str) -> float | None:
         """When the file (or, for a folder, its newest file) at ``parts`` was last written, in

@@ -98,7 +98,12 @@ def open_existing_store(store: str) -> Any:
     from tasks.store.store import open_store  # lazy: start-up
 
     opened = open_store(store)
-    if not opened.fs.exists(opened.root):
+    try:
+        found = opened.fs.exists(opened.root)
+    except Exception as error:  # an endpoint that refuses, a DNS name that does not resolve...
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise StoreError(f"cannot reach store {store!r}: {reason}") from error
+    if not found:
         raise StoreError(f"store not found: {store!r}")
     return opened
 

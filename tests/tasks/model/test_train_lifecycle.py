@@ -291,6 +291,7 @@ def _stamps(folder: Path) -> dict[str, tuple[int, str]]:
     }
 
 
+@pytest.mark.slow
 def test_a_frozen_trainer_that_lost_its_lock_never_writes_again(
     store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

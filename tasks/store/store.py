@@ -216,8 +216,8 @@ class Store:
                 ) from None
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
-        seen = self._look(path)
-        held = HeldLock(self, path, token, seen, expiry=expiry)
+        # What it looks like (its ETag) is read at its first renewal, off the commit's path.
+        held = HeldLock(self, path, token, None, expiry=expiry)
         held.start()
         failed = True
         try:
@@ -383,7 +383,11 @@ class Store:
                 return None
             renewed = self._look(path)
             return renewed if renewed is not None and renewed.holder().get("token") == token else None
-        if _is_s3(self.fs) and last is not None and last.tag and conditional_overwrites(self):
+        if _is_s3(self.fs) and conditional_overwrites(self):
+            if last is None or not last.tag:
+                last = self._look(path)
+                if last is None or last.holder().get("token") != token:
+                    return None
             data = _renewed(last.holder())
             try:
                 bucket, key, _ = self.fs.split_path(path)

@@ -140,6 +140,11 @@ class Store:
         a server that ignores that header gives no exclusion at all, so it is
         detected once per store (:func:`check_conditional_writes`) and refused.
         """
+        return self._create_exclusive(data, *parts) is not None
+
+    def _create_exclusive(self, data: bytes, *parts: str) -> str | None:
+        """:meth:`create_exclusive`: the new object's ETag ("" where the store gives none), or
+        None when the file exists."""
         path = self.path(*parts)
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
         if not self.is_local:
@@ -150,12 +155,12 @@ class Store:
         try:
             os.link(partial, path)
         except FileExistsError:
-            return False
+            return None
         except OSError:  # a filesystem without hard links: exclusive create, then write
             try:
                 descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
-                return False
+                return None
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(data)
                 handle.flush()
@@ -164,7 +169,7 @@ class Store:
             with contextlib.suppress(OSError):
                 os.unlink(partial)
         _sync_folder(path)
-        return True
+        return ""
 
     @contextlib.contextmanager
     def lock(
@@ -204,7 +209,9 @@ class Store:
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
-            if self.create_exclusive(_owner(token), *parts):
+            record = _owner(token)
+            created = self._create_exclusive(record, *parts)
+            if created is not None:
                 break
             stale = self._breakable(path, expiry)
             if stale is not None:
@@ -216,8 +223,9 @@ class Store:
                 ) from None
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
-        # What it looks like (its ETag) is read at its first renewal, off the commit's path.
-        held = HeldLock(self, path, token, None, expiry=expiry)
+        # Its ETag (S3) is the condition of its first renewal and of its release.
+        seen = LockSeen(record, time.time(), created) if created else None
+        held = HeldLock(self, path, token, seen, expiry=expiry)
         held.start()
         failed = True
         try:
@@ -225,7 +233,7 @@ class Store:
             failed = False
         finally:
             held.stop()
-            released = self._delete_if_owner(path, token)
+            released = self._release(path, token, held.seen)
             if raise_if_lost and not failed and (held.lost or not released):
                 raise LockLostError(
                     f"the lock {self.full_url(*parts)} was lost while held "
@@ -342,17 +350,7 @@ class Store:
                 with contextlib.suppress(OSError):
                     os.unlink(aside)
         if _is_s3(self.fs) and seen.tag and conditional_overwrites(self):
-            try:
-                bucket, key, _ = self.fs.split_path(path)
-                self.fs.call_s3("delete_object", Bucket=bucket, Key=key, IfMatch=seen.tag)
-            except FileNotFoundError:
-                return False
-            except OSError as error:
-                if _precondition_failed(error):
-                    return False
-                raise
-            self.fs.invalidate_cache(path)
-            return True
+            return self._if_match("delete_object", path, seen.tag) is not None
         # A filesystem without a conditional delete: re-read and compare, as close to the delete
         # as it gets (a renewal in between is still possible, and is then caught by its holder).
         current = self._look(path)
@@ -361,6 +359,13 @@ class Store:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(path)
         return True
+
+    def _release(self, path: str, token: str, last: LockSeen | None) -> bool:
+        """Remove this holder's lock file; False when it is not ours any more. On S3, one DELETE
+        conditional on the ETag of its last write (creation or renewal)."""
+        if last is not None and last.tag and _is_s3(self.fs) and conditional_overwrites(self):
+            return self._if_match("delete_object", path, last.tag) is not None
+        return self._delete_if_owner(path, token)
 
     def _delete_if_owner(self, path: str, token: str) -> bool:
         """Release: remove the lock file if ``token`` still owns it."""
@@ -389,23 +394,30 @@ class Store:
                 if last is None or last.holder().get("token") != token:
                     return None
             data = _renewed(last.holder())
-            try:
-                bucket, key, _ = self.fs.split_path(path)
-                answer = self.fs.call_s3("put_object", Bucket=bucket, Key=key, Body=data, IfMatch=last.tag)
-            except FileNotFoundError:
-                return None
-            except OSError as error:
-                if _precondition_failed(error):
-                    return None
-                raise
-            self.fs.invalidate_cache(path)
+            answer = self._if_match("put_object", path, last.tag, Body=data)
             # The holder needs the new ETag (its next renewal's condition), not the time stamp.
-            return LockSeen(data, time.time(), str(answer.get("ETag", "")))
+            return None if answer is None else LockSeen(data, time.time(), str(answer.get("ETag", "")))
         current = self._look(path)
         if current is None or current.holder().get("token") != token:
             return None
         self._write_whole(path, _renewed(current.holder()))
         return self._look(path)
+
+    def _if_match(self, operation: str, path: str, etag: str, **arguments: Any) -> dict[str, Any] | None:
+        """An S3 ``operation`` on ``path`` only if its ETag is still ``etag``: the answer, or None
+        when the object changed or is gone."""
+        bucket, key, _ = self.fs.split_path(path)
+        try:
+            answer = self.fs.call_s3(operation, Bucket=bucket, Key=key, IfMatch=etag, **arguments)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            if _precondition_failed(error):
+                return None
+            raise
+        finally:
+            self.fs.invalidate_cache(path)
+        return dict(answer)
 
     def rm(self, *parts: str) -> None:
         path = self.path(*parts)
@@ -453,6 +465,11 @@ class HeldLock:
         self._guard = threading.Lock()  # one renewal at a time (the heartbeat and ensure())
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"lock-heartbeat {path}", daemon=True)
+
+    @property
+    def seen(self) -> LockSeen | None:
+        """The lock file as this holder last wrote it (its ETag on S3), or None when unknown."""
+        return self._seen
 
     def start(self) -> None:
         self._thread.start()
@@ -622,16 +639,18 @@ def _precondition_failed(error: BaseException) -> bool:
     return "PreconditionFailed" in text or "412" in text
 
 
-def _put_if_absent(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+def _put_if_absent(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> str | None:
+    """PUT ``data`` unless ``path`` exists: the new object's ETag ("" when the filesystem does not
+    say), or None when it exists."""
     try:
-        fs.pipe_file(path, data, mode="create")
+        answer = fs.pipe_file(path, data, mode="create")
     except FileExistsError:
-        return False
+        return None
     except OSError as error:  # some servers answer 412 without naming the condition
         if "PreconditionFailed" in str(error) or "412" in str(error):
-            return False
+            return None
         raise
-    return True
+    return str(answer.get("ETag", "")) if isinstance(answer, dict) else ""
 
 
 # Stores (by URL) known to honour conditional writes; see check_conditional_writes.
@@ -649,8 +668,8 @@ def check_conditional_writes(store: Store) -> None:
         return
     probe = store.path(f".conditional-write-probe-{uuid.uuid4().hex[:12]}")
     try:
-        first = _put_if_absent(store.fs, probe, b"1")
-        second = _put_if_absent(store.fs, probe, b"2")
+        first = _put_if_absent(store.fs, probe, b"1") is not None
+        second = _put_if_absent(store.fs, probe, b"2") is not None
     finally:
         with contextlib.suppress(OSError):
             store.fs.rm(probe)

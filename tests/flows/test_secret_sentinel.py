@@ -24,8 +24,6 @@ import pytest
 from conftest import TINY_BLOCK
 from helpers import musicflow, write_periodic_songs
 
-import tasks.store.store
-
 SECRET = f"SENTINEL-SECRET-{uuid.uuid4().hex}"
 TOKEN = f"SENTINEL-TOKEN-{uuid.uuid4().hex}"
 SENTINELS = (SECRET, TOKEN)
@@ -74,23 +72,6 @@ def moto() -> Iterator[MotoS3]:
         yield server
     finally:
         server.server.stop()
-
-
-@pytest.fixture
-def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """The secrets come from the options and the block only: no AWS_*/FSSPEC_* variable, no
-    ~/.aws, no fsspec config, nothing registered."""
-    import os
-
-    import fsspec.config
-
-    for name in list(os.environ):
-        if name.startswith("AWS_") or name.startswith("FSSPEC_"):
-            monkeypatch.delenv(name)
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delitem(fsspec.config.conf, "s3", raising=False)
-    monkeypatch.setattr(tasks.store.store, "_STORAGE_OPTIONS", {})
 
 
 def upload_songs(moto: MotoS3, tmp_path: Path, prefix: str) -> str:

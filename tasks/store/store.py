@@ -301,6 +301,9 @@ class Store:
                 with open(path, "rb") as handle:
                     data = handle.read()
                 return LockSeen(data, stat.st_mtime, f"{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}")
+            # Never a cached listing's entry (s3fs answers info from one): its time stamp and ETag
+            # may be from before the holder's last renewal.
+            self.fs.invalidate_cache(path)
             info = self.fs.info(path)
             data = bytes(self.fs.cat_file(path))
         except FileNotFoundError:

@@ -33,11 +33,11 @@ from flows.runtime.progress import StageProgress, notify
 from tasks.audio.ffmpeg import ffmpeg_binary
 from tasks.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, ingest_config
 from tasks.dataset.catalog import display_text
-from tasks.dataset.repository import BatchResult
+from tasks.dataset.repository import BatchResult, hold_ingest
 from tasks.ingest.events import dataset_updated_event, should_announce
 from tasks.ingest.plan import make_batches
 from tasks.ingest.worker import failed_row
-from tasks.store.store import registered_storage_options
+from tasks.store.store import open_store, registered_storage_options
 
 # A finished run returns at once, not after its heartbeat thread's next 1-s step (see the module).
 heartbeats.install()
@@ -147,7 +147,11 @@ def ingest(
     committed, results = [], []
     commit_seconds = 0.0
     if plan.todo:  # only then a Dask cluster: a re-run with nothing new is stat checks only
-        with dask_client(**cluster_options, dashboard=dashboard) as client:
+        # The ingest lock: while this run writes shards, check --repair removes none it has not committed.
+        with (
+            dask_client(**cluster_options, dashboard=dashboard) as client,
+            hold_ingest(open_store(store), dataset_id),
+        ):
             link = dashboard_link(client) if dashboard else None
             if link:
                 logger.info("Dask dashboard: %s", link)

@@ -7,7 +7,6 @@ songs again) and rebuilds statistics.
 
 from __future__ import annotations
 
-import datetime as dt
 import posixpath
 from dataclasses import asdict, dataclass
 
@@ -24,6 +23,7 @@ from tasks.dataset.repository import (
     STATS_FILE,
     dataset_dir,
     list_datasets,
+    live_ingests,
     recompute_shard_stats,
     refresh_stats,
 )
@@ -36,9 +36,10 @@ from tasks.model.repository import (
     model_dir,
     read_card,
 )
-from tasks.store.store import Store
+from tasks.store.store import Store, lock_expiry
 
-# A shard younger than this may belong to an ingest run still in progress.
+# A shard written to more recently than this (by the store's clock) may belong to an ingest run in
+# progress (a run whose ingest lock is live keeps every shard, whatever its age).
 ORPHAN_MIN_AGE_S = 3600.0
 
 
@@ -115,7 +116,10 @@ def check_dataset(store: Store, dataset_id: str, *, repair: bool, orphan_min_age
                 )
                 if repair:
                     recompute_shard_stats(store, dataset_id, shard, shard_rows)
-        problems += _orphans(store, directory, set(by_shard), repair=repair, min_age=orphan_min_age)
+        ingests = live_ingests(store, dataset_id, clear_stale=repair)
+        problems += _orphans(
+            store, directory, set(by_shard), repair=repair, min_age=orphan_min_age, ingests=ingests
+        )
         if repair and broken:
             kept = [row for row in rows if row.song_id not in broken]
             held.ensure()  # still ours (renewed all along): nobody committed since the rows were read
@@ -181,23 +185,33 @@ def _unreadable_catalog(store: Store, directory: str, *, repair: bool) -> list[P
 
 
 def _orphans(
-    store: Store, directory: str, referenced: set[str], *, repair: bool, min_age: float
+    store: Store, directory: str, referenced: set[str], *, repair: bool, min_age: float, ingests: int
 ) -> list[Problem]:
-    """Shards (and statistics sidecars) nothing references, old enough not to be in progress."""
+    """Shards (and statistics sidecars) nothing references, not written to for ``min_age`` (and the
+    lock expiry) by the store's clock: a shard still being written, or about to be committed, is
+    not one. While ``ingests`` runs are live (:func:`~tasks.dataset.repository.live_ingests`) they
+    are reported but never removed: a batch of theirs may still commit one."""
     problems: list[Problem] = []
-    now = dt.datetime.now(dt.UTC)
     shards_path = store.path(directory, SHARDS_DIR)
     if not store.fs.exists(shards_path):
         return problems
+    now = store.now(fresh=True)
+    oldest = max(min_age, lock_expiry())
     for entry in sorted(store.fs.ls(shards_path, detail=False)):
         name = posixpath.basename(str(entry).rstrip("/"))
         relative = f"{SHARDS_DIR}/{name}"
         owner = relative.removesuffix(".stats.npz").removesuffix(".partial")
         if owner in referenced or name.startswith(".") or not _is_shard_name(owner):
             continue
-        if (now - _shard_time(name)).total_seconds() < min_age:
+        modified = store.modified(directory, relative)
+        if modified is not None and now - modified < oldest:
             continue
-        problems.append(Problem("orphan", f"{directory}/{relative}", "not referenced by the catalog", repair))
+        where = f"{directory}/{relative}"
+        if ingests:
+            kept = f"not referenced by the catalog; kept while {ingests} ingest run(s) are in progress"
+            problems.append(Problem("orphan", where, kept))
+            continue
+        problems.append(Problem("orphan", where, "not referenced by the catalog", repair))
         if repair:
             store.rm(directory, relative)
     return problems
@@ -209,13 +223,6 @@ def _is_shard_name(name: str) -> bool:
     except Exception:
         return False
     return True
-
-
-def _shard_time(name: str) -> dt.datetime:
-    try:
-        return dt.datetime.strptime(name[:15], "%Y%m%dT%H%M%S").replace(tzinfo=dt.UTC)
-    except ValueError:
-        return dt.datetime.min.replace(tzinfo=dt.UTC)
 
 
 def check_model(store: Store, model_id: str) -> list[Problem]:

@@ -197,3 +197,21 @@ def stft_model(stft_dataset: tuple[str, str], tmp_path_factory: pytest.TempPathF
     shutil.copytree(stft_dataset[0], store)
     result = train_model(store, TrainConfig.from_preset("spectral", epochs=12, **STFT_TRAIN))
     return store, result.model_id
+
+
+@pytest.fixture
+def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """No AWS_* credential/endpoint variable, no ~/.aws, no fsspec config, nothing registered: a
+    test's S3 credentials come only from the options or blocks it gives."""
+    import fsspec.config
+
+    import tasks.store.store
+
+    for name in list(os.environ):
+        if name.startswith("AWS_") or name.startswith("FSSPEC_"):
+            monkeypatch.delenv(name)
+    # not a credential: keeps botocore from asking the EC2 metadata address when a wiring is broken
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delitem(fsspec.config.conf, "s3", raising=False)
+    monkeypatch.setattr(tasks.store.store, "_STORAGE_OPTIONS", {})

@@ -6,6 +6,8 @@
     catalog/           one row per song, the single source of truth: a log of Parquet
                        segments and snapshots (:mod:`tasks.dataset.catalog`)
     catalog.lock       held while committing (:meth:`tasks.store.store.Store.lock`)
+    ingests/<token>.lock  one per ingest run in progress, renewed while it runs (:func:`hold_ingest`):
+                       ``check --repair`` leaves unreferenced shards alone while one is live
     shards/            feature shards (:mod:`tasks.dataset.shards`) with their statistics sidecars
     stats.json         per-feature statistics of the shards the catalog references, and
                        the catalog version they cover
@@ -17,9 +19,11 @@ the decoder.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import posixpath
-from collections.abc import Iterable
+import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,11 +45,12 @@ from tasks.dataset.catalog import (
 from tasks.dataset.shards import SCHEMA_VERSION, read_blocks, read_shard_stats, stats_name
 from tasks.dataset.stats import FeatureStats, merge_all
 from tasks.errors import ConfigError, StoreError
-from tasks.store.store import Store, checked_id
+from tasks.store.store import HeldLock, Store, checked_id
 
 DATASETS_DIR = "datasets"
 CONFIG_FILE = "config.json"
 LOCK_FILE = "catalog.lock"
+INGESTS_DIR = "ingests"
 STATS_FILE = "stats.json"
 
 
@@ -89,6 +94,39 @@ def prepare_dataset(store: Store, config: IngestConfig) -> str:
     return dataset_id
 
 
+@contextlib.contextmanager
+def hold_ingest(store: Store, dataset_id: str) -> Iterator[HeldLock]:
+    """Mark an ingest run in progress for the block: a lock file of its own under ``ingests/``,
+    renewed while it runs (and left behind, stale, by a killed run). While one is live,
+    ``check --repair`` removes no unreferenced shard: it may be a batch still writing or about to
+    commit."""
+    name = f"{uuid.uuid4().hex}.lock"
+    # Lost (this run stopped renewing it past the expiry): not an error in itself; a commit whose
+    # shard check --repair removed meanwhile is refused by commit_batch.
+    with store.lock(dataset_dir(dataset_id), INGESTS_DIR, name, timeout=0, raise_if_lost=False) as held:
+        yield held
+
+
+def live_ingests(store: Store, dataset_id: str, *, clear_stale: bool = False) -> int:
+    """How many ingest runs of the dataset are in progress (their lock renewed within the lock
+    expiry, by the store's clock); ``clear_stale`` removes the lock files of dead runs."""
+    directory = dataset_dir(dataset_id)
+    folder = store.path(directory, INGESTS_DIR)
+    store.fs.invalidate_cache(folder)
+    if not store.fs.exists(folder):
+        return 0
+    live = 0
+    for entry in store.fs.ls(folder, detail=False):
+        name = posixpath.basename(str(entry).rstrip("/"))
+        if not name.endswith(".lock"):
+            continue
+        if store.lock_is_live(directory, INGESTS_DIR, name):
+            live += 1
+        elif clear_stale:
+            store.break_stale_lock(directory, INGESTS_DIR, name)
+    return live
+
+
 def commit_batch(store: Store, dataset_id: str, result: BatchResult) -> list[CatalogRow]:
     """Commit a batch under the dataset's lock: catalog rows first (the commit point), then statistics.
 
@@ -101,6 +139,14 @@ def commit_batch(store: Store, dataset_id: str, result: BatchResult) -> list[Cat
     """
     directory = dataset_dir(dataset_id)
     with store.lock(directory, LOCK_FILE):
+        if result.shard and any(row.ok for row in result.rows) and not store.exists(directory, result.shard):
+            # Removed as an orphan (this run stopped renewing its ingest lock for longer than the lock
+            # expiry, then ``check --repair`` ran): rows must never point at a missing shard.
+            raise StoreError(
+                f"the shard {result.shard} of this batch is gone before its commit (removed by "
+                "check --repair while this run was stopped?): its songs are not recorded, and the "
+                "next ingest decodes them again"
+            )
         log = catalog_log(store, directory)
         fresh = log.append(result.rows)
         # A retried commit (the first attempt committed, then failed before it returned) finds its

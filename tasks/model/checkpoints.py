@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import posixpath
 import time
+from collections.abc import Callable
 
 import keras
 
@@ -36,6 +37,8 @@ class Checkpointer(keras.callbacks.Callback):
     The run's budget: at the end of the epoch that finds ``time.perf_counter()`` at or past
     ``deadline`` (its checkpoint written), training stops with ``stop_reason`` ``budget``
     (unless it completed or stopped early on that epoch); ``max_minutes`` is recorded with it.
+
+    ``fence`` (the model lock's ``ensure``) is called right before each write and removal.
     """
 
     def __init__(
@@ -52,6 +55,7 @@ class Checkpointer(keras.callbacks.Callback):
         patience_from: int = 0,
         deadline: float | None = None,
         max_minutes: float | None = None,
+        fence: Callable[[], None] | None = None,
     ) -> None:
         super().__init__()
         self.store, self.directory, self.dataset_id, self.config = store, directory, dataset_id, config
@@ -59,6 +63,7 @@ class Checkpointer(keras.callbacks.Callback):
         self.config_hash = config_hash
         self.patience_from = patience_from
         self.deadline, self.max_minutes = deadline, max_minutes
+        self.fence = fence
         self.diverged: str | None = None
         self.stop_reason: str | None = None
 
@@ -79,7 +84,11 @@ class Checkpointer(keras.callbacks.Callback):
         elif patience and done - max(best, self.patience_from) >= patience:
             self.stop_reason = STOP_EARLY
             self.model.stop_training = True
-        self.store.write_bytes(keras_bytes(self.model), self.directory, checkpoint_name(done))
+        # Every write checks the model's lock first (fence): a run frozen past the lock's expiry,
+        # whose model another run took meanwhile, raises here instead of overwriting its work.
+        self.store.write_bytes(
+            keras_bytes(self.model), self.directory, checkpoint_name(done), fence=self.fence
+        )
         if self.stop_reason is None and self.deadline is not None and time.perf_counter() >= self.deadline:
             self.stop_reason = STOP_BUDGET
             self.model.stop_training = True
@@ -95,7 +104,7 @@ class Checkpointer(keras.callbacks.Callback):
             "config_hash": self.config_hash,
             "wall_seconds": time.perf_counter() - self.started,
         }
-        self.store.write_json(state, self.directory, CHECKPOINTS, STATE_FILE)
+        self.store.write_json(state, self.directory, CHECKPOINTS, STATE_FILE, fence=self.fence)
         self._prune(keep={*range(done - KEEP_CHECKPOINTS + 1, done + 1), best})
         if self.on_epoch is not None:
             self.on_epoch(done, self.config.epochs, {"loss": losses[0], "val_loss": losses[1]})
@@ -112,4 +121,6 @@ class Checkpointer(keras.callbacks.Callback):
             except ValueError:
                 continue
             if epoch not in keep:
+                if self.fence is not None:
+                    self.fence()
                 self.store.rm(self.directory, CHECKPOINTS, name)

@@ -18,7 +18,7 @@ import os
 import platform
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,7 +51,7 @@ from tasks.model.repository import (
 )
 from tasks.model.tfload import load_tensorflow
 from tasks.model.windows import Normalizer, SongWindows, load_split, make_tf_dataset, steps_per_epoch
-from tasks.store.store import Store, open_store
+from tasks.store.store import HeldLock, Store, open_store
 
 
 class TrainingDivergedError(MusicflowError):
@@ -174,7 +174,7 @@ def train_model(
             )
 
     directory = model_dir(model_id)
-    with hold_model(store, model_id):
+    with hold_model(store, model_id) as held:
         _check_identity(store, directory, model_id, dataset_id, config_hash)
         finished = read_finished_card(store, model_id) if resume else None
         if finished is not None and not (extend and config.epochs > finished["epochs"]):
@@ -196,6 +196,7 @@ def train_model(
             started=started,
             deadline=deadline,
             max_minutes=max_minutes,
+            fence=held.ensure,
         )
 
 
@@ -217,7 +218,11 @@ def _train(
     started: float,
     deadline: float | None,
     max_minutes: float | None,
+    fence: Callable[[], None],
 ) -> TrainResult:
+    """Train under the model's lock; ``fence`` (the lock's ``ensure``) runs right before every write
+    to the model folder, so a run that lost the lock (frozen past its expiry while another run took
+    the model) stops before its next write."""
     import keras
 
     train_rows, val_rows = rows
@@ -240,12 +245,13 @@ def _train(
                 f"model {model_id!r} has a card but no checkpoint in "
                 f"{store.full_url(directory, CHECKPOINTS)} to continue from: rerun with --no-resume"
             )
+        fence()
         store.rm(directory, CARD_FILE)  # first: a card means a complete model
         store.rm(directory, CHECKPOINTS)
         model = build_model(n_features, config)
         initial_epoch, history, prior_seconds, stop_reason = 0, {"loss": [], "val_loss": []}, 0.0, None
         budget = None
-    store.write_bytes(normalization_bytes(normalizer), directory, NORMALIZATION_FILE)
+    store.write_bytes(normalization_bytes(normalizer), directory, NORMALIZATION_FILE, fence=fence)
 
     # A run that stopped is final unless asked for more epochs; then patience counts afresh.
     wants_more = config.epochs > initial_epoch and (stop_reason is None or extend)
@@ -263,6 +269,7 @@ def _train(
         patience_from=initial_epoch if stop_reason is not None else 0,
         deadline=deadline,
         max_minutes=max_minutes,
+        fence=fence,
     )
     if wants_more:
         train_data = make_tf_dataset(
@@ -328,11 +335,14 @@ def _train(
         "created_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "versions": versions(),
     }
-    store.write_bytes(weights, directory, MODEL_FILE)
+    store.write_bytes(weights, directory, MODEL_FILE, fence=fence)
     store.write_bytes(
-        loss_curve_png(history, baseline, title=model_id, best_epoch=best), directory, LOSS_CURVE_FILE
+        loss_curve_png(history, baseline, title=model_id, best_epoch=best),
+        directory,
+        LOSS_CURVE_FILE,
+        fence=fence,
     )
-    store.write_json(card, directory, CARD_FILE)  # last: a card means a complete model
+    store.write_json(card, directory, CARD_FILE, fence=fence)  # last: a card means a complete model
     return _result_from_card(card, resumed_from=initial_epoch)
 
 
@@ -364,13 +374,14 @@ def _best_weights(
 
 
 @contextlib.contextmanager
-def hold_model(store: Store, model_id: str) -> Iterator[None]:
-    """Hold ``models/<model_id>/train.lock`` for the block; :class:`ModelBusyError` at once when
-    another live run holds it (the store's lock renews itself while held, breaks a dead holder's)."""
+def hold_model(store: Store, model_id: str) -> Iterator[HeldLock]:
+    """Hold ``models/<model_id>/train.lock`` for the block and yield it; :class:`ModelBusyError` at
+    once when another live run holds it (the store's lock renews itself while held, and breaks one
+    its holder stopped renewing for the lock expiry, ``MUSICFLOW_LOCK_EXPIRY_S``)."""
     directory = model_dir(model_id)
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(store.lock(directory, TRAIN_LOCK_FILE, timeout=0))
+            held = stack.enter_context(store.lock(directory, TRAIN_LOCK_FILE, timeout=0))
         except StoreError as error:
             if not store.exists(directory, TRAIN_LOCK_FILE):
                 raise
@@ -378,13 +389,14 @@ def hold_model(store: Store, model_id: str) -> Iterator[None]:
                 f"model {model_id!r} is being trained by another run ({_lock_holder(store, directory)}): "
                 "wait for it to finish, or train another --model-id"
             ) from error
-        yield
+        yield held
 
 
 def _lock_holder(store: Store, directory: str) -> str:
     try:
         holder = json.loads(store.read_bytes(directory, TRAIN_LOCK_FILE))
-        since = dt.datetime.fromtimestamp(float(holder["time"]), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        stamp = holder.get("since", holder.get("time"))  # "time": a lock from before "since"
+        since = dt.datetime.fromtimestamp(float(stamp), dt.UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
         return f"pid {holder['pid']} on {holder['host']}, since {since}"
     except (OSError, ValueError, KeyError, TypeError):
         return f"holder of {store.full_url(directory, TRAIN_LOCK_FILE)}"

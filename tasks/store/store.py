@@ -14,6 +14,7 @@ places (``AWS_*`` variables...).
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import errno
 import json
 import os
@@ -23,7 +24,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,24 +87,30 @@ class Store:
     def read_bytes(self, *parts: str) -> bytes:
         return bytes(self.fs.cat_file(self.path(*parts)))
 
-    def write_bytes(self, data: bytes, *parts: str) -> None:
+    def write_bytes(self, data: bytes, *parts: str, fence: Callable[[], None] | None = None) -> None:
         """Write a whole file so that readers see the old or the new content, never a part.
 
         On a local disk: write a temporary sibling, then rename over. On object
-        stores a single PUT is already atomic.
+        stores a single PUT is already atomic. ``fence`` (a held lock's
+        :meth:`HeldLock.ensure`) is called right before the write takes effect
+        (the rename, the PUT): a run that lost its lock raises there, writing nothing.
         """
-        self._write_whole(self.path(*parts), data)
+        self._write_whole(self.path(*parts), data, fence=fence)
 
-    def _write_whole(self, path: str, data: bytes) -> None:
+    def _write_whole(self, path: str, data: bytes, *, fence: Callable[[], None] | None = None) -> None:
         """:meth:`write_bytes` at a path as the filesystem names it."""
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
         if not self.is_local:
+            if fence is not None:
+                fence()
             self.fs.pipe_file(path, data)
             return
         partial = _partial_name(path)
         try:
             self.fs.pipe_file(partial, data)
             _sync_file(partial)
+            if fence is not None:
+                fence()
             self.fs.mv(partial, path)
             _sync_folder(path)  # the rename itself survives a power loss
         finally:
@@ -113,9 +120,12 @@ class Store:
     def read_json(self, *parts: str) -> Any:
         return json.loads(self.read_bytes(*parts))
 
-    def write_json(self, value: Any, *parts: str, indent: int | None = 2) -> None:
-        """Write JSON atomically; ``indent=None`` for large machine-read files."""
-        self.write_bytes(json.dumps(value, indent=indent, sort_keys=True).encode(), *parts)
+    def write_json(
+        self, value: Any, *parts: str, indent: int | None = 2, fence: Callable[[], None] | None = None
+    ) -> None:
+        """Write JSON atomically; ``indent=None`` for large machine-read files (``fence``: as
+        :meth:`write_bytes`)."""
+        self.write_bytes(json.dumps(value, indent=indent, sort_keys=True).encode(), *parts, fence=fence)
 
     def list_dirs(self, *parts: str) -> list[str]:
         """Names of the folders directly under ``parts`` (empty when it does not exist)."""
@@ -142,6 +152,11 @@ class Store:
         a server that ignores that header gives no exclusion at all, so it is
         detected once per store (:func:`check_conditional_writes`) and refused.
         """
+        return self._create_exclusive(data, *parts) is not None
+
+    def _create_exclusive(self, data: bytes, *parts: str) -> str | None:
+        """:meth:`create_exclusive`: the new object's ETag ("" where the store gives none), or
+        None when the file exists."""
         path = self.path(*parts)
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
         if not self.is_local:
@@ -152,12 +167,12 @@ class Store:
         try:
             os.link(partial, path)
         except FileExistsError:
-            return False
+            return None
         except OSError:  # a filesystem without hard links: exclusive create, then write
             try:
                 descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
             except FileExistsError:
-                return False
+                return None
             with os.fdopen(descriptor, "wb") as handle:
                 handle.write(data)
                 handle.flush()
@@ -166,34 +181,53 @@ class Store:
             with contextlib.suppress(OSError):
                 os.unlink(partial)
         _sync_folder(path)
-        return True
+        return ""
 
     @contextlib.contextmanager
-    def lock(self, *parts: str, timeout: float = 120.0, stale_after: float = 60.0) -> Iterator[HeldLock]:
+    def lock(
+        self,
+        *parts: str,
+        timeout: float = 120.0,
+        stale_after: float | None = None,
+        raise_if_lost: bool = True,
+    ) -> Iterator[HeldLock]:
         """Hold an exclusive lock file at ``parts`` for the duration of the block.
 
         The lock is created with :meth:`create_exclusive`, so two processes on
         any hosts never both take it. While it is held, a heartbeat thread
-        renews it every ``stale_after / 4`` seconds, so a holder may keep it as
-        long as it lives (a 30-minute training); a lock not renewed for
-        ``stale_after`` seconds, or whose holder is a dead process of this host,
-        belongs to a killed run and is broken. Breaking and releasing are
-        compare-and-delete on the owner's token: nobody removes a lock it does
-        not own. Yields a :class:`HeldLock` (``ensure()`` raises when the lock
-        was lost, e.g. the process was frozen past ``stale_after``); leaving the
-        block raises :class:`StoreError` when it was lost meanwhile. Raises
+        renews it every ``stale_after / 4`` seconds (a touch on a local disk, a
+        conditional rewrite on an object store), so a holder may keep it as long
+        as it lives (a 30-minute training). Staleness is judged by the store's
+        clock: a lock whose modification time, as the store reports it, is more
+        than ``stale_after`` seconds (default :func:`lock_expiry`) behind the
+        store's present time belongs to a killed or frozen run and is broken;
+        the holder's own clock, host name and pid are not trusted for that. A
+        dead holder is broken at once only when it was a process of this very
+        machine and pid namespace. Breaking and releasing are compare-and-delete:
+        only the lock file as it was judged (same content and modification stamp;
+        the ETag on S3) is removed, never one renewed or taken since. Yields a
+        :class:`HeldLock`: its ``ensure()`` renews the lock and raises
+        :class:`LockLostError` when it was lost (the process was frozen past
+        ``stale_after`` and another run took it); call it right before each
+        write the lock guards (or pass it as ``fence`` to :meth:`write_bytes`).
+        Leaving the block raises :class:`LockLostError` when it was lost
+        meanwhile (unless ``raise_if_lost`` is off: a lock that only marks a run
+        in progress, whose writes are checked otherwise). Raises
         :class:`StoreError` after ``timeout`` seconds of waiting.
         """
+        expiry = lock_expiry() if stale_after is None else stale_after
         path = self.path(*parts)
         token = uuid.uuid4().hex
         deadline = time.monotonic() + timeout
         delay = 0.01
         while True:
-            if self.create_exclusive(_owner(token), *parts):
+            record = _owner(token)
+            created = self._create_exclusive(record, *parts)
+            if created is not None:
                 break
-            stale = self._stale_token(path, stale_after)
+            stale = self._breakable(path, expiry)
             if stale is not None:
-                self._delete_if_owner(path, stale)
+                self._delete_if_unchanged(path, stale)
                 continue
             if time.monotonic() > deadline:
                 raise StoreError(
@@ -201,7 +235,9 @@ class Store:
                 ) from None
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
-        held = HeldLock(self, path, token, interval=max(0.05, min(stale_after / 4, 30.0)))
+        # Its ETag (S3) is the condition of its first renewal and of its release.
+        seen = LockSeen(record, time.time(), created) if created else None
+        held = HeldLock(self, path, token, seen, expiry=expiry)
         held.start()
         failed = True
         try:
@@ -209,49 +245,194 @@ class Store:
             failed = False
         finally:
             held.stop()
-            released = self._delete_if_owner(path, token)
-            if not failed and (held.lost or not released):
-                raise StoreError(
+            released = self._release(path, token, held.seen)
+            if raise_if_lost and not failed and (held.lost or not released):
+                raise LockLostError(
                     f"the lock {self.full_url(*parts)} was lost while held "
-                    f"(not renewed for {stale_after:g} s, then taken by another process)"
+                    f"(not renewed for {expiry:g} s, then taken by another process)"
                 )
 
-    def _read_owner(self, path: str) -> dict[str, Any] | None:
-        """The lock's owner record; None when there is no lock file; {} when it is unreadable."""
+    def lock_is_live(self, *parts: str, stale_after: float | None = None) -> bool:
+        """Whether the lock file at ``parts`` is held by a run that is alive for all the store can
+        tell (present, and neither unrenewed for ``stale_after`` nor a dead process of this machine)."""
+        path = self.path(*parts)
+        expiry = lock_expiry() if stale_after is None else stale_after
+        return self._look(path) is not None and self._breakable(path, expiry) is None
+
+    def break_stale_lock(self, *parts: str, stale_after: float | None = None) -> bool:
+        """Remove the lock file at ``parts`` if it is stale (compare-and-delete); True when it did."""
+        path = self.path(*parts)
+        stale = self._breakable(path, lock_expiry() if stale_after is None else stale_after)
+        return stale is not None and self._delete_if_unchanged(path, stale)
+
+    def modified(self, *parts: str) -> float | None:
+        """When the file (or, for a folder, its newest file) at ``parts`` was last written, in
+        seconds since the epoch as the store's clock says; None when there is nothing there."""
+        return self._modified(self.path(*parts))
+
+    def _modified(self, path: str) -> float | None:
         try:
-            holder = json.loads(self.fs.cat_file(path))
+            info = self.fs.info(path)
         except FileNotFoundError:
             return None
-        except (ValueError, OSError):
-            return {}
-        return holder if isinstance(holder, dict) else {}
+        if info.get("type") == "directory":
+            found = self.fs.find(path, detail=True)
+            times = [_info_time(entry) for entry in found.values()]
+            known = [value for value in times if value is not None]
+            return max(known) if known else _info_time(info)
+        return _info_time(info)
 
-    def _stale_token(self, path: str, stale_after: float) -> str | None:
-        """The token of a lock that may be broken ("" for an old unreadable one), or None."""
-        holder = self._read_owner(path)
-        if holder is None:
+    def now(self, *, fresh: bool = False) -> float:
+        """The store's present time (seconds since the epoch): the time stamp it gives a probe file
+        written now. The offset to this process's clock is measured at most every
+        :data:`CLOCK_CHECK_S` seconds (and at once with ``fresh``), so that two hosts whose clocks
+        disagree still judge a lock's age alike."""
+        cached = _CLOCK_OFFSETS.get(self.url)
+        if not fresh and cached is not None and time.monotonic() - cached[1] < CLOCK_CHECK_S:
+            return time.time() - cached[0]
+        probe = self.path(f".clock-probe-{uuid.uuid4().hex[:12]}")
+        self.fs.makedirs(self.root, exist_ok=True)
+        before = time.time()
+        self.fs.pipe_file(probe, b"")
+        after = time.time()
+        try:
+            stamped = self._modified(probe)
+        finally:
+            with contextlib.suppress(OSError):
+                self.fs.rm(probe)
+        if stamped is None:
+            raise StoreError(f"the store {self.url!r} gives its files no modification time")
+        _CLOCK_OFFSETS[self.url] = ((before + after) / 2 - stamped, time.monotonic())
+        return stamped
+
+    def _look(self, path: str) -> LockSeen | None:
+        """The lock file as it is now (None when there is none)."""
+        try:
+            if self.is_local:
+                stat = os.stat(path)
+                with open(path, "rb") as handle:
+                    data = handle.read()
+                return LockSeen(data, stat.st_mtime, f"{stat.st_ino}:{stat.st_mtime_ns}:{stat.st_size}")
+            # Never a cached listing's entry (s3fs answers info from one): its time stamp and ETag
+            # may be from before the holder's last renewal.
+            self.fs.invalidate_cache(path)
+            info = self.fs.info(path)
+            data = bytes(self.fs.cat_file(path))
+        except FileNotFoundError:
+            return None
+        modified = _info_time(info)
+        tag = str(info.get("ETag") or info.get("etag") or "")
+        return LockSeen(data, modified if modified is not None else 0.0, tag or f"{modified}:{len(data)}")
+
+    def _breakable(self, path: str, stale_after: float) -> LockSeen | None:
+        """The lock file as judged breakable (a dead holder of this machine, or not renewed for
+        ``stale_after`` seconds of the store's clock), or None when it must be waited for."""
+        seen = self._look(path)
+        if seen is None:
             return None  # vanished: try again
-        if not holder.get("token"):
-            # Half-written: its holder is still writing it, or was killed doing so; only age tells.
-            try:
-                age = time.time() - self.fs.modified(path).timestamp()
-            except (OSError, NotImplementedError):
-                return None
-            return "" if age > stale_after else None
-        if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))):
-            return str(holder["token"])
-        if time.time() - float(holder.get("time", 0)) > stale_after:
-            return str(holder["token"])
-        return None
+        holder = seen.holder()
+        machine = machine_id()
+        if (
+            machine
+            and holder.get("machine") == machine
+            and holder.get("host") == socket.gethostname()
+            and not _pid_alive(_int(holder.get("pid")))
+        ):
+            return seen  # a process of this machine and pid namespace that is gone
+        if self.now() - seen.modified <= stale_after:
+            return None
+        # Looks stale by the cached offset: confirm with the store's clock read now.
+        return seen if self.now(fresh=True) - seen.modified > stale_after else None
 
-    def _delete_if_owner(self, path: str, token: str) -> bool:
-        """Remove the lock file if ``token`` still owns it (an unreadable one for ``""``)."""
-        holder = self._read_owner(path)
-        if holder is None or str(holder.get("token", "")) != token:
+    def _delete_if_unchanged(self, path: str, seen: LockSeen) -> bool:
+        """Remove the lock file only if it is still exactly ``seen`` (compare-and-delete)."""
+        if self.is_local:
+            # Move it aside (atomic), then look at what was moved: a lock renewed or replaced since
+            # it was judged goes back, unless a new lock took the name meanwhile.
+            aside = f"{path}.broken-{uuid.uuid4().hex[:8]}"
+            try:
+                os.rename(path, aside)
+            except FileNotFoundError:
+                return False
+            moved = self._look(aside)
+            try:
+                if moved is not None and (moved.data, moved.tag) == (seen.data, seen.tag):
+                    return True
+                with contextlib.suppress(FileExistsError):
+                    os.link(aside, path)
+                return False
+            finally:
+                with contextlib.suppress(OSError):
+                    os.unlink(aside)
+        if _is_s3(self.fs) and seen.tag and conditional_overwrites(self):
+            return self._if_match("delete_object", path, seen.tag) is not None
+        # A filesystem without a conditional delete: re-read and compare, as close to the delete
+        # as it gets (a renewal in between is still possible, and is then caught by its holder).
+        current = self._look(path)
+        if current is None or (current.data, current.tag) != (seen.data, seen.tag):
             return False
-        with contextlib.suppress(FileNotFoundError, OSError):
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm(path)
         return True
+
+    def _release(self, path: str, token: str, last: LockSeen | None) -> bool:
+        """Remove this holder's lock file; False when it is not ours any more. On S3, one DELETE
+        conditional on the ETag of its last write (creation or renewal)."""
+        if last is not None and last.tag and _is_s3(self.fs) and conditional_overwrites(self):
+            return self._if_match("delete_object", path, last.tag) is not None
+        return self._delete_if_owner(path, token)
+
+    def _delete_if_owner(self, path: str, token: str) -> bool:
+        """Release: remove the lock file if ``token`` still owns it."""
+        seen = self._look(path)
+        if seen is None or seen.holder().get("token") != token:
+            return False
+        self._delete_if_unchanged(path, seen)
+        return True
+
+    def _renew(self, path: str, token: str, last: LockSeen | None) -> LockSeen | None:
+        """Refresh the lock's time stamp if ``token`` still owns it; the lock as renewed, or None
+        when it is not ours any more. On S3 the rewrite is conditional on the ETag last seen."""
+        if self.is_local:
+            current = self._look(path)
+            if current is None or current.holder().get("token") != token:
+                return None
+            try:
+                os.utime(path)
+            except FileNotFoundError:
+                return None
+            renewed = self._look(path)
+            return renewed if renewed is not None and renewed.holder().get("token") == token else None
+        if _is_s3(self.fs) and conditional_overwrites(self):
+            if last is None or not last.tag:
+                last = self._look(path)
+                if last is None or last.holder().get("token") != token:
+                    return None
+            data = _renewed(last.holder())
+            answer = self._if_match("put_object", path, last.tag, Body=data)
+            # The holder needs the new ETag (its next renewal's condition), not the time stamp.
+            return None if answer is None else LockSeen(data, time.time(), str(answer.get("ETag", "")))
+        current = self._look(path)
+        if current is None or current.holder().get("token") != token:
+            return None
+        self._write_whole(path, _renewed(current.holder()))
+        return self._look(path)
+
+    def _if_match(self, operation: str, path: str, etag: str, **arguments: Any) -> dict[str, Any] | None:
+        """An S3 ``operation`` on ``path`` only if its ETag is still ``etag``: the answer, or None
+        when the object changed or is gone."""
+        bucket, key, _ = self.fs.split_path(path)
+        try:
+            answer = self.fs.call_s3(operation, Bucket=bucket, Key=key, IfMatch=etag, **arguments)
+        except FileNotFoundError:
+            return None
+        except OSError as error:
+            if _precondition_failed(error):
+                return None
+            raise
+        finally:
+            self.fs.invalidate_cache(path)
+        return dict(answer)
 
     def rm(self, *parts: str) -> None:
         path = self.path(*parts)
@@ -259,15 +440,51 @@ class Store:
             self.fs.rm(path, recursive=True)
 
 
-class HeldLock:
-    """A lock held by this process, renewed by a heartbeat thread until :meth:`stop`."""
+@dataclass(frozen=True)
+class LockSeen:
+    """A lock file as read at one moment: its bytes, its modification time by the store's clock,
+    and a stamp that changes with every write or renewal (the ETag on S3)."""
 
-    def __init__(self, store: Store, path: str, token: str, *, interval: float) -> None:
-        self.store, self.path, self.token, self.interval = store, path, token, interval
+    data: bytes
+    modified: float
+    tag: str
+
+    def holder(self) -> dict[str, Any]:
+        """The owner record ({} when the file is empty or unreadable: a holder still writing it)."""
+        try:
+            value = json.loads(self.data)
+        except ValueError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+
+class LockLostError(StoreError):
+    """This process held a lock and lost it: it was not renewed for the lock's expiry (the process
+    was frozen or starved) and another run may have taken it. Whatever the lock guards must not be
+    written any more."""
+
+
+class HeldLock:
+    """A lock held by this process, renewed by a heartbeat thread until :meth:`stop`.
+
+    ``token`` is the fencing token: :meth:`ensure` renews the lock and checks that the file still
+    carries this token right before a guarded write.
+    """
+
+    def __init__(self, store: Store, path: str, token: str, seen: LockSeen | None, *, expiry: float) -> None:
+        self.store, self.path, self.token, self.expiry = store, path, token, expiry
+        self.interval = max(0.05, min(expiry / 4, 30.0))
         self.lost = False
         self.renewals = 0
+        self._seen = seen
+        self._guard = threading.Lock()  # one renewal at a time (the heartbeat and ensure())
         self._stopped = threading.Event()
         self._thread = threading.Thread(target=self._beat, name=f"lock-heartbeat {path}", daemon=True)
+
+    @property
+    def seen(self) -> LockSeen | None:
+        """The lock file as this holder last wrote it (its ETag on S3), or None when unknown."""
+        return self._seen
 
     def start(self) -> None:
         self._thread.start()
@@ -277,21 +494,36 @@ class HeldLock:
         self._thread.join()
 
     def ensure(self) -> None:
-        """Raise :class:`StoreError` unless this process still owns the lock (checked now)."""
-        holder = self.store._read_owner(self.path)
-        if self.lost or holder is None or holder.get("token") != self.token:
-            self.lost = True
-            raise StoreError(f"the lock {self.store.fs.unstrip_protocol(self.path)} was lost while held")
+        """Renew the lock now and raise :class:`LockLostError` unless this process still owns it.
+
+        After it returns, a run that judged the lock stale before cannot break it any more (its
+        compare-and-delete sees the renewal), and a new judgement takes the lock's expiry: call it
+        right before each write the lock guards.
+        """
+        with self._guard:
+            if not self.lost:
+                renewed = self.store._renew(self.path, self.token, self._seen)
+                if renewed is None:
+                    self.lost = True
+                else:
+                    self._seen = renewed
+        if self.lost:
+            raise LockLostError(
+                f"the lock {self.store.fs.unstrip_protocol(self.path)} was lost: this run was not "
+                f"heard from for more than its expiry ({self.expiry:g} s; frozen or starved) and "
+                "another run took it; stopped before writing anything more"
+            )
 
     def _beat(self) -> None:
         while not self._stopped.wait(self.interval):
             try:
-                holder = self.store._read_owner(self.path)
-                if holder is None or holder.get("token") != self.token:
-                    self.lost = True
-                    return
-                self.store._write_whole(self.path, _owner(self.token))
-                self.renewals += 1
+                with self._guard:
+                    renewed = self.store._renew(self.path, self.token, self._seen)
+                    if renewed is None:
+                        self.lost = True
+                        return
+                    self._seen = renewed
+                    self.renewals += 1
             except OSError:
                 continue  # a glitch: the next beat tries again, well before the lock goes stale
 
@@ -332,20 +564,108 @@ def _partial_name(path: str) -> str:
 
 
 def _owner(token: str) -> bytes:
-    owner = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "token": token}
+    """A new lock's owner record. ``since`` (this host's clock) is for people reading it; staleness
+    is judged by the file's time stamp on the store."""
+    owner = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "machine": machine_id(),
+        "since": time.time(),
+        "token": token,
+        "renewals": 0,
+    }
     return json.dumps(owner).encode()
 
 
-def _put_if_absent(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> bool:
+def _renewed(record: dict[str, Any]) -> bytes:
+    """The owner record rewritten by a renewal: its bytes (and so its ETag) change every time."""
+    return json.dumps({**record, "renewals": _int(record.get("renewals")) + 1}).encode()
+
+
+def _int(value: Any) -> int:
     try:
-        fs.pipe_file(path, data, mode="create")
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _info_time(info: dict[str, Any]) -> float | None:
+    """A file's modification time from an fsspec ``info`` dict (local ``mtime``, S3
+    ``LastModified``, GCS ``updated``, memory ``created``...), in seconds since the epoch."""
+    for key in ("mtime", "LastModified", "last_modified", "updated", "modified", "created"):
+        value = info.get(key)
+        if isinstance(value, dt.datetime):
+            return (value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp()
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str) and value:
+            with contextlib.suppress(ValueError):
+                parsed = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+                return (parsed if parsed.tzinfo else parsed.replace(tzinfo=dt.UTC)).timestamp()
+    return None
+
+
+def machine_id() -> str:
+    """This machine's boot and pid namespace ("" where unknown): a lock holder's pid is only
+    checked for life by a process that sees the same pids (same kernel boot, same namespace),
+    never by another container that happens to share the host name."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as handle:
+            boot = handle.read().strip()
+        namespace = os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+    return f"{boot}/{namespace}"
+
+
+# How long a lock may go unrenewed before another run breaks it (seconds): MUSICFLOW_LOCK_EXPIRY_S.
+DEFAULT_LOCK_EXPIRY_S = 60.0
+
+
+def lock_expiry() -> float:
+    """The lock expiry: ``MUSICFLOW_LOCK_EXPIRY_S`` (seconds), else :data:`DEFAULT_LOCK_EXPIRY_S`.
+    :class:`ConfigError` naming the value unless positive and finite."""
+    text = os.environ.get("MUSICFLOW_LOCK_EXPIRY_S", "").strip()
+    if not text:
+        return DEFAULT_LOCK_EXPIRY_S
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value < float("inf")):
+        raise ConfigError(f"invalid MUSICFLOW_LOCK_EXPIRY_S {text!r}: a number of seconds above 0")
+    return value
+
+
+# The store's clock offset (this process's time minus the store's), by store URL, and when it was
+# measured (monotonic); see Store.now.
+_CLOCK_OFFSETS: dict[str, tuple[float, float]] = {}
+CLOCK_CHECK_S = 60.0
+
+
+def _is_s3(fs: fsspec.AbstractFileSystem) -> bool:
+    return "s3" in (fs.protocol if isinstance(fs.protocol, tuple) else (fs.protocol,)) and hasattr(
+        fs, "call_s3"
+    )
+
+
+def _precondition_failed(error: BaseException) -> bool:
+    text = f"{error} {error.__cause__ or ''}"
+    return "PreconditionFailed" in text or "412" in text
+
+
+def _put_if_absent(fs: fsspec.AbstractFileSystem, path: str, data: bytes) -> str | None:
+    """PUT ``data`` unless ``path`` exists: the new object's ETag ("" when the filesystem does not
+    say), or None when it exists."""
+    try:
+        answer = fs.pipe_file(path, data, mode="create")
     except FileExistsError:
-        return False
+        return None
     except OSError as error:  # some servers answer 412 without naming the condition
         if "PreconditionFailed" in str(error) or "412" in str(error):
-            return False
+            return None
         raise
-    return True
+    return str(answer.get("ETag", "")) if isinstance(answer, dict) else ""
 
 
 # Stores (by URL) known to honour conditional writes; see check_conditional_writes.
@@ -363,8 +683,8 @@ def check_conditional_writes(store: Store) -> None:
         return
     probe = store.path(f".conditional-write-probe-{uuid.uuid4().hex[:12]}")
     try:
-        first = _put_if_absent(store.fs, probe, b"1")
-        second = _put_if_absent(store.fs, probe, b"2")
+        first = _put_if_absent(store.fs, probe, b"1") is not None
+        second = _put_if_absent(store.fs, probe, b"2") is not None
     finally:
         with contextlib.suppress(OSError):
             store.fs.rm(probe)
@@ -375,6 +695,35 @@ def check_conditional_writes(store: Store) -> None:
             "(AWS S3, MinIO, Ceph RGW 18+, R2...)"
         )
     _CONDITIONAL_WRITES_OK.add(store.url)
+
+
+# Stores (by URL) whose server honours If-Match on PUT and DELETE; see conditional_overwrites.
+_IF_MATCH: dict[str, bool] = {}
+
+
+def conditional_overwrites(store: Store) -> bool:
+    """Whether the store's S3 server honours ``If-Match`` on PUT and DELETE (AWS S3, MinIO, moto):
+    then a lock is renewed and broken by ETag, atomically. Probed once per store and process; a
+    server that ignores the header gets the re-read-and-compare fallback."""
+    if store.url in _IF_MATCH:
+        return _IF_MATCH[store.url]
+    probe = store.path(f".conditional-write-probe-{uuid.uuid4().hex[:12]}")
+    bucket, key, _ = store.fs.split_path(probe)
+    wrong = '"00000000000000000000000000000000"'
+    refused = 0
+    try:
+        store.fs.pipe_file(probe, b"1")
+        for operation, extra in (("put_object", {"Body": b"2"}), ("delete_object", {})):
+            try:
+                store.fs.call_s3(operation, Bucket=bucket, Key=key, IfMatch=wrong, **extra)
+            except OSError as error:
+                refused += _precondition_failed(error)
+    finally:
+        with contextlib.suppress(OSError):
+            store.fs.rm(probe)
+        store.fs.invalidate_cache(probe)
+    _IF_MATCH[store.url] = refused == 2
+    return _IF_MATCH[store.url]
 
 
 # fsspec options (credentials, endpoint...) by URL prefix; see register_storage_options.
@@ -433,7 +782,12 @@ def open_store(url: str) -> Store:
 def open_existing_store(url: str) -> Store:
     """:func:`open_store` of a store that must already exist (reading commands, the Python API)."""
     store = open_store(url)
-    if not store.fs.exists(store.root):
+    try:
+        found = store.fs.exists(store.root)
+    except Exception as error:  # an endpoint that refuses, a DNS name that does not resolve...
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise StoreError(f"cannot reach store {url!r}: {reason}") from error
+    if not found:
         raise StoreArgumentError(f"store not found: {url!r}")
     return store
 

@@ -14,7 +14,7 @@ from helpers import assert_store_consistent, start_musicflow
 
 from tasks.dataset.catalog import read_catalog
 from tasks.dataset.repository import dataset_dir
-from tasks.store.store import StoreError, open_store
+from tasks.store.store import StoreError, machine_id, open_store
 
 
 def test_lock_excludes_a_second_holder(tmp_path: Path) -> None:
@@ -50,7 +50,13 @@ def test_lock_of_a_dead_process_is_broken(tmp_path: Path) -> None:
     import socket
     import time
 
-    stale = {"host": socket.gethostname(), "pid": int(dead.stdout), "time": time.time(), "token": "x"}
+    stale = {
+        "host": socket.gethostname(),
+        "pid": int(dead.stdout),
+        "machine": machine_id(),  # this machine and pid namespace: its pids can be checked
+        "since": time.time(),
+        "token": "x",
+    }
     (tmp_path / "x.lock").write_text(json.dumps(stale))
     with store.lock("x.lock", timeout=2):
         assert json.loads((tmp_path / "x.lock").read_text())["pid"] == os.getpid()

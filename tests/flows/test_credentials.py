@@ -20,7 +20,6 @@ import pytest
 from conftest import TINY_BLOCK
 from helpers import musicflow, write_periodic_songs
 
-import tasks.store.store
 from flows.runtime.blocks import storage_options_from_block
 from tasks.store.credentials import parse_storage_options
 
@@ -103,23 +102,6 @@ def endpoints() -> Iterator[tuple[Endpoint, Endpoint]]:
     finally:
         songs.server.stop()
         store.server.stop()
-
-
-@pytest.fixture
-def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No AWS_* credential/endpoint variable, no ~/.aws, no fsspec config, nothing registered."""
-    import os
-
-    import fsspec.config
-
-    for name in list(os.environ):
-        if name.startswith("AWS_") or name.startswith("FSSPEC_"):
-            monkeypatch.delenv(name)
-    # not a credential: keeps botocore from asking the EC2 metadata address when a wiring is broken
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    monkeypatch.delitem(fsspec.config.conf, "s3", raising=False)
-    monkeypatch.setattr(tasks.store.store, "_STORAGE_OPTIONS", {})
 
 
 def upload_songs(songs: Endpoint, tmp_path: Path, prefix: str, n_songs: int = 4) -> str:

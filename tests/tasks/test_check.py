@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +15,7 @@ from helpers import assert_store_consistent, musicflow
 from tasks.check import check_store
 from tasks.config import IngestConfig
 from tasks.dataset.catalog import read_catalog
-from tasks.dataset.repository import STATS_FILE, commit_batch, dataset_dir, prepare_dataset
+from tasks.dataset.repository import STATS_FILE, commit_batch, dataset_dir, hold_ingest, prepare_dataset
 from tasks.dataset.shards import stats_name
 from tasks.dataset.stats import FeatureStats
 from tasks.errors import StoreError
@@ -77,20 +79,81 @@ def test_missing_shard_is_requeued_and_reingested(ingested: tuple[str, str, Path
     assert_store_consistent(store_url, dataset_id)
 
 
+def _age(path: Path, seconds: float) -> None:
+    """Make every file under ``path`` last written ``seconds`` ago."""
+    then = time.time() - seconds
+    for item in [path, *path.rglob("*")]:
+        os.utime(item, (then, then))
+
+
 def test_old_orphans_are_removed_young_ones_kept(ingested: tuple[str, str, Path]) -> None:
+    """An orphan's age is its last write by the store's clock, not the time in its name: a shard
+    whose name says 2000 but that is still being written is kept."""
     store_url, dataset_id, _ = ingested
     shards = Path(store_url) / dataset_dir(dataset_id) / "shards"
     some_shard = next(shards.glob("*.zarr"))
-    shutil.copytree(some_shard, shards / "20000101T000000-0123456789ab.zarr")
-    shutil.copytree(some_shard, shards / "29990101T000000-0123456789ab.zarr")  # "in progress"
+    shutil.copytree(some_shard, shards / "29990101T000000-0123456789ab.zarr")
+    _age(shards / "29990101T000000-0123456789ab.zarr", 2 * 3600)  # its writer's clock was off
+    shutil.copytree(some_shard, shards / "20000101T000000-0123456789ab.zarr")  # written just now
 
     found = check_store(open_store(store_url), repair=True)
 
     assert [(problem.kind, Path(problem.location).name) for problem in found] == [
-        ("orphan", "20000101T000000-0123456789ab.zarr")
+        ("orphan", "29990101T000000-0123456789ab.zarr")
     ]
-    assert not (shards / "20000101T000000-0123456789ab.zarr").exists()
-    assert (shards / "29990101T000000-0123456789ab.zarr").exists()
+    assert not (shards / "29990101T000000-0123456789ab.zarr").exists()
+    assert (shards / "20000101T000000-0123456789ab.zarr").exists()
+
+
+def test_repair_leaves_orphans_alone_while_an_ingest_is_live(
+    ingested: tuple[str, str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A shard no catalog row references, however old, is kept while an ingest run holds its
+    ingest lock (one of its batches may still commit it); once the run is gone, or its lock went
+    unrenewed past the expiry (a killed run), it is removed, and so is the dead run's lock file."""
+    monkeypatch.setenv("MUSICFLOW_LOCK_EXPIRY_S", "0.5")
+    store_url, dataset_id, _ = ingested
+    store = open_store(store_url)
+    shards = Path(store_url) / dataset_dir(dataset_id) / "shards"
+    orphan = shards / "20000101T000000-0123456789ab.zarr"
+    shutil.copytree(next(shards.glob("*.zarr")), orphan)
+    _age(orphan, 2 * 3600)
+
+    with hold_ingest(store, dataset_id):
+        time.sleep(1.0)  # past the expiry: only the lock's renewals keep it live
+        found = check_store(store, repair=True)
+        assert [(problem.kind, problem.repaired) for problem in found] == [("orphan", False)]
+        assert "kept while 1 ingest run(s) are in progress" in found[0].detail
+        assert orphan.exists()
+
+    dead = Path(store_url) / dataset_dir(dataset_id) / "ingests" / "0123.lock"
+    dead.write_text(json.dumps({"host": "elsewhere", "pid": 1, "token": "dead"}))
+    _age(dead, 5)  # a killed run's: unrenewed past the expiry
+    found = check_store(store, repair=True)
+    assert [(problem.kind, problem.repaired) for problem in found] == [("orphan", True)]
+    assert not orphan.exists() and not dead.exists()
+
+
+def test_a_batch_whose_shard_was_removed_is_not_committed(ingested: tuple[str, str, Path]) -> None:
+    """A run frozen past its ingest lock's expiry, whose uncommitted shard check --repair removed
+    meanwhile, wakes and commits: the commit is refused, and the catalog never points at the gone
+    shard."""
+    store_url, dataset_id, source = ingested
+    store = open_store(store_url)
+    directory = dataset_dir(dataset_id)
+    extra = source / "extra.mp3"
+    shutil.copy(next(source.glob("*.mp3")), extra)
+    with open(extra, "ab") as handle:
+        handle.write(b"\0" * 64)  # other bytes: another song
+    item = next(item for item in list_audio_files(str(source)) if item.uri.endswith("extra.mp3"))
+    result = ingest_batch([item], store_url=store_url, dataset_id=dataset_id, config=IngestConfig())
+    assert result.shard
+    store.rm(directory, result.shard)  # what repair does to an orphan
+    before = read_catalog(store, directory)
+
+    with pytest.raises(StoreError, match="is gone before its commit"):
+        commit_batch(store, dataset_id, result)
+    assert read_catalog(store, directory) == before
 
 
 def test_wrong_statistics_are_rebuilt(ingested: tuple[str, str, Path]) -> None:

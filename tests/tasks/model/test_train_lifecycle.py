@@ -5,9 +5,13 @@ asking for more epochs; two runs never train the same model folder at once."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -227,6 +231,102 @@ def test_two_trainings_of_one_model_at_once(store_url: str) -> None:
     assert result.epochs == 2 and result.stop_reason == "completed"
     assert not (Path(store_url) / model_dir(result.model_id) / "train.lock").exists()
     assert train_model(store_url, tiny_config(2)).card == result.card  # free again, and final
+
+
+# A training in its own process, so that the test can freeze it (SIGSTOP): it imports TensorFlow, says
+# "ready", waits for a line on stdin, trains, and says "epoch N" after each checkpoint, then pauses
+# there for PAUSE seconds (where the test freezes it: between writes, not in one).
+TRAINER = """
+import json, sys, time
+from tasks.config import TrainConfig
+from tasks.model.train import train_model
+import keras
+store, model_id, epochs, pause = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+config = TrainConfig.from_preset("small", epochs=epochs, **json.loads(sys.argv[5]))
+print("ready", flush=True)
+sys.stdin.readline()
+def on_epoch(epoch, epochs, logs):
+    print(f"epoch {epoch}", flush=True)
+    time.sleep(pause)
+try:
+    result = train_model(store, config, model_id=model_id, on_epoch=on_epoch)
+except Exception as error:
+    print(f"error {type(error).__name__}: {error}", flush=True)
+    sys.exit(3)
+print(f"done {result.epochs}", flush=True)
+"""
+
+
+def _trainer(store_url: str, model_id: str, *, epochs: int, pause: float) -> subprocess.Popen[str]:
+    env = {**os.environ, "MUSICFLOW_LOCK_EXPIRY_S": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    command = [
+        sys.executable,
+        "-c",
+        TRAINER,
+        store_url,
+        model_id,
+        str(epochs),
+        str(pause),
+        json.dumps(TINY_TRAIN),
+    ]
+    return subprocess.Popen(command, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+
+
+def _expect(process: subprocess.Popen[str], prefix: str) -> str:
+    assert process.stdout is not None
+    while True:
+        line = process.stdout.readline()
+        assert line, f"the trainer ended (rc {process.poll()}) before saying {prefix!r}"
+        if line.startswith(prefix) or line.startswith("error"):
+            assert line.startswith(prefix), line
+            return line.strip()
+
+
+def _stamps(folder: Path) -> dict[str, tuple[int, str]]:
+    """Every file of the model folder with its modification time (ns) and content hash."""
+    return {
+        str(path.relative_to(folder)): (path.stat().st_mtime_ns, sha(path.read_bytes()))
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.slow
+def test_a_frozen_trainer_that_lost_its_lock_never_writes_again(
+    store_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trainer frozen (SIGSTOP) past the lock's expiry (1 s here) while a second trainer (this
+    process) takes the model: the second breaks the unrenewed lock, resumes from the first's
+    checkpoint and finishes; the first, woken (SIGCONT), stops with a clear error before its next
+    write, and the model folder is exactly as the second left it."""
+    monkeypatch.setenv("MUSICFLOW_LOCK_EXPIRY_S", "1")
+    model_id = "frozen-model"
+    folder = Path(store_url) / model_dir(model_id)
+    first = _trainer(store_url, model_id, epochs=3, pause=1.0)
+    try:
+        _expect(first, "ready")
+        assert first.stdin is not None
+        first.stdin.write("go\n")
+        first.stdin.flush()
+        _expect(first, "epoch 1")  # its first checkpoint is committed; it pauses 1 s
+        os.kill(first.pid, signal.SIGSTOP)
+        time.sleep(1.5)  # past the lock's expiry: its heartbeat is frozen too
+        result = train_model(store_url, tiny_config(3), model_id=model_id)
+        assert (result.resumed_from, result.epochs) == (1, 3)  # from the frozen one's checkpoint
+        left = _stamps(folder)
+        assert "card.json" in left and "train.lock" not in left
+        os.kill(first.pid, signal.SIGCONT)
+        message = _expect(first, "error")
+        assert first.wait(60) == 3
+    finally:
+        if first.poll() is None:
+            os.kill(first.pid, signal.SIGCONT)
+            first.kill()
+            first.wait()
+    assert _stamps(folder) == left  # not one write (nor a removal) after it woke
+    assert message.startswith("error LockLostError: ") and "was lost" in message, message
+    assert "another run took it" in message and "stopped before writing" in message
+    assert read_card(open_store(store_url), model_id)["epochs"] == 3
 
 
 # --- the wall-clock budget (--max-minutes) -----------------------------------------------------------

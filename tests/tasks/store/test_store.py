@@ -19,7 +19,7 @@ import fsspec
 import pytest
 
 from tasks.errors import ConfigError, StoreError
-from tasks.store.store import Store, check_writable, checked_id, open_store
+from tasks.store.store import LockLostError, Store, check_writable, checked_id, machine_id, open_store
 
 KINDS = ["path", "file", "memory", "s3"]
 
@@ -211,9 +211,20 @@ def test_check_writable_names_an_unwritable_url(tmp_path: Path) -> None:
 
 
 def _holder(**overrides: object) -> bytes:
-    value = {"host": socket.gethostname(), "pid": os.getpid(), "time": time.time(), "token": "t"}
+    value = {
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "machine": machine_id(),
+        "since": time.time(),
+        "token": "t",
+    }
     value.update(overrides)
     return json.dumps(value).encode()
+
+
+# The store's time stamps: exact on a local disk and in memory, whole seconds on S3.
+def _tick(store: Store) -> float:
+    return 1.0 if store.url.startswith("s3://") else 0.3
 
 
 def test_lock_is_exclusive_on_every_backend(store: Store) -> None:
@@ -247,8 +258,13 @@ def test_lock_is_released_on_an_exception(store: Store) -> None:
     [
         {"host": "another-host", "pid": 1},  # alive for all we know: another machine
         {},  # this very process: alive
+        # Same host name, a pid that is not running here, but another pid namespace (a container
+        # with the same host name): its pid says nothing, so only the lock's age counts.
+        {"pid": 2**22 + 7, "machine": "another-boot/pid:[1]"},
+        # A holder whose clock is an hour behind: "since" is not how staleness is judged.
+        {"host": "another-host", "pid": 1, "since": time.time() - 3600},
     ],
-    ids=["other-host", "live-pid"],
+    ids=["other-host", "live-pid", "other-pid-namespace", "skewed-clock"],
 )
 def test_a_young_lock_of_a_live_holder_is_not_broken(local_store: Store, holder: dict[str, object]) -> None:
     content = _holder(**holder)
@@ -258,14 +274,19 @@ def test_a_young_lock_of_a_live_holder_is_not_broken(local_store: Store, holder:
     assert local_store.read_bytes("x.lock") == content
 
 
-def test_an_old_lock_is_broken_after_stale_after(store: Store) -> None:
-    store.write_bytes(_holder(host="another-host", pid=1, time=time.time() - 120), "x.lock")
-    with store.lock("x.lock", timeout=2, stale_after=60):
+def test_an_unrenewed_lock_is_broken_by_the_stores_clock(store: Store) -> None:
+    """Staleness is the lock file's age on the store's clock: a holder whose own clock runs an hour
+    ahead (its record looks brand new) is broken once the file went unrenewed for stale_after."""
+    store.write_bytes(_holder(host="another-host", pid=1, since=time.time() + 3600), "x.lock")
+    written = time.monotonic()
+    stale_after = _tick(store)
+    with store.lock("x.lock", timeout=10, stale_after=stale_after):
+        assert time.monotonic() - written >= stale_after  # not before it went unrenewed that long
         assert json.loads(store.read_bytes("x.lock"))["host"] == socket.gethostname()
     assert not store.exists("x.lock")
 
 
-def test_a_dead_holder_is_broken_even_when_young(local_store: Store) -> None:
+def test_a_dead_holder_of_this_machine_is_broken_even_when_young(local_store: Store) -> None:
     # test_concurrency.py covers a real dead process; here the pid-0/absent pid case.
     local_store.write_bytes(_holder(pid=0), "x.lock")
     with local_store.lock("x.lock", timeout=1, stale_after=3600):
@@ -288,6 +309,50 @@ def test_an_old_unreadable_lock_is_broken(local_store: Store) -> None:
     os.utime(local_store.path("x.lock"), (old, old))
     with local_store.lock("x.lock", timeout=2, stale_after=60):
         assert json.loads(local_store.read_bytes("x.lock"))["pid"] == os.getpid()
+
+
+def test_a_lock_renewed_after_it_was_judged_stale_is_not_broken(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compare-and-delete: the holder renews its lock between another run's staleness check and
+    that run's delete (it was frozen, and woke just then); the delete must not happen, the holder
+    keeps the lock and its writes go on. Without the renewal the same judgement breaks it, and the
+    holder's next guarded write raises."""
+    stale_after = _tick(store)
+    real_breakable = Store._breakable
+
+    with store.lock("x.lock", stale_after=600) as held:  # its heartbeat would beat every 30 s
+        time.sleep(stale_after + _tick(store) + 0.1)  # unrenewed for longer than stale_after
+
+        judged: list[object] = []
+
+        def judged_then_renewed(self: Store, path: str, expiry: float) -> object:
+            seen = real_breakable(self, path, expiry)
+            if not judged:
+                judged.append(seen)  # judged stale...
+                held.ensure()  # ...and renewed by its holder right after
+            return seen
+
+        monkeypatch.setattr(Store, "_breakable", judged_then_renewed)
+        with (
+            pytest.raises(StoreError, match="timed out"),
+            store.lock("x.lock", timeout=0, stale_after=stale_after),
+        ):
+            pytest.fail("broke a lock renewed after it was judged stale")
+        monkeypatch.setattr(Store, "_breakable", real_breakable)
+        assert judged[0] is not None  # it was judged stale: only the compare kept it
+        assert json.loads(store.read_bytes("x.lock"))["token"] == held.token
+        held.ensure()  # still ours
+
+    # The same judgement without a renewal: the lock is broken and taken, its old holder is fenced.
+    with pytest.raises(LockLostError), store.lock("x.lock", stale_after=600) as held:
+        time.sleep(stale_after + _tick(store) + 0.1)
+        with store.lock("x.lock", timeout=5, stale_after=stale_after) as taker:
+            with pytest.raises(LockLostError, match="lost"):
+                store.write_bytes(b"late", "guarded.bin", fence=held.ensure)
+            assert not store.exists("guarded.bin")
+            assert json.loads(store.read_bytes("x.lock"))["token"] == taker.token
+    assert not store.exists("x.lock")
 
 
 def test_registered_storage_options_reach_the_filesystem_by_longest_prefix() -> None:

@@ -39,10 +39,12 @@ class LossChoice(enum.StrEnum):
     mse = "mse"
     mae = "mae"
     gaussian = "gaussian"
+    units = "units"
 
 
 class PresetChoice(enum.StrEnum):
     spectral = "spectral"
+    units = "units"
     small = "small"
     gruv = "gruv"
 

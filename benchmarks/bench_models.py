@@ -1,20 +1,22 @@
 """bench_models: which model kind holds notes, on the same songs and the same training budget.
 
 Ingests the songs into ``--store`` (skipped when it holds them), trains one model per
-``MODEL_ID=PRESET`` of ``--models`` with ``musicflow train --preset PRESET --max-minutes M``
-(skipped when its model folder is finished), then generates ``--clips`` clips of ``--seconds`` from
-each with the product's own ``generate_run`` at the model's default temperature and sampling (the
-clips, their spectrograms and ``metrics.json`` land in ``generated/<run_id>/``).
+``MODEL_ID=PRESET[@TEMPERATURE]`` of ``--models`` with ``musicflow train --preset PRESET
+--max-minutes M`` (skipped when its model folder is finished), then generates ``--clips`` clips of
+``--seconds`` from each with the product's own ``generate_run`` at the model's default temperature
+(or ``TEMPERATURE``) and sampling (the clips, their spectrograms and ``metrics.json`` land in
+``generated/<run_id>/``).
 
 Each row: the quality axes (0 = the axis's anchor, 1 = the real continuation of the clip's seed),
 **how long partials last** (``tasks.generation.metrics.audio_peak_persistence``: the runs of
 spectral peaks on a linear spectrogram, 2048-sample frames every 256, the seconds the partial of an
-average peak lasts; mean ± std over the clips), the clips collapsed, the longest span copied from a
+average peak lasts; mean ± std (median) over the clips), the clips collapsed, the longest span copied from a
 training song, and generation's speed in x real time (the model's steps and Griffin-Lim). Two
 anchors of the partials' length are measured in the same run, on the same seconds: the real
 continuations of the clips' seeds, and the same audio shuffled in 46 ms grains (the axes' anchor).
 
     python benchmarks/bench_models.py --store /tmp/model-store --models budget=spectral units=units
+    python benchmarks/bench_models.py --store /tmp/model-store --models units=units@1.0
     python benchmarks/bench_models.py --songs SONGS --store /tmp/bm --max-minutes 2 --clips 8
 """
 
@@ -43,13 +45,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--max-minutes", type=float, default=7.0, help="each model's training budget")
     parser.add_argument(
-        "--models", nargs="+", default=["spectral=spectral", "units=units"], metavar="MODEL_ID=PRESET"
+        "--models", nargs="+", default=["spectral=spectral", "units=units"], metavar="MODEL_ID=PRESET[@T]"
     )
     parser.add_argument("--random-seed", type=int, default=0, help="generate_run's random_seed")
+    parser.add_argument(
+        "--figure",
+        type=Path,
+        help="PNG: a training song above clip-01 of each model (bench_quality's figure)",
+    )
     args = parser.parse_args(argv)
     for model in args.models:
         if "=" not in model:
-            parser.error(f"invalid --models {model!r}: expected MODEL_ID=PRESET")
+            parser.error(f"invalid --models {model!r}: expected MODEL_ID=PRESET[@TEMPERATURE]")
     return args
 
 
@@ -64,6 +71,7 @@ def prepare(args: argparse.Namespace) -> None:
     store = open_store(args.store)
     for model in args.models:
         model_id, _, preset = model.partition("=")
+        preset = preset.partition("@")[0]
         if read_finished_card(store, model_id) is not None:
             print(f"{model_id}: reused", flush=True)
             continue
@@ -103,13 +111,16 @@ def partials(report: dict[str, Any], store_url: str) -> dict[str, list[float]]:
 
 
 def spread(values: list[float]) -> str:
-    return f"{np.mean(values):.3f} ± {np.std(values):.3f}" if values else "none"
+    """Mean ± std (median) of per-clip values: a few clips stuck on one sound pull the mean alone."""
+    if not values:
+        return "none"
+    return f"{np.mean(values):.3f} ± {np.std(values):.3f} ({np.median(values):.3f})"
 
 
 def row(
     model_id: str, report: dict[str, Any], held: dict[str, list[float]], card: dict[str, Any]
 ) -> tuple[str, ...]:
-    cells = [f"{model_id} ({card['config']['preset']}, {card['epochs']} epochs)"]
+    cells = [f"{model_id} ({card['config']['preset']}, {card['epochs']} epochs, T {report['temperature']:g})"]
     for scored in report["quality"]["axes"].values():
         cells.append("not scored" if "not_scored" in scored else f"{scored['score']:.3f}")
     collapsed = sum(1 for clip in report["clips"] if clip["metrics"]["collapsed"])
@@ -133,16 +144,21 @@ def main(argv: list[str] | None = None) -> None:
 
     rows: list[tuple[str, ...]] = []
     anchors: dict[str, list[float]] = {}
+    runs: list[dict[str, Any]] = []
     for model in args.models:
-        model_id = model.partition("=")[0]
+        model_id, _, rest = model.partition("=")
+        given = rest.partition("@")[2]
         card = read_card(open_store(args.store), model_id)
-        temperature = default_temperature(TrainConfig.from_dict(card["config"]))
+        default = default_temperature(TrainConfig.from_dict(card["config"]))
+        temperature = float(given) if given else default
         began = time.perf_counter()
         report = run_variant(args, model_id, temperature, DEFAULT_SAMPLING)
         held = partials(report, args.store)
         anchors.setdefault("real", held["real"])
         anchors.setdefault("shuffled", held["shuffled"])
         rows.append(row(model_id, report, held, card))
+        run = {"run": f"{args.store}/generated/{report['run_id']}", "path": card["config"]["preset"]}
+        runs.append({**run, "model_id": model_id, "dataset_id": card["dataset_id"]})
         took = time.perf_counter() - began
         print(f"{'  '.join(rows[-1])} ({took:.0f} s; {report['location']})", flush=True)
         spreads = {axis: scored.get("spread") for axis, scored in report["quality"]["axes"].items()}
@@ -153,6 +169,11 @@ def main(argv: list[str] | None = None) -> None:
     print(f"partials (s), the real continuations: {real}; shuffled: {mixed}")
     header = ("model", *axes, "partials (s)", "collapsed", "longest copy", "x real time")
     print(table([header, *rows]))
+    if args.figure:
+        from bench_quality import spectrogram_figure
+
+        spectrogram_figure(runs, args.figure, seconds=min(args.seconds, 10.0))
+        print(f"figure: {args.figure}")
 
 
 if __name__ == "__main__":

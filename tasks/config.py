@@ -253,7 +253,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     },
     # Discrete units: the spectral model's LSTM over the same 4-frame steps, each step one of 512
     # k-means centroids of the training steps, predicted by a softmax and sampled; holding a note is
-    # predicting the same unit again (docs/benchmarks.md, "Models that hold notes").
+    # predicting the same unit again. Not the default: on synthetic held notes its peaks last as long
+    # as the songs' (the spectral model's 1-2 frames), but on drascula-music after 7 epochs it either
+    # sticks on a unit (temperature 0.7: 3/16 clips static, a 2.7 s copy) or changes unit every step
+    # (1.0), with tonality under the spectral model's (docs/benchmarks.md, "Models that hold notes").
     "units": {
         "hidden": 256,
         "layers": 2,

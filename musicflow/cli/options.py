@@ -136,10 +136,10 @@ MaxMinutesOption = Annotated[
 SamplingOption = Annotated[
     SamplingChoice | None,
     typer.Option(
-        help="How a spectral model's steps follow each other: independent (a mixture component drawn "
-        "and independent noise at every step, the default before), sticky (the previous step's "
-        "component kept while it stays likely), smooth (noise correlated across steps), sticky-smooth "
-        "or smooth-frames (noise correlated across frames) [smooth-frames]."
+        help="How a spectral model's steps follow each other (a units model ignores it): independent "
+        "(a mixture component drawn and independent noise at every step, the default before), "
+        "sticky (the previous step's component kept while it stays likely), smooth (noise correlated "
+        "across steps), sticky-smooth or smooth-frames (noise correlated across frames) [smooth-frames]."
     ),
 ]
 HiddenOption = Annotated[int | None, typer.Option(min=1, help="Units of the dense and LSTM layers.")]

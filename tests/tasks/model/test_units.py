@@ -176,3 +176,21 @@ def test_old_presets_keep_their_model_ids() -> None:
     assert {preset: TrainConfig.from_preset(preset).model_hash("d", "s") for preset in before} == before
     units = TrainConfig.from_preset("units")
     assert units.model_hash("d", "s") != TrainConfig.from_preset("units", units=256).model_hash("d", "s")
+
+
+@pytest.mark.parametrize(
+    ("options", "fragment"),
+    [
+        (["--preset", "units", "--units", "1"], "invalid units 1 with loss 'units'"),
+        (["--units", "64"], "invalid units 64 with loss 'gaussian': needs loss units"),
+    ],
+)
+def test_bad_units_on_the_command_line_is_one_line_and_exit_2(
+    stft_dataset: tuple[str, str], capsys: pytest.CaptureFixture[str], options: list[str], fragment: str
+) -> None:
+    from helpers import run_cli
+
+    code, out, err = run_cli(capsys, "train", "--store", stft_dataset[0], *options)
+    assert code == 2, (out, err)
+    (line,) = err.strip().splitlines()
+    assert line.startswith("musicflow: error: ") and fragment in line, line

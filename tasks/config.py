@@ -256,7 +256,8 @@ PRESETS: dict[str, dict[str, Any]] = {
     # predicting the same unit again. Not the default: on synthetic held notes its peaks last as long
     # as the songs' (the spectral model's 1-2 frames), but on drascula-music after 7 epochs it either
     # sticks on a unit (temperature 0.7: 3/16 clips static, a 2.7 s copy) or changes unit every step
-    # (1.0), with tonality under the spectral model's (docs/benchmarks.md, "Models that hold notes").
+    # (1.0; 0.85: partials of 0.15 s), with tonality under the spectral model's
+    # (docs/benchmarks.md, "Models that hold notes").
     "units": {
         "hidden": 256,
         "layers": 2,

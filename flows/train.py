@@ -44,6 +44,7 @@ def train(
     mixtures: int | None = None,
     input_noise: float | None = None,
     dropout: float | None = None,
+    units: int | None = None,
     normalize: bool = True,
     seed: int = 0,
     resume: bool = True,
@@ -83,6 +84,7 @@ def train(
         mixtures=mixtures,
         input_noise=input_noise,
         dropout=dropout,
+        units=units,
         normalize=normalize,
         seed=seed,
     )

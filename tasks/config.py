@@ -231,7 +231,8 @@ class IngestConfig:
         }
 
 
-LOSSES: tuple[str, ...] = ("mse", "mae", "gaussian")
+# "units": a softmax over discrete units, the k-means centroids of the training steps (see TrainConfig).
+LOSSES: tuple[str, ...] = ("mse", "mae", "gaussian", "units")
 PRESETS: dict[str, dict[str, Any]] = {
     # The default, for stft datasets: a 4-component mixture density over the next 4 log-mel frames
     # (46 ms), 64 steps (3 s) of context, noise and dropout on the inputs so that it continues from
@@ -250,6 +251,26 @@ PRESETS: dict[str, dict[str, Any]] = {
         "input_noise": 0.3,
         "dropout": 0.1,
     },
+    # Discrete units: the spectral model's LSTM over the same 4-frame steps, each step one of 512
+    # k-means centroids of the training steps, predicted by a softmax and sampled; holding a note is
+    # predicting the same unit again. Not the default: on synthetic held notes its peaks last as long
+    # as the songs' (the spectral model's 1-2 frames), but on drascula-music after 7 epochs it either
+    # sticks on a unit (temperature 0.7: 3/16 clips static, a 2.7 s copy) or changes unit every step
+    # (1.0; 0.85: partials of 0.15 s), with tonality under the spectral model's
+    # (docs/benchmarks.md, "Models that hold notes").
+    "units": {
+        "hidden": 256,
+        "layers": 2,
+        "batch_size": 16,
+        "loss": "units",
+        "learning_rate": 1e-3,
+        "seq_len": 64,
+        "hop": 16,
+        "frames_per_step": 4,
+        "units": 512,
+        "input_noise": 0.3,
+        "dropout": 0.1,
+    },
     # The seed's model (GRUV): for the 22050-feature `fft` dataset, 1024 units, batch 5.
     "gruv": {"hidden": 1024, "layers": 1, "batch_size": 5, "loss": "mse", "learning_rate": 1e-3},
     # Small enough that an epoch over the demo songs takes seconds on 2 CPU cores.
@@ -262,7 +283,15 @@ PRESETS: dict[str, dict[str, Any]] = {
 DEFAULT_PRESETS: dict[str, str] = {"stft": "spectral", "rfft": "small", "fft": "small"}
 # Fields added with the spectral model, and their values for the seed's models: left out of the
 # model hash at these values, so models trained before them keep their ids (and resume).
-_LATER_FIELDS: dict[str, Any] = {"frames_per_step": 1, "mixtures": 1, "input_noise": 0.0, "dropout": 0.0}
+_LATER_FIELDS: dict[str, Any] = {
+    "frames_per_step": 1,
+    "mixtures": 1,
+    "input_noise": 0.0,
+    "dropout": 0.0,
+    "units": 0,
+}
+# The most discrete units a model may have (its softmax and codebook grow with them).
+MAX_UNITS = 8192
 
 
 @dataclass(frozen=True)
@@ -277,7 +306,10 @@ class TrainConfig:
     The spectral model (``tasks/model/network.py``): a step is ``frames_per_step`` rows;
     ``loss="gaussian"`` predicts a mixture of ``mixtures`` diagonal Gaussians over
     the next step and generation samples it; ``input_noise`` (std, normalised
-    units) and ``dropout`` perturb the inputs in training only.
+    units) and ``dropout`` perturb the inputs in training only. ``loss="units"``: each step
+    is one of ``units`` discrete units, the k-means centroids of the training steps (fitted
+    when training starts, stored in the model), the model's inputs are the units of the
+    previous steps and it predicts the next one by a softmax that generation samples.
     """
 
     preset: str = "small"
@@ -299,10 +331,12 @@ class TrainConfig:
     mixtures: int = 1
     input_noise: float = 0.0
     dropout: float = 0.0
+    units: int = 0
 
     def __post_init__(self) -> None:
         check_choice("preset", self.preset, tuple(PRESETS))
         check_choice("loss", self.loss, LOSSES)
+        self._check_units()
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"invalid dropout {self.dropout!r}: must be in [0, 1)")
         if not 0.0 <= self.input_noise <= 10.0:
@@ -332,6 +366,17 @@ class TrainConfig:
         if self.patience is not None and (isinstance(self.patience, bool) or self.patience < 1):
             raise ConfigError(f"invalid patience {self.patience!r}: must be a positive integer")
 
+    def _check_units(self) -> None:
+        units = self.units
+        if isinstance(units, bool) or not isinstance(units, int) or not 0 <= units <= MAX_UNITS:
+            raise ConfigError(
+                f"invalid units {units!r}: must be an integer in [2, {MAX_UNITS}] (0 without loss units)"
+            )
+        if self.loss == "units" and units < 2:
+            raise ConfigError(f"invalid units {units!r} with loss 'units': must be in [2, {MAX_UNITS}]")
+        if self.loss != "units" and units:
+            raise ConfigError(f"invalid units {units!r} with loss {self.loss!r}: needs loss units")
+
     @classmethod
     def from_preset(cls, preset: str = "small", **overrides: Any) -> TrainConfig:
         """The preset's values, then every override that is not None."""
@@ -346,8 +391,9 @@ class TrainConfig:
 
     @property
     def is_distribution(self) -> bool:
-        """Whether the model predicts a distribution that generation samples."""
-        return self.loss == "gaussian"
+        """Whether the model predicts a distribution that generation samples (a mixture density or
+        a softmax over units)."""
+        return self.loss in ("gaussian", "units")
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -385,6 +431,7 @@ MODEL_OPTIONS: tuple[str, ...] = (
     "mixtures",
     "input_noise",
     "dropout",
+    "units",
 )
 
 

@@ -168,6 +168,11 @@ STFT_TRAIN = {
 }
 
 
+# The units model on the same features: the spectral model's LSTM over 4-frame steps, each step one of
+# 32 k-means units (the dataset's 3 training songs of 4 s have 516 steps).
+UNITS_TRAIN = {**{key: value for key, value in STFT_TRAIN.items() if key != "mixtures"}, "units": 32}
+
+
 @pytest.fixture(scope="session")
 def stft_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A local store with one stft dataset of 4 periodic 4 s songs; ``(store_url, dataset_id)``.
@@ -215,3 +220,18 @@ def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
     monkeypatch.delitem(fsspec.config.conf, "s3", raising=False)
     monkeypatch.setattr(tasks.store.store, "_STORAGE_OPTIONS", {})
+
+
+@pytest.fixture(scope="session")
+def units_model(stft_dataset: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
+    """A copy of ``stft_dataset``'s store with a units model trained for 8 epochs (as many seconds);
+    ``(store_url, model_id)``. Read-only: copy the store before changing it."""
+    import shutil
+
+    from tasks.config import TrainConfig
+    from tasks.model.train import train_model
+
+    store = str(tmp_path_factory.mktemp("units-model") / "store")
+    shutil.copytree(stft_dataset[0], store)
+    result = train_model(store, TrainConfig.from_preset("units", epochs=8, **UNITS_TRAIN))
+    return store, result.model_id

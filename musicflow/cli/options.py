@@ -48,10 +48,12 @@ class LossChoice(enum.StrEnum):
     mse = "mse"
     mae = "mae"
     gaussian = "gaussian"
+    units = "units"
 
 
 class PresetChoice(enum.StrEnum):
     spectral = "spectral"
+    units = "units"
     small = "small"
     gruv = "gruv"
 
@@ -189,10 +191,10 @@ MaxMinutesOption = Annotated[
 SamplingOption = Annotated[
     SamplingChoice | None,
     typer.Option(
-        help="How a spectral model's steps follow each other: independent (a mixture component drawn "
-        "and independent noise at every step, the default before), sticky (the previous step's "
-        "component kept while it stays likely), smooth (noise correlated across steps), sticky-smooth "
-        "or smooth-frames (noise correlated across frames) [smooth-frames]."
+        help="How a spectral model's steps follow each other (a units model ignores it): independent "
+        "(a mixture component drawn and independent noise at every step, the default before), "
+        "sticky (the previous step's component kept while it stays likely), smooth (noise correlated "
+        "across steps), sticky-smooth or smooth-frames (noise correlated across frames) [smooth-frames]."
     ),
 ]
 PhaseOption = Annotated[

@@ -69,6 +69,9 @@ def train(
         int | None, typer.Option(min=1, help="Rows the model predicts per step [spectral: 4].")
     ] = None,
     mixtures: Annotated[int | None, typer.Option(min=1, help="Gaussian loss: mixture components.")] = None,
+    units: Annotated[
+        int | None, typer.Option(help="Units loss: discrete units, k-means centroids of steps [units: 512].")
+    ] = None,
     input_noise: Annotated[
         float | None, typer.Option(min=0.0, help="Std of noise added to training inputs.")
     ] = None,
@@ -107,6 +110,7 @@ def train(
         "shuffle_buffer": shuffle_buffer,
         "frames_per_step": frames_per_step,
         "mixtures": mixtures,
+        "units": units,
         "input_noise": input_noise,
         "dropout": dropout,
     }

@@ -38,7 +38,14 @@ from tasks.generation.metrics import (
     reference_distribution,
 )
 from tasks.generation.runs import METRICS_FILE, new_run_id, run_dir
-from tasks.model.network import SamplingState, group_steps, sample_step, ungroup_steps
+from tasks.model.network import (
+    SamplingState,
+    assign_units,
+    group_steps,
+    sample_step,
+    sample_unit,
+    ungroup_steps,
+)
 from tasks.model.repository import LoadedModel, load_trained_model, resolve_model
 from tasks.store.store import Store, check_writable
 
@@ -134,12 +141,14 @@ def generate_blocks(
     temperature : float
         Point models: std of Gaussian noise added to each fed-back step
         (normalised units). Distribution models (``config.loss == "gaussian"``):
-        the scale of each sample's spread (0 = the mean of the chosen component).
+        the scale of each sample's spread (0 = the mean of the chosen component). ``units``
+        models: the softmax's temperature (0 = the most likely unit).
     config : TrainConfig, optional
         The model's config; without it the model is taken as a point model.
     sampling : str
-        Distribution models: how the component and the noise follow from step to step
-        (``tasks.config.SAMPLINGS``, :func:`tasks.model.network.sample_step`).
+        Mixture models: how the component and the noise follow from step to step
+        (``tasks.config.SAMPLINGS``, :func:`tasks.model.network.sample_step`); ``units`` models
+        draw each unit from the softmax and ignore it.
 
     Returns
     -------
@@ -149,6 +158,17 @@ def generate_blocks(
     rng = rng or np.random.default_rng(0)
     state = SamplingState(sampling)
     distribution = config is not None and config.is_distribution
+    if config is not None and config.loss == "units":
+        codebook = np.asarray(trained.get_layer("units").get_weights()[0], dtype=np.float32)
+
+        def next_unit(logits: np.ndarray) -> np.ndarray:
+            return codebook[sample_unit(logits, temperature=temperature, rng=rng)]
+
+        with threadpool_limits(1):
+            # The seed as the model saw its training songs: each step its nearest unit's centroid.
+            return _generate_steps(
+                stepper, codebook[assign_units(seed, codebook)], n_blocks, next_unit, 0.0, rng
+            )
 
     def next_step(params: np.ndarray) -> np.ndarray:
         if distribution:

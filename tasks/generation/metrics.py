@@ -428,3 +428,74 @@ def longest_copy(rows: np.ndarray, index: CopyIndex, *, chunk: int = 32_768) -> 
     if best["seconds"] < COPY_NAMED_SECONDS:
         best = {**best, "song_id": None, "clip_start_seconds": None, "song_start_seconds": None}
     return best
+
+
+# --- how long partials last -----------------------------------------------------------------------
+
+# A spectral peak counts when it is within this many dB of the loudest bin of the whole spectrogram,
+# and stands this many dB above the median of the bins around it (PEAK_SPAN either side): the peaks of
+# noise (power spread exponentially) clear 10 dB above their neighbourhood's median once in ~1000 bins.
+PEAK_FLOOR_DB = 40.0
+PEAK_PROMINENCE_DB = 10.0
+PEAK_SPAN = 8
+# The linear spectrogram audio's partials are measured on: 2048-sample Hann frames every 256 samples
+# (93 ms, 11.6 ms at 22.05 kHz; 10.8 Hz bins, fine enough to tell partials apart).
+PEAK_N_FFT = 2048
+PEAK_HOP = 256
+
+
+def peak_run_lengths(power_db: np.ndarray, *, floor_db: float = PEAK_FLOOR_DB) -> np.ndarray:
+    """The lengths (in frames) of the runs of spectral peaks of ``power_db`` [frames, bins] (dB).
+
+    A peak is a bin louder than the bin below it, at least as loud as the one above, within
+    ``floor_db`` of the loudest value of the whole array and :data:`PEAK_PROMINENCE_DB` above the
+    median of the :data:`PEAK_SPAN` bins either side (so that noise has few); a run goes on while
+    the next frame has a peak in the same bin or a neighbour (a partial that glides stays one run).
+    A held note is a run of many frames; noise and bursts give runs of one or two.
+    """
+    power = np.asarray(power_db, dtype=np.float64)
+    if power.ndim != 2 or power.shape[0] == 0 or power.shape[1] < 3:
+        return np.zeros(0, np.int64)
+    from scipy.ndimage import median_filter
+
+    peaks = np.zeros(power.shape, bool)
+    middle = power[:, 1:-1]
+    peaks[:, 1:-1] = (middle > power[:, :-2]) & (middle >= power[:, 2:]) & (middle >= power.max() - floor_db)
+    peaks &= power >= median_filter(power, size=(1, 2 * PEAK_SPAN + 1), mode="nearest") + PEAK_PROMINENCE_DB
+    lengths: list[np.ndarray] = []
+    running = np.zeros(power.shape[1], np.int64)
+    for frame in peaks:
+        # The longest run ending at a bin or its neighbours in the previous frame, continued here.
+        reach = running.copy()
+        reach[1:] = np.maximum(reach[1:], running[:-1])
+        reach[:-1] = np.maximum(reach[:-1], running[1:])
+        near = frame.copy()
+        near[1:] |= frame[:-1]
+        near[:-1] |= frame[1:]
+        ended = (running > 0) & ~near
+        lengths.append(running[ended])
+        running = np.where(frame, reach + 1, 0)
+    lengths.append(running[running > 0])
+    return np.concatenate(lengths)
+
+
+def peak_persistence(power_db: np.ndarray, *, frame_seconds: float, floor_db: float = PEAK_FLOOR_DB) -> float:
+    """How long the partial that a spectral peak belongs to lasts, in seconds, on average over the
+    peaks of ``power_db`` [frames, bins] (dB): the runs' lengths weighted by their length
+    (:func:`peak_run_lengths`). 0 without peaks."""
+    runs = peak_run_lengths(power_db, floor_db=floor_db).astype(np.float64)
+    return float((runs**2).sum() / runs.sum() * frame_seconds) if runs.size else 0.0
+
+
+def audio_peak_persistence(audio: np.ndarray, *, sample_rate: int) -> float:
+    """:func:`peak_persistence` of audio, on its linear spectrogram (:data:`PEAK_N_FFT`,
+    :data:`PEAK_HOP`): the seconds that partials last, as one sees them in a spectrogram."""
+    import librosa
+
+    if audio.size < PEAK_N_FFT:
+        return 0.0
+    magnitude = np.abs(
+        librosa.stft(audio.astype(np.float32), n_fft=PEAK_N_FFT, hop_length=PEAK_HOP, center=False)
+    )
+    power_db = 20.0 * np.log10(np.maximum(magnitude, 1e-10)).T
+    return peak_persistence(power_db, frame_seconds=PEAK_HOP / sample_rate)

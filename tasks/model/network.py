@@ -10,6 +10,12 @@ Two kinds of output, chosen by ``TrainConfig.loss``:
   negative log-likelihood and *sampled* at generation, so the output keeps the
   spread of the songs instead of their average.
 
+- ``units``: the next step is one of ``units`` discrete units, the k-means centroids of the
+  training steps (:func:`fit_units`): the model reads the previous steps' units (an ``Embedding``
+  whose fixed weights are the centroids, so the codebook is saved, checkpointed and loaded with the
+  weights), predicts the next one by a softmax (cross-entropy) and generation samples it
+  (:func:`sample_unit`) and emits its centroid. Holding a note is predicting the same unit again.
+
 A step is ``frames_per_step`` consecutive rows flattened (Tacotron's reduction
 factor): the LSTM runs once per step, so a window of ``seq_len`` steps covers
 ``frames_per_step`` times more audio for the same cost, and the model cannot
@@ -47,6 +53,8 @@ def step_features(n_features: int, config: TrainConfig) -> int:
 def output_size(n_features: int, config: TrainConfig) -> int:
     """Values the model outputs per step: the step, or the mixture's parameters."""
     size = step_features(n_features, config)
+    if config.loss == "units":
+        return config.units
     if config.loss != "gaussian":
         return size
     return config.mixtures * 2 * size + (config.mixtures if config.mixtures > 1 else 0)
@@ -63,8 +71,11 @@ def ungroup_steps(steps: np.ndarray, n_features: int) -> np.ndarray:
     return steps.reshape(-1, n_features)
 
 
-def build_model(n_features: int, config: TrainConfig) -> Any:
+def build_model(n_features: int, config: TrainConfig, codebook: np.ndarray | None = None) -> Any:
     """[GaussianNoise] -> Dense(hidden) [-> Dropout] -> LSTM(hidden) x layers -> Dense(output).
+
+    A ``units`` model reads unit ids ``[batch, time]`` through a fixed ``Embedding`` (layer
+    ``units``) holding ``codebook`` [units, step_features], the centroids, before the noise.
 
     Input shape ``[batch, time, frames_per_step * n_features]``, output ``[batch, time,
     output_size]``; the time axis is free, so the same weights serve training windows
@@ -80,8 +91,17 @@ def build_model(n_features: int, config: TrainConfig) -> Any:
 
     keras.utils.set_random_seed(config.seed)
     width = step_features(n_features, config)
-    inputs = keras.Input(shape=(None, width), name="blocks")
-    hidden = inputs
+    if config.loss == "units":
+        if codebook is None or codebook.shape != (config.units, width):
+            shape = None if codebook is None else codebook.shape
+            raise ValueError(f"a units model needs a codebook of shape {(config.units, width)}, got {shape}")
+        inputs = keras.Input(shape=(None,), dtype="int32", name="units_in")
+        embedding = keras.layers.Embedding(config.units, width, trainable=False, name="units")
+        hidden = embedding(inputs)
+        embedding.set_weights([codebook.astype(np.float32)])
+    else:
+        inputs = keras.Input(shape=(None, width), name="blocks")
+        hidden = inputs
     if config.input_noise:
         hidden = keras.layers.GaussianNoise(config.input_noise, name="input_noise")(hidden)
     hidden = keras.layers.Dense(config.hidden, name="encode")(hidden)
@@ -102,6 +122,8 @@ def compile_model(model: Any, config: TrainConfig) -> None:
     loss: Any = config.loss
     if config.loss == "gaussian":
         loss = mixture_nll_class()(mixtures=config.mixtures)
+    elif config.loss == "units":
+        loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True)
     model.compile(
         optimizer=keras.optimizers.RMSprop(learning_rate=config.learning_rate, clipnorm=config.clipnorm),
         loss=loss,
@@ -247,6 +269,53 @@ def _frame_noise(fresh: np.ndarray, previous: np.ndarray | None, frames: int) ->
             rows[index] = correlation * last + math.sqrt(1.0 - correlation**2) * rows[index]
         last = rows[index]
     return rows.reshape(-1)
+
+
+# Steps k-means sees when it fits a codebook (drawn evenly from the training songs): 32 per unit of
+# the default 512 at most, so fitting stays a small part of a training budget.
+MAX_UNIT_FIT_STEPS = 16384
+
+
+def fit_units(steps: np.ndarray, units: int, *, seed: int = 0) -> np.ndarray:
+    """The codebook [units, D] of normalised training steps [n, D]: k-means centroids (k-means++,
+    one run, seeded), fitted on up to :data:`MAX_UNIT_FIT_STEPS` steps drawn at random.
+
+    :class:`ValueError` when there are fewer steps than units.
+    """
+    from sklearn.cluster import KMeans
+
+    if steps.shape[0] < units:
+        raise ValueError(f"{steps.shape[0]} training steps, fewer than {units} units")
+    rng = np.random.default_rng(seed)
+    if steps.shape[0] > MAX_UNIT_FIT_STEPS:
+        steps = steps[np.sort(rng.choice(steps.shape[0], MAX_UNIT_FIT_STEPS, replace=False))]
+    kmeans = KMeans(n_clusters=units, n_init=1, max_iter=30, random_state=seed)
+    kmeans.fit(steps.astype(np.float32))
+    return np.asarray(kmeans.cluster_centers_, dtype=np.float32)
+
+
+def assign_units(steps: np.ndarray, codebook: np.ndarray) -> np.ndarray:
+    """The nearest unit (Euclidean) of each step [..., D]: ids [...] (int32)."""
+    flat = steps.reshape(-1, codebook.shape[1]).astype(np.float32)
+    distances = np.square(codebook).sum(axis=1)[None, :] - 2.0 * flat @ codebook.T
+    return np.argmin(distances, axis=1).astype(np.int32).reshape(steps.shape[:-1])
+
+
+def sample_unit(logits: np.ndarray, *, temperature: float, rng: np.random.Generator) -> int:
+    """A unit id drawn from the softmax of ``logits / temperature`` (0: the most likely unit)."""
+    if not temperature:
+        return int(np.argmax(logits))
+    scaled = logits.astype(np.float64) / temperature
+    weights = np.exp(scaled - scaled.max())
+    return int(rng.choice(weights.size, p=weights / weights.sum()))
+
+
+def units_baseline_loss(targets: np.ndarray) -> tuple[float, int]:
+    """Summed cross-entropy and count of predicting the units' own frequencies in ``targets``
+    (ids, any shape): the best a model that ignores the context can do."""
+    counts = np.bincount(targets.reshape(-1))
+    counts = counts[counts > 0].astype(np.float64)
+    return float(-(counts * np.log(counts / counts.sum())).sum()), int(counts.sum())
 
 
 def baseline_loss(targets: np.ndarray, config: TrainConfig) -> tuple[float, int]:

@@ -27,7 +27,14 @@ import numpy as np
 from tasks.config import DEFAULT_PRESETS, TrainConfig, check_max_minutes
 from tasks.dataset.repository import STATS_FILE, dataset_dir, read_features, resolve_dataset
 from tasks.errors import ConfigError, MusicflowError, StoreError
-from tasks.model.network import baseline_loss, build_model, step_features
+from tasks.model.network import (
+    assign_units,
+    baseline_loss,
+    build_model,
+    fit_units,
+    step_features,
+    units_baseline_loss,
+)
 from tasks.model.repository import (
     CARD_FILE,
     CHECKPOINTS,
@@ -248,7 +255,7 @@ def _train(
         fence()
         store.rm(directory, CARD_FILE)  # first: a card means a complete model
         store.rm(directory, CHECKPOINTS)
-        model = build_model(n_features, config)
+        model = build_model(n_features, config, unit_codebook(train_windows, config))
         initial_epoch, history, prior_seconds, stop_reason = 0, {"loss": [], "val_loss": []}, 0.0, None
         budget = None
     store.write_bytes(normalization_bytes(normalizer), directory, NORMALIZATION_FILE, fence=fence)
@@ -271,6 +278,7 @@ def _train(
         max_minutes=max_minutes,
         fence=fence,
     )
+    codebook = model_codebook(model, config)
     if wants_more:
         train_data = make_tf_dataset(
             train_windows,
@@ -280,9 +288,13 @@ def _train(
             seed=config.seed,
             first_epoch=initial_epoch,
             repeat=True,
+            codebook=codebook,
         )
         val_data = make_tf_dataset(
-            val_windows, n_features=step_features(n_features, config), batch_size=config.batch_size
+            val_windows,
+            n_features=step_features(n_features, config),
+            batch_size=config.batch_size,
+            codebook=codebook,
         )
         model.fit(
             train_data,
@@ -308,7 +320,7 @@ def _train(
         )
     stop_reason = stop_reason or STOP_COMPLETED
 
-    baseline = mean_block_loss(val_windows, config, normalizer)
+    baseline = mean_block_loss(val_windows, config, normalizer, codebook)
     weights, best = _best_weights(store, directory, history, model)
     wall = time.perf_counter() - checkpoint.started
     card: dict[str, Any] = {
@@ -465,9 +477,37 @@ def make_windows(
     )
 
 
-def mean_block_loss(windows: SongWindows, config: TrainConfig, normalizer: Normalizer) -> float:
+def unit_codebook(windows: SongWindows, config: TrainConfig) -> np.ndarray | None:
+    """A ``units`` model's codebook: the k-means centroids of the training songs' normalised steps
+    (:func:`tasks.model.network.fit_units`); None for the other losses."""
+    if config.loss != "units":
+        return None
+    steps = [windows.song_blocks(row) for row in windows.rows if windows.n_steps(row)]
+    found = sum(part.shape[0] for part in steps)
+    if found < config.units:
+        raise ConfigError(
+            f"invalid units {config.units!r}: the training songs have only {found} steps of "
+            f"{config.frames_per_step} frames to fit them on: use fewer --units or ingest more songs"
+        )
+    return fit_units(np.concatenate(steps), config.units, seed=config.seed)
+
+
+def model_codebook(model: Any, config: TrainConfig) -> np.ndarray | None:
+    """The codebook a ``units`` model holds (its ``units`` layer's weights); None for the others."""
+    if config.loss != "units":
+        return None
+    return np.asarray(model.get_layer("units").get_weights()[0], dtype=np.float32)
+
+
+def mean_block_loss(
+    windows: SongWindows, config: TrainConfig, normalizer: Normalizer, codebook: np.ndarray | None = None
+) -> float:
     """Loss of always predicting the dataset's mean block (for ``gaussian``: its per-feature
-    Gaussian): the bar a model must clear."""
+    Gaussian; for ``units``: the validation units' own frequencies): the bar a model must clear."""
+    if codebook is not None:
+        ids = [assign_units(targets, codebook) for _, targets in windows.iter_windows()]
+        summed, values = units_baseline_loss(np.concatenate(ids)) if ids else (0.0, 0)
+        return summed / max(values, 1)
     mean_block = np.tile(normalizer.apply(normalizer.mean[None, :])[0], config.frames_per_step)
     total, count = 0.0, 0
     for _, targets in windows.iter_windows():

@@ -206,6 +206,7 @@ def make_tf_dataset(
     seed: int | None = None,
     first_epoch: int = 0,
     repeat: bool = False,
+    codebook: np.ndarray | None = None,
 ) -> object:
     """A ``tf.data.Dataset`` of ``(inputs, targets)`` batches streamed from ``windows``.
 
@@ -220,6 +221,9 @@ def make_tf_dataset(
     endless iteration holds every epoch in turn (give ``model.fit`` the
     ``steps_per_epoch``), so the next epoch's songs are read while this epoch's
     last batches train instead of after them.
+
+    With a ``codebook`` [units, n_features] (a ``units`` model), every step becomes the id of its
+    nearest unit, and a batch is ``(unit ids [:, :-1], unit ids [:, 1:])``.
     """
     tf = load_tensorflow()
 
@@ -243,6 +247,16 @@ def make_tf_dataset(
     dataset = tf.data.Dataset.from_generator(generate, output_signature=spec)
     if not repeat:
         dataset = dataset.apply(tf.data.experimental.assert_cardinality(steps_per_epoch(windows, batch_size)))
+    if codebook is not None:
+        centroids = tf.constant(codebook, dtype=tf.float32)
+        squared = tf.reduce_sum(tf.square(centroids), axis=1)
+
+        def to_units(spans: object) -> object:
+            # The nearest centroid of each step: argmin of |c|^2 - 2 x.c (|x|^2 is the same for all).
+            distances = squared - 2.0 * tf.einsum("btd,kd->btk", spans, centroids)
+            return tf.cast(tf.argmin(distances, axis=-1), tf.int32)
+
+        dataset = dataset.map(to_units, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.map(lambda spans: (spans[:, :-1], spans[:, 1:]), num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)
 

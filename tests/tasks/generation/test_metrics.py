@@ -18,10 +18,12 @@ from tasks.generation.metrics import (
     STATIC_VARIATION_DB,
     CopyIndex,
     audio_metrics,
+    audio_peak_persistence,
     copy_index,
     longest_copy,
     loop_score,
     nearest_training_similarity,
+    peak_run_lengths,
     power_spectra,
     reference_distribution,
     spectral_centroid,
@@ -324,3 +326,26 @@ def test_the_index_says_what_it_searched() -> None:
     assert searched["seconds"] == pytest.approx(2 * rows.shape[0] * features.block_seconds, abs=0.1)
     assert searched["lower_bound"] is True
     assert copy_index([("a", rows)], features).searched()["lower_bound"] is False
+
+
+def test_peak_persistence_orders_held_notes_short_notes_and_noise() -> None:
+    """How long partials last (audio_peak_persistence): a held tone the whole clip, 100-ms notes about
+    their length, white noise almost nothing (measured: 2.9 s, 0.13 s, 0.02 s)."""
+    rate = 22050
+    rng = np.random.default_rng(0)
+    t = np.arange(3 * rate) / rate
+    held = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+    notes = np.concatenate(
+        [0.3 * np.sin(2 * np.pi * f * np.arange(rate // 10) / rate) for f in rng.uniform(200, 2000, 30)]
+    ).astype(np.float32)
+    noise = (0.1 * rng.standard_normal(3 * rate)).astype(np.float32)
+    seconds = [audio_peak_persistence(audio, sample_rate=rate) for audio in (held, notes, noise)]
+    assert seconds[0] > 2.5
+    assert 0.05 < seconds[1] < 0.2
+    assert seconds[2] < 0.05
+    # Runs on a hand-made spectrogram: a peak held 5 frames that moves one bin, and one of 1 frame.
+    power = np.full((6, 40), -60.0)
+    for frame, column in enumerate([10, 10, 11, 11, 12]):
+        power[frame, column] = 0.0
+    power[5, 30] = 0.0
+    assert sorted(peak_run_lengths(power).tolist()) == [1, 5]

@@ -12,7 +12,7 @@ from typing import Any
 import keras
 import numpy as np
 import pytest
-from conftest import STFT_FEATURES, STFT_TRAIN, TINY_BLOCK, TINY_TRAIN
+from conftest import STFT_FEATURES, STFT_TRAIN, TINY_BLOCK, TINY_TRAIN, UNITS_TRAIN
 from helpers import ingest_direct, write_periodic_songs
 
 from tasks.config import FeatureConfig, IngestConfig, TrainConfig
@@ -30,11 +30,13 @@ def tiny_config(epochs: int, **overrides: Any) -> TrainConfig:
     return TrainConfig.from_preset("small", epochs=epochs, **{**TINY_TRAIN, **overrides})
 
 
-# The two model kinds, each with its small dataset fixture: the seed's (rfft blocks, MSE) and the
-# spectral default (stft frames, mixture density with input noise and dropout).
+# The model kinds, each with its small dataset fixture: the seed's (rfft blocks, MSE), the spectral
+# model (stft frames, mixture density with input noise and dropout) and the units model (stft frames,
+# a softmax over k-means units of steps, with input noise and dropout).
 KINDS = {
     "rfft": ("tiny_dataset", tiny_config),
     "stft": ("stft_dataset", lambda epochs: TrainConfig.from_preset("spectral", epochs=epochs, **STFT_TRAIN)),
+    "units": ("stft_dataset", lambda epochs: TrainConfig.from_preset("units", epochs=epochs, **UNITS_TRAIN)),
 }
 
 
@@ -189,8 +191,8 @@ def test_resume_continues_the_history(request: pytest.FixtureRequest, tmp_path: 
     # --no-resume starts over, and an uninterrupted run of 4 epochs is the resumed run, epoch for epoch
     fresh = train_model(store_url, tiny_config(4), resume=False)
     assert (fresh.epochs, fresh.resumed_from) == (4, 0)
-    # The spectral model's input noise and dropout draw other random numbers after a resume than
-    # in one uninterrupted run (measured: 1.6 % apart at epoch 4), the seed's model none.
+    # The spectral and units models' input noise and dropout draw other random numbers after a resume
+    # than in one uninterrupted run (measured: 1.6 % apart at epoch 4), the seed's model none.
     tolerance = 1e-5 if kind == "rfft" else 0.1
     assert fresh.history["loss"][:2] == pytest.approx(resumed.history["loss"][:2], rel=1e-5)
     assert fresh.history["loss"] == pytest.approx(resumed.history["loss"], rel=tolerance)

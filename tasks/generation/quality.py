@@ -81,9 +81,16 @@ MIN_FRAMES = 64
 # same run between an anchor that lacks the property (0) and the real continuation (1):
 #
 # - ``frames``: single log-mel frames (the score above); 0 = shaped noise.
-# - ``continuity``: spectro-temporal patches of PATCH_FRAMES consecutive log-mel frames (186 ms),
-#   reduced to PATCH_COMPONENTS by a PCA basis fitted on the reference's patches: how frames follow
-#   each other, how long partials and hits last; 0 = the shuffled anchor.
+# - ``continuity``: how long partials last and how the level moves, whatever the song's spectrum
+#   and level. On the linear STFT (1025 bins), each frame's spectral peaks (local maxima within
+#   PEAK_RANGE_DB of the frame's loudest bin and above PEAK_FLOOR_DB) are linked frame to frame (the
+#   same bin +-1) into runs; per window of CONTINUITY_WINDOW frames (1.5 s, every 93 ms): the share
+#   of the peaks' energy in runs of 1, 2-3, 4-7, 8-15, 16-31 and 32+ frames (log) and their
+#   energy-weighted mean log2 run length, below and above SPLIT_HZ (where 128 mel bands smear
+#   partials more), and the log mean and spread of the
+#   spectral flux (mean rise in dB of the 64 log-mel bands) and the spread of the frame level.
+#   Standardised by the reference's spread of each (so no one feature's unit dominates);
+#   0 = the shuffled anchor.
 # - ``tonality``: per window of TONAL_WINDOW frames (1.5 s), the mean pitch-class profile (chroma,
 #   12), its stability (mean cosine of each frame's chroma to the window's) and the harmonic energy
 #   ratio (HPSS on the mel power): which notes sound, whether they hold; 0 = the shuffled anchor.
@@ -95,9 +102,22 @@ MIN_FRAMES = 64
 AXES = ("frames", "continuity", "tonality")
 GRAIN = 2048
 GRAIN_HOP = 1024
-PATCH_FRAMES = 8
-PATCH_STRIDE = 2
-PATCH_COMPONENTS = 16
+CONTINUITY_WINDOW = 64
+CONTINUITY_STRIDE = 4
+PEAK_RANGE_DB = 45.0
+PEAK_FLOOR_DB = -80.0
+# Run lengths in frames: the lower edge of each class (the last is open).
+RUN_CLASSES = (1, 2, 4, 8, 16, 32)
+SPLIT_HZ = 2000.0
+SPLIT_BIN = round(SPLIT_HZ * QUALITY_N_FFT / QUALITY_SAMPLE_RATE)
+# The flux ignores bands more than this far below the clip's loudest (its noise floor).
+FLUX_RANGE_DB = 80.0
+# Log floor of a share and of the flux statistics (a class with no energy is log(1e-3), not -inf).
+LOG_FLOOR = 1e-3
+# The least reference spread a continuity feature is standardised by (log units): a feature that
+# never varies in the reference must not turn any deviation into an infinite distance.
+MIN_SPREAD = 0.1
+CONTINUITY_DIMS = 2 * (len(RUN_CLASSES) + 1) + 3
 TONAL_WINDOW = 64
 TONAL_STRIDE = 8
 # HPSS median filters on the 64-band mel power: harmonic along time (0.4 s), percussive along bands.
@@ -105,7 +125,8 @@ HPSS_KERNEL = (17, 9)
 # The least a set needs on each axis for a covariance worth comparing: (count, of what).
 AXIS_NEEDS = {
     "frames": (MIN_FRAMES, "log-mel frames (hop 512 at 22.05 kHz)"),
-    "continuity": (2 * PATCH_COMPONENTS, f"patches of {PATCH_FRAMES} frames"),
+    # one more window than features: the least for a covariance of full rank
+    "continuity": (CONTINUITY_DIMS + 1, f"windows of {CONTINUITY_WINDOW} frames (1.5 s, every 93 ms)"),
     "tonality": (16, f"windows of {TONAL_WINDOW} frames (1.5 s)"),
 }
 AXIS_ANCHORS = {"frames": "shaped noise", "continuity": "shuffled real", "tonality": "shuffled real"}
@@ -433,6 +454,9 @@ class Analysis:
     chroma: np.ndarray  # [n_frames, 12], each frame summing to 1 (0 for silence)
     harmonic: np.ndarray  # [n_frames] HPSS harmonic power
     total: np.ndarray  # [n_frames] harmonic + percussive power
+    runs: np.ndarray  # [n_frames, 2, len(RUN_CLASSES) + 1] :func:`peak_runs`
+    flux: np.ndarray  # [n_frames] mean rise (dB) of the log-mel bands from the previous frame
+    level: np.ndarray  # [n_frames] dB of the frame's power
 
 
 @functools.lru_cache(maxsize=1)
@@ -452,19 +476,103 @@ def analyse(audio: np.ndarray, *, sample_rate: int) -> Analysis:
     sums = chroma.sum(axis=1, keepdims=True)
     chroma = np.divide(chroma, sums, out=np.zeros_like(chroma), where=sums > 1e-20)
     harmonic, percussive = librosa.decompose.hpss(mel.T, kernel_size=HPSS_KERNEL)
+    log_mel = _decibels(mel)
     return Analysis(
-        log_mel=_decibels(mel),
+        log_mel=log_mel,
         chroma=chroma,
         harmonic=harmonic.sum(axis=0),
         total=(harmonic + percussive).sum(axis=0),
+        runs=peak_runs(power),
+        flux=spectral_flux(log_mel),
+        level=_decibels(power.sum(axis=1)),
     )
 
 
-def _patches(log_mel: np.ndarray) -> np.ndarray:
-    if log_mel.shape[0] < PATCH_FRAMES:
-        return np.zeros((0, PATCH_FRAMES * log_mel.shape[1]))
-    windows = np.lib.stride_tricks.sliding_window_view(log_mel, PATCH_FRAMES, axis=0)[::PATCH_STRIDE]
-    return windows.reshape(windows.shape[0], -1)
+def spectral_peaks(power: np.ndarray) -> np.ndarray:
+    """Which bins of power frames [n_frames, n_bins] are spectral peaks: local maxima within
+    PEAK_RANGE_DB of their frame's loudest bin and above PEAK_FLOOR_DB (bool, same shape)."""
+    db = _decibels(power)
+    inner = db[:, 1:-1]
+    peaks = np.zeros(db.shape, dtype=bool)
+    peaks[:, 1:-1] = (
+        (inner > db[:, :-2])
+        & (inner >= db[:, 2:])
+        & (inner > db.max(axis=1, keepdims=True) - PEAK_RANGE_DB)
+        & (inner > PEAK_FLOOR_DB)
+    )
+    return peaks
+
+
+def _with_neighbours(row: np.ndarray) -> np.ndarray:
+    """Each bin's maximum over itself and its two neighbours."""
+    out = row.copy()
+    np.maximum(out[1:], row[:-1], out=out[1:])
+    np.maximum(out[:-1], row[1:], out=out[:-1])
+    return out
+
+
+def run_lengths(peaks: np.ndarray) -> np.ndarray:
+    """For each peak of ``peaks`` [n_frames, n_bins] (bool), the length in frames of the run it is
+    part of, a peak continuing a peak of the previous frame in the same bin +-1 (the longest run
+    through it); 0 where there is no peak."""
+    n_frames, n_bins = peaks.shape
+    before = np.zeros((n_frames, n_bins), dtype=np.int32)  # frames of the run up to and with this one
+    after = np.zeros((n_frames, n_bins), dtype=np.int32)  # frames of the run from this one on
+    previous = np.zeros(n_bins, dtype=np.int32)
+    for frame in range(n_frames):
+        previous = before[frame] = peaks[frame] * (1 + _with_neighbours(previous))
+    previous = np.zeros(n_bins, dtype=np.int32)
+    for frame in range(n_frames - 1, -1, -1):
+        previous = after[frame] = peaks[frame] * (1 + _with_neighbours(previous))
+    return np.where(peaks, before + after - 1, 0)
+
+
+def peak_runs(power: np.ndarray) -> np.ndarray:
+    """Of power frames [n_frames, 1025], per frame, below and above SPLIT_HZ: the power of the
+    spectral peaks in runs of each length class (RUN_CLASSES), then their power times log2 of their
+    run's length (the power-weighted mean log length, once divided by the power):
+    [n_frames, 2, len(RUN_CLASSES) + 1]."""
+    peaks = spectral_peaks(power)
+    frames, bins = np.nonzero(peaks)
+    lengths = run_lengths(peaks)[frames, bins]
+    classes = np.searchsorted(RUN_CLASSES, lengths, side="right") - 1
+    columns = len(RUN_CLASSES) + 1
+    cells = (frames * 2 + (bins >= SPLIT_BIN)) * columns
+    weights = power[frames, bins]
+    by_class = np.zeros(peaks.shape[0] * 2 * columns)  # float even with no peak (silence)
+    by_class += np.bincount(cells + classes, weights=weights, minlength=by_class.size)
+    by_class += np.bincount(cells + columns - 1, weights=weights * np.log2(lengths), minlength=by_class.size)
+    return by_class.reshape(-1, 2, columns)
+
+
+def spectral_flux(log_mel: np.ndarray) -> np.ndarray:
+    """Per frame of log-mel frames [n_frames, n_bands] (dB), the mean rise over bands from the
+    previous frame, bands floored FLUX_RANGE_DB under the clip's loudest (0 for the first frame)."""
+    if log_mel.shape[0] == 0:
+        return np.zeros(0)
+    floored = np.maximum(log_mel, log_mel.max() - FLUX_RANGE_DB)
+    return np.concatenate([[0.0], np.maximum(np.diff(floored, axis=0), 0.0).mean(axis=1)])
+
+
+def _continuity_windows(item: Analysis) -> np.ndarray:
+    rows = []
+    for start in range(0, item.runs.shape[0] - CONTINUITY_WINDOW + 1, CONTINUITY_STRIDE):
+        stop = start + CONTINUITY_WINDOW
+        runs = item.runs[start:stop].sum(axis=0)
+        totals = runs[:, :-1].sum(axis=1, keepdims=True)
+        shares = np.divide(runs, totals, out=np.zeros_like(runs), where=totals > 0)
+        flux = item.flux[start + 1 : stop]
+        motion = [flux.mean(), flux.std(), item.level[start:stop].std()]
+        rows.append(
+            np.concatenate(
+                [
+                    np.log(shares[:, :-1] + LOG_FLOOR).ravel(),
+                    shares[:, -1],  # mean log2 run length
+                    np.log(np.add(motion, LOG_FLOOR)),
+                ]
+            )
+        )
+    return np.array(rows).reshape(-1, CONTINUITY_DIMS)
 
 
 def _tonal_windows(item: Analysis) -> np.ndarray:
@@ -489,26 +597,23 @@ def axis_units(axis: str, analyses: Sequence[Analysis]) -> int:
 def axis_features(
     axis: str, analyses: Sequence[Analysis], *, basis: tuple[np.ndarray, np.ndarray] | None
 ) -> np.ndarray:
-    """The axis's feature vectors of a set of clips, pooled; ``basis`` (mean, components) projects
-    continuity patches (None: unprojected)."""
+    """The axis's feature vectors of a set of clips, pooled; ``basis`` (mean, matrix) projects
+    the continuity windows (None: as they are)."""
     if axis == "frames":
         return np.concatenate([item.log_mel for item in analyses])
     if axis == "continuity":
-        patches = np.concatenate([_patches(item.log_mel) for item in analyses])
-        return patches if basis is None else (patches - basis[0]) @ basis[1].T
+        windows = np.concatenate([_continuity_windows(item) for item in analyses])
+        return windows if basis is None else (windows - basis[0]) @ basis[1].T
     if axis == "tonality":
         return np.concatenate([_tonal_windows(item) for item in analyses])
     raise ConfigError(f"unknown axis {axis!r} (choose from {', '.join(AXES)})")
 
 
-def patch_basis(reference: Sequence[Analysis]) -> tuple[np.ndarray, np.ndarray]:
-    """The continuity axis's PCA basis, fitted on the reference's patches: their mean and the top
-    PATCH_COMPONENTS principal directions [components, PATCH_FRAMES * 64]."""
-    patches = axis_features("continuity", reference, basis=None)
-    mean = patches.mean(axis=0)
-    centred = patches - mean
-    _, vectors = np.linalg.eigh(centred.T @ centred)  # ascending eigenvalues
-    return mean, vectors[:, ::-1][:, :PATCH_COMPONENTS].T
+def continuity_basis(reference: Sequence[Analysis]) -> tuple[np.ndarray, np.ndarray]:
+    """The continuity axis's standardisation, fitted on the reference's windows: their mean and
+    the diagonal matrix of 1 / their spread (at least MIN_SPREAD) [CONTINUITY_DIMS, CONTINUITY_DIMS]."""
+    windows = axis_features("continuity", reference, basis=None)
+    return windows.mean(axis=0), np.diag(1.0 / np.maximum(windows.std(axis=0), MIN_SPREAD))
 
 
 def _significant(value: float, digits: int = 5) -> float:
@@ -535,7 +640,7 @@ class AxisScorer:
 
     def fit(self, reference: Sequence[Analysis]) -> None:
         """The reference's statistics on each axis (and the continuity basis)."""
-        self.basis = patch_basis(reference) if "continuity" in self.axes else None
+        self.basis = continuity_basis(reference) if "continuity" in self.axes else None
         self.reference = {
             axis: frame_statistics(axis_features(axis, reference, basis=self.basis)) for axis in self.axes
         }

@@ -112,10 +112,15 @@ def test_generate_flow_writes_the_run_and_publishes_artifacts(
         assert row["longest_copy_s"] == clip["metrics"]["longest_copy_seconds"]
     assert report["location"] in artifacts["generated-clips"].description
     assert f"quality {report['quality']['quality']}" in artifacts["generated-clips"].description
-    # 2 s of clips: too little for the tonality axis, which is reported as not scored; the run goes on.
+    # 2 s of clips: too little for the continuity and tonality axes, which are reported as not
+    # scored; the run goes on.
     axes = report["quality"]["axes"]
     assert list(axes) == ["frames", "continuity", "tonality"]
     assert isinstance(axes["frames"]["score"], float)
+    assert (
+        axes["continuity"]["score"] is None
+        and "needs at least 18 windows" in axes["continuity"]["not_scored"]
+    )
     assert axes["tonality"]["score"] is None and "needs at least 16 windows" in axes["tonality"]["not_scored"]
     for row in rows:
         assert {axis: row[axis] for axis in axes} == {axis: scored["score"] for axis, scored in axes.items()}

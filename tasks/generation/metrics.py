@@ -17,7 +17,7 @@ import numpy as np
 
 from tasks.config import FeatureConfig
 from tasks.features.transforms import POWER_FLOOR, mel_filterbank
-from tasks.generation.quality import log_mel_frames, temporal_variation
+from tasks.generation.quality import log_mel_frames, run_lengths, temporal_variation
 
 SILENCE_DBFS = -60.0
 # Spectral flatness of Gaussian white noise is exp(-euler_gamma) ~ 0.56; music sits far below.
@@ -444,47 +444,34 @@ PEAK_N_FFT = 2048
 PEAK_HOP = 256
 
 
-def peak_run_lengths(power_db: np.ndarray, *, floor_db: float = PEAK_FLOOR_DB) -> np.ndarray:
-    """The lengths (in frames) of the runs of spectral peaks of ``power_db`` [frames, bins] (dB).
-
-    A peak is a bin louder than the bin below it, at least as loud as the one above, within
-    ``floor_db`` of the loudest value of the whole array and :data:`PEAK_PROMINENCE_DB` above the
-    median of the :data:`PEAK_SPAN` bins either side (so that noise has few); a run goes on while
-    the next frame has a peak in the same bin or a neighbour (a partial that glides stays one run).
-    A held note is a run of many frames; noise and bursts give runs of one or two.
-    """
+def partial_peaks(power_db: np.ndarray, *, floor_db: float = PEAK_FLOOR_DB) -> np.ndarray:
+    """Which bins of ``power_db`` [frames, bins] (dB) are the peaks of partials (bool, same shape):
+    louder than the bin below, at least as loud as the one above, within ``floor_db`` of the
+    loudest value of the whole array and :data:`PEAK_PROMINENCE_DB` above the median of the
+    :data:`PEAK_SPAN` bins either side (so that noise has few). Stricter than the ``continuity``
+    axis's :func:`~tasks.generation.quality.spectral_peaks`, which keeps every local maximum near
+    its frame's loudest: this one asks for a partial one sees in a spectrogram."""
     power = np.asarray(power_db, dtype=np.float64)
+    peaks = np.zeros(power.shape, bool)
     if power.ndim != 2 or power.shape[0] == 0 or power.shape[1] < 3:
-        return np.zeros(0, np.int64)
+        return peaks
     from scipy.ndimage import median_filter
 
-    peaks = np.zeros(power.shape, bool)
     middle = power[:, 1:-1]
     peaks[:, 1:-1] = (middle > power[:, :-2]) & (middle >= power[:, 2:]) & (middle >= power.max() - floor_db)
     peaks &= power >= median_filter(power, size=(1, 2 * PEAK_SPAN + 1), mode="nearest") + PEAK_PROMINENCE_DB
-    lengths: list[np.ndarray] = []
-    running = np.zeros(power.shape[1], np.int64)
-    for frame in peaks:
-        # The longest run ending at a bin or its neighbours in the previous frame, continued here.
-        reach = running.copy()
-        reach[1:] = np.maximum(reach[1:], running[:-1])
-        reach[:-1] = np.maximum(reach[:-1], running[1:])
-        near = frame.copy()
-        near[1:] |= frame[:-1]
-        near[:-1] |= frame[1:]
-        ended = (running > 0) & ~near
-        lengths.append(running[ended])
-        running = np.where(frame, reach + 1, 0)
-    lengths.append(running[running > 0])
-    return np.concatenate(lengths)
+    return peaks
 
 
 def peak_persistence(power_db: np.ndarray, *, frame_seconds: float, floor_db: float = PEAK_FLOOR_DB) -> float:
     """How long the partial that a spectral peak belongs to lasts, in seconds, on average over the
-    peaks of ``power_db`` [frames, bins] (dB): the runs' lengths weighted by their length
-    (:func:`peak_run_lengths`). 0 without peaks."""
-    runs = peak_run_lengths(power_db, floor_db=floor_db).astype(np.float64)
-    return float((runs**2).sum() / runs.sum() * frame_seconds) if runs.size else 0.0
+    peaks of ``power_db`` [frames, bins] (dB): each :func:`partial_peaks` peak's run (followed from
+    frame to frame in the same bin or a neighbour, so a partial that glides stays one run:
+    :func:`~tasks.generation.quality.run_lengths`, the one linking rule). A held note is a run of
+    many frames; noise and bursts give runs of one or two. 0 without peaks."""
+    peaks = partial_peaks(power_db, floor_db=floor_db)
+    lengths = run_lengths(peaks)[peaks]
+    return float(lengths.mean() * frame_seconds) if lengths.size else 0.0
 
 
 def audio_peak_persistence(audio: np.ndarray, *, sample_rate: int) -> float:

@@ -23,7 +23,7 @@ from tasks.generation.metrics import (
     longest_copy,
     loop_score,
     nearest_training_similarity,
-    peak_run_lengths,
+    peak_persistence,
     power_spectra,
     reference_distribution,
     spectral_centroid,
@@ -348,4 +348,5 @@ def test_peak_persistence_orders_held_notes_short_notes_and_noise() -> None:
     for frame, column in enumerate([10, 10, 11, 11, 12]):
         power[frame, column] = 0.0
     power[5, 30] = 0.0
-    assert sorted(peak_run_lengths(power).tolist()) == [1, 5]
+    # Per peak, its run's length: five peaks of a 5-frame run and one of 1 frame.
+    assert peak_persistence(power, frame_seconds=1.0) == (5 * 5 + 1) / 6

@@ -18,7 +18,8 @@ from musicflow.cli import app
 
 OLD_STORE = ROOT / "tests" / "data" / "store-before-layout"
 DATASET_ID = "stft-n1024-h256-m128-sr22050-f0daef0d6a"
-# serve serves deployments (its runs report in the Prefect UI); every other command reports.
+# serve serves deployments (its runs report in the Prefect UI) and report writes a page (its
+# report is the page); every other command reports.
 REPORTING = {
     "ingest",
     "status",
@@ -32,7 +33,7 @@ REPORTING = {
     "demo",
 }
 # synth and demo make their own songs and store; serve opens the store it serves.
-OPENS_THE_STORE = (REPORTING - {"synth", "demo"}) | {"serve"}
+OPENS_THE_STORE = (REPORTING - {"synth", "demo"}) | {"serve", "report"}
 
 
 def _options() -> dict[str, set[str]]:

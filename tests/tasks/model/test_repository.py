@@ -30,7 +30,8 @@ def test_a_model_file_holding_python_code_is_refused() -> None:
 def test_generate_refuses_a_planted_lambda_model(tmp_path: Path) -> None:
     """Someone with write access to the store swaps a model's weights (and its card's digest) for a
     file that runs code as it loads: the generate run fails on it (the flow run's log has the
-    traceback), the command ends on one line saying why, exit 2, and nothing is generated."""
+    traceback), the command ends on one line saying why, exit 1 (a failed run: the store holds a bad
+    file, the arguments were fine), and nothing is generated."""
     store = tmp_path / "store"
     shutil.copytree(ROOT / "tests" / "data" / "store-before-layout", store)
     model = store / "models" / "spectral-2e6afd36cb"
@@ -40,7 +41,7 @@ def test_generate_refuses_a_planted_lambda_model(tmp_path: Path) -> None:
     card["weights_sha256"] = weights_sha256(planted)
     (model / "card.json").write_text(json.dumps(card))
     result = musicflow("generate", "--store", str(store), "--seconds", "1")
-    assert result.returncode == 2, (result.returncode, result.stderr[-2000:])
+    assert result.returncode == 1, (result.returncode, result.stderr[-2000:])
     last = result.stderr.strip().splitlines()[-1]
     assert last.startswith("musicflow: error: refused to load a model file that holds Python code"), last
     assert not list(store.glob("generated/*/clip-*"))

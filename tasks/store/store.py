@@ -804,13 +804,25 @@ def check_writable(store: Store) -> None:
         store.fs.rm(store.path(probe))
     except Exception as error:  # any backend error means the same thing to the user
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        # A store the user cannot write (permissions, read-only, not a folder) is a bad argument; a
-        # full disk or an endpoint that does not answer is a failure of the run.
-        bad_argument = isinstance(error, PermissionError | FileNotFoundError | NotADirectoryError) or (
-            isinstance(error, OSError) and error.errno in _NOT_WRITABLE
+        # A store the user cannot write (permissions, read-only, not a folder, no credentials given)
+        # is a bad argument; a full disk or an endpoint that does not answer is a failure of the run.
+        bad_argument = (
+            isinstance(error, PermissionError | FileNotFoundError | NotADirectoryError)
+            or (isinstance(error, OSError) and error.errno in _NOT_WRITABLE)
+            or _missing_credentials(error)
         )
         kind = StoreArgumentError if bad_argument else StoreError
         raise kind(f"cannot write to store {store.url!r}: {reason}") from error
+
+
+def _missing_credentials(error: BaseException) -> bool:
+    """botocore's "Unable to locate credentials" (and partial ones): the caller gave none that
+    work, which is their argument, not the store's failure. botocore is only there with s3fs."""
+    try:
+        from botocore.exceptions import NoCredentialsError, PartialCredentialsError  # lazy: start-up
+    except ImportError:
+        return False
+    return isinstance(error, NoCredentialsError | PartialCredentialsError)
 
 
 def _pid_alive(pid: int) -> bool:

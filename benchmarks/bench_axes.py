@@ -30,18 +30,17 @@ anchors of the real row (the same anchors for every method), with the spread of 
 from __future__ import annotations
 
 import argparse
-import glob
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+from _debian import COLLECTIONS, collection_songs
 from _report import table
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DRASCULA_GLOB = "/usr/share/scummvm/drascula/audio/*.ogg"
 SR = 22050
 SEED_SECONDS = 3.0
 REFERENCE_SECONDS = 30.0
@@ -49,7 +48,12 @@ REFERENCE_SECONDS = 30.0
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--collection", choices=["synth", "drascula", "both"], default="both")
+    parser.add_argument(
+        "--collection",
+        choices=["synth", *COLLECTIONS, "both"],
+        default="both",
+        help="a collection, or both: synth and drascula",
+    )
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--phases", action="store_true", help="compare the phase methods' round trips")
@@ -63,10 +67,7 @@ def load(name: str) -> list[np.ndarray]:
         return [synthesize_song(seed=seed, seconds=60.0, sample_rate=SR).mean(axis=1) for seed in range(24)]
     from tasks.audio.decode import decode_audio
 
-    paths = sorted(glob.glob(DRASCULA_GLOB))
-    if not paths:
-        sys.exit("drascula-music is not installed: apt-get install drascula-music")
-    return [decode_audio(path, sample_rate=SR).samples for path in paths]
+    return [decode_audio(path, sample_rate=SR).samples for path in collection_songs(name)]
 
 
 def measure(name: str, args: argparse.Namespace) -> list[tuple[str, ...]]:

@@ -33,11 +33,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 import argparse
-import glob
 import json
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -45,12 +43,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from _debian import collection_songs
 from _report import table, target
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-DRASCULA_GLOB = "/usr/share/scummvm/drascula/audio/*.ogg"
 PATHS = {
     "spectral": {"transform": "stft", "preset": "spectral"},
     "gruv": {"transform": "rfft", "preset": "small"},
@@ -74,16 +72,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def drascula_songs() -> list[str]:
-    """The 31 tracks of drascula-music, installed with apt-get when missing."""
-    if not glob.glob(DRASCULA_GLOB):
-        sudo = [] if os.geteuid() == 0 else ["sudo"]
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
-        subprocess.run([*sudo, "apt-get", "install", "-y", "-qq", "drascula-music"], check=True, env=env)
-    return sorted(glob.glob(DRASCULA_GLOB))
-
-
 def collection_dir(name: str, workdir: Path) -> Path:
     if name == "demo":
         from tasks.audio.synth import write_demo_songs
@@ -93,7 +81,7 @@ def collection_dir(name: str, workdir: Path) -> Path:
         return folder
     folder = workdir / "drascula-songs"
     folder.mkdir(parents=True, exist_ok=True)
-    for path in drascula_songs():
+    for path in collection_songs("drascula"):
         target_path = folder / Path(path).name
         if not target_path.exists():
             target_path.symlink_to(path)

@@ -3,8 +3,16 @@ wraps with ``_task`` added (``plan_ingest_task`` wraps ``tasks.ingest.worker.pla
 task names the Prefect UI shows stay the functions' (``plan-ingest``, ``ingest-batch``...).
 
 Retries live here, on I/O only, and never on errors that would repeat
-(a :class:`~tasks.errors.MusicflowError` is a verdict, not a glitch).
+(:func:`tasks.errors.is_verdict`: a :class:`~tasks.errors.MusicflowError` other
+than an :class:`~tasks.errors.InfrastructureError` is a verdict, not a glitch).
 Caching is off: inputs are file lists and results are committed to the store.
+
+Every task that can hang has an end: the tasks the flows call directly have
+``timeout_seconds`` (Prefect's, enforced on the flow's main thread), scaled to
+their work where it is known beforehand (:func:`train_timeout_seconds`,
+:func:`generate_timeout_seconds`); ``ingest-batch`` runs on a runner thread, where
+Prefect's timeout cannot interrupt a blocked wait, so it bounds its own wait for
+its Dask task (:func:`batch_wait_seconds`).
 """
 
 from __future__ import annotations
@@ -22,7 +30,7 @@ from tasks.audio.decode import decode_timeout
 from tasks.config import IngestConfig, TrainConfig
 from tasks.dataset import repository as dataset_lib
 from tasks.dataset.catalog import CatalogRow
-from tasks.errors import MusicflowError
+from tasks.errors import is_verdict
 from tasks.ingest import plan as plan_lib
 from tasks.ingest import worker as ingest_lib
 from tasks.ingest.sources import SourceFile, list_audio_files
@@ -36,10 +44,8 @@ if TYPE_CHECKING:
 def _retry_unless_verdict(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
-    except MusicflowError:
-        return False
-    except Exception:
-        return True
+    except Exception as error:
+        return not is_verdict(error)
     return True
 
 
@@ -52,7 +58,15 @@ IO_RETRIES: dict[str, Any] = {
 }
 
 
-@task(name="plan-ingest", **IO_RETRIES)
+# Listing and comparing a source: its size is not known before it is listed, so one generous bound (an
+# hour lists and stats millions of keys); a stuck listing fails and is retried instead of holding the run.
+PLAN_TIMEOUT_S = 3600.0
+# A commit: the lock (waited for at most 120 s) and one catalog segment and statistics merge, now and then
+# a compaction; a retried commit is safe (it finds its own rows).
+COMMIT_TIMEOUT_S = 600.0
+
+
+@task(name="plan-ingest", timeout_seconds=PLAN_TIMEOUT_S, **IO_RETRIES)
 def plan_ingest_task(source: str, store_url: str, config: IngestConfig) -> tuple[str, plan_lib.IngestPlan]:
     """Check the store, create/check the dataset, list and hash the source, skip known songs."""
     store = open_store(store_url)
@@ -81,6 +95,8 @@ def ingest_batch_task(
     it again): the worker runs the plain :func:`tasks.ingest.worker.ingest_batch` and needs no
     Prefect client, settings or API of its own. ``storage_options`` is the flow process's
     ``registered_storage_options()``, registered on the worker before anything is opened.
+    The wait ends after ``config.batch_timeout`` seconds (default :func:`batch_wait_seconds`):
+    a :class:`TimeoutError`, an infrastructure error, retried like any other.
     """
     context = TaskRunContext.get()
     run = f"{context.task_run.id}-{context.task_run.run_count}" if context else uuid.uuid4().hex
@@ -94,14 +110,14 @@ def ingest_batch_task(
         key=f"ingest-batch-{run}",  # the Dask dashboard names the task after its task run
         pure=False,
     )
-    limit = batch_wait_seconds(files)
+    limit = batch_wait_seconds(files) if config.batch_timeout is None else config.batch_timeout
     try:
         return future.result(timeout=limit)
     except TimeoutError:
         future.cancel()
+        # An infrastructure error (tasks.errors.is_infrastructure): retried, then its files left unrecorded.
         raise TimeoutError(
-            f"batch of {len(files)} files did not finish within {limit:.0f} s (a stuck worker or store "
-            "write): its task run fails and is retried, and the next run is not held"
+            f"batch of {len(files)} files did not finish within {limit:.0f} s (a stuck worker or store?)"
         ) from None
 
 
@@ -115,10 +131,32 @@ def batch_wait_seconds(files: list[SourceFile]) -> float:
     return BATCH_WAIT_MARGIN_S + 2 * sum(decode_timeout(item.bytes) for item in files)
 
 
-@task(name="commit-batch", **IO_RETRIES)
+@task(name="commit-batch", timeout_seconds=COMMIT_TIMEOUT_S, **IO_RETRIES)
 def commit_batch_task(store_url: str, dataset_id: str, result: dataset_lib.BatchResult) -> list[CatalogRow]:
     """Append the batch's catalog rows (the commit point), then merge its statistics."""
     return dataset_lib.commit_batch(open_store(store_url), dataset_id, result)
+
+
+# A training with a wall-clock budget stops itself between epochs; its task run ends at the latest after
+# twice the budget and this margin (an epoch that overruns, the final save). Without a budget a training
+# may rightly last days: no timeout (a stuck one is seen in the UI: no epoch logged).
+TRAIN_TIMEOUT_MARGIN_S = 900.0
+
+
+def train_timeout_seconds(max_minutes: float | None) -> float | None:
+    """``timeout_seconds`` of a ``train-model`` run with that budget (None: no budget, no timeout)."""
+    return None if max_minutes is None else 2 * 60 * max_minutes + TRAIN_TIMEOUT_MARGIN_S
+
+
+# Generation runs at 10-60x real time on 2 cores (docs/benchmarks.md): a run ends at the latest at 0.1x
+# real time of what it generates, plus this margin for loading the model and scoring the clips.
+GENERATE_TIMEOUT_MARGIN_S = 600.0
+GENERATE_TIMEOUT_S_PER_AUDIO_S = 10.0
+
+
+def generate_timeout_seconds(seconds: float, count: int) -> float:
+    """``timeout_seconds`` of a ``generate-clips`` run of ``count`` clips of ``seconds``."""
+    return GENERATE_TIMEOUT_MARGIN_S + GENERATE_TIMEOUT_S_PER_AUDIO_S * seconds * count
 
 
 @task(name="train-model", **{**IO_RETRIES, "retries": 1})

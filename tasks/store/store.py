@@ -31,6 +31,11 @@ from fsspec.implementations.local import LocalFileSystem
 
 from tasks.errors import ConfigError, StoreError
 
+# ``faulty:///path``: a local folder with faults on demand, for the fault tests and the soak benchmark
+# (:mod:`tasks.store.faults`); known in every process that opens a store, Dask workers included, and
+# imported only when such a URL is opened.
+fsspec.register_implementation("faulty", "tasks.store.faults.FaultyFileSystem", clobber=True)
+
 # An id that names a folder of the store (a dataset, a model, a generated run): letters, digits,
 # ".", "_" and "-", starting with a letter or digit, so that it stays one folder inside the store
 # ("../x", "a/b", "" and "." never reach a path).

@@ -202,7 +202,7 @@ class Store:
             failed = False
         finally:
             held.stop()
-            released = self._delete_if_owner(path, token)
+            released = self._release(path, token)
             if not failed and (held.lost or not released):
                 raise StoreError(
                     f"the lock {self.full_url(*parts)} was lost while held "
@@ -210,12 +210,16 @@ class Store:
                 )
 
     def _read_owner(self, path: str) -> dict[str, Any] | None:
-        """The lock's owner record; None when there is no lock file; {} when it is unreadable."""
+        """The lock's owner record; None when there is no lock file; {} when its content is unreadable.
+
+        A read that fails (an I/O or network error) raises its ``OSError``: it says nothing of who
+        holds the lock, so it must not read as a lock lost or free to break (the heartbeat tries
+        again at its next beat; the caller of anything else fails, to be retried)."""
         try:
             holder = json.loads(self.fs.cat_file(path))
         except FileNotFoundError:
             return None
-        except (ValueError, OSError):
+        except ValueError:
             return {}
         return holder if isinstance(holder, dict) else {}
 
@@ -236,6 +240,18 @@ class Store:
         if time.time() - float(holder.get("time", 0)) > stale_after:
             return str(holder["token"])
         return None
+
+    def _release(self, path: str, token: str, *, attempts: int = 3) -> bool:
+        """:meth:`_delete_if_owner` of a lock this process holds, again after a failed read (a lock
+        left behind would hold every other run until it goes stale)."""
+        for attempt in range(attempts):
+            try:
+                return self._delete_if_owner(path, token)
+            except OSError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(0.1 * 2**attempt)
+        return False
 
     def _delete_if_owner(self, path: str, token: str) -> bool:
         """Remove the lock file if ``token`` still owns it (an unreadable one for ``""``)."""
@@ -426,13 +442,21 @@ def open_store(url: str) -> Store:
 def check_writable(store: Store) -> None:
     """Create the root and write/delete a probe file; :class:`StoreError` when that fails."""
     probe = f".probe-{uuid.uuid4().hex[:8]}"
-    try:
-        store.fs.makedirs(store.root, exist_ok=True)
-        store.fs.pipe_file(store.path(probe), b"ok")
-        store.fs.rm(store.path(probe))
-    except Exception as error:  # any backend error means the same thing to the user
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise StoreError(f"cannot write to store {store.url!r}: {reason}") from error
+    for attempt in range(PROBE_ATTEMPTS):  # a glitch is not an unwritable store: a few tries
+        try:
+            store.fs.makedirs(store.root, exist_ok=True)
+            store.fs.pipe_file(store.path(probe), b"ok")
+            store.fs.rm(store.path(probe))
+            return
+        except Exception as error:  # any backend error means the same thing to the user
+            if attempt < PROBE_ATTEMPTS - 1:
+                time.sleep(0.2 * 2**attempt)
+                continue
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            raise StoreError(f"cannot write to store {store.url!r}: {reason}") from error
+
+
+PROBE_ATTEMPTS = 3
 
 
 def _pid_alive(pid: int) -> bool:

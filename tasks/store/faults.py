@@ -10,7 +10,8 @@ changes, so every process of a run (the flow, its Dask workers) follows the same
 - ``write_failure_rate`` / ``read_failure_rate``: that share of file opens for writing (and whole-file
   writes) / for reading (and whole-file reads) raise ``OSError(EIO)``, at random (``seed``, per process);
 - ``hang_s``: every write sleeps that long first (a store write that never returns), or only those to a
-  path containing ``hang_match``.
+  path containing ``hang_match``;
+- ``log``: a file each injected fault appends one line to (``ENOSPC|EIO-read|EIO-write <path>``).
 
 Without the variable (or with an empty file) it is the local folder as it is. It is not the local disk
 to musicflow (:func:`tasks.store.store.is_local_fs`): a store there is written as on an object store.
@@ -66,12 +67,21 @@ class _Faults:
             time.sleep(float(settings["hang_s"]))
         limit = settings.get("enospc_after_bytes")
         if limit is not None and _usage(settings.get("usage_root") or path) + n_bytes > int(limit):
+            self._log(settings, "ENOSPC", path)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
 
     def maybe_fail(self, kind: str, path: str) -> None:
-        rate = float(self.current().get(f"{kind}_failure_rate") or 0.0)
+        settings = self.current()
+        rate = float(settings.get(f"{kind}_failure_rate") or 0.0)
         if rate and self.random.random() < rate:
+            self._log(settings, f"EIO-{kind}", path)
             raise OSError(errno.EIO, f"injected {kind} failure", path)
+
+    @staticmethod
+    def _log(settings: dict[str, Any], fault: str, path: str) -> None:
+        if settings.get("log"):
+            with open(settings["log"], "a") as log:  # one short append: whole lines from every process
+                log.write(f"{fault} {path}\n")
 
 
 _FAULTS = _Faults()

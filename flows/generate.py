@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.prefect_tasks import generate_clips_task
+from flows.prefect_tasks import generate_clips_task, generate_timeout_seconds
 from flows.runtime import heartbeats
 from flows.runtime.blocks import use_storage
 from flows.runtime.images import image_markdown
@@ -48,7 +48,7 @@ def generate(
     logger = get_run_logger()
     use_storage(store, store_block=store_block)
     model_id = resolve_model(open_store(store), model)
-    report = generate_clips_task(
+    report = generate_clips_task.with_options(timeout_seconds=generate_timeout_seconds(seconds, count))(
         store, model_id, seconds, count, seed, seed_audio, temperature, new_run_id(model_id), sampling, phase
     )
     for clip in report["clips"]:

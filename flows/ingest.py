@@ -2,9 +2,13 @@
 
 Reads top to bottom: plan (list, compare with the catalog) -> one task run per
 batch, largest first, each waiting in this process for its Dask task -> commit
-each batch as it finishes (a batch that fails is retried file by file, a file
-that still fails is a failed row) -> summary artifacts. Nothing new to ingest:
-no Dask cluster is started at all.
+each batch as it finishes -> summary artifacts. A song's content errors are the
+``failed`` rows its batch returns. A batch or a commit that still fails after its
+retries failed for the machinery (:func:`tasks.errors.is_infrastructure`; the
+worker records every content error itself): a batch is retried file by file, and
+a file that still fails, or a commit that does, is left unrecorded, for the next
+run to try again; the run then fails with one line saying how many songs and
+why. Nothing new to ingest: no Dask cluster is started at all.
 """
 
 from __future__ import annotations
@@ -34,9 +38,9 @@ from tasks.audio.ffmpeg import ffmpeg_binary
 from tasks.config import AUDIO_EXTENSIONS, DEFAULT_TRANSFORM, ingest_config
 from tasks.dataset.catalog import display_text
 from tasks.dataset.repository import BatchResult, hold_ingest
+from tasks.errors import InfrastructureError, error_text, is_verdict
 from tasks.ingest.events import dataset_updated_event, should_announce
 from tasks.ingest.plan import make_batches
-from tasks.ingest.worker import failed_row
 from tasks.store.store import open_store, registered_storage_options
 
 # A finished run returns at once, not after its heartbeat thread's next 1-s step (see the module).
@@ -90,6 +94,7 @@ def ingest(
     retry_failed: bool = False,
     strict: bool = False,
     max_seconds: float | None = None,
+    batch_timeout: float | None = None,
     announce: bool = True,
     store_block: str | None = None,
     source_block: str | None = None,
@@ -107,6 +112,14 @@ def ingest(
     ``dask_address``/``dask_scheduler_file`` (with ``dask_security`` for TLS) run it on an existing
     cluster, else a LocalCluster of ``workers`` starts here, its dashboard on unless ``dashboard``
     is off; the dashboard's link is logged and shown (``flows.runtime.progress.notify``).
+
+    ``batch_timeout`` (seconds; default 600 s plus twice its files' decode limits) is how long
+    a batch may take before it counts as stuck and is retried.
+
+    Songs that the machinery (store, source, cluster) kept from being ingested, after every
+    retry, are left unrecorded and listed in the summary's ``not_ingested``: the run then
+    raises :class:`~tasks.errors.InfrastructureError` (the flow run is Failed) once its
+    summary is published, with the summary attached; a plain re-run tries them again.
     """
     started = time.perf_counter()
     logger = get_run_logger()
@@ -124,6 +137,7 @@ def ingest(
         retry_failed=retry_failed,
         strict=strict,
         max_seconds=max_seconds,
+        batch_timeout=batch_timeout,
     )
     cluster_options: dict[str, Any] = {
         "workers": workers,
@@ -144,7 +158,9 @@ def ingest(
     if plan.n_listed == 0:
         logger.warning("no audio files in %s (looked for %s)", source, ", ".join(AUDIO_EXTENSIONS))
     progress = StageProgress("ingest", len(plan.todo), description=f"Songs ingested into {dataset_id}")
-    committed, results = [], []
+    committed: list[Any] = []
+    results: list[BatchResult] = []
+    not_ingested: list[dict[str, str]] = []  # files left unrecorded: {"source", "error"}
     commit_seconds = 0.0
     if plan.todo:  # only then a Dask cluster: a re-run with nothing new is stat checks only
         # The ingest lock: while this run writes shards, check --repair removes none it has not committed.
@@ -196,23 +212,36 @@ def ingest(
                         _, batch = futures[id(future)]
                         try:
                             result = future.result()
-                        except Exception as error:  # after its retries: isolate the file(s) at fault
+                        except Exception as error:  # after its retries: not a song's content (see above)
+                            if is_verdict(error):
+                                raise
                             reason = _reason(error)
                             if len(batch) > 1:
                                 logger.warning("a batch of %d files failed (%s): retrying them one by one",
                                                len(batch), reason)  # fmt: skip
                                 retries += [(submit([item]), [item]) for item in batch]
                                 continue
-                            logger.warning("%s failed: %s", display_text(batch[0].uri), reason)
-                            result = BatchResult([failed_row(batch[0], reason)], None, 0.0, 0.0, 0.0)
-                        results.append(result)
+                            logger.warning("%s not ingested: %s", display_text(batch[0].uri), reason)
+                            not_ingested.append({"source": display_text(batch[0].uri), "error": reason})
+                            progress.advance(1, message=f"{len(committed)}/{len(plan.todo)} songs")
+                            continue
                         commit_started = time.perf_counter()
-                        committed.extend(commit_batch_task(store, dataset_id, result))
+                        try:
+                            committed.extend(commit_batch_task(store, dataset_id, result))
+                        except Exception as error:  # after its retries: the store's
+                            if is_verdict(error):
+                                raise
+                            reason = _reason(error)
+                            logger.warning("a commit of %d songs failed: %s", len(result.rows), reason)
+                            not_ingested += [{"source": display_text(row.source), "error": reason}
+                                             for row in result.rows]  # fmt: skip
+                        else:
+                            results.append(result)
                         commit_seconds += time.perf_counter() - commit_started
                         progress.advance(len(result.rows), message=f"{len(committed)}/{len(plan.todo)} songs")
                     pending = retries
     wall = time.perf_counter() - started
-    summary = _summarise(dataset_id, store, plan, committed, results, wall)
+    summary = _summarise(dataset_id, store, plan, committed, results, wall, not_ingested)
     summary["commit_seconds"] = round(commit_seconds, 3)
     summary["announced"] = announce and should_announce(summary)
     _publish(summary)
@@ -230,16 +259,37 @@ def ingest(
         summary["audio_seconds"] / 60,
         summary["x_realtime"],
     )
+    if not_ingested:
+        line = not_ingested_line(not_ingested)
+        logger.error(line)
+        raise InfrastructureError(line, summary=summary)
     return summary
 
 
 def _reason(error: BaseException) -> str:
-    text = " ".join(str(error).split())
-    return f"{type(error).__name__}: {display_text(text)[:300]}" if text else type(error).__name__
+    return display_text(error_text(error))[:300]
+
+
+def not_ingested_line(not_ingested: list[dict[str, str]]) -> str:
+    """``N songs not ingested: <the commonest reason>; re-run to retry``: what a run that left songs
+    unrecorded fails with."""
+    reasons: dict[str, int] = {}
+    for item in not_ingested:
+        reasons[item["error"]] = reasons.get(item["error"], 0) + 1
+    reason = max(reasons, key=lambda text: reasons[text])
+    others = f" (and {len(reasons) - 1} other errors)" if len(reasons) > 1 else ""
+    n = len(not_ingested)
+    return f"{n} song{'s' if n != 1 else ''} not ingested: {reason}{others}; re-run to retry"
 
 
 def _summarise(
-    dataset_id: str, store: str, plan: Any, committed: list[Any], results: list[Any], wall: float
+    dataset_id: str,
+    store: str,
+    plan: Any,
+    committed: list[Any],
+    results: list[Any],
+    wall: float,
+    not_ingested: list[dict[str, str]],
 ) -> dict[str, Any]:
     ok = [row for row in committed if row.ok]
     audio_seconds = sum(row.seconds for row in ok)
@@ -250,6 +300,7 @@ def _summarise(
         "songs_ok": len(ok),
         "songs_failed": len(committed) - len(ok),
         "songs_skipped": len(plan.known) + len(plan.duplicates),
+        "songs_not_ingested": len(not_ingested),
         "audio_seconds": round(audio_seconds, 3),
         "wall_seconds": round(wall, 3),
         "task_seconds": round(sum(result.task_seconds for result in results), 3),
@@ -262,6 +313,7 @@ def _summarise(
         "warnings": [
             {"source": display_text(row.source), "warnings": row.warnings} for row in ok if row.warnings
         ],
+        "not_ingested": not_ingested,
     }
 
 
@@ -272,6 +324,7 @@ def _publish(summary: dict[str, Any]) -> None:
             {"metric": "dataset", "value": summary["dataset_id"]},
             {"metric": "songs ingested", "value": summary["songs_ok"]},
             {"metric": "songs failed", "value": summary["songs_failed"]},
+            {"metric": "songs not ingested (a re-run retries)", "value": summary["songs_not_ingested"]},
             {"metric": "songs kept with decode warnings", "value": len(summary["warnings"])},
             {
                 "metric": "songs skipped (already ingested or duplicate)",
@@ -290,6 +343,12 @@ def _publish(summary: dict[str, Any]) -> None:
             table=summary["failures"][:TABLE_ROWS],
             description="Files recorded as failed (skipped), with the decoder's error"
             + _more(len(summary["failures"]), f"`{catalog} --status failed`"),
+        )
+    if summary["not_ingested"]:
+        create_table_artifact(
+            key="ingest-not-ingested",
+            table=summary["not_ingested"],
+            description="Files left unrecorded by store, source or cluster errors (a re-run retries them)",
         )
     if summary["warnings"]:
         create_table_artifact(

@@ -3,12 +3,21 @@ wraps with ``_task`` added (``plan_ingest_task`` wraps ``tasks.ingest.worker.pla
 task names the Prefect UI shows stay the functions' (``plan-ingest``, ``ingest-batch``...).
 
 Retries live here, on I/O only, and never on errors that would repeat
-(a :class:`~tasks.errors.MusicflowError` is a verdict, not a glitch).
+(:func:`tasks.errors.is_verdict`: a :class:`~tasks.errors.MusicflowError` other
+than an :class:`~tasks.errors.InfrastructureError` is a verdict, not a glitch).
 Caching is off: inputs are file lists and results are committed to the store.
+
+Every task that can hang has an end: the tasks the flows call directly have
+``timeout_seconds`` (Prefect's, enforced on the flow's main thread), scaled to
+their work where it is known beforehand (:func:`train_timeout_seconds`,
+:func:`generate_timeout_seconds`); ``ingest-batch`` runs on a runner thread, where
+Prefect's timeout cannot interrupt a blocked wait, so it bounds its own wait for
+its Dask task (:func:`batch_wait_seconds`).
 """
 
 from __future__ import annotations
 
+import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -22,7 +31,7 @@ from tasks.audio.decode import decode_timeout
 from tasks.config import IngestConfig, TrainConfig
 from tasks.dataset import repository as dataset_lib
 from tasks.dataset.catalog import CatalogRow
-from tasks.errors import MusicflowError
+from tasks.errors import is_verdict
 from tasks.ingest import plan as plan_lib
 from tasks.ingest import worker as ingest_lib
 from tasks.ingest.sources import SourceFile, list_audio_files
@@ -36,10 +45,8 @@ if TYPE_CHECKING:
 def _retry_unless_verdict(task: Any, task_run: Any, state: Any) -> bool:
     try:
         state.result()
-    except MusicflowError:
-        return False
-    except Exception:
-        return True
+    except Exception as error:
+        return not is_verdict(error)
     return True
 
 
@@ -52,7 +59,15 @@ IO_RETRIES: dict[str, Any] = {
 }
 
 
-@task(name="plan-ingest", **IO_RETRIES)
+# Listing and comparing a source: its size is not known before it is listed, so one generous bound (an
+# hour lists and stats millions of keys); a stuck listing fails and is retried instead of holding the run.
+PLAN_TIMEOUT_S = 3600.0
+# A commit: the lock (waited for at most 120 s) and one catalog segment and statistics merge, now and then
+# a compaction; a retried commit is safe (it finds its own rows).
+COMMIT_TIMEOUT_S = 600.0
+
+
+@task(name="plan-ingest", timeout_seconds=PLAN_TIMEOUT_S, **IO_RETRIES)
 def plan_ingest_task(source: str, store_url: str, config: IngestConfig) -> tuple[str, plan_lib.IngestPlan]:
     """Check the store, create/check the dataset, list and hash the source, skip known songs."""
     store = open_store(store_url)
@@ -83,6 +98,8 @@ def ingest_batch_task(
     Prefect client, settings or API of its own. ``storage_options`` is the flow process's
     ``registered_storage_options()``, registered on the worker before anything is opened.
     ``priority``: the Dask task's (higher runs first), so batches queued at once keep their order.
+    The wait ends after ``config.batch_timeout`` seconds (default :func:`batch_wait_seconds`):
+    a :class:`TimeoutError`, an infrastructure error, retried like any other.
     """
     context = TaskRunContext.get()
     run = f"{context.task_run.id}-{context.task_run.run_count}" if context else uuid.uuid4().hex
@@ -97,15 +114,67 @@ def ingest_batch_task(
         pure=False,
         priority=priority,
     )
-    limit = batch_wait_seconds(files)
+    limit = batch_wait_seconds(files) if config.batch_timeout is None else config.batch_timeout
+    return _wait_running(client, future, limit=limit, what=f"batch of {len(files)} files")
+
+
+# How often a batch's wait looks whether its Dask task has started.
+BATCH_POLL_S = 1.0
+
+
+def _wait_running(client: Client, future: Any, *, limit: float, what: str) -> Any:
+    """``future``'s result, waiting at most ``limit`` seconds *once a worker runs it*: every batch is
+    queued on the cluster at once (so an adaptive cluster sees the work), and the last of many may
+    wait there far longer than it takes to run; that is not a stuck batch. Time counts from the
+    first look (every :data:`BATCH_POLL_S`) that finds the task on a worker (or the scheduler not
+    answering the look). Past the limit: a :class:`TimeoutError`, an infrastructure error
+    (:func:`tasks.errors.is_infrastructure`), retried, then its files left unrecorded."""
+    running_since: float | None = None
+    while True:
+        try:
+            return future.result(timeout=BATCH_POLL_S)
+        except TimeoutError:
+            pass
+        now = time.monotonic()
+        if running_since is None:
+            if _started(client, future.key):
+                running_since = now
+        elif now - running_since > limit:
+            future.cancel()
+            raise TimeoutError(
+                f"{what} did not finish within {limit:.0f} s of running (a stuck worker or store?)"
+            ) from None
+
+
+def _started(client: Client, key: str) -> bool:
+    """Whether a worker runs (or has run) task ``key``: the scheduler may hand a worker more tasks
+    than it has threads, so its word is checked on the worker. Counts as started when neither
+    answers the look."""
+
+    def where(dask_scheduler: Any, key: str = key) -> tuple[str | None, str | None]:
+        task = dask_scheduler.tasks.get(key)
+        if task is None:
+            return None, None
+        return str(task.state), (task.processing_on.address if task.processing_on is not None else None)
+
+    def on_worker(dask_worker: Any, key: str = key) -> str | None:
+        task = dask_worker.state.tasks.get(key)
+        return None if task is None else str(task.state)
+
     try:
-        return future.result(timeout=limit)
-    except TimeoutError:
-        future.cancel()
-        raise TimeoutError(
-            f"batch of {len(files)} files did not finish within {limit:.0f} s (a stuck worker or store "
-            "write): its task run fails and is retried, and the next run is not held"
-        ) from None
+        state, worker = client.run_on_scheduler(where)
+        if state != "processing" or worker is None:
+            return state not in ("released", "waiting", "queued", "no-worker")
+        return client.run(on_worker, workers=[worker]).get(worker) not in (
+            None,
+            "ready",
+            "constrained",
+            "waiting",
+            "fetch",
+            "flight",
+        )
+    except Exception:  # the cluster did not answer the look: count the time
+        return True
 
 
 # What a batch may take, queued and decoded, before its task run stops waiting: twice the time limits
@@ -118,10 +187,32 @@ def batch_wait_seconds(files: list[SourceFile]) -> float:
     return BATCH_WAIT_MARGIN_S + 2 * sum(decode_timeout(item.bytes) for item in files)
 
 
-@task(name="commit-batch", **IO_RETRIES)
+@task(name="commit-batch", timeout_seconds=COMMIT_TIMEOUT_S, **IO_RETRIES)
 def commit_batch_task(store_url: str, dataset_id: str, result: dataset_lib.BatchResult) -> list[CatalogRow]:
     """Append the batch's catalog rows (the commit point), then merge its statistics."""
     return dataset_lib.commit_batch(open_store(store_url), dataset_id, result)
+
+
+# A training with a wall-clock budget stops itself between epochs; its task run ends at the latest after
+# twice the budget and this margin (an epoch that overruns, the final save). Without a budget a training
+# may rightly last days: no timeout (a stuck one is seen in the UI: no epoch logged).
+TRAIN_TIMEOUT_MARGIN_S = 900.0
+
+
+def train_timeout_seconds(max_minutes: float | None) -> float | None:
+    """``timeout_seconds`` of a ``train-model`` run with that budget (None: no budget, no timeout)."""
+    return None if max_minutes is None else 2 * 60 * max_minutes + TRAIN_TIMEOUT_MARGIN_S
+
+
+# Generation runs at 10-60x real time on 2 cores (docs/benchmarks.md): a run ends at the latest at 0.1x
+# real time of what it generates, plus this margin for loading the model and scoring the clips.
+GENERATE_TIMEOUT_MARGIN_S = 600.0
+GENERATE_TIMEOUT_S_PER_AUDIO_S = 10.0
+
+
+def generate_timeout_seconds(seconds: float, count: int) -> float:
+    """``timeout_seconds`` of a ``generate-clips`` run of ``count`` clips of ``seconds``."""
+    return GENERATE_TIMEOUT_MARGIN_S + GENERATE_TIMEOUT_S_PER_AUDIO_S * seconds * count
 
 
 @task(name="train-model", **{**IO_RETRIES, "retries": 1})

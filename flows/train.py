@@ -11,7 +11,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from flows.prefect_tasks import train_model_task
+from flows.prefect_tasks import train_model_task, train_timeout_seconds
 from flows.runtime import heartbeats
 from flows.runtime.blocks import use_storage
 from flows.runtime.images import image_markdown
@@ -88,7 +88,9 @@ def train(
         normalize=normalize,
         seed=seed,
     )
-    result = train_model_task(store, config, dataset, model_id, resume, epochs is not None, max_minutes)
+    result = train_model_task.with_options(timeout_seconds=train_timeout_seconds(max_minutes))(
+        store, config, dataset, model_id, resume, epochs is not None, max_minutes
+    )
     if result.resumed_from >= result.epochs:
         logger.info(
             "%s is final (%s after %d epochs, best epoch %d): nothing to train; "

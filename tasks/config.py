@@ -201,7 +201,9 @@ class IngestConfig:
     recorded as failed; ``strict`` fails any song the decoder reported errors
     for (otherwise a song whose errors were concealed is kept, with warnings);
     ``max_seconds`` is the longest song kept: decoding stops there and the song is
-    a failed row (a few MB of constant FLAC can decode to days of rows).
+    a failed row (a few MB of constant FLAC can decode to days of rows);
+    ``batch_timeout`` is how long the flow waits for one batch before it gives up on
+    it as stuck (None: ``flows.prefect_tasks.batch_wait_seconds`` of its files).
     """
 
     features: FeatureConfig = field(default_factory=FeatureConfig)
@@ -211,11 +213,14 @@ class IngestConfig:
     retry_failed: bool = False
     strict: bool = False
     max_seconds: float = DEFAULT_MAX_SONG_SECONDS
+    batch_timeout: float | None = None
 
     def __post_init__(self) -> None:
         check_choice("format", self.shard_format, SHARD_FORMATS)
         _positive("batch_mb", self.batch_mb, maximum=4096)
         _positive("max_seconds", self.max_seconds, maximum=MAX_SONG_SECONDS_LIMIT)
+        if self.batch_timeout is not None:
+            _positive("batch_timeout", self.batch_timeout, maximum=7 * 24 * 3600)
         if not -200.0 <= self.min_peak_db <= 0.0:
             raise ConfigError(f"invalid min_peak_db {self.min_peak_db!r}: must be in [-200, 0]")
 
@@ -228,6 +233,7 @@ class IngestConfig:
             "retry_failed": self.retry_failed,
             "strict": self.strict,
             "max_seconds": self.max_seconds,
+            "batch_timeout": self.batch_timeout,
         }
 
 
@@ -443,6 +449,7 @@ def ingest_config(
     retry_failed: bool = False,
     strict: bool = False,
     max_seconds: float | None = None,
+    batch_timeout: float | None = None,
     **frame_options: int | None,
 ) -> IngestConfig:
     """The ingest config of the ingest flow's options; ``frame_options`` (``block_size``,
@@ -455,6 +462,7 @@ def ingest_config(
         retry_failed=retry_failed,
         strict=strict,
         max_seconds=DEFAULT_MAX_SONG_SECONDS if max_seconds is None else max_seconds,
+        batch_timeout=batch_timeout,
     )
 
 

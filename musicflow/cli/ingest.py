@@ -34,7 +34,7 @@ from musicflow.cli.options import (
 )
 from musicflow.cli.reports import print_ingest_summary
 from tasks.config import AUDIO_EXTENSIONS, ingest_config
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, InfrastructureError
 
 
 def ingest(
@@ -69,12 +69,22 @@ def ingest(
         float | None,
         typer.Option(help="Longest song kept, in seconds [14400 = 4 h]; a longer one is a failed row."),
     ] = None,
+    batch_timeout: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds a batch may take before it counts as stuck and is retried "
+            "[default: 600 + twice its files' decode limits]."
+        ),
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     storage_options: StorageOptionsOption = None,
     source_options: SourceOptionsOption = None,
     verbose: VerboseOption = False,
 ) -> None:
-    """Decode new songs into feature shards, log-mel frames by default (skips songs already ingested)."""
+    """Decode new songs into feature shards, log-mel frames by default (skips songs already ingested).
+
+    Exit code 1 when store, source or cluster errors kept songs from being ingested after every
+    retry: they are left unrecorded, and running the same command again tries them again."""
     quiet_console(verbose)
     use_storage_options(store, storage_options, source, source_options)
     from musicflow.server import ensure_prefect_api  # lazy: start-up
@@ -94,6 +104,7 @@ def ingest(
         "retry_failed": retry_failed,
         "strict": strict,
         "max_seconds": max_seconds,
+        "batch_timeout": batch_timeout,
     }
     ingest_config(**options)  # a bad value is one line before any server starts
     ffmpeg_binary()
@@ -109,10 +120,19 @@ def ingest(
     ensure_prefect_api()
     from flows.ingest import ingest as ingest_flow  # lazy: start-up
 
-    summary = run_with_progress(ingest_flow, source=source, store=store, **cluster, **options)
+    try:
+        summary = run_with_progress(ingest_flow, source=source, store=store, **cluster, **options)
+    except InfrastructureError as error:  # songs left unrecorded: what was done, then the one line (exit 1)
+        if error.summary is not None:
+            _print_summary(error.summary, as_json)
+        raise
+    _print_summary(summary, as_json)
+    if summary["songs_listed"] == 0:
+        raise ConfigError(f"no audio files found in {source!r} (looked for {', '.join(AUDIO_EXTENSIONS)})")
+
+
+def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
     else:
         print_ingest_summary(summary)
-    if summary["songs_listed"] == 0:
-        raise ConfigError(f"no audio files found in {source!r} (looked for {', '.join(AUDIO_EXTENSIONS)})")

@@ -17,6 +17,8 @@ def print_ingest_summary(summary: dict[str, Any]) -> None:
     )
     for failure in summary["failures"]:
         console.print(f"  [red]failed[/] {failure['source']}: {failure['error']}", highlight=False)
+    for item in summary.get("not_ingested", []):
+        console.print(f"  [yellow]not ingested[/] {item['source']}: {item['error']}", highlight=False)
 
 
 def model_line(card: dict[str, Any]) -> str:

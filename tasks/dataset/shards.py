@@ -20,11 +20,12 @@ Shards of schema 1 (a bare Zarr array; Parquet with ``features`` only) read as b
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import posixpath
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Any
 
@@ -36,7 +37,7 @@ import zarr.storage
 
 from tasks.config import SHARD_FORMATS, check_choice
 from tasks.dataset.stats import FeatureStats
-from tasks.errors import StoreError
+from tasks.errors import MusicflowError, StoreError, as_infrastructure
 from tasks.store.store import Store
 
 SHARDS_DIR = "shards"
@@ -78,6 +79,18 @@ def shard_format(shard: str) -> str:
 def stats_name(shard: str) -> str:
     """Name of the statistics sidecar of ``shard`` (in the same folder)."""
     return f"{shard}.stats.npz"
+
+
+@contextlib.contextmanager
+def _store_writes() -> Iterator[None]:
+    """Any failure of a shard's own writes is the store's, whichever song was being written when it
+    came (a flush happens in the middle of a song): an :class:`~tasks.errors.InfrastructureError`."""
+    try:
+        yield
+    except MusicflowError:
+        raise
+    except Exception as error:
+        raise as_infrastructure(error, "store write") from error
 
 
 def _zarr_store(store: Store, path: str, *, read_only: bool) -> Any:
@@ -155,8 +168,18 @@ class ShardWriter:
         self._song_start: int | None = None
         self._song_stats = FeatureStats.empty(n_features)
         self.n_songs = 0
+        self._stats_path: str | None = None
 
     def __enter__(self) -> ShardWriter:
+        try:
+            with _store_writes():
+                self._open()
+        except BaseException:
+            self._abandon()
+            raise
+        return self
+
+    def _open(self) -> None:
         self.store.fs.makedirs(posixpath.dirname(self._write_path), exist_ok=True)
         if self.format == "zarr":
             # The array first, on its own (the group's zarr.json is written once, at the end).
@@ -182,7 +205,6 @@ class ShardWriter:
             )
             self._parquet_file = self.store.fs.open(self._write_path, "wb")
             self._parquet = pq.ParquetWriter(self._parquet_file, schema, compression="none")
-        return self
 
     def add(self, features: np.ndarray, *, song_id: SongId = None) -> int:
         """Append one whole song's blocks (shape [n_blocks, n_features]); returns its offset."""
@@ -297,6 +319,10 @@ class ShardWriter:
     def _flush(self, *, final: bool) -> None:
         if not self._pending:
             return
+        with _store_writes():
+            self._write_pending(final=final)
+
+    def _write_pending(self, *, final: bool) -> None:
         pending = np.concatenate(self._pending) if len(self._pending) > 1 else self._pending[0]
         labels = (  # per row: its song's ordinal and its frame in that song
             np.concatenate([songs for songs, _ in self._pending_labels]),
@@ -335,25 +361,46 @@ class ShardWriter:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        if exc_type is None:
-            self._flush(final=True)
-            if self._array is not None and self._capacity != self.n_blocks and self.n_songs:
-                self._array.resize((self.n_blocks, self.n_features))
-            if self._array is not None and self.n_songs:
-                self._write_group()
-            if self._parquet is not None and self.n_songs:
-                self._parquet.add_key_value_metadata({METADATA_KEY: json.dumps(self._record())})
-        if self._parquet is not None:
-            self._parquet.close()
-            self._parquet_file.close()
-        if exc_type is not None or self.n_songs == 0:
-            self._discard()
-            self.shard = None  # nothing to reference
+        if exc_type is None and self.n_songs:
+            try:
+                with _store_writes():
+                    self._complete()
+            except BaseException:
+                self._abandon()
+                raise
             return
+        self._abandon()
+
+    def _complete(self) -> None:
+        self._flush(final=True)
+        if self._array is not None and self._capacity != self.n_blocks:
+            self._array.resize((self.n_blocks, self.n_features))
+        if self._array is not None:
+            self._write_group()
+        if self._parquet is not None:
+            self._parquet.add_key_value_metadata({METADATA_KEY: json.dumps(self._record())})
+        self._close()
         assert self.shard is not None
+        self._stats_path = self.store.path(self.dataset_dir, stats_name(self.shard))
         self.store.write_bytes(self.stats.to_npz(), self.dataset_dir, stats_name(self.shard))
         if self._write_path != self._final_path:
             self.store.fs.mv(self._write_path, self._final_path, recursive=True)
+
+    def _close(self) -> None:
+        parquet, self._parquet = self._parquet, None
+        if parquet is not None:
+            parquet.close()
+            self._parquet_file.close()
+
+    def _abandon(self) -> None:
+        """Remove what was written (a failure, or no song kept): nothing will reference it."""
+        with contextlib.suppress(Exception):  # closing a Parquet file writes its footer: on a full disk...
+            self._close()
+        self._discard()
+        if self._stats_path is not None:  # the final rename failed after the statistics were written
+            with contextlib.suppress(OSError):
+                self.store.fs.rm(self._stats_path)
+        self.shard = None
 
     def _discard(self) -> None:
         try:

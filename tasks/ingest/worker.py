@@ -4,9 +4,13 @@
 :func:`tasks.ingest.plan.make_batches` cut. The worker reads each file once,
 hashing it while it is decoded, and streams it through the decoder and the
 featurizer (:func:`tasks.features.stream.featurise_stream`) into the shard, so
-it holds a few MB whatever the song's length. Whatever goes wrong with one file
-becomes a ``failed`` row with the error, and the batch goes on. Callable (and
-tested) without Prefect or Dask.
+it holds a few MB whatever the song's length. What goes wrong with one file's
+content (not audio, corrupt, too long, missing, not readable to us, a bug fed odd
+bytes) becomes a ``failed`` row with the error, and the batch goes on; what is the
+machinery's fault (:func:`tasks.errors.is_infrastructure`: a store write, a source
+read that is not about the file, a timeout) fails the whole batch with an
+:class:`~tasks.errors.InfrastructureError`, to be retried, and records nothing.
+Callable (and tested) without Prefect or Dask.
 """
 
 from __future__ import annotations
@@ -29,7 +33,13 @@ from tasks.config import IngestConfig
 from tasks.dataset.catalog import STATUS_FAILED, STATUS_OK, CatalogRow, display_text
 from tasks.dataset.repository import BatchResult, dataset_dir
 from tasks.dataset.shards import ShardWriter
-from tasks.errors import DecodeError, DecoderMissingError
+from tasks.errors import (
+    DecodeError,
+    DecoderMissingError,
+    InfrastructureError,
+    as_infrastructure,
+    is_infrastructure,
+)
 from tasks.features.stream import featurise_stream
 from tasks.ingest.memory import keep_freed_memory, peak_rss_mb
 from tasks.ingest.sources import SourceFile, sha256_stream, unread_song_id
@@ -61,11 +71,15 @@ def ingest_batch(
     ``storage_options`` is the flow process's ``registered_storage_options()``: a worker
     process has none of its own, so they are registered here before anything is opened.
 
-    Anything that goes wrong with one file (not audio, corrupt, unreadable,
-    deleted, timed out, any exception) becomes a ``failed`` row with the
-    error; storage errors of the shard itself raise (the caller retries the
-    batch, then its files one by one). Nothing is committed here: the
-    returned rows are committed by :func:`tasks.dataset.repository.commit_batch`.
+    A content error of one file (not audio, corrupt, unreadable to us, deleted,
+    a decode that timed out, any other exception of its decode) becomes a
+    ``failed`` row with the error. An infrastructure error
+    (:func:`tasks.errors.is_infrastructure`: the shard's writes, a source read
+    that failed or stalled, whichever song it came in) raises an
+    :class:`~tasks.errors.InfrastructureError`, and the shard is removed: the
+    caller retries the batch, and leaves its files unrecorded if it keeps
+    failing. Nothing is committed here: the returned rows are committed by
+    :func:`tasks.dataset.repository.commit_batch`.
     """
     started = time.perf_counter()
     register_all(storage_options)
@@ -118,15 +132,14 @@ def failed_row(
 
 
 def describe_error(error: BaseException) -> str:
-    """A failure in words: a verdict as it is, anything else with its type."""
+    """A song's failure in words: a verdict as it is, anything else with its type (a timeout or another
+    infrastructure error is never a song's failure: see :func:`tasks.errors.is_infrastructure`)."""
     if isinstance(error, DecodeError):
         return str(error)
     if isinstance(error, FileNotFoundError):
         return "file disappeared before it was decoded"
     if isinstance(error, PermissionError):
         return f"permission denied: {error.strerror or error}"
-    if isinstance(error, TimeoutError):
-        return f"timed out: {error}"
     return f"{type(error).__name__}: {display_text(str(error)) or 'no message'}"
 
 
@@ -151,9 +164,11 @@ def _ingest_file(item: SourceFile, writer: ShardWriter, config: IngestConfig, no
             )
             song_id = content_hash()
         offset, n_blocks = writer.end_song(keep=True)
-    except DecoderMissingError:
-        raise  # not this file's fault: every file would fail the same way
-    except Exception as error:  # any failure while handling one file is that file's failed row
+    except (DecoderMissingError, InfrastructureError):
+        raise  # not this file's fault: every file would fail the same way, or the store or source failed
+    except Exception as error:  # a failure while handling one file: its failed row, unless not its fault
+        if is_infrastructure(error):  # the machinery's (an I/O error...): the batch fails and is retried
+            raise as_infrastructure(error) from error
         if began:
             writer.end_song(keep=False)
         try:
@@ -192,21 +207,44 @@ def _readable_copy(item: SourceFile) -> Iterator[tuple[str, Callable[[], str | N
     at once) and hashed by a thread while ffmpeg decodes it, from the page
     cache. A remote file is downloaded to a temporary file, hashed on the way.
     Both reads get :func:`read_timeout`; the hash is a callable that waits for it.
+    A read error that is the machinery's (:func:`tasks.errors.is_infrastructure`:
+    an I/O or network error, a stalled read) is an
+    :class:`~tasks.errors.InfrastructureError` (``source read failed: ...``); one
+    about the file (missing, permission denied) is raised as it is.
     """
     fs, path = url_to_fs(item.uri)
     limit = read_timeout(item.bytes)
     if is_local_fs(fs):
-        handle = open(path, "rb")  # noqa: SIM115 - closed by the hashing thread
+        with _source_reads():
+            handle = open(path, "rb")  # noqa: SIM115 - closed by the hashing thread
         if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):  # replaced by a special file since listing
             handle.close()
-            raise OSError(f"not a regular file any more: {display_text(path)}")
+            raise DecodeError(f"not a regular file any more: {display_text(path)}")
         hashing = _in_thread(lambda: _hash_handle(handle))
-        yield path, lambda: hashing(limit)
+
+        def content_hash() -> str:
+            with _source_reads():
+                return hashing(limit)
+
+        yield path, content_hash
         return
     suffix = os.path.splitext(path)[1]
     with tempfile.NamedTemporaryFile(suffix=suffix) as local:
-        digest = _in_thread(lambda: _download(fs, path, local))(limit)
+        with _source_reads():
+            digest = _in_thread(lambda: _download(fs, path, local))(limit)
         yield local.name, lambda: digest
+
+
+@contextmanager
+def _source_reads() -> Iterator[None]:
+    try:
+        yield
+    except InfrastructureError:
+        raise
+    except Exception as error:
+        if is_infrastructure(error):
+            raise as_infrastructure(error, "source read") from error
+        raise
 
 
 def _hash_handle(handle: Any) -> str:

@@ -33,6 +33,11 @@ from fsspec.implementations.local import LocalFileSystem
 
 from tasks.errors import ConfigError, StoreArgumentError, StoreError
 
+# ``faulty:///path``: a local folder with faults on demand, for the fault tests and the soak benchmark
+# (:mod:`tasks.store.faults`); known in every process that opens a store, Dask workers included, and
+# imported only when such a URL is opened.
+fsspec.register_implementation("faulty", "tasks.store.faults.FaultyFileSystem", clobber=True)
+
 # An id that names a folder of the store (a dataset, a model, a generated run): letters, digits,
 # ".", "_" and "-", starting with a letter or digit, so that it stays one folder inside the store
 # ("../x", "a/b", "" and "." never reach a path).
@@ -798,21 +803,30 @@ _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.EN
 def check_writable(store: Store) -> None:
     """Create the root and write/delete a probe file; :class:`StoreError` when that fails."""
     probe = f".probe-{uuid.uuid4().hex[:8]}"
-    try:
-        store.fs.makedirs(store.root, exist_ok=True)
-        store.fs.pipe_file(store.path(probe), b"ok")
-        store.fs.rm(store.path(probe))
-    except Exception as error:  # any backend error means the same thing to the user
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        # A store the user cannot write (permissions, read-only, not a folder, no credentials given)
-        # is a bad argument; a full disk or an endpoint that does not answer is a failure of the run.
-        bad_argument = (
-            isinstance(error, PermissionError | FileNotFoundError | NotADirectoryError)
-            or (isinstance(error, OSError) and error.errno in _NOT_WRITABLE)
-            or _missing_credentials(error)
-        )
-        kind = StoreArgumentError if bad_argument else StoreError
-        raise kind(f"cannot write to store {store.url!r}: {reason}") from error
+    for attempt in range(PROBE_ATTEMPTS):  # a glitch is not an unwritable store: a few tries
+        try:
+            store.fs.makedirs(store.root, exist_ok=True)
+            store.fs.pipe_file(store.path(probe), b"ok")
+            store.fs.rm(store.path(probe))
+            return
+        except Exception as error:  # any backend error means the same thing to the user
+            # A store the user cannot write (permissions, read-only, not a folder, no credentials
+            # given) is a bad argument, at once; a full disk or an endpoint that does not answer is
+            # a failure of the run, after the tries.
+            bad_argument = (
+                isinstance(error, PermissionError | FileNotFoundError | NotADirectoryError)
+                or (isinstance(error, OSError) and error.errno in _NOT_WRITABLE)
+                or _missing_credentials(error)
+            )
+            if not bad_argument and attempt < PROBE_ATTEMPTS - 1:
+                time.sleep(0.2 * 2**attempt)
+                continue
+            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            kind = StoreArgumentError if bad_argument else StoreError
+            raise kind(f"cannot write to store {store.url!r}: {reason}") from error
+
+
+PROBE_ATTEMPTS = 3
 
 
 def _missing_credentials(error: BaseException) -> bool:

@@ -159,3 +159,26 @@ def test_kept_cluster_starts_again_on_the_same_address(kept: KeptCluster) -> Non
     assert not kept.alive()
     assert kept.restart_if_dead() and kept.restarts == 1
     assert kept.alive() and answers(kept.address) == 3
+
+
+def test_a_batch_queued_behind_others_is_not_stuck_but_a_running_one_that_hangs_is() -> None:
+    """Every batch is queued on the cluster at once, so the wait's limit counts from when a worker
+    runs the batch: one queued behind a longer one on a single thread completes within a limit
+    shorter than its queueing (the limit counted from the submission failed it: a stuck batch
+    that was only waiting), and one that runs past the limit is stopped."""
+    import time
+
+    from flows.prefect_tasks import _wait_running
+
+    with (
+        LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        client.submit(time.sleep, 3.0, pure=False)  # holds the only thread
+        queued = client.submit(str.upper, "done", pure=False)
+        started = time.monotonic()
+        assert _wait_running(client, queued, limit=1.5, what="a queued batch") == "DONE"
+        assert time.monotonic() - started > 2.0  # it did wait behind the first, longer than its limit
+        hanging = client.submit(time.sleep, 6.0, pure=False)
+        with pytest.raises(TimeoutError, match="within 2 s of running"):
+            _wait_running(client, hanging, limit=1.5, what="a hanging batch")

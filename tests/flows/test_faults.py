@@ -18,7 +18,7 @@ import numpy as np
 import psutil
 import pytest
 from fsspec.implementations.memory import MemoryFileSystem
-from helpers import assert_store_consistent, copy_songs, musicflow, start_musicflow
+from helpers import assert_store_consistent, copy_songs, musicflow, run_cli, start_musicflow
 
 from tasks.dataset.catalog import read_catalog
 from tasks.dataset.repository import dataset_dir, read_stats
@@ -244,3 +244,133 @@ def test_a_batch_whose_worker_hangs_fails_within_its_limit(
                 files, str(tmp_path / "store"), "dataset", IngestConfig(), client=client
             )
         assert time.monotonic() - started < 30
+
+
+def _ingest_runs_of(store: str) -> list[Any]:
+    """The ingest flow runs into ``store`` (newest first), from the Prefect API."""
+    import asyncio
+
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.sorting import FlowRunSort
+
+    async def fetch() -> list[Any]:
+        async with get_client() as client:
+            runs = await client.read_flow_runs(sort=FlowRunSort.START_TIME_DESC, limit=50)
+            return [run for run in runs if run.parameters.get("store") == store]
+
+    return asyncio.run(fetch())
+
+
+def _quick_retries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ingest flow's batch and commit tasks with one immediate retry (3 with backoff otherwise)."""
+    from flows import ingest as ingest_module
+    from flows import prefect_tasks
+
+    for name in ("ingest_batch_task", "commit_batch_task"):
+        quick = getattr(prefect_tasks, name).with_options(retries=1, retry_delay_seconds=0)
+        monkeypatch.setattr(ingest_module, name, quick)
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_disk_that_fills_up_mid_song_costs_no_song(
+    tmp_path: Path,
+    demo_songs: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 26: a store that fills up during ingest. No row blames a song, the command exits 1 with one
+    line, the flow run is Failed, and once there is space again a plain re-run ingests every song.
+    (On the previous code: every song caught by the full disk was a failed row, exit 0, Completed, and a
+    re-run skipped them.)"""
+    from distributed import LocalCluster
+
+    from tasks.dataset import shards
+
+    # Small chunks, each flushed at once, so the disk fills in a flush in the middle of a song
+    # (``add_rows``). The cluster is threads of this process, so the workers see these settings.
+    monkeypatch.setattr(shards, "CHUNK_BLOCKS", 16)
+    monkeypatch.setattr(shards, "CHUNK_BYTES", 0)
+    monkeypatch.setattr(shards, "FLUSH_CHUNKS", 1)
+    _quick_retries(monkeypatch)
+    source, store_dir, controls = tmp_path / "songs", tmp_path / "store", tmp_path / "faults.json"
+    songs = copy_songs(demo_songs[:4], source)
+    store = f"faulty://{store_dir}"
+    monkeypatch.setenv("MUSICFLOW_FAULTS", str(controls))
+    with LocalCluster(
+        n_workers=1, threads_per_worker=1, processes=False, protocol="tcp", dashboard_address=None
+    ) as cluster:
+        command = ("ingest", str(source), "--store", store, "--dask-address", cluster.scheduler_address)
+        first = songs[0]
+        songs[1:] = [path.rename(tmp_path / path.name) for path in songs[1:]]  # one song, for a start
+        code, _, err = run_cli(capsys, *command, "--batch-mb", "0.001")
+        assert code == 0, err
+        used = sum(path.stat().st_size for path in store_dir.rglob("*") if path.is_file())
+        for path in songs[1:]:
+            path.rename(source / path.name)
+        # Room for a quarter of a song's shard at most (a song is 250-500 rows, in chunks of 16 rows, 8 kB).
+        controls.write_text(json.dumps({"enospc_after_bytes": used + 60_000, "usage_root": str(store_dir)}))
+
+        code, out, err = run_cli(capsys, *command, "--batch-mb", "0.001")
+
+        assert code == 1, out + err
+        line = err.strip().splitlines()[-1]
+        assert "3 songs not ingested: store write failed: [Errno 28] No space left on device; re-run" in line
+        assert "not ingested" in out  # the summary, with each song left unrecorded
+        store_rows = read_catalog(open_store(store), dataset_dir(_dataset_of(store_dir)))
+        assert [Path(row.source).name for row in store_rows] == [first.name]  # no row blames a song
+        assert all(row.ok for row in store_rows)
+        assert _ingest_runs_of(store)[0].state.type.value == "FAILED"
+
+        controls.write_text("{}")  # space again
+        code, out, err = run_cli(capsys, *command)  # a plain re-run: no flag
+
+    assert code == 0, out + err
+    dataset_id = _dataset_of(store_dir)
+    rows = read_catalog(open_store(store), dataset_dir(dataset_id))
+    assert sorted(Path(row.source).name for row in rows) == sorted(song.name for song in demo_songs[:4])
+    assert all(row.ok for row in rows)
+    assert_store_consistent(store, dataset_id)
+    assert _ingest_runs_of(store)[0].state.type.value == "COMPLETED"
+
+
+def _dataset_of(store_dir: Path) -> str:
+    (dataset,) = (store_dir / "datasets").iterdir()
+    return dataset.name
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_a_batch_stuck_in_a_store_write_fails_within_its_timeout(
+    tmp_path: Path,
+    demo_songs: list[Path],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Issue 26, the hang test: a worker stuck forever in a store write fails its batch within the batch
+    timeout (``--batch-timeout``), as the machinery's fault (the songs unrecorded, exit 1), so the run ends
+    and frees the deployment's one-at-a-time slot; the next run ingests every song."""
+    _quick_retries(monkeypatch)
+    source, store_dir, controls = tmp_path / "songs", tmp_path / "store", tmp_path / "faults.json"
+    copy_songs(demo_songs[:1], source)
+    store = f"faulty://{store_dir}"
+    # Shard writes hang for ten minutes: the worker process is stuck, not the run.
+    controls.write_text(json.dumps({"hang_s": 600, "hang_match": "/shards/"}))
+    monkeypatch.setenv("MUSICFLOW_FAULTS", str(controls))
+    command = ("ingest", str(source), "--store", store, "--workers", "1")
+
+    started = time.monotonic()
+    code, out, err = run_cli(capsys, *command, "--batch-timeout", "3")
+    took = time.monotonic() - started
+
+    assert code == 1, out + err
+    assert "1 song not ingested: TimeoutError: batch of 1 files did not finish within 3 s" in err
+    assert took < 60, f"the stuck run took {took:.0f} s"  # 2 tries of 3 s, and the cluster closed
+    assert not list(store_dir.glob("datasets/*/catalog/*.parquet")), "a song was recorded"
+    assert _ingest_runs_of(store)[0].state.type.value == "FAILED"
+
+    controls.write_text("{}")
+    code, out, err = run_cli(capsys, *command)
+
+    assert code == 0, out + err
+    rows = read_catalog(open_store(store), dataset_dir(_dataset_of(store_dir)))
+    assert [Path(row.source).name for row in rows] == [demo_songs[0].name]
+    assert all(row.ok for row in rows)

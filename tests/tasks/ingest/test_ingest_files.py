@@ -3,6 +3,7 @@ odd names, special files, unreadable and vanishing files, any exception, streami
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -19,6 +20,7 @@ from tasks.audio.decode import decode_audio
 from tasks.config import FeatureConfig, IngestConfig
 from tasks.dataset.catalog import read_catalog
 from tasks.dataset.repository import commit_batch, dataset_dir, prepare_dataset, read_rows
+from tasks.errors import InfrastructureError
 from tasks.features.transforms import get_transform
 from tasks.ingest import worker as ingest
 from tasks.ingest.plan import plan_ingest
@@ -41,14 +43,19 @@ def run_batch(files: list[SourceFile], store_url: str, *, seconds: float = 60) -
     result: dict[str, object] = {}
 
     def work() -> None:
-        result["value"] = ingest_batch(
-            files, store_url=store_url, dataset_id=CONFIG.features.dataset_id, config=CONFIG
-        )
+        try:
+            result["value"] = ingest_batch(
+                files, store_url=store_url, dataset_id=CONFIG.features.dataset_id, config=CONFIG
+            )
+        except Exception as error:  # raised here, in the test's thread
+            result["error"] = error
 
     thread = threading.Thread(target=work, daemon=True)
     thread.start()
     thread.join(seconds)
     assert not thread.is_alive(), "ingest_batch blocked"
+    if "error" in result:
+        raise result["error"]  # type: ignore[misc]
     batch = result["value"]
     commit_batch(open_store(store_url), CONFIG.features.dataset_id, batch)  # type: ignore[arg-type]
     return batch.rows  # type: ignore[attr-defined, no-any-return]
@@ -213,9 +220,11 @@ def test_any_exception_while_handling_a_file_is_its_failed_row(
     assert rows[1].song_id == sha256_of(str(source / demo_songs[1].name))  # its content, hashed
 
 
-def test_a_stalled_read_times_out(
+def test_a_stalled_read_times_out_and_blames_no_song(
     tmp_path: Path, demo_songs: list[Path], store_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """A read that stalls (a dead mount) is the source's fault, not the song's: the batch fails, to be
+    retried, and nothing is recorded, so the next run reads the song again."""
     source = tmp_path / "songs"
     source.mkdir()
     shutil.copy(demo_songs[0], source / "slow.mp3")
@@ -223,9 +232,39 @@ def test_a_stalled_read_times_out(
     monkeypatch.setattr(ingest, "_hash_handle", lambda handle: stalled.wait(30) and "")
     monkeypatch.setattr(ingest, "READ_TIMEOUT_BASE_S", 0.5)
     monkeypatch.setattr(ingest, "READ_TIMEOUT_S_PER_MB", 0.0)
-    (row,) = run_batch(list_audio_files(str(source)), store_url, seconds=20)
+    with pytest.raises(InfrastructureError, match=r"source read failed: .*took longer than 0 s"):
+        run_batch(list_audio_files(str(source)), store_url, seconds=20)
     stalled.set()
-    assert not row.ok and "timed out" in (row.error or "")
+    assert read_rows(open_store(store_url), CONFIG.features.dataset_id) == []
+
+
+@pytest.mark.parametrize("shard_format", ["zarr", "parquet"])
+def test_a_store_that_fills_up_mid_song_blames_no_song(
+    tmp_path: Path, demo_songs: list[Path], monkeypatch: pytest.MonkeyPatch, shard_format: str
+) -> None:
+    """ENOSPC in a shard flush, which happens inside a song (``add_rows``), fails the batch as the
+    store's error: no row, no shard left behind (on the previous code: the song's failed row)."""
+    from tasks.dataset import shards
+
+    monkeypatch.setattr(shards, "CHUNK_BLOCKS", 16)  # 16-row chunks, each flushed at once:
+    monkeypatch.setattr(shards, "CHUNK_BYTES", 0)  # several flushes in every song
+    monkeypatch.setattr(shards, "FLUSH_CHUNKS", 1)
+    config = replace(CONFIG, shard_format=shard_format)
+    store_dir = tmp_path / "store"
+    url = f"faulty://{store_dir}"
+    prepare_dataset(open_store(url), config)
+    controls = tmp_path / "faults.json"
+    used = sum(path.stat().st_size for path in store_dir.rglob("*") if path.is_file())
+    controls.write_text(json.dumps({"enospc_after_bytes": used + 20_000, "usage_root": str(store_dir)}))
+    monkeypatch.setenv("MUSICFLOW_FAULTS", str(controls))
+    source = tmp_path / "songs"
+    source.mkdir()
+    shutil.copy(demo_songs[0], source / demo_songs[0].name)  # 3-6 s: 250-500 rows of 8 kB
+    with pytest.raises(InfrastructureError, match=r"store write failed: \[Errno 28\] No space left"):
+        ingest_batch(list_audio_files(str(source)), store_url=url, dataset_id=config.features.dataset_id,
+                     config=config)  # fmt: skip
+    assert read_rows(open_store(url), config.features.dataset_id) == []
+    assert not list(store_dir.glob("datasets/*/shards/*")), "the partial shard was left behind"
 
 
 @pytest.mark.parametrize("shard_format", ["zarr", "parquet"])

@@ -1,9 +1,10 @@
 """Images of the store (spectrograms, loss curves) shown in the Prefect UI's markdown artifacts.
 
-A browser cannot open a local path nor an ``s3://`` URL. Where the store can sign (S3), the
-artifact shows the image through a presigned URL, valid for :data:`SIGNED_SECONDS`; anywhere
-else a small PNG is embedded as a ``data:`` URI (a spectrogram is 40-150 KB); a larger one is
-a link to its location.
+A browser cannot open a local path nor an ``s3://`` URL. Where the store can sign (S3) with
+long-lived keys, the artifact shows the image through a presigned URL, valid for
+:data:`SIGNED_SECONDS`; with temporary credentials (a session token, which a presigned URL
+carries in the clear) and anywhere else a small PNG is embedded as a ``data:`` URI (a
+spectrogram is 40-150 KB); a larger one is a link to its location.
 """
 
 from __future__ import annotations

@@ -23,6 +23,7 @@ import re
 import socket
 import threading
 import time
+import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -82,9 +83,15 @@ class Store:
         if self.is_local:
             return None
         try:
-            return str(self.fs.sign(self.path(*parts), expiration=expires_seconds))
+            url = str(self.fs.sign(self.path(*parts), expiration=expires_seconds))
         except NotImplementedError:
             return None
+        # Signed with temporary credentials, the URL carries their session token in the clear
+        # (X-Amz-Security-Token): whoever reads the URL could use it. No URL then: the caller embeds.
+        query = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
+        if any(name.lower() in _TOKEN_PARAMETERS for name in query):
+            return None
+        return url
 
     def exists(self, *parts: str) -> bool:
         return bool(self.fs.exists(self.path(*parts)))
@@ -798,6 +805,10 @@ def open_existing_store(url: str) -> Store:
 
 
 _NOT_WRITABLE = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOTDIR, errno.ENOENT, errno.EISDIR}
+
+
+# Query parameters of a presigned URL that carry a credential (S3's session token, SigV4 and V2).
+_TOKEN_PARAMETERS = frozenset({"x-amz-security-token", "securitytoken"})
 
 
 def check_writable(store: Store) -> None:

@@ -15,7 +15,7 @@ import pytest
 
 import flows.runtime.images
 from flows.runtime.images import image_markdown
-from tasks.store.store import open_store
+from tasks.store.store import Store, open_store
 
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
 
@@ -53,3 +53,24 @@ def test_an_s3_png_is_shown_through_a_presigned_url(s3_bucket: str) -> None:
     query = dict(parse_qsl(urlsplit(url).query))
     expires = int(query.get("Expires", 0)) or time.time() + int(query["X-Amz-Expires"])
     assert expires == pytest.approx(time.time() + 7 * 24 * 3600, abs=120)
+
+
+def test_a_presigned_url_that_would_carry_a_session_token_is_not_made(
+    s3_endpoint: str, s3_bucket: str
+) -> None:
+    """Temporary credentials sign a URL with their session token in its query, in the clear, for
+    anyone who reads the artifact: the image is embedded instead (the secret-sentinel test found
+    the token in the UI's artifacts and events)."""
+    import s3fs
+
+    token = "SESSION-TOKEN-IN-CLEAR"
+    fs = s3fs.S3FileSystem(
+        key="testing", secret="testing", token=token, client_kwargs={"endpoint_url": s3_endpoint},
+        skip_instance_cache=True,
+    )  # fmt: skip
+    assert token in fs.sign(f"{s3_bucket[5:]}/store/x.png", expiration=60)  # what signing would give
+    store = Store(url=f"{s3_bucket}/store", fs=fs, root=f"{s3_bucket[5:]}/store")
+    store.write_bytes(PNG, "clip-01.png")
+    assert store.signed_url("clip-01.png", expires_seconds=60) is None
+    markdown = image_markdown(store, "clip-01.png", alt="clip-01 spectrogram")
+    assert markdown.startswith("![clip-01 spectrogram](data:image/png;base64,") and token not in markdown

@@ -22,7 +22,7 @@ from prefect.events import emit_event
 from prefect.futures import as_completed
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.prefect_tasks import commit_batch_task, ingest_batch_task, plan_ingest_task
+from flows.prefect_tasks import batch_limit, commit_batch_task, ingest_batch_task, plan_ingest_task
 from flows.runtime import heartbeats
 from flows.runtime.blocks import use_storage
 from flows.runtime.cluster import (
@@ -188,6 +188,10 @@ def ingest(
                 max_workers=batches_in_flight(len(batches), threads)
             )
 
+            # The limits of the batches queued and not yet done, for the wait of each new one: it
+            # is queued behind them, which may take up to their limits spread over the threads.
+            outstanding: dict[int, float] = {}
+
             def submit(batch: list[Any], priority: int = 0) -> Any:
                 parameters = {
                     "files": batch,
@@ -197,8 +201,11 @@ def ingest(
                     "storage_options": registered_storage_options(),
                     "client": client,
                     "priority": priority,
+                    "queued_behind_s": sum(outstanding.values()) / max(threads, 1),
                 }
-                return runner.submit(ingest_batch_task, parameters)
+                future = runner.submit(ingest_batch_task, parameters)
+                outstanding[id(future)] = batch_limit(batch, config)
+                return future
 
             with runner:
                 # Largest first on the cluster too: all are queued there at once (see batches_in_flight).
@@ -210,6 +217,7 @@ def ingest(
                     futures = {id(future): (future, batch) for future, batch in pending}
                     for future in as_completed([future for future, _ in pending]):
                         _, batch = futures[id(future)]
+                        outstanding.pop(id(future), None)
                         try:
                             result = future.result()
                         except Exception as error:  # after its retries: not a song's content (see above)

@@ -17,7 +17,6 @@ its Dask task (:func:`batch_wait_seconds`).
 
 from __future__ import annotations
 
-import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -90,6 +89,7 @@ def ingest_batch_task(
     *,
     client: Client,
     priority: int = 0,
+    queued_behind_s: float = 0.0,
 ) -> dataset_lib.BatchResult:
     """Decode + featurise + write one shard on a Dask worker of ``client``'s cluster.
 
@@ -98,8 +98,10 @@ def ingest_batch_task(
     Prefect client, settings or API of its own. ``storage_options`` is the flow process's
     ``registered_storage_options()``, registered on the worker before anything is opened.
     ``priority``: the Dask task's (higher runs first), so batches queued at once keep their order.
-    The wait ends after ``config.batch_timeout`` seconds (default :func:`batch_wait_seconds`):
-    a :class:`TimeoutError`, an infrastructure error, retried like any other.
+    The wait ends after :func:`batch_limit` plus ``queued_behind_s`` (the limits of the batches
+    queued on the cluster before this one, per thread: every batch is queued at once, and one at
+    the back waits for those ahead) seconds: a :class:`TimeoutError`, an infrastructure error,
+    retried like any other.
     """
     context = TaskRunContext.get()
     run = f"{context.task_run.id}-{context.task_run.run_count}" if context else uuid.uuid4().hex
@@ -114,67 +116,21 @@ def ingest_batch_task(
         pure=False,
         priority=priority,
     )
-    limit = batch_wait_seconds(files) if config.batch_timeout is None else config.batch_timeout
-    return _wait_running(client, future, limit=limit, what=f"batch of {len(files)} files")
-
-
-# How often a batch's wait looks whether its Dask task has started.
-BATCH_POLL_S = 1.0
-
-
-def _wait_running(client: Client, future: Any, *, limit: float, what: str) -> Any:
-    """``future``'s result, waiting at most ``limit`` seconds *once a worker runs it*: every batch is
-    queued on the cluster at once (so an adaptive cluster sees the work), and the last of many may
-    wait there far longer than it takes to run; that is not a stuck batch. Time counts from the
-    first look (every :data:`BATCH_POLL_S`) that finds the task on a worker (or the scheduler not
-    answering the look). Past the limit: a :class:`TimeoutError`, an infrastructure error
-    (:func:`tasks.errors.is_infrastructure`), retried, then its files left unrecorded."""
-    running_since: float | None = None
-    while True:
-        try:
-            return future.result(timeout=BATCH_POLL_S)
-        except TimeoutError:
-            pass
-        now = time.monotonic()
-        if running_since is None:
-            if _started(client, future.key):
-                running_since = now
-        elif now - running_since > limit:
-            future.cancel()
-            raise TimeoutError(
-                f"{what} did not finish within {limit:.0f} s of running (a stuck worker or store?)"
-            ) from None
-
-
-def _started(client: Client, key: str) -> bool:
-    """Whether a worker runs (or has run) task ``key``: the scheduler may hand a worker more tasks
-    than it has threads, so its word is checked on the worker. Counts as started when neither
-    answers the look."""
-
-    def where(dask_scheduler: Any, key: str = key) -> tuple[str | None, str | None]:
-        task = dask_scheduler.tasks.get(key)
-        if task is None:
-            return None, None
-        return str(task.state), (task.processing_on.address if task.processing_on is not None else None)
-
-    def on_worker(dask_worker: Any, key: str = key) -> str | None:
-        task = dask_worker.state.tasks.get(key)
-        return None if task is None else str(task.state)
-
+    limit = batch_limit(files, config) + queued_behind_s
     try:
-        state, worker = client.run_on_scheduler(where)
-        if state != "processing" or worker is None:
-            return state not in ("released", "waiting", "queued", "no-worker")
-        return client.run(on_worker, workers=[worker]).get(worker) not in (
-            None,
-            "ready",
-            "constrained",
-            "waiting",
-            "fetch",
-            "flight",
-        )
-    except Exception:  # the cluster did not answer the look: count the time
-        return True
+        return future.result(timeout=limit)
+    except TimeoutError:
+        future.cancel()
+        # An infrastructure error (tasks.errors.is_infrastructure): retried, then its files left unrecorded.
+        raise TimeoutError(
+            f"batch of {len(files)} files did not finish within {limit:.0f} s (a stuck worker or store?)"
+        ) from None
+
+
+def batch_limit(files: list[SourceFile], config: IngestConfig) -> float:
+    """How long one batch may take on a worker: ``config.batch_timeout``, else
+    :func:`batch_wait_seconds`."""
+    return batch_wait_seconds(files) if config.batch_timeout is None else config.batch_timeout
 
 
 # What a batch may take, queued and decoded, before its task run stops waiting: twice the time limits

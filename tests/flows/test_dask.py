@@ -161,24 +161,25 @@ def test_kept_cluster_starts_again_on_the_same_address(kept: KeptCluster) -> Non
     assert kept.alive() and answers(kept.address) == 3
 
 
-def test_a_batch_queued_behind_others_is_not_stuck_but_a_running_one_that_hangs_is() -> None:
-    """Every batch is queued on the cluster at once, so the wait's limit counts from when a worker
-    runs the batch: one queued behind a longer one on a single thread completes within a limit
-    shorter than its queueing (the limit counted from the submission failed it: a stuck batch
-    that was only waiting), and one that runs past the limit is stopped."""
+def test_a_batch_queued_behind_others_waits_for_them_within_its_allowance(tmp_path: Path) -> None:
+    """Every batch is queued on the cluster at once, so a batch's wait allows for the batches ahead
+    of it (``queued_behind_s``, their limits per thread, which the ingest flow sums): one queued
+    behind 2 s of work on the only thread, with a 1 s limit of its own, times out without the
+    allowance and completes with it."""
     import time
 
-    from flows.prefect_tasks import _wait_running
+    from flows.prefect_tasks import ingest_batch_task
+    from tasks.config import ingest_config
 
+    config = ingest_config(batch_timeout=1.0)
     with (
         LocalCluster(n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None) as cluster,
         Client(cluster) as client,
     ):
-        client.submit(time.sleep, 3.0, pure=False)  # holds the only thread
-        queued = client.submit(str.upper, "done", pure=False)
-        started = time.monotonic()
-        assert _wait_running(client, queued, limit=1.5, what="a queued batch") == "DONE"
-        assert time.monotonic() - started > 2.0  # it did wait behind the first, longer than its limit
-        hanging = client.submit(time.sleep, 6.0, pure=False)
-        with pytest.raises(TimeoutError, match="within 2 s of running"):
-            _wait_running(client, hanging, limit=1.5, what="a hanging batch")
+        arguments = {"files": [], "store_url": str(tmp_path / "store"), "dataset_id": "d", "config": config}
+        client.submit(time.sleep, 2.0, pure=False)  # the batch ahead, on the only thread
+        with pytest.raises(TimeoutError, match="within 1 s"):
+            ingest_batch_task.fn(**arguments, client=client)
+        client.submit(time.sleep, 2.0, pure=False)
+        result = ingest_batch_task.fn(**arguments, client=client, queued_behind_s=4.0)
+        assert result.rows == []

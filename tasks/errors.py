@@ -97,6 +97,13 @@ def is_infrastructure(error: BaseException) -> bool:
     return any(kind.__name__ in _INFRASTRUCTURE_NAMES for kind in type(error).__mro__)
 
 
+def first_line(error: BaseException) -> str:
+    """``error``'s message up to its first line break, or its class name when it has none: what a
+    one-line error says of the cause it wraps."""
+    text = str(error)
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def error_text(error: BaseException) -> str:
     """``error`` in one line: one of ours as it is, an ``OSError`` with a number as ``[Errno 28] No space
     left on device`` (without the path: the same fault on every file reads the same), anything else with

@@ -12,7 +12,7 @@ from typing import Any
 
 from prefect.blocks.core import Block
 
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, first_line
 from tasks.store.credentials import import_storage_options
 from tasks.store.store import register_storage_options
 
@@ -48,7 +48,7 @@ def block_storage_options(block_name: str, url: str) -> dict[str, Any]:
     try:
         block = Block.load(block_name)
     except (ValueError, KeyError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise ConfigError(f"cannot load Prefect block {block_name!r}: {reason}") from error
     return storage_options_from_block(block, url, block_name=block_name)
 

@@ -12,7 +12,7 @@ import typer
 
 from musicflow.cli.common import open_existing_store, use_storage_options
 from musicflow.cli.options import DatasetOption, StorageOptionsOption, StoreOption
-from tasks.errors import ConfigError
+from tasks.errors import ConfigError, first_line
 
 
 class StatusChoice(enum.StrEnum):
@@ -78,7 +78,7 @@ def _write_parquet(table: Any, out: str) -> None:
         with fs.open(path, "wb") as handle:
             pq.write_table(table, handle)
     except (OSError, ValueError, ImportError) as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise ConfigError(f"cannot write --parquet {out!r}: {reason}") from error
 
 

@@ -26,7 +26,7 @@ import numpy as np
 
 from tasks.config import DEFAULT_PRESETS, TrainConfig, check_max_minutes
 from tasks.dataset.repository import STATS_FILE, dataset_dir, read_features, resolve_dataset
-from tasks.errors import ConfigError, MusicflowError, StoreError
+from tasks.errors import ConfigError, MusicflowError, StoreError, first_line
 from tasks.model.network import (
     assign_units,
     baseline_loss,
@@ -451,7 +451,7 @@ def _load_checkpoint(store: Store, directory: str, name: str) -> Any:
     try:
         return load_keras(store.read_bytes(directory, name))
     except Exception as error:  # a truncated zip, a missing file, a bad config: all mean the same
-        reason = str(error).splitlines()[0][:200] if str(error) else type(error).__name__
+        reason = first_line(error)[:200]
         raise CheckpointError(
             f"checkpoint {store.full_url(directory, name)} is corrupt ({reason}): "
             "rerun with --no-resume to start over"

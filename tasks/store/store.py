@@ -32,7 +32,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from tasks.errors import ConfigError, StoreArgumentError, StoreError
+from tasks.errors import ConfigError, StoreArgumentError, StoreError, first_line
 
 # ``faulty:///path``: a local folder with faults on demand, for the fault tests and the soak benchmark
 # (:mod:`tasks.store.faults`); known in every process that opens a store, Dask workers included, and
@@ -797,7 +797,7 @@ def open_existing_store(url: str) -> Store:
     try:
         found = store.fs.exists(store.root)
     except Exception as error:  # an endpoint that refuses, a DNS name that does not resolve...
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        reason = first_line(error)
         raise StoreError(f"cannot reach store {url!r}: {reason}") from error
     if not found:
         raise StoreArgumentError(f"store not found: {url!r}")
@@ -832,7 +832,7 @@ def check_writable(store: Store) -> None:
             if not bad_argument and attempt < PROBE_ATTEMPTS - 1:
                 time.sleep(0.2 * 2**attempt)
                 continue
-            reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+            reason = first_line(error)
             kind = StoreArgumentError if bad_argument else StoreError
             raise kind(f"cannot write to store {store.url!r}: {reason}") from error
 

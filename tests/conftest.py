@@ -6,8 +6,12 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tasks.config import TrainConfig
 
 os.environ.setdefault("DO_NOT_TRACK", "1")
 os.environ["PREFECT_SERVER_ANALYTICS_ENABLED"] = "false"
@@ -139,15 +143,10 @@ def tiny_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 def tiny_model(tiny_dataset: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A copy of ``tiny_dataset``'s store with a small model trained for 3 epochs;
     returns ``(store_url, model_id)``. Read-only: copy the store before changing it."""
-    import shutil
-
     from tasks.config import TrainConfig
-    from tasks.model.train import train_model
 
-    store = str(tmp_path_factory.mktemp("tiny-model") / "store")
-    shutil.copytree(tiny_dataset[0], store)
-    result = train_model(store, TrainConfig.from_preset("small", epochs=3, **TINY_TRAIN))
-    return store, result.model_id
+    config = TrainConfig.from_preset("small", epochs=3, **TINY_TRAIN)
+    return _trained_copy(tiny_dataset, tmp_path_factory.mktemp("tiny-model"), config)
 
 
 # The spectral path, small: 512-sample frames every 128 (5.8 ms) in 40 mel bands at 22.05 kHz, a
@@ -193,15 +192,22 @@ def stft_dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
 def stft_model(stft_dataset: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A copy of ``stft_dataset``'s store with a spectral model trained for 12 epochs;
     ``(store_url, model_id)``. Read-only: copy the store before changing it."""
+    from tasks.config import TrainConfig
+
+    config = TrainConfig.from_preset("spectral", epochs=12, **STFT_TRAIN)
+    return _trained_copy(stft_dataset, tmp_path_factory.mktemp("stft-model"), config)
+
+
+def _trained_copy(dataset: tuple[str, str], folder: Path, config: TrainConfig) -> tuple[str, str]:
+    """A session dataset's store (``(store_url, dataset_id)``) copied into ``folder`` and a model
+    trained there by ``config``; ``(store_url, model_id)``."""
     import shutil
 
-    from tasks.config import TrainConfig
     from tasks.model.train import train_model
 
-    store = str(tmp_path_factory.mktemp("stft-model") / "store")
-    shutil.copytree(stft_dataset[0], store)
-    result = train_model(store, TrainConfig.from_preset("spectral", epochs=12, **STFT_TRAIN))
-    return store, result.model_id
+    store = str(folder / "store")
+    shutil.copytree(dataset[0], store)
+    return store, train_model(store, config).model_id
 
 
 @pytest.fixture
@@ -226,12 +232,7 @@ def no_ambient_credentials(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 def units_model(stft_dataset: tuple[str, str], tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """A copy of ``stft_dataset``'s store with a units model trained for 8 epochs (as many seconds);
     ``(store_url, model_id)``. Read-only: copy the store before changing it."""
-    import shutil
-
     from tasks.config import TrainConfig
-    from tasks.model.train import train_model
 
-    store = str(tmp_path_factory.mktemp("units-model") / "store")
-    shutil.copytree(stft_dataset[0], store)
-    result = train_model(store, TrainConfig.from_preset("units", epochs=8, **UNITS_TRAIN))
-    return store, result.model_id
+    config = TrainConfig.from_preset("units", epochs=8, **UNITS_TRAIN)
+    return _trained_copy(stft_dataset, tmp_path_factory.mktemp("units-model"), config)

@@ -195,11 +195,20 @@ def ui_pictures(live: Live, tmp_path: Path, runs: dict[str, dict[str, Any]]) -> 
             page.screenshot(path=str(tmp_path / "prefect-ui-named-runs.png"), full_page=True)
             for alt, artifact_id in artifacts.items():
                 page.goto(f"{ui}/v2/artifacts/artifact/{artifact_id}")
-                image = page.locator(f"img[alt='{alt}']")
-                image.wait_for(timeout=60_000)
-                page.wait_for_function(f"document.querySelector(\"img[alt='{alt}']\").complete")
-                shown[alt] = int(image.evaluate("img => img.naturalWidth"))
-                assert image.get_attribute("src").startswith("data:image/png;base64,")
+                # the UI re-renders the artifact while it loads, so the image may leave the DOM
+                # between two queries: one null-safe predicate waits for a decoded image
+                decoded = page.wait_for_function(
+                    """alt => {
+                        const img = document.querySelector(`img[alt='${alt}']`);
+                        return img && img.complete && img.naturalWidth > 0
+                            ? [img.naturalWidth, img.getAttribute("src").slice(0, 22)] : null;
+                    }""",
+                    arg=alt,
+                    timeout=60_000,
+                )
+                width, src = decoded.json_value()
+                shown[alt] = int(width)
+                assert src == "data:image/png;base64,", src
             page.screenshot(path=str(tmp_path / "prefect-ui-spectrogram.png"), full_page=True)
         finally:
             browser.close()

@@ -5,8 +5,8 @@ would be (``tasks.generation.quality.quality_report``, the same anchors and refe
 
 - ``real``: the real continuations themselves (1 on every axis by construction; the row shows the
   spread: other songs' excerpts of the same size, 4 draws, mean ± std);
-- ``round trip``: the continuations through the default features and back (``stft``, 128 mels,
-  Griffin-Lim), and ``round trip linear`` (``--n-mels 0``, 513 linear bins);
+- ``round trip N mels``: the continuations through the default features and back (``stft``, N mel
+  bands of ``--n-mels`` [128], the default phase method), and ``round trip linear`` (0, 513 linear bins);
 - ``shuffled``: the continuations cut into 46 ms grains, shuffled and overlap-added (a fresh draw,
   not the anchor's own);
 - ``noise``: noise shaped to the training songs' spectrum and level.
@@ -57,6 +57,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--phases", action="store_true", help="compare the phase methods' round trips")
+    parser.add_argument(
+        "--n-mels",
+        type=int,
+        nargs="+",
+        default=[128, 0],
+        help="the round trips' mel bands, 0 = linear bins [128 0]",
+    )
     return parser.parse_args(argv)
 
 
@@ -92,7 +99,8 @@ def measure(name: str, args: argparse.Namespace) -> list[tuple[str, ...]]:
     rng = np.random.default_rng(1)
     began = time.perf_counter()
     trips = {}
-    for label, n_mels in (("round trip", 128), ("round trip linear", 0)):
+    for n_mels in args.n_mels:
+        label = f"round trip {n_mels} mels" if n_mels else "round trip linear"
         transform = get_transform(FeatureConfig(sample_rate=SR, transform="stft", n_mels=n_mels))
         trips[label] = [
             np.clip(transform.inverse(transform.forward(item)), -1, 1)[: item.size] for item in continuations

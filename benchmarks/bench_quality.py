@@ -83,6 +83,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=15.0)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench-quality"), help="stores, kept")
+    parser.add_argument(
+        "--n-mels", type=int, default=None, help="the stft features' mel bands [the product's default]"
+    )
+    parser.add_argument(
+        "--paths", nargs="+", choices=list(PATHS), default=list(PATHS), help="which paths [all]"
+    )
     parser.add_argument("--random-seed", type=int, default=0, help="generate_run's random_seed")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
     parser.add_argument("--figure", type=Path, default=None, help="PNG of the last collection (see above)")
@@ -113,7 +119,13 @@ def dataset_bytes(store_url: str, dataset_id: str) -> int:
 
 
 def prepare(
-    songs: Path, store_url: str, transform: str, model_id: str, preset: str, minutes: float
+    songs: Path,
+    store_url: str,
+    transform: str,
+    model_id: str,
+    preset: str,
+    minutes: float,
+    options: list[str],
 ) -> dict[str, Any]:
     """Ingest and train through the CLI (each skipped when done); the model's card and storage."""
     from tasks.dataset.repository import read_rows
@@ -121,7 +133,7 @@ def prepare(
     from tasks.store.store import open_store
 
     began = time.perf_counter()
-    command = [*MUSICFLOW, "ingest", str(songs), "--store", store_url, "--transform", transform]
+    command = [*MUSICFLOW, "ingest", str(songs), "--store", store_url, "--transform", transform, *options]
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     print(f"{store_url}: ingested ({time.perf_counter() - began:.0f} s)", flush=True)
     store = open_store(store_url)
@@ -135,25 +147,29 @@ def prepare(
     return {**card, "gb_per_hour": dataset_bytes(store_url, card["dataset_id"]) / 1e9 / hours}
 
 
+def store_of(collection: str, model_id: str, args: argparse.Namespace) -> str:
+    """The store of a collection's model: one per transform (and per ``--n-mels`` when given)."""
+    transform = MODELS[model_id][0]
+    mels = f"-m{args.n_mels}" if transform == "stft" and args.n_mels is not None else ""
+    return str(args.workdir / f"{collection}-{transform}{mels}")
+
+
 def measure(collection: str, args: argparse.Namespace) -> list[dict[str, Any]]:
     songs = collection_dir(collection, args.workdir)
-    cards = {
-        model_id: prepare(
-            songs,
-            str(args.workdir / f"{collection}-{transform}"),
-            transform,
-            model_id,
-            preset,
-            args.max_minutes,
-        )
-        for model_id, (transform, preset) in MODELS.items()
-    }
+    paths = {path: PATHS[path] for path in args.paths}
+    needed = {model_id for model_id, _, _ in paths.values()}
+    cards = {}
+    for model_id in needed:
+        transform, preset = MODELS[model_id]
+        options = ["--n-mels", str(args.n_mels)] if transform == "stft" and args.n_mels is not None else []
+        store_url = store_of(collection, model_id, args)
+        cards[model_id] = prepare(songs, store_url, transform, model_id, preset, args.max_minutes, options)
     results = []
     from tasks.config import DEFAULT_SAMPLING, TrainConfig
     from tasks.generation.generate import default_temperature
 
-    for path, (model_id, sampling, phase) in PATHS.items():
-        store_url = str(args.workdir / f"{collection}-{MODELS[model_id][0]}")
+    for path, (model_id, sampling, phase) in paths.items():
+        store_url = store_of(collection, model_id, args)
         variant = argparse.Namespace(
             store=store_url, seconds=args.seconds, clips=args.clips, random_seed=args.random_seed
         )
@@ -167,6 +183,7 @@ def measure(collection: str, args: argparse.Namespace) -> list[dict[str, Any]]:
             "model_id": model_id,
             "dataset_id": card["dataset_id"],
             "preset": card["config"]["preset"],
+            "features": features_label(card["features"]),
             "epochs": card["epochs"],
             "stop_reason": card.get("stop_reason"),
             "sampling": report["sampling"],
@@ -182,6 +199,12 @@ def measure(collection: str, args: argparse.Namespace) -> list[dict[str, Any]]:
         print(json.dumps(result), flush=True)
         results.append(result)
     return results
+
+
+def features_label(features: dict[str, Any]) -> str:
+    if features["transform"] != "stft":
+        return f"{features['transform']} {features.get('block_size', '')}".strip()
+    return f"stft {features['n_mels']} mels" if features["n_mels"] else "stft linear"
 
 
 def axis_cell(scored: dict[str, Any]) -> str:
@@ -392,13 +415,24 @@ def main(argv: list[str] | None = None) -> None:
         "round-trip ceiling))\n"
     )
     axes = list(results[0]["axes"])
-    header = ("collection", "path", *axes, "collapsed", "longest copy", "gen x rt/CPU s", "epochs", "GB/h")
+    header = (
+        "collection",
+        "path",
+        "features",
+        *axes,
+        "collapsed",
+        "longest copy",
+        "gen x rt/CPU s",
+        "epochs",
+        "GB/h",
+    )
     rows = [header]
     for item in results:
         rows.append(
             (
                 item["collection"],
                 item["path"],
+                item["features"],
                 *(axis_cell(item["axes"][axis]) for axis in axes),
                 f"{item['collapsed']}/{args.clips}",
                 f"{item['longest_copy_seconds']:.2f} s",

@@ -194,6 +194,28 @@ class SongWindows:
             yield starts[index:end] - first, self.read_steps(row, first, last + span)
             index = end
 
+    def gather_steps(self, picked: np.ndarray) -> np.ndarray:
+        """Steps ``picked`` (sorted indices into every song's steps, in ``rows`` order, as if
+        they were concatenated), [len(picked), frames_per_step * n_features]: each song is read
+        a piece of at most :meth:`piece_steps` at a time, only where a picked step lies."""
+        gathered: list[np.ndarray] = []
+        first = 0  # the song's first step in the concatenation
+        for row in self.rows:
+            n_steps = self.n_steps(row)
+            low, high = np.searchsorted(picked, [first, first + n_steps])
+            local = picked[low:high] - first
+            index = 0
+            while index < local.size:
+                begin = int(local[index])
+                end = index + int(np.searchsorted(local[index:], begin + self.piece_steps()))
+                steps = self.read_steps(row, begin, int(local[end - 1]) + 1)
+                gathered.append(steps[local[index:end] - begin])
+                index = end
+            first += n_steps
+        if not gathered:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(gathered)
+
     def iter_spans(self, *, seed: int | None = None) -> Iterator[np.ndarray]:
         """Yield each window as its span of ``seq_len + 1`` blocks, [seq_len + 1, n_features]:
         the inputs are ``span[:-1]``, the targets ``span[1:]``.

@@ -392,3 +392,29 @@ def test_a_song_is_read_a_few_windows_at_a_time_and_the_batches_are_unchanged(
     np.testing.assert_array_equal(in_pieces[1], whole[1])
     assert max(reads) <= piece * frames_per_step, reads
     assert len(reads) > 4 * len(rows)
+
+
+def test_the_steps_a_codebook_fit_draws_are_read_a_piece_at_a_time(
+    any_store: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``units`` model's k-means draws its steps from every training song: only the pieces
+    holding drawn steps are read, each at most ``read_bytes``, and the steps are those of the
+    songs read whole and concatenated."""
+    store_url, dataset_id = any_store
+    rows = [row for row in read_catalog(open_store(store_url), dataset_dir(dataset_id)) if row.ok]
+    n_features = FeatureConfig(block_size=TINY_BLOCK).n_features
+    windows = SongWindows(store_url, dataset_id, rows, seq_len=4, hop=4, frames_per_step=2,
+                          read_bytes=16 * 2 * n_features * 4)  # fmt: skip
+    every = np.concatenate([windows.song_blocks(row) for row in rows])
+    picked = np.sort(np.random.default_rng(5).choice(every.shape[0], every.shape[0] // 3, replace=False))
+    reads: list[int] = []
+    import tasks.model.windows as module
+
+    def counted(*args: object, n_blocks: int, **kwargs: object) -> np.ndarray:
+        reads.append(n_blocks)
+        return read_blocks(*args, n_blocks=n_blocks, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "read_blocks", counted)
+    np.testing.assert_array_equal(windows.gather_steps(picked), every[picked])
+    assert max(reads) <= 16 * 2, reads
+    assert sum(reads) < 2 * every.shape[0]

@@ -86,7 +86,7 @@ def iter_audio_files(source: str) -> Iterator[SourceFile]:
         return
     if fs.isfile(root):
         infos: Iterator[dict[str, Any]] = iter([fs.info(root)])
-    elif callable(getattr(fs, "_iterdir", None)) and callable(getattr(fs, "split_path", None)):
+    elif _lists_in_pages(fs):
         infos = _object_keys(fs, root)
     else:
         infos = _walked(fs, root)
@@ -96,6 +96,15 @@ def iter_audio_files(source: str) -> Iterator[SourceFile]:
             yield SourceFile(
                 uri=fs.unstrip_protocol(path), bytes=int(info.get("size") or 0), mtime=_mtime(info)
             )
+
+
+def _lists_in_pages(fs: fsspec.AbstractFileSystem) -> bool:
+    """s3fs, whose ``_iterdir`` pages through ListObjectsV2 (other filesystems' differ, or lack it)."""
+    try:
+        from s3fs import S3FileSystem
+    except ImportError:  # pragma: no cover - a dependency; without it no filesystem is s3fs's
+        return False
+    return isinstance(fs, S3FileSystem)
 
 
 def _object_keys(fs: Any, root: str) -> Iterator[dict[str, Any]]:

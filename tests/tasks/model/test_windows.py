@@ -379,14 +379,7 @@ def test_a_song_is_read_a_few_windows_at_a_time_and_the_batches_are_unchanged(
                                          batch_size=8, shuffle_buffer=16, seed=3))  # fmt: skip
 
     whole = batches(windows(read_bytes=longest * n_features * 4))
-    reads: list[int] = []
-    import tasks.model.windows as module
-
-    def counted(*args: object, n_blocks: int, **kwargs: object) -> np.ndarray:
-        reads.append(n_blocks)
-        return read_blocks(*args, n_blocks=n_blocks, **kwargs)  # type: ignore[arg-type]
-
-    monkeypatch.setattr(module, "read_blocks", counted)
+    reads = _count_block_reads(monkeypatch)
     in_pieces = batches(windows(read_bytes=piece * step_bytes))
     np.testing.assert_array_equal(in_pieces[0], whole[0])
     np.testing.assert_array_equal(in_pieces[1], whole[1])
@@ -407,14 +400,21 @@ def test_the_steps_a_codebook_fit_draws_are_read_a_piece_at_a_time(
                           read_bytes=16 * 2 * n_features * 4)  # fmt: skip
     every = np.concatenate([windows.song_blocks(row) for row in rows])
     picked = np.sort(np.random.default_rng(5).choice(every.shape[0], every.shape[0] // 3, replace=False))
-    reads: list[int] = []
+    reads = _count_block_reads(monkeypatch)
+    np.testing.assert_array_equal(windows.gather_steps(picked), every[picked])
+    assert max(reads) <= 16 * 2, reads
+    assert sum(reads) < 2 * every.shape[0]
+
+
+def _count_block_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, the rows each read of a shard by :class:`SongWindows` asks for."""
     import tasks.model.windows as module
+
+    reads: list[int] = []
 
     def counted(*args: object, n_blocks: int, **kwargs: object) -> np.ndarray:
         reads.append(n_blocks)
         return read_blocks(*args, n_blocks=n_blocks, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(module, "read_blocks", counted)
-    np.testing.assert_array_equal(windows.gather_steps(picked), every[picked])
-    assert max(reads) <= 16 * 2, reads
-    assert sum(reads) < 2 * every.shape[0]
+    return reads

@@ -99,7 +99,11 @@ class Store:
         return bool(self.fs.exists(self.path(*parts)))
 
     def read_bytes(self, *parts: str) -> bytes:
-        return bytes(self.fs.cat_file(self.path(*parts)))
+        """The whole file; a glitch of the store (an I/O error, a timeout) is tried again
+        (:func:`glitch_retried`): a reader of many files (a catalog of many segments) must not fail
+        for one flaky read."""
+        path = self.path(*parts)
+        return glitch_retried(lambda: bytes(self.fs.cat_file(path)))
 
     def write_bytes(self, data: bytes, *parts: str, fence: Callable[[], None] | None = None) -> None:
         """Write a whole file so that readers see the old or the new content, never a part.
@@ -236,10 +240,10 @@ class Store:
         delay = 0.01
         record = _owner(token)
         while True:
-            created = _glitch_retried(lambda: self._take(record, token, path, *parts))
+            created = glitch_retried(lambda: self._take(record, token, path, *parts))
             if created is not None:
                 break
-            stale = _glitch_retried(lambda: self._breakable(path, expiry))
+            stale = glitch_retried(lambda: self._breakable(path, expiry))
             if stale is not None:
                 self._delete_if_unchanged(path, stale)
                 continue
@@ -259,7 +263,7 @@ class Store:
             failed = False
         finally:
             held.stop()
-            released = _glitch_retried(lambda: self._release(path, token, held.seen))
+            released = glitch_retried(lambda: self._release(path, token, held.seen))
             if raise_if_lost and not failed and (held.lost or not released):
                 raise LockLostError(
                     f"the lock {self.full_url(*parts)} was lost while held "
@@ -853,21 +857,24 @@ def check_writable(store: Store) -> None:
 
 PROBE_ATTEMPTS = 3
 
-# Tries of one step of taking or releasing a lock when the store glitches (an I/O error, a dropped
-# connection): a flaky store must not fail a run at its lock (seen in the soak, issue 26: one EIO
-# on the ingest marker failed a whole run before it ingested anything). 4 tries in ~1.5 s.
-LOCK_GLITCH_ATTEMPTS = 4
+# Tries of one small store operation (a whole-file read, a step of taking or releasing a lock) when
+# the store glitches (an I/O error, a dropped connection). Seen in the soak (issue 26), 10% faulty
+# reads and writes: one EIO on the ingest marker failed a whole run before it ingested anything, and
+# a catalog of 70 segments was never read whole, so no re-run got past its plan. 4 tries in ~1.5 s.
+GLITCH_ATTEMPTS = 4
 
 
-def _glitch_retried(step: Callable[[], _T]) -> _T:
+def glitch_retried(step: Callable[[], _T]) -> _T:
     """``step()``, tried again after an infrastructure error (:func:`tasks.errors.is_infrastructure`:
-    EIO, a timeout, a connection) up to :data:`LOCK_GLITCH_ATTEMPTS` times; anything else, or the
+    EIO, a timeout, a connection) up to :data:`GLITCH_ATTEMPTS` times; anything else, or the
     last glitch, is raised."""
-    for attempt in range(LOCK_GLITCH_ATTEMPTS):
+    for attempt in range(GLITCH_ATTEMPTS):
         try:
             return step()
         except OSError as error:
-            if not is_infrastructure(error) or attempt == LOCK_GLITCH_ATTEMPTS - 1:
+            # A missing or refused file is an answer, whatever its errno (fsspec backends give none).
+            answer = isinstance(error, FileNotFoundError | FileExistsError | PermissionError)
+            if answer or not is_infrastructure(error) or attempt == GLITCH_ATTEMPTS - 1:
                 raise
             time.sleep(0.1 * 2**attempt)
     raise AssertionError("unreachable")

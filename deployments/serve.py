@@ -82,6 +82,7 @@ def build_deployments(
     name: str = DEFAULT_NAME,
     generate_cron: str = DEFAULT_GENERATE_CRON,
     ingest_every: float | None = None,
+    batch_timeout: float | None = None,
     workers: int | None = None,
     dask_address: str | None = None,
     dask_scheduler_file: str | None = None,
@@ -122,7 +123,7 @@ def build_deployments(
         "hop_length": hop_length,
         "n_mels": n_mels,
     }
-    ingest_config(**features)
+    ingest_config(**features, batch_timeout=batch_timeout)
     model = {key: value for key, value in (train_options or {}).items() if value is not None}
     unknown = sorted(set(model) - set(TRAIN_OPTIONS))
     if unknown:
@@ -138,6 +139,7 @@ def build_deployments(
             store=store,
             **features,
             workers=workers,
+            batch_timeout=batch_timeout,
             dask_address=dask_address,
             dask_scheduler_file=dask_scheduler_file,
             dask_security=dask_security,

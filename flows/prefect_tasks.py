@@ -17,6 +17,7 @@ its Dask task (:func:`batch_wait_seconds`).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -30,7 +31,7 @@ from tasks.audio.decode import decode_timeout
 from tasks.config import IngestConfig, TrainConfig
 from tasks.dataset import repository as dataset_lib
 from tasks.dataset.catalog import CatalogRow
-from tasks.errors import is_verdict
+from tasks.errors import error_text, is_verdict
 from tasks.ingest import plan as plan_lib
 from tasks.ingest import worker as ingest_lib
 from tasks.ingest.sources import SourceFile, list_audio_files
@@ -38,7 +39,7 @@ from tasks.model import train as train_lib
 from tasks.store.store import check_writable, open_store
 
 if TYPE_CHECKING:
-    from distributed import Client
+    from distributed import Client, Future
 
 
 def _retry_unless_verdict(task: Any, task_run: Any, state: Any) -> bool:
@@ -120,11 +121,49 @@ def ingest_batch_task(
     try:
         return future.result(timeout=limit)
     except TimeoutError:
-        future.cancel()
+        restart_stuck_worker(client, future)
         # An infrastructure error (tasks.errors.is_infrastructure): retried, then its files left unrecorded.
         raise TimeoutError(
             f"batch of {len(files)} files did not finish within {limit:.0f} s (a stuck worker or store?)"
         ) from None
+
+
+# How long restarting a stuck worker may take (its nanny kills the process and starts a new one).
+WORKER_RESTART_TIMEOUT_S = 60.0
+
+
+def restart_stuck_worker(client: Client, future: Future[Any]) -> str | None:
+    """Cancel the Dask task of ``future`` (one whose wait ran out) and restart the worker that ran it;
+    that worker's address, or None when none did (it was still queued) or it could not be restarted.
+
+    Cancelling the task does not stop its thread: a worker stuck in a store write that never returns
+    would keep its one thread busy for good, and every later batch on it (the retries, and on the
+    cluster ``musicflow serve`` keeps, every later scheduled ingest) would wait out its limit
+    behind it. Its nanny replaces the process instead. Only a worker with a nanny can be restarted
+    (a LocalCluster's, ``dask worker``'s default): another one is left as it is, with a warning.
+    """
+    logger = get_run_logger() if TaskRunContext.get() else logging.getLogger(__name__)
+
+    def running_on(key: str, dask_scheduler: Any = None) -> str | None:  # sent by value: any scheduler
+        task = dask_scheduler.tasks.get(key)
+        worker = task.processing_on if task is not None else None
+        return None if worker is None else str(worker.address)
+
+    try:
+        address = client.run_on_scheduler(running_on, future.key)
+    except Exception as error:
+        address = None
+        logger.warning("could not find the worker of a stuck batch: %s", error_text(error))
+    future.cancel()  # first: a worker lost while it still runs the task would hand it to another
+    if address is None:
+        return None
+    try:
+        logger.warning("restarting the Dask worker %s: its batch did not finish within its limit", address)
+        client.restart_workers([address], timeout=WORKER_RESTART_TIMEOUT_S)
+    except Exception as error:  # the batch still fails and is retried; a stuck worker is not worse
+        logger.warning("could not restart the stuck Dask worker: %s", error_text(error))
+        return None
+    return str(address)
 
 
 def batch_limit(files: list[SourceFile], config: IngestConfig) -> float:

@@ -75,7 +75,7 @@ def ensure_prefect_api(*, start: bool = True, log_dir: Path | None = None, wait_
     if configured:
         if not api_healthy(configured):
             raise ServiceError(f"Prefect API {configured!r} (PREFECT_API_URL) is not answering")
-        os.environ["PREFECT_API_URL"] = configured
+        _use_api(configured)
         return configured
     local = f"http://{DEFAULT_HOST}:{DEFAULT_PORT}/api"
     if not api_healthy(local):
@@ -89,8 +89,22 @@ def ensure_prefect_api(*, start: bool = True, log_dir: Path | None = None, wait_
             if time.monotonic() > deadline:
                 raise ServiceError(f"Prefect server did not answer at {local} within {wait_seconds:.0f} s")
             time.sleep(0.5)
-    os.environ["PREFECT_API_URL"] = local
+    _use_api(local)
     return local
+
+
+def _use_api(url: str) -> None:
+    """Make ``url`` the Prefect API of this process and of every process it starts.
+
+    The environment is for the child processes (Dask workers, subprocesses); this process's Prefect
+    read its settings when it was imported, so they are read again: without that, the flow run here
+    started an ephemeral API server of its own (a child uvicorn over the same database), its events
+    never reached the server's automations, and a process whose child server died hung at exit
+    draining its events (found by the soak, issue 26)."""
+    from prefect.context import refresh_global_settings_context  # lazy: start-up
+
+    os.environ["PREFECT_API_URL"] = url
+    refresh_global_settings_context()
 
 
 def ui_url(api_url: str) -> str:

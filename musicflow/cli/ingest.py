@@ -14,6 +14,7 @@ from musicflow.cli.common import (
     use_storage_options,
 )
 from musicflow.cli.options import (
+    BatchTimeoutOption,
     BlockSizeOption,
     DashboardOption,
     DaskAddressOption,
@@ -69,13 +70,7 @@ def ingest(
         float | None,
         typer.Option(help="Longest song kept, in seconds [14400 = 4 h]; a longer one is a failed row."),
     ] = None,
-    batch_timeout: Annotated[
-        float | None,
-        typer.Option(
-            help="Seconds a batch may take before it counts as stuck and is retried "
-            "[default: 600 + twice its files' decode limits]."
-        ),
-    ] = None,
+    batch_timeout: BatchTimeoutOption = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON.")] = False,
     storage_options: StorageOptionsOption = None,
     source_options: SourceOptionsOption = None,

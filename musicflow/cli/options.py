@@ -156,6 +156,14 @@ DaskSecurityOption = Annotated[
         "default: dask's distributed.comm.tls config.",
     ),
 ]
+BatchTimeoutOption = Annotated[
+    float | None,
+    typer.Option(
+        min=0.001,
+        help="Seconds a batch may take before it counts as stuck, is retried and its worker restarted "
+        "[default: 600 + twice its files' decode limits].",
+    ),
+]
 DashboardOption = Annotated[
     bool,
     typer.Option(

@@ -14,6 +14,7 @@ from musicflow.cli.common import (
     use_storage_options,
 )
 from musicflow.cli.options import (
+    BatchTimeoutOption,
     BlockSizeOption,
     DashboardOption,
     DaskAddressOption,
@@ -44,6 +45,7 @@ def serve(
     cron: Annotated[str, typer.Option(help="Schedule of the generate deployment (UTC).")] = "0 6 * * *",
     ingest_every: Annotated[float | None, typer.Option(help="Also ingest every N seconds.")] = None,
     workers: WorkersOption = None,
+    batch_timeout: BatchTimeoutOption = None,
     dask_address: DaskAddressOption = None,
     dask_scheduler_file: DaskSchedulerFileOption = None,
     dask_security: DaskSecurityOption = None,
@@ -129,6 +131,7 @@ def serve(
         store=store,
         generate_cron=cron,
         ingest_every=ingest_every,
+        batch_timeout=batch_timeout,
         **cluster,
         shard_format=format.value,
         transform=transform.value,

@@ -24,8 +24,15 @@ from typing import IO, Any
 
 import numpy as np
 
-from tasks.audio.ffmpeg import ffmpeg_binary
-from tasks.audio.verdict import TRUNCATION_TOLERANCE_S, judge_decode, read_log, summarise
+from tasks.audio.ffmpeg import ffmpeg_binary, ffprobe_binary
+from tasks.audio.verdict import (
+    TRUNCATION_TOLERANCE_S,
+    ProbeFacts,
+    judge_decode,
+    read_log,
+    read_probe,
+    summarise,
+)
 from tasks.errors import DecodeError
 
 _READ_BYTES = 1 << 20  # ffmpeg output read per chunk: 262144 float32 samples, 6 s at 44.1 kHz
@@ -57,6 +64,8 @@ _CHATTER = re.compile(r"^\s*(Note:|Warning:|Error:|\[src/|\[.*mpg123)", re.IGNOR
 _STDERR_LOCK = threading.Lock()  # one redirection of file descriptor 2 at a time per process
 
 DECODE_TIMEOUT_BASE_S = 120.0
+# ffprobe reads a file's header only (when ffmpeg's log cannot be trusted, see tasks.audio.verdict).
+PROBE_TIMEOUT_S = 30.0
 DECODE_TIMEOUT_S_PER_MB = 4.0
 
 
@@ -175,8 +184,8 @@ class AudioStream:
     def _ffmpeg(self, ffmpeg: str) -> Iterator[np.ndarray]:
         piped = not isinstance(self.source, str)
         with contextlib.ExitStack() as stack:
-            # ffmpeg opens a name of ours, so the song's own name never reaches the log that the
-            # verdict reads ("file:" so that it is never read as a protocol or an option either).
+            # ffmpeg opens a name of ours, so the song's own name never reaches its log ("file:"
+            # so that it is never read as a protocol or an option either).
             target = "pipe:0" if piped else "file:" + stack.enter_context(neutral_name(self.source))  # type: ignore[arg-type]
             command = decode_command(ffmpeg, target, sample_rate=self.sample_rate)
             log = stack.enter_context(tempfile.TemporaryFile())
@@ -196,22 +205,48 @@ class AudioStream:
                     "decoder open the inputs it names (refused)"
                 )
             errors = [line.replace(target, "the file") for line in facts.errors]
-        self.channels = facts.channels
+            # A log whose description a tag may have forged: the facts come from ffprobe's JSON.
+            stated = facts.stated if facts.trusted or self.n_samples == 0 else self._probe(ffmpeg, target)
+        self.channels = stated.channels
         if self.n_samples == 0:
             raise DecodeError(summarise(errors) or f"ffmpeg exited with code {returncode}")
         if returncode != 0 and not errors:
             errors = [f"ffmpeg exited with code {returncode}"]
         self.warnings = judge_decode(
             decoded_seconds=self.seconds,
-            stated_seconds=facts.stated_seconds,
-            stated_exact=not facts.estimated,
+            stated_seconds=stated.stated_seconds,
+            stated_exact=not stated.estimated,
             errors=errors,
             n_errors=max(facts.n_errors, len(errors)),
             packets=facts.packets,
             frames=facts.frames,
-            size_seconds=self.n_bytes * 8 / (1000 * facts.kbps) if facts.kbps else None,
+            size_seconds=self.n_bytes * 8 / (1000 * stated.kbps) if stated.kbps else None,
             strict=self.strict,
         )
+
+    def _probe(self, ffmpeg: str, target: str) -> ProbeFacts:
+        """ffprobe's JSON statement of ``target``'s length, channels and bitrate (:func:`probe_command`)."""
+        piped = target == "pipe:0"
+        with tempfile.TemporaryFile() as report, tempfile.TemporaryFile() as warnings:
+            probe = subprocess.Popen(
+                probe_command(ffprobe_binary(), target, allowed=allowed_formats(ffmpeg)),
+                stdin=subprocess.PIPE if piped else subprocess.DEVNULL,
+                stdout=report,
+                stderr=warnings,
+            )
+            try:
+                if piped:
+                    _feed_stdin(probe, [bytes(self.source)])  # type: ignore[arg-type]
+                probe.wait(timeout=PROBE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                raise DecodeError(
+                    f"timed out: ffprobe did not describe the file in {PROBE_TIMEOUT_S:.0f} s"
+                ) from None
+            finally:
+                _stop(probe)
+            report.seek(0)
+            warnings.seek(0)
+            return read_probe(report.read(), warnings)
 
     def _read_samples(self, stream: IO[bytes]) -> Iterator[np.ndarray]:
         remainder = b""
@@ -368,12 +403,23 @@ def _restored(saved: int, into: list[str]) -> Iterator[None]:
 def decode_command(ffmpeg: str, target: str, *, sample_rate: int) -> list[str]:
     """ffmpeg's command line that decodes ``target``'s first audio stream to float32 mono at
     ``sample_rate`` on its stdout (:data:`MONO_MIX`, :data:`BUFFERED_OUTPUT`), logging what
-    :func:`~tasks.audio.verdict.read_log` reads (each line with its level) on stderr, and opening
+    :func:`~tasks.audio.verdict.read_log` reads (each line with its level: the decoder's errors
+    and its closing counts) on stderr, and opening
     nothing but ``target`` (:data:`PROTOCOLS`, :func:`allowed_formats`)."""
     return [ffmpeg, "-hide_banner", "-nostats", "-loglevel", "level+verbose",
             "-protocol_whitelist", PROTOCOLS, "-format_whitelist", allowed_formats(ffmpeg), "-i", target,
             "-map", "0:a:0", "-map_metadata", "-1", "-af", MONO_MIX, "-ar", str(sample_rate),
             "-c:a", "pcm_f32le", *BUFFERED_OUTPUT, "-f", "f32le", "pipe:1"]  # fmt: skip
+
+
+def probe_command(ffprobe: str, target: str, *, allowed: str) -> list[str]:
+    """ffprobe's command line that writes ``target``'s stated length and its first audio stream's
+    channels and bitrate as JSON on its stdout (a tag is one escaped string there), and on stderr
+    only warnings and errors (never the tags or the name: those are info), opening nothing but
+    ``target`` (``allowed`` demuxers)."""
+    return [ffprobe, "-hide_banner", "-loglevel", "level+warning", "-protocol_whitelist", PROTOCOLS,
+            "-format_whitelist", allowed, "-select_streams", "a:0",
+            "-show_entries", "format=duration:stream=channels,bit_rate", "-of", "json", target]  # fmt: skip
 
 
 _ALLOWED_FORMATS: dict[str, str] = {}
@@ -475,6 +521,12 @@ def decode_audio(
 def _kill(process: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(OSError):
         process.kill()
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    """Kill ``process`` if it still runs, and reap it."""
+    _kill(process)
+    _wait(process)
 
 
 def _wait(process: subprocess.Popen[bytes]) -> int:

@@ -7,6 +7,7 @@ encoding (:mod:`tasks.audio.encode`) goes through pydub.
 
 from __future__ import annotations
 
+import os
 import shutil
 import warnings
 
@@ -28,4 +29,16 @@ def ffmpeg_binary() -> str:
     found = shutil.which(AudioSegment.converter)
     if found is None:
         raise DecoderMissingError(f"ffmpeg not found (looked for {AudioSegment.converter!r}): {INSTALL_HINT}")
+    return found
+
+
+def ffprobe_binary() -> str:
+    """Path of the ffprobe beside that ffmpeg (every ffmpeg build ships one), else the one on the
+    PATH; :class:`DecoderMissingError` when there is none."""
+    ffmpeg = ffmpeg_binary()
+    folder, name = os.path.split(ffmpeg)
+    beside = os.path.join(folder, name.replace("ffmpeg", "ffprobe")) if "ffmpeg" in name else ""
+    found = beside if beside and os.access(beside, os.X_OK) else shutil.which("ffprobe")
+    if found is None:
+        raise DecoderMissingError(f"ffprobe not found (beside {ffmpeg!r} or on the PATH): {INSTALL_HINT}")
     return found

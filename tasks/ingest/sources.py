@@ -2,7 +2,9 @@
 
 A source is a directory, a single file or a URL that fsspec reads
 (:func:`open_source`). :func:`list_audio_files` gives one :class:`SourceFile`
-per audio file in it, with its size and mtime and never its content; a song's
+per audio file in it, with its size and mtime and never its content, from a listing that
+streams (:func:`iter_audio_files`: a bucket of millions of keys is read a page at a time, and
+only its audio files are kept, as compact records); a song's
 identity is the sha256 of its bytes (:func:`sha256_of`, :func:`sha256_stream`),
 computed by the planner or by the worker that reads the file.
 """
@@ -13,19 +15,23 @@ import datetime as dt
 import hashlib
 import os
 import stat
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
-from typing import IO
+from typing import IO, Any
 
 import fsspec
+import fsspec.asyn
 
 from tasks.config import AUDIO_EXTENSIONS
 from tasks.errors import ConfigError
 from tasks.store.store import is_local_fs, url_to_fs
 
 _HASH_CHUNK = 1 << 20
+# Keys taken from an object store's listing at a time: one ListObjectsV2 page.
+LIST_PAGE_KEYS = 1000
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class SourceFile:
     """A file to ingest: its URL (or local path), size, mtime and content hash.
 
@@ -63,18 +69,78 @@ def list_audio_files(source: str) -> list[SourceFile]:
     ``problem`` and never opened; folders that cannot be read are skipped.
     Raises :class:`ConfigError` when the source does not exist.
     """
+    return sorted(iter_audio_files(source), key=lambda item: item.uri)
+
+
+def iter_audio_files(source: str) -> Iterator[SourceFile]:
+    """The audio files of :func:`list_audio_files`, unsorted, as the listing reads them.
+
+    Keys are filtered as they arrive and only the audio files' records are kept: an S3 (s3fs)
+    prefix is listed a page of :data:`LIST_PAGE_KEYS` keys at a time, any other fsspec
+    filesystem a directory at a time (``walk``, dropping each directory's cached listing), so
+    the listing holds one page's or one directory's info dicts, never the bucket's.
+    """
     fs, root = open_source(source)
     if is_local_fs(fs):
-        return _list_local(root)
-    infos = {root: fs.info(root)} if fs.isfile(root) else fs.find(root, detail=True)
-    files = []
-    for path, info in sorted(infos.items()):
-        if info.get("type") != "file" or not path.lower().endswith(AUDIO_EXTENSIONS):
-            continue
-        files.append(
-            SourceFile(uri=fs.unstrip_protocol(path), bytes=int(info.get("size") or 0), mtime=_mtime(info))
-        )
-    return files
+        yield from _list_local(root)
+        return
+    if fs.isfile(root):
+        infos: Iterator[dict[str, Any]] = iter([fs.info(root)])
+    elif _lists_in_pages(fs):
+        infos = _object_keys(fs, root)
+    else:
+        infos = _walked(fs, root)
+    for info in infos:
+        path = str(info.get("name", ""))
+        if info.get("type") == "file" and path.lower().endswith(AUDIO_EXTENSIONS):
+            yield SourceFile(
+                uri=fs.unstrip_protocol(path), bytes=int(info.get("size") or 0), mtime=_mtime(info)
+            )
+
+
+def _lists_in_pages(fs: fsspec.AbstractFileSystem) -> bool:
+    """s3fs, whose ``_iterdir`` pages through ListObjectsV2 (other filesystems' differ, or lack it)."""
+    try:
+        from s3fs import S3FileSystem
+    except ImportError:  # pragma: no cover - a dependency; without it no filesystem is s3fs's
+        return False
+    return isinstance(fs, S3FileSystem)
+
+
+def _object_keys(fs: Any, root: str) -> Iterator[dict[str, Any]]:
+    """Every key under ``root`` of an s3fs filesystem, one listing page at a time (s3fs's own
+    ``find`` gathers them all, and keeps them in its listing cache)."""
+    bucket, key, _ = fs.split_path(root)
+    pages = fs._iterdir(bucket, delimiter="", prefix=key.rstrip("/") + "/" if key else "")
+    try:
+        while True:
+            page = fsspec.asyn.sync(fs.loop, _take, pages, LIST_PAGE_KEYS)
+            last = len(page) < LIST_PAGE_KEYS
+            yield from page
+            del page  # before the next page is taken: one page alive at a time
+            if last:
+                return
+    finally:
+        fsspec.asyn.sync(fs.loop, pages.aclose)
+
+
+async def _take(items: AsyncIterator[dict[str, Any]], n_items: int) -> list[dict[str, Any]]:
+    """The next ``n_items`` of ``items`` (fewer at its end)."""
+    taken: list[dict[str, Any]] = []
+    while len(taken) < n_items:
+        try:
+            taken.append(await items.__anext__())
+        except StopAsyncIteration:
+            break
+    return taken
+
+
+def _walked(fs: fsspec.AbstractFileSystem, root: str) -> Iterator[dict[str, Any]]:
+    """Every file's info under ``root``, a directory at a time."""
+    for directory, _, files in fs.walk(root, detail=True):
+        yield from files.values()
+        del files  # before the next directory is listed: one directory alive at a time
+        fs.invalidate_cache(directory)
 
 
 def _list_local(root: str) -> list[SourceFile]:

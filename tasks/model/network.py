@@ -276,6 +276,14 @@ def _frame_noise(fresh: np.ndarray, previous: np.ndarray | None, frames: int) ->
 MAX_UNIT_FIT_STEPS = 16384
 
 
+def unit_fit_steps(n_steps: int, *, seed: int = 0) -> np.ndarray:
+    """Which of ``n_steps`` training steps :func:`fit_units` fits on, in order: all of them, or
+    :data:`MAX_UNIT_FIT_STEPS` drawn at random (so a caller can read only those)."""
+    if n_steps <= MAX_UNIT_FIT_STEPS:
+        return np.arange(n_steps)
+    return np.sort(np.random.default_rng(seed).choice(n_steps, MAX_UNIT_FIT_STEPS, replace=False))
+
+
 def fit_units(steps: np.ndarray, units: int, *, seed: int = 0) -> np.ndarray:
     """The codebook [units, D] of normalised training steps [n, D]: k-means centroids (k-means++,
     one run, seeded), fitted on up to :data:`MAX_UNIT_FIT_STEPS` steps drawn at random.
@@ -286,9 +294,8 @@ def fit_units(steps: np.ndarray, units: int, *, seed: int = 0) -> np.ndarray:
 
     if steps.shape[0] < units:
         raise ValueError(f"{steps.shape[0]} training steps, fewer than {units} units")
-    rng = np.random.default_rng(seed)
     if steps.shape[0] > MAX_UNIT_FIT_STEPS:
-        steps = steps[np.sort(rng.choice(steps.shape[0], MAX_UNIT_FIT_STEPS, replace=False))]
+        steps = steps[unit_fit_steps(steps.shape[0], seed=seed)]
     kmeans = KMeans(n_clusters=units, n_init=1, max_iter=30, random_state=seed)
     kmeans.fit(steps.astype(np.float32))
     return np.asarray(kmeans.cluster_centers_, dtype=np.float32)

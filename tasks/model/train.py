@@ -33,6 +33,7 @@ from tasks.model.network import (
     build_model,
     fit_units,
     step_features,
+    unit_fit_steps,
     units_baseline_loss,
 )
 from tasks.model.repository import (
@@ -482,14 +483,15 @@ def unit_codebook(windows: SongWindows, config: TrainConfig) -> np.ndarray | Non
     (:func:`tasks.model.network.fit_units`); None for the other losses."""
     if config.loss != "units":
         return None
-    steps = [windows.song_blocks(row) for row in windows.rows if windows.n_steps(row)]
-    found = sum(part.shape[0] for part in steps)
+    found = sum(windows.n_steps(row) for row in windows.rows)
     if found < config.units:
         raise ConfigError(
             f"invalid units {config.units!r}: the training songs have only {found} steps of "
             f"{config.frames_per_step} frames to fit them on: use fewer --units or ingest more songs"
         )
-    return fit_units(np.concatenate(steps), config.units, seed=config.seed)
+    # Only the steps the fit draws are read, a piece of a song at a time (never the songs whole).
+    steps = windows.gather_steps(unit_fit_steps(found, seed=config.seed))
+    return fit_units(steps, config.units, seed=config.seed)
 
 
 def model_codebook(model: Any, config: TrainConfig) -> np.ndarray | None:

@@ -16,7 +16,7 @@ from typing import TypeVar
 import numpy as np
 
 from tasks.dataset.catalog import CatalogRow, read_catalog
-from tasks.dataset.repository import dataset_dir, read_stats
+from tasks.dataset.repository import dataset_dir, read_features, read_stats
 from tasks.dataset.shards import read_blocks
 from tasks.errors import ConfigError
 from tasks.model.tfload import load_tensorflow
@@ -24,6 +24,10 @@ from tasks.store.store import Store, open_store
 
 # A feature that never varies (the imaginary part of the DC and Nyquist bins) keeps scale 1.
 MIN_STD = 1e-6
+# The most bytes of one song's steps that training reads at once: a song is read a run of windows
+# at a time, so a 4-hour song (1.2M log-mel frames, 640 MB) is not held whole. 64 MB is 25 min of
+# log-mel frames and 760 rfft blocks; one window's span is read whole whatever its size.
+WINDOW_READ_BYTES = 64 * 2**20
 
 _T = TypeVar("_T")
 
@@ -122,6 +126,7 @@ class SongWindows:
         hop: int,
         normalizer: Normalizer | None = None,
         frames_per_step: int = 1,
+        read_bytes: int = WINDOW_READ_BYTES,
     ) -> None:
         self.store_url = store_url
         self.dataset_id = dataset_id
@@ -130,6 +135,8 @@ class SongWindows:
         self.hop = hop
         self.normalizer = normalizer
         self.frames_per_step = frames_per_step
+        self.read_bytes = read_bytes
+        self._step_bytes: int | None = None
 
     def n_steps(self, row: CatalogRow) -> int:
         """Model steps of a song: its rows, ``frames_per_step`` at a time (a shorter tail is left out)."""
@@ -141,39 +148,90 @@ class SongWindows:
 
     def song_blocks(self, row: CatalogRow) -> np.ndarray:
         """A song's (normalised) steps, shape [n_steps, frames_per_step * n_features] (its blocks,
-        [n_blocks, n_features], with one frame per step)."""
+        [n_blocks, n_features], with one frame per step). The whole song: training reads it by
+        windows instead (:meth:`iter_spans`)."""
+        return self.read_steps(row, 0, self.n_steps(row))
+
+    def read_steps(self, row: CatalogRow, first: int, stop: int) -> np.ndarray:
+        """Steps ``first`` to ``stop`` (excluded) of a song, normalised, shape [stop - first,
+        frames_per_step * n_features]: only their rows are read from the shard."""
         assert row.shard is not None
         store = open_store(self.store_url)
         blocks = read_blocks(
-            store, dataset_dir(self.dataset_id), row.shard, offset=row.offset, n_blocks=row.n_blocks
+            store,
+            dataset_dir(self.dataset_id),
+            row.shard,
+            offset=row.offset + first * self.frames_per_step,
+            n_blocks=(stop - first) * self.frames_per_step,
         )
         if self.normalizer is not None:
             blocks = self.normalizer.apply_in_place(blocks)
         if self.frames_per_step == 1:
             return blocks
-        usable = self.n_steps(row) * self.frames_per_step
-        return blocks[:usable].reshape(self.n_steps(row), self.frames_per_step * blocks.shape[1])
+        return blocks.reshape(-1, self.frames_per_step * blocks.shape[1])
+
+    def piece_steps(self) -> int:
+        """Steps read at once (:data:`WINDOW_READ_BYTES` of them), never less than one window's span."""
+        if self._step_bytes is None:
+            n_features = read_features(open_store(self.store_url), self.dataset_id).n_features
+            self._step_bytes = 4 * n_features * self.frames_per_step
+        return max(self.seq_len + 1, self.read_bytes // self._step_bytes)
+
+    def song_pieces(self, row: CatalogRow) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """A song's windows a run at a time: ``(starts, steps)``, the window starts (relative to
+        ``steps``) and the steps they span, at most :meth:`piece_steps` of them, in song order."""
+        starts = window_starts(self.n_steps(row), seq_len=self.seq_len, hop=self.hop)
+        if starts.size == 0:
+            return
+        span = self.seq_len + 1
+        # the windows of a piece start within piece_steps - span steps of its first one
+        reach = self.piece_steps() - span
+        index = 0
+        while index < starts.size:
+            first = int(starts[index])
+            end = index + int(np.searchsorted(starts[index:], first + reach, side="right"))
+            last = int(starts[end - 1])
+            yield starts[index:end] - first, self.read_steps(row, first, last + span)
+            index = end
+
+    def gather_steps(self, picked: np.ndarray) -> np.ndarray:
+        """Steps ``picked`` (sorted indices into every song's steps, in ``rows`` order, as if
+        they were concatenated), [len(picked), frames_per_step * n_features]: each song is read
+        a piece of at most :meth:`piece_steps` at a time, only where a picked step lies."""
+        gathered: list[np.ndarray] = []
+        first = 0  # the song's first step in the concatenation
+        for row in self.rows:
+            n_steps = self.n_steps(row)
+            low, high = np.searchsorted(picked, [first, first + n_steps])
+            local = picked[low:high] - first
+            index = 0
+            while index < local.size:
+                begin = int(local[index])
+                end = index + int(np.searchsorted(local[index:], begin + self.piece_steps()))
+                steps = self.read_steps(row, begin, int(local[end - 1]) + 1)
+                gathered.append(steps[local[index:end] - begin])
+                index = end
+            first += n_steps
+        if not gathered:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(gathered)
 
     def iter_spans(self, *, seed: int | None = None) -> Iterator[np.ndarray]:
         """Yield each window as its span of ``seq_len + 1`` blocks, [seq_len + 1, n_features]:
         the inputs are ``span[:-1]``, the targets ``span[1:]``.
 
-        Songs come in catalog order, or shuffled by ``seed``; one song's blocks
-        are in memory at a time. Each span is a copy, so a span held in a
-        shuffle buffer does not keep its whole song alive, and the inputs and
-        targets share it (half the bytes of two separate arrays).
+        Songs come in catalog order, or shuffled by ``seed``; one piece of one song is in memory
+        at a time (:meth:`song_pieces`, at most ``read_bytes`` of it), so a long song is never
+        read whole. Each span is a copy, so a span held in a shuffle buffer does not keep its
+        piece alive, and the inputs and targets share it (half the bytes of two separate arrays).
         """
         order = np.arange(len(self.rows))
         if seed is not None:
             order = np.random.default_rng(seed).permutation(len(self.rows))
         for index in order:
-            row = self.rows[index]
-            starts = window_starts(self.n_steps(row), seq_len=self.seq_len, hop=self.hop)
-            if starts.size == 0:
-                continue
-            blocks = self.song_blocks(row)
-            for start in starts:
-                yield blocks[start : start + self.seq_len + 1].copy()
+            for starts, steps in self.song_pieces(self.rows[index]):
+                for start in starts:
+                    yield steps[start : start + self.seq_len + 1].copy()
 
     def iter_windows(self, *, seed: int | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(inputs, targets)`` windows, [seq_len, n_features] each (views of one span,

@@ -27,17 +27,19 @@ import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from tasks.errors import ConfigError, StoreArgumentError, StoreError, first_line
+from tasks.errors import ConfigError, StoreArgumentError, StoreError, first_line, is_infrastructure
 
 # ``faulty:///path``: a local folder with faults on demand, for the fault tests and the soak benchmark
 # (:mod:`tasks.store.faults`); known in every process that opens a store, Dask workers included, and
 # imported only when such a URL is opened.
 fsspec.register_implementation("faulty", "tasks.store.faults.FaultyFileSystem", clobber=True)
+
+_T = TypeVar("_T")
 
 # An id that names a folder of the store (a dataset, a model, a generated run): letters, digits,
 # ".", "_" and "-", starting with a letter or digit, so that it stays one folder inside the store
@@ -97,7 +99,11 @@ class Store:
         return bool(self.fs.exists(self.path(*parts)))
 
     def read_bytes(self, *parts: str) -> bytes:
-        return bytes(self.fs.cat_file(self.path(*parts)))
+        """The whole file; a glitch of the store (an I/O error, a timeout) is tried again
+        (:func:`glitch_retried`): a reader of many files (a catalog of many segments) must not fail
+        for one flaky read."""
+        path = self.path(*parts)
+        return glitch_retried(lambda: bytes(self.fs.cat_file(path)))
 
     def write_bytes(self, data: bytes, *parts: str, fence: Callable[[], None] | None = None) -> None:
         """Write a whole file so that readers see the old or the new content, never a part.
@@ -232,12 +238,12 @@ class Store:
         token = uuid.uuid4().hex
         deadline = time.monotonic() + timeout
         delay = 0.01
+        record = _owner(token)
         while True:
-            record = _owner(token)
-            created = self._create_exclusive(record, *parts)
+            created = glitch_retried(lambda: self._take(record, token, path, *parts))
             if created is not None:
                 break
-            stale = self._breakable(path, expiry)
+            stale = glitch_retried(lambda: self._breakable(path, expiry))
             if stale is not None:
                 self._delete_if_unchanged(path, stale)
                 continue
@@ -257,12 +263,24 @@ class Store:
             failed = False
         finally:
             held.stop()
-            released = self._release(path, token, held.seen)
+            released = glitch_retried(lambda: self._release(path, token, held.seen))
             if raise_if_lost and not failed and (held.lost or not released):
                 raise LockLostError(
                     f"the lock {self.full_url(*parts)} was lost while held "
                     f"(not renewed for {expiry:g} s, then taken by another process)"
                 )
+
+    def _take(self, record: bytes, token: str, path: str, *parts: str) -> str | None:
+        """One try at creating the lock file holding ``record``: its ETag as :meth:`_create_exclusive`
+        gives it, or None when another holder has it. A file that carries ``token`` already is ours: a
+        create that failed on its way back (the write landed, the answer was lost) and was tried again."""
+        try:
+            return self._create_exclusive(record, *parts)
+        except OSError:
+            seen = self._look(path)
+            if seen is not None and seen.holder().get("token") == token:
+                return seen.tag
+            raise
 
     def lock_is_live(self, *parts: str, stale_after: float | None = None) -> bool:
         """Whether the lock file at ``parts`` is held by a run that is alive for all the store can
@@ -838,6 +856,28 @@ def check_writable(store: Store) -> None:
 
 
 PROBE_ATTEMPTS = 3
+
+# Tries of one small store operation (a whole-file read, a step of taking or releasing a lock) when
+# the store glitches (an I/O error, a dropped connection). Seen in the soak (issue 26), 10% faulty
+# reads and writes: one EIO on the ingest marker failed a whole run before it ingested anything, and
+# a catalog of 70 segments was never read whole, so no re-run got past its plan. 4 tries in ~1.5 s.
+GLITCH_ATTEMPTS = 4
+
+
+def glitch_retried(step: Callable[[], _T]) -> _T:
+    """``step()``, tried again after an infrastructure error (:func:`tasks.errors.is_infrastructure`:
+    EIO, a timeout, a connection) up to :data:`GLITCH_ATTEMPTS` times; anything else, or the
+    last glitch, is raised."""
+    for attempt in range(GLITCH_ATTEMPTS):
+        try:
+            return step()
+        except OSError as error:
+            # A missing or refused file is an answer, whatever its errno (fsspec backends give none).
+            answer = isinstance(error, FileNotFoundError | FileExistsError | PermissionError)
+            if answer or not is_infrastructure(error) or attempt == GLITCH_ATTEMPTS - 1:
+                raise
+            time.sleep(0.1 * 2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _missing_credentials(error: BaseException) -> bool:

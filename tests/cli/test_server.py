@@ -3,16 +3,32 @@
 from __future__ import annotations
 
 import base64
+import os
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, HTTPServer
+from pathlib import Path
 
 import pytest
+from helpers import ROOT
 
 from musicflow.server import api_healthy, ensure_prefect_api
 from tasks.errors import ConfigError, ServiceError, exit_code
 
 AUTH = "Basic " + base64.b64encode(b"musicflow:sesame").decode()
+
+
+@pytest.fixture(autouse=True)
+def _prefect_settings_restored() -> Iterator[None]:
+    """ensure_prefect_api re-reads this process's Prefect settings (the API it chose): put back the
+    ones the session had, whatever each test chose."""
+    from prefect import context
+
+    saved = context.GLOBAL_SETTINGS_CONTEXT
+    yield
+    context.GLOBAL_SETTINGS_CONTEXT = saved
 
 
 @pytest.fixture
@@ -65,3 +81,32 @@ def test_an_api_that_does_not_answer_is_one_line(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(ServiceError, match="is not answering") as raised:
         ensure_prefect_api(start=False)
     assert exit_code(raised.value) == 1
+
+
+@pytest.mark.usefixtures("prefect_server")
+def test_the_api_found_is_the_one_this_process_uses(tmp_path: Path) -> None:
+    """Issue 26 (found by the soak): the CLI found a server and exported its URL, but its own Prefect
+    had read its settings at import, so the flow run here started an ephemeral API server of its own
+    (a child uvicorn): its events missed the server's automations, and when that child died the
+    command hung at exit. A fresh process with no API configured and a server on the default port."""
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    script = (
+        "import musicflow.server as server\n"
+        f"server.DEFAULT_PORT = {port}\n"
+        "url = server.ensure_prefect_api(start=False)\n"
+        "from prefect.client.orchestration import get_client\n"
+        "from prefect.server.api.server import SubprocessASGIServer\n"
+        "with get_client(sync_client=True) as client:\n"
+        "    print(url, client.api_url, len(SubprocessASGIServer._instances))\n"
+    )
+    env = {key: value for key, value in os.environ.items() if not key.startswith("PREFECT_API")}
+    env["PREFECT_HOME"] = str(tmp_path / "prefect-home")  # no profile naming an API either
+    done = subprocess.run(
+        [sys.executable, "-c", script], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    found, used, ephemeral = done.stdout.split()
+    assert found == url and used.rstrip("/") == url.rstrip("/") and ephemeral == "0", done.stdout

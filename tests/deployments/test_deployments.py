@@ -173,6 +173,7 @@ def test_serve_options_become_the_flows_parameters() -> None:
             transform="fft",
             shard_format="parquet",
             sample_rate=22050,
+            batch_timeout=120,
             epochs=3,
             max_minutes=30,
             train_options={"hidden": 32, "seq_len": 8, "hop": 4, "batch_size": 8, "patience": None},
@@ -189,6 +190,7 @@ def test_serve_options_become_the_flows_parameters() -> None:
         "transform": "fft",
         "block_size": 1024,
         "sample_rate": 22050,
+        "batch_timeout": 120,  # a stuck batch fails within it, and the next tick runs
         "store_block": "s3-bucket/models",
         "source_block": "aws-credentials/songs",
     }
@@ -276,6 +278,7 @@ def test_deployment_parameters_are_parameters_of_their_flows(default: dict[str, 
         build_deployments(
             source="s",
             store="t",
+            batch_timeout=60,
             epochs=2,
             max_minutes=30,
             train_options=dict.fromkeys(("hidden", "layers", "seq_len", "hop", "batch_size", "patience"), 2)

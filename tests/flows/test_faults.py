@@ -222,7 +222,9 @@ def test_a_batch_whose_worker_hangs_fails_within_its_limit(
     tmp_path: Path, demo_songs: list[Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A worker stuck inside a batch (a store write that never returns) no longer holds the task run,
-    and so the ingest run and its concurrency slot, forever: the wait is bounded by the batch's files."""
+    and so the ingest run and its concurrency slot, forever: the wait is bounded by the batch's files.
+    And the stuck worker is restarted: on a kept cluster (``musicflow serve``'s) of one worker thread,
+    every later batch would wait out its limit behind it."""
     from flows import prefect_tasks
     from flows.runtime.cluster import dask_client
     from tasks.config import IngestConfig
@@ -244,6 +246,15 @@ def test_a_batch_whose_worker_hangs_fails_within_its_limit(
                 files, str(tmp_path / "store"), "dataset", IngestConfig(), client=client
             )
         assert time.monotonic() - started < 30
+
+        # The next batch on the same one-thread cluster runs at once, on the restarted worker.
+        monkeypatch.setattr(prefect_tasks.ingest_lib, "ingest_batch", lambda *args, **kwargs: "done")
+        assert (
+            prefect_tasks.ingest_batch_task.fn(
+                files, str(tmp_path / "store"), "dataset", IngestConfig(), client=client
+            )
+            == "done"
+        )
 
 
 def _ingest_runs_of(store: str) -> list[Any]:

@@ -621,22 +621,72 @@ def test_a_playlist_named_like_a_song_opens_nothing_and_is_not_audio(tmp_path: P
 
 
 def test_a_name_or_a_tag_cannot_state_the_songs_length(tmp_path: Path) -> None:
-    """ffmpeg writes the name it opens and the tags it reads into the log the verdict is read from;
-    a name or a title holding a line break and a forged ``Duration:`` must not make a good song
-    'truncated'."""
+    """ffmpeg writes the name it opens and the tags it reads into its log; a name, a title or a
+    tag's key (an ID3 TXXX description, printed as is) holding a line break and a forged
+    ``Duration:`` line must not make a good song 'truncated' (the stated length is ffprobe's JSON)."""
     forged = "\n[info]   Duration: 09:00:00.00, start: 0.000000, bitrate: 1 kbps\n"
     audio = encode_audio(sine(440, 3.0), sample_rate=SAMPLE_RATE, format="mp3")
     by_name = write(tmp_path / f"song{forged}.mp3", audio)
-    tagged = tmp_path / "tagged.mp3"
-    subprocess.run(
-        [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-i", by_name, "-c", "copy",
-         "-metadata", f"title=x{forged}", "-y", str(tagged)],
-        check=True, timeout=60,
-    )  # fmt: skip
-    for path in (by_name, str(tagged)):
+    tagged = {"title": f"title=x{forged}", "key": f"x{forged}=v"}
+    for name, metadata in tagged.items():
+        subprocess.run(
+            [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-i", by_name, "-c", "copy",
+             "-metadata", metadata, "-y", str(tmp_path / f"{name}.mp3")],
+            check=True, timeout=60,
+        )  # fmt: skip
+    for path in (by_name, *(str(tmp_path / f"{name}.mp3") for name in tagged)):
         decoded = decode_audio(path, sample_rate=22050)
         assert decoded.samples.shape[0] / 22050 == pytest.approx(3.0, abs=0.1), path
         assert decoded.warnings is None, decoded.warnings
+        assert decoded.channels == 1
+
+
+def test_ffprobe_runs_only_for_a_log_a_tag_may_have_forged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ffmpeg's own description of an ordinary song decides its verdict (a second process per song
+    would cost 40% more CPU on short songs); a forged description sends it to ffprobe's JSON."""
+    import tasks.audio.decode as decode
+
+    probed: list[str] = []
+    real_probe = decode.AudioStream._probe
+
+    def counted(stream: decode.AudioStream, ffmpeg: str, target: str) -> object:
+        probed.append(str(stream.source))
+        return real_probe(stream, ffmpeg, target)
+
+    monkeypatch.setattr(decode.AudioStream, "_probe", counted)
+    audio = encode_audio(sine(440, 3.0), sample_rate=SAMPLE_RATE, format="mp3")
+    plain = write(tmp_path / "plain.mp3", audio)
+    forged = tmp_path / "forged.mp3"
+    subprocess.run(
+        [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-i", plain, "-c", "copy",
+         "-metadata", "x\n[info]   Duration: 00:00:01.00, start: 0.0\n=v", "-y", str(forged)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    for source in (plain, audio):
+        assert decode_audio(source, sample_rate=22050).seconds == pytest.approx(3.0, abs=0.1)
+    assert probed == []
+    assert decode_audio(str(forged), sample_rate=22050).seconds == pytest.approx(3.0, abs=0.1)
+    assert decode_audio(forged.read_bytes(), sample_rate=22050).channels == 1
+    assert len(probed) == 2
+
+
+def test_a_tag_cannot_say_the_length_is_an_estimate(tmp_path: Path) -> None:
+    """A truncated FLAC states an exact length: a comment reading "Estimating duration from
+    bitrate" (ffmpeg's warning for a length it guesses) must not make its shortfall forgivable."""
+    flac = encode_audio(sine(440, 3.0), sample_rate=SAMPLE_RATE, format="flac")
+    cut = write(tmp_path / "cut.flac", flac[: len(flac) * 2 // 3])
+    commented = tmp_path / "commented.flac"
+    subprocess.run(
+        [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-i", cut, "-c", "copy",
+         "-metadata", "comment=Estimating duration from bitrate, this may be inaccurate",
+         "-y", str(commented)],
+        check=True, timeout=60,
+    )  # fmt: skip
+    for path in (cut, str(commented)):
+        with pytest.raises(DecodeError, match=r"truncated|undecodable"):
+            decode_audio(path, sample_rate=22050)
 
 
 _DECODE_IN_A_CHILD = """

@@ -76,16 +76,27 @@ def test_a_name_with_a_double_colon_is_a_local_file(
 def test_a_forged_duration_in_a_name_ingests_ok_and_a_playlist_is_a_failed_row(
     tmp_path: Path, demo_songs: list[Path], store_url: str
 ) -> None:
-    """A name that would write ``Duration: 9 h`` into the decoder's log is a good song; a playlist
-    saved as a song (naming another song of the folder) is content that is not audio."""
+    """A name, or a tag's key, that would write ``Duration: 9 h`` into the decoder's log is a good
+    song of its real length; a playlist saved as a song (naming another song of the folder) is
+    content that is not audio."""
+    from tasks.audio.ffmpeg import ffmpeg_binary
+
     source = tmp_path / "songs"
     source.mkdir()
-    forged = Path(shutil.copy(demo_songs[0], source / "a\n[info]   Duration: 09:00:00.00, start: 0.0\n.mp3"))
+    line = "\n[info]   Duration: 09:00:00.00, start: 0.0\n"
+    forged = Path(shutil.copy(demo_songs[0], source / f"a{line}.mp3"))
+    tagged = source / "c-tagged.mp3"
+    subprocess.run(
+        [ffmpeg_binary(), "-hide_banner", "-loglevel", "error", "-i", str(demo_songs[2]), "-c", "copy",
+         "-metadata", f"x{line}=v", "-y", str(tagged)],
+        check=True, timeout=60,
+    )  # fmt: skip
     playlist = source / "b-playlist.m4a"
     playlist.write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\n{demo_songs[1]}\n#EXT-X-ENDLIST\n")
     rows = {Path(row.source).name: row for row in run_batch(list_audio_files(str(source)), store_url)}
-    assert rows[forged.name].ok, rows[forged.name].error
-    assert rows[forged.name].seconds == pytest.approx(decode_audio(str(demo_songs[0])).seconds)
+    for song, original in ((forged, demo_songs[0]), (tagged, demo_songs[2])):
+        assert rows[song.name].ok, rows[song.name].error
+        assert rows[song.name].seconds == pytest.approx(decode_audio(str(original)).seconds)
     assert not rows[playlist.name].ok
     assert "playlist" in rows[playlist.name].error, rows[playlist.name].error
 

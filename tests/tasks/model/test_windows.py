@@ -352,3 +352,69 @@ def test_load_split_rows_match_split_songs(tiny_dataset: tuple[str, str]) -> Non
         ids, val_fraction=0.25, seed=0
     )
     assert len(val) == 1 and len(train) == 3
+
+
+@pytest.mark.parametrize(("seq_len", "hop", "frames_per_step"), [(8, 4, 1), (5, 7, 1), (4, 3, 2)])
+def test_a_song_is_read_a_few_windows_at_a_time_and_the_batches_are_unchanged(
+    any_store: tuple[str, str], monkeypatch: pytest.MonkeyPatch, seq_len: int, hop: int, frames_per_step: int
+) -> None:
+    """Training reads a song by runs of windows, at most ``read_bytes`` of steps at a time (a 4-hour
+    song is never held whole), and the shuffled batches are those of a whole-song read."""
+    store_url, dataset_id = any_store
+    store = open_store(store_url)
+    rows = [row for row in read_catalog(store, dataset_dir(dataset_id)) if row.ok]
+    n_features = FeatureConfig(block_size=TINY_BLOCK).n_features
+    normalizer = Normalizer.from_dataset(store, dataset_id)
+    step_bytes = 4 * n_features * frames_per_step
+    piece = seq_len + 1 + 2 * hop  # steps per read: three windows' starts
+    longest = max(row.n_blocks for row in rows)
+    assert longest > 4 * piece * frames_per_step  # each song takes several reads
+
+    def windows(read_bytes: int) -> SongWindows:
+        return SongWindows(store_url, dataset_id, rows, seq_len=seq_len, hop=hop, normalizer=normalizer,
+                           frames_per_step=frames_per_step, read_bytes=read_bytes)  # fmt: skip
+
+    def batches(song_windows: SongWindows) -> tuple[np.ndarray, np.ndarray]:
+        return _streamed(make_tf_dataset(song_windows, n_features=n_features * frames_per_step,
+                                         batch_size=8, shuffle_buffer=16, seed=3))  # fmt: skip
+
+    whole = batches(windows(read_bytes=longest * n_features * 4))
+    reads = _count_block_reads(monkeypatch)
+    in_pieces = batches(windows(read_bytes=piece * step_bytes))
+    np.testing.assert_array_equal(in_pieces[0], whole[0])
+    np.testing.assert_array_equal(in_pieces[1], whole[1])
+    assert max(reads) <= piece * frames_per_step, reads
+    assert len(reads) > 4 * len(rows)
+
+
+def test_the_steps_a_codebook_fit_draws_are_read_a_piece_at_a_time(
+    any_store: tuple[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A ``units`` model's k-means draws its steps from every training song: only the pieces
+    holding drawn steps are read, each at most ``read_bytes``, and the steps are those of the
+    songs read whole and concatenated."""
+    store_url, dataset_id = any_store
+    rows = [row for row in read_catalog(open_store(store_url), dataset_dir(dataset_id)) if row.ok]
+    n_features = FeatureConfig(block_size=TINY_BLOCK).n_features
+    windows = SongWindows(store_url, dataset_id, rows, seq_len=4, hop=4, frames_per_step=2,
+                          read_bytes=16 * 2 * n_features * 4)  # fmt: skip
+    every = np.concatenate([windows.song_blocks(row) for row in rows])
+    picked = np.sort(np.random.default_rng(5).choice(every.shape[0], every.shape[0] // 3, replace=False))
+    reads = _count_block_reads(monkeypatch)
+    np.testing.assert_array_equal(windows.gather_steps(picked), every[picked])
+    assert max(reads) <= 16 * 2, reads
+    assert sum(reads) < 2 * every.shape[0]
+
+
+def _count_block_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """From now on, the rows each read of a shard by :class:`SongWindows` asks for."""
+    import tasks.model.windows as module
+
+    reads: list[int] = []
+
+    def counted(*args: object, n_blocks: int, **kwargs: object) -> np.ndarray:
+        reads.append(n_blocks)
+        return read_blocks(*args, n_blocks=n_blocks, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(module, "read_blocks", counted)
+    return reads

@@ -23,20 +23,16 @@ both measured in this run.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import functools
 import json
 import os
 import random
 import shlex
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import time
 import wave
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,6 +41,7 @@ from _report import MUSICFLOW, ROOT, ffmpeg_f32_mono, table
 from bench_ingest import Clock
 
 from flows.ingest import BATCHES_PER_WORKER, MAX_BATCHES
+from musicflow.server import own_server
 from tasks.ingest.plan import make_batches, plan_ingest
 from tasks.ingest.sources import SourceFile, list_audio_files
 
@@ -66,39 +63,6 @@ def tiny_songs(folder: Path, count: int = 10_000) -> list[SourceFile]:
                 out.setframerate(8000)
                 out.writeframes((noise * 3000).astype("<i2").tobytes())
     return plan_ingest(list_audio_files(str(folder)), []).todo
-
-
-@contextlib.contextmanager
-def prefect_server(home: Path) -> Iterator[str]:
-    """``prefect server start`` on a free port with its own database in ``home``; its API URL."""
-    import httpx
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    api = f"http://127.0.0.1:{port}/api"
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api,
-           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}  # fmt: skip
-    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)  # the default: PREFECT_HOME/prefect.db
-    prefect = str(Path(sys.executable).with_name("prefect"))
-    with open(home / "server.log", "wb") as log:
-        server = subprocess.Popen(
-            [prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            if server.poll() is not None or time.monotonic() > deadline:
-                sys.exit(f"the Prefect server did not start: see {home / 'server.log'}")
-            time.sleep(0.5)
-        yield api
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
 
 
 def database_bytes(home: Path) -> int:
@@ -162,7 +126,7 @@ def live(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="musicflow-live-") as folder:
         home, store = Path(folder) / "prefect", Path(folder) / "store"
         home.mkdir()
-        with prefect_server(home) as api:
+        with own_server(home) as api:
             before = settled_database_bytes(home, quiet_seconds=5.0)
             decode = functools.partial(ffmpeg_f32_mono, sample_rate=sample_rate)
             with Clock() as raw, ThreadPoolExecutor(args.workers) as pool:

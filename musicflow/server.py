@@ -9,11 +9,15 @@ process's environment, which worker processes inherit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -111,20 +115,48 @@ def ui_url(api_url: str) -> str:
     return api_url.rstrip("/").removesuffix("/api")
 
 
+def _server_command(host: str, port: int) -> list[str]:
+    """``prefect server start`` on ``host:port``, with this interpreter's ``prefect`` when it has one."""
+    prefect_cli = Path(sys.executable).with_name("prefect")
+    prefect = str(prefect_cli) if prefect_cli.exists() else "prefect"
+    return [prefect, "server", "start", "--host", host, "--port", str(port)]
+
+
+@contextlib.contextmanager
+def own_server(home: Path, *, wait_seconds: float = 180.0) -> Iterator[str]:
+    """A ``prefect server start`` (API and UI) on a free port of 127.0.0.1 with ``home`` as its
+    ``PREFECT_HOME``, so its own SQLite database (``home/prefect.db``) and log (``home/server.log``);
+    yields its API URL and stops it on exit. For tests and benchmarks that need a server of their own."""
+    with socket.socket() as probe:
+        probe.bind((DEFAULT_HOST, 0))
+        port = probe.getsockname()[1]
+    api = f"http://{DEFAULT_HOST}:{port}/api"
+    home.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": api, "PREFECT_UI_API_URL": api,
+           "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}  # fmt: skip
+    env.pop("PREFECT_API_DATABASE_CONNECTION_URL", None)  # the default: PREFECT_HOME/prefect.db
+    with open(home / "server.log", "wb") as log:
+        server = subprocess.Popen(
+            _server_command(DEFAULT_HOST, port), env=env, stdin=subprocess.DEVNULL, stdout=log,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    try:
+        deadline = time.monotonic() + wait_seconds
+        while not api_healthy(api):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise ServiceError(f"the Prefect server at {api} did not start: see {home / 'server.log'}")
+            time.sleep(0.5)
+        yield api
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
 def _start_server(log_dir: Path) -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / "prefect-server.log"
     logger.info("starting a Prefect server on %s:%s (log: %s)", DEFAULT_HOST, DEFAULT_PORT, log_path)
-    prefect_cli = Path(sys.executable).with_name("prefect")
-    command = [
-        str(prefect_cli) if prefect_cli.exists() else "prefect",
-        "server",
-        "start",
-        "--host",
-        DEFAULT_HOST,
-        "--port",
-        str(DEFAULT_PORT),
-    ]
+    command = _server_command(DEFAULT_HOST, DEFAULT_PORT)
     with open(log_path, "ab") as log:
         subprocess.Popen(
             command,

@@ -8,6 +8,11 @@ run's quality axes beside their anchors (``metrics.json``'s ``quality.axes``).
 The page's images and audio are copied from the store into ``OUT/media/`` (through fsspec:
 a local folder and S3 alike), so the folder opens in any browser and can be moved or
 served as it is. A file already copied with the same size is not copied again.
+
+:func:`write_run_page` writes the same section for one generated run, as a page of its own in
+the run's folder of the store (``generated/<run_id>/index.html``), with nothing copied: a local
+store's page names the clips beside it (a ``file://`` URL opens it), an S3 store's page links
+them through presigned URLs and is itself presigned. The generate flow's artifact links to it.
 """
 
 from __future__ import annotations
@@ -15,15 +20,16 @@ from __future__ import annotations
 import datetime as dt
 import html
 import posixpath
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tasks.generation.runs import read_runs, run_dir
+from tasks.generation.runs import read_run, read_runs, run_dir
 from tasks.model.repository import LOSS_CURVE_FILE, model_dir
 from tasks.status import store_status
 from tasks.store.store import Store
 
-REPORT_PAGE = "index.html"
+REPORT_PAGE = "index.html"  # musicflow report's page in OUT, and a run's page in its folder
 MEDIA_DIR = "media"
 AUDIO_TYPES = {".mp3": "audio/mpeg", ".wav": "audio/wav"}  # the players' sources, in this order
 
@@ -40,27 +46,75 @@ th { background: #f4f4f4; } code { font-size: 0.85rem; }
 """
 
 
+# The URL a page gives a store file, from the file's folder and name in the store.
+Link = Callable[[str, str], str]
+
+
 def write_report(store: Store, out: Path) -> Path:
     """Write the page and copy its media into ``out``; returns the page's path."""
     out.mkdir(parents=True, exist_ok=True)
     status = store_status(store)
+
+    def copy(directory: str, name: str) -> str:
+        return _copy(store, out, directory, name)
+
     sections = [
         _datasets(status["datasets"]),
-        _models(store, out, status["models"]),
-        _generated(store, out, sorted(read_runs(store), key=lambda run: run["run_id"], reverse=True)),
+        _models(store, copy, status["models"]),
+        _generated(store, copy, sorted(read_runs(store), key=lambda run: run["run_id"], reverse=True)),
     ]
+    path = out / REPORT_PAGE
+    path.write_text(
+        _page(
+            f"musicflow store <code>{_text(store.url)}</code>", store, sections, made_by="musicflow report"
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+def write_run_page(store: Store, run_id: str, *, expires_seconds: int) -> str | None:
+    """Write the page of the generated run ``run_id`` (its clips with players, spectrograms and
+    metrics, and its quality axes) to ``generated/<run_id>/index.html`` in ``store``; returns a URL
+    a browser opens: ``file://`` for a local store, presigned for ``expires_seconds`` where the
+    store signs (S3). None where neither can be made (a memory store, or S3 with temporary
+    credentials, whose presigned URLs would carry their session token): nothing is written then."""
+    directory = run_dir(run_id)
+    unsigned: list[str] = []  # store files no URL could be made for
+
+    def link(folder: str, name: str) -> str:
+        if store.is_local:
+            return name  # beside the page, in the run's folder
+        signed = store.signed_url(folder, name, expires_seconds=expires_seconds)
+        if signed is None:
+            unsigned.append(name)
+        return signed or ""
+
+    if store.is_local:
+        url: str | None = Path(store.path(directory, REPORT_PAGE)).resolve().as_uri()
+    else:
+        url = store.signed_url(directory, REPORT_PAGE, expires_seconds=expires_seconds)
+    if url is None:
+        return None
+    run = read_run(store, run_id)
+    title, sections = f"musicflow run <code>{_text(run_id)}</code>", [_run(store, link, run)]
+    page = _page(title, store, sections, made_by="the generate flow")
+    if unsigned:
+        return None
+    store.write_bytes(page.encode("utf-8"), directory, REPORT_PAGE, content_type="text/html; charset=utf-8")
+    return url
+
+
+def _page(title: str, store: Store, sections: list[str], *, made_by: str) -> str:
     made = dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    page = (
+    return (
         "<!doctype html>\n<html lang='en'><head><meta charset='utf-8'>"
         f"<title>musicflow: {_text(store.url)}</title><style>{STYLE}</style></head><body>\n"
-        f"<h1>musicflow store <code>{_text(store.url)}</code></h1>\n"
-        f"<p class='muted'>Written {made} by <code>musicflow report</code>.</p>\n"
+        f"<h1>{title}</h1>\n"
+        f"<p class='muted'>Store <code>{_text(store.url)}</code>. Written {made} by {_text(made_by)}.</p>\n"
         + "\n".join(sections)
         + "\n</body></html>\n"
     )
-    path = out / REPORT_PAGE
-    path.write_text(page, encoding="utf-8")
-    return path
 
 
 def _datasets(datasets: list[dict[str, Any]]) -> str:
@@ -68,7 +122,7 @@ def _datasets(datasets: list[dict[str, Any]]) -> str:
     return f"<h2>Datasets ({len(datasets)})</h2>\n" + _table(columns, datasets)
 
 
-def _models(store: Store, out: Path, models: list[dict[str, Any]]) -> str:
+def _models(store: Store, link: Link, models: list[dict[str, Any]]) -> str:
     parts = [f"<h2>Models ({len(models)})</h2>"]
     columns = ["model_id", "dataset_id", "state", "epochs", "best_epoch", "train_loss", "val_loss"]
     parts.append(_table([*columns, "baseline_val_loss", "params"], models))
@@ -76,7 +130,7 @@ def _models(store: Store, out: Path, models: list[dict[str, Any]]) -> str:
         directory = model_dir(model["model_id"])
         if not store.exists(directory, LOSS_CURVE_FILE):
             continue
-        curve = _copy(store, out, directory, LOSS_CURVE_FILE)
+        curve = link(directory, LOSS_CURVE_FILE)
         parts.append(
             f"<h3>{_text(model['model_id'])}</h3>\n"
             f"<img class='curve' src='{_attr(curve)}' alt='loss curve of {_attr(model['model_id'])}'>"
@@ -84,19 +138,21 @@ def _models(store: Store, out: Path, models: list[dict[str, Any]]) -> str:
     return "\n".join(parts)
 
 
-def _generated(store: Store, out: Path, runs: list[dict[str, Any]]) -> str:
-    parts = [f"<h2>Generated runs ({len(runs)})</h2>"]
-    for run in runs:
-        quality = run.get("quality", {})
-        parts.append(
-            f"<h3>{_text(run['run_id'])}</h3>\n<p>model <code>{_text(run['model_id'])}</code>, "
-            f"{len(run['clips'])} clip(s) of {run['seconds']:.1f} s, sampling {_text(run.get('sampling'))}, "
-            f"quality <b>{_text(quality.get('quality'))}</b> (1 = as close to the validation songs as "
-            "real music, 0 = shaped noise)</p>"
-        )
-        parts.append(_axes(quality.get("axes", {})))
-        for clip in run["clips"]:
-            parts.append(_clip(store, out, run, clip))
+def _generated(store: Store, link: Link, runs: list[dict[str, Any]]) -> str:
+    return "\n".join([f"<h2>Generated runs ({len(runs)})</h2>", *(_run(store, link, run) for run in runs)])
+
+
+def _run(store: Store, link: Link, run: dict[str, Any]) -> str:
+    """One generated run: its facts, quality axes and clips."""
+    quality = run.get("quality", {})
+    parts = [
+        f"<h3>{_text(run['run_id'])}</h3>\n<p>model <code>{_text(run['model_id'])}</code>, "
+        f"{len(run['clips'])} clip(s) of {run['seconds']:.1f} s, sampling {_text(run.get('sampling'))}, "
+        f"quality <b>{_text(quality.get('quality'))}</b> (1 = as close to the validation songs as "
+        "real music, 0 = shaped noise)</p>",
+        _axes(quality.get("axes", {})),
+    ]
+    parts += [_clip(store, link, run, clip) for clip in run["clips"]]
     return "\n".join(parts)
 
 
@@ -118,16 +174,16 @@ def _axes(axes: dict[str, Any]) -> str:
     return _table(list(rows[0]), rows)
 
 
-def _clip(store: Store, out: Path, run: dict[str, Any], clip: dict[str, Any]) -> str:
+def _clip(store: Store, link: Link, run: dict[str, Any], clip: dict[str, Any]) -> str:
     directory = run_dir(run["run_id"])
     sources, image = [], ""
     for extension, mime in AUDIO_TYPES.items():
         name = f"{clip['name']}{extension}"
         if name in clip["files"] and store.exists(directory, name):
-            sources.append(f"<source src='{_attr(_copy(store, out, directory, name))}' type='{mime}'>")
+            sources.append(f"<source src='{_attr(link(directory, name))}' type='{mime}'>")
     spectrogram = f"{clip['name']}.png"
     if spectrogram in clip["files"] and store.exists(directory, spectrogram):
-        image = f"<img src='{_attr(_copy(store, out, directory, spectrogram))}' alt='spectrogram'>"
+        image = f"<img src='{_attr(link(directory, spectrogram))}' alt='spectrogram'>"
     metrics = clip.get("metrics", {})
     facts = {
         "seconds": round(metrics.get("seconds", 0.0), 2),

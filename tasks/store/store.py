@@ -105,23 +105,39 @@ class Store:
         path = self.path(*parts)
         return glitch_retried(lambda: bytes(self.fs.cat_file(path)))
 
-    def write_bytes(self, data: bytes, *parts: str, fence: Callable[[], None] | None = None) -> None:
+    def write_bytes(
+        self,
+        data: bytes,
+        *parts: str,
+        fence: Callable[[], None] | None = None,
+        content_type: str | None = None,
+    ) -> None:
         """Write a whole file so that readers see the old or the new content, never a part.
 
         On a local disk: write a temporary sibling, then rename over. On object
         stores a single PUT is already atomic. ``fence`` (a held lock's
         :meth:`HeldLock.ensure`) is called right before the write takes effect
         (the rename, the PUT): a run that lost its lock raises there, writing nothing.
+        ``content_type``: the Content-Type an S3 object is served with (a browser renders a page
+        only as ``text/html``; S3's default is ``binary/octet-stream``); elsewhere unused.
         """
-        self._write_whole(self.path(*parts), data, fence=fence)
+        self._write_whole(self.path(*parts), data, fence=fence, content_type=content_type)
 
-    def _write_whole(self, path: str, data: bytes, *, fence: Callable[[], None] | None = None) -> None:
+    def _write_whole(
+        self,
+        path: str,
+        data: bytes,
+        *,
+        fence: Callable[[], None] | None = None,
+        content_type: str | None = None,
+    ) -> None:
         """:meth:`write_bytes` at a path as the filesystem names it."""
         self.fs.makedirs(posixpath.dirname(path), exist_ok=True)
         if not self.is_local:
             if fence is not None:
                 fence()
-            self.fs.pipe_file(path, data)
+            s3 = "s3" in (self.fs.protocol if isinstance(self.fs.protocol, tuple) else (self.fs.protocol,))
+            self.fs.pipe_file(path, data, **({"ContentType": content_type} if content_type and s3 else {}))
             return
         partial = _partial_name(path)
         try:

@@ -1,19 +1,24 @@
 """``musicflow report``: a static page to listen to a store (tasks/report.py), opened in a real
 headless Chromium (Playwright, Debian's chromium): the page loads, every ``<audio>`` element has the
-clip's duration, every image decodes; an S3 store's media are copied next to the page.
+clip's duration, every image decodes; an S3 store's media are copied next to the page. A generated
+run's own page (``write_run_page``, the generate flow's artifact links to it) in the run's folder:
+its links resolve, locally and through presigned S3 URLs.
 Set MUSICFLOW_UI_SCREENSHOTS=DIR to keep the screenshot."""
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
+import httpx
 import pytest
 from helpers import CHROMIUM, chromium_browser, keep_screenshots, musicflow
 
 from tasks.generation.generate import generate_run
-from tasks.report import REPORT_PAGE, write_report
+from tasks.report import REPORT_PAGE, write_report, write_run_page
 from tasks.store.store import open_store
 
 
@@ -99,3 +104,48 @@ def test_report_on_a_missing_store_is_one_line(tmp_path: Path) -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "nowhere" in lines[0], result.stderr
     assert not (tmp_path / "page").exists()
+
+
+def _sources(html: str) -> list[str]:
+    """The page's audio and image sources, as written."""
+    return [source.replace("&amp;", "&") for source in re.findall(r"<(?:source|img) src='([^']+)'", html)]
+
+
+def test_a_local_run_page_sits_beside_its_clips(listened: dict[str, Any]) -> None:
+    url = write_run_page(open_store(listened["store"]), "two-clips", expires_seconds=60)
+    assert url is not None and url.startswith("file://")
+    page = Path(unquote(urlsplit(url).path))
+    assert page == Path(listened["store"]).resolve() / "generated" / "two-clips" / REPORT_PAGE
+    html = page.read_text()
+    # each clip's players and spectrogram, mp3 first, named beside the page (nothing copied)
+    assert _sources(html) == [
+        name for clip in ("clip-01", "clip-02") for name in (f"{clip}.mp3", f"{clip}.wav", f"{clip}.png")
+    ]
+    assert all((page.parent / name).stat().st_size > 0 for name in _sources(html))
+    for axis, scored in listened["run"]["quality"]["axes"].items():
+        assert axis in html and (scored.get("not_scored") or scored["anchor"]) in html
+
+
+def test_an_s3_run_page_is_presigned_and_so_are_its_clips(listened: dict[str, Any], s3_bucket: str) -> None:
+    store = open_store(f"{s3_bucket}/store")
+    store.fs.put(listened["store"], store.root, recursive=True)
+    url = write_run_page(store, "two-clips", expires_seconds=600)
+    assert url is not None and "Signature=" in url
+    response = httpx.get(url)  # a browser's request: no credentials
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/html")  # rendered, not downloaded
+    sources = _sources(response.text)
+    assert len(sources) == 6 and all("Signature=" in source for source in sources)
+    local = Path(listened["store"], "generated", "two-clips")
+    for source in sources:
+        name = urlsplit(source).path.rsplit("/", 1)[-1]
+        assert httpx.get(source).content == (local / name).read_bytes()
+
+
+def test_a_run_page_needs_a_url_a_browser_opens(listened: dict[str, Any]) -> None:
+    store = open_store("memory://run-page-store")
+    store.fs.put(listened["store"], store.root, recursive=True)
+    if store.exists("generated", "two-clips", REPORT_PAGE):  # the local test's page, copied along
+        store.fs.rm(store.path("generated", "two-clips", REPORT_PAGE))
+    assert write_run_page(store, "two-clips", expires_seconds=60) is None
+    assert not store.exists("generated", "two-clips", REPORT_PAGE)

@@ -7,10 +7,12 @@ import asyncio
 import base64
 import json
 import os
+import re
 import shutil
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 import pytest
 from conftest import TINY_BLOCK
@@ -128,7 +130,14 @@ def test_generate_flow_writes_the_run_and_publishes_artifacts(
     markdown = artifacts["generated-spectrograms"].data
     assert tiny_model[1] in markdown
     assert f"{report['location']}/clip-01.png" in markdown and f"{report['location']}/clip-02.png" in markdown
-    assert f"`musicflow report --store {store}`" in markdown  # where to listen
+    assert f"`musicflow report --store {store}`" in markdown  # the whole store's page
+    # where to listen: the run's own page, beside its clips, listing both of them
+    (link,) = re.findall(r"\[this run's page\]\((file://[^)]+)\)", markdown)
+    page = Path(unquote(urlsplit(link).path))
+    assert page.parent == run.resolve() and page.is_file()
+    html = page.read_text()
+    for clip in ("clip-01", "clip-02"):
+        assert f"<source src='{clip}.mp3' type='audio/mpeg'>" in html and (run / f"{clip}.mp3").is_file()
     for clip in ("clip-01", "clip-02"):  # the spectrograms themselves, embedded for the browser
         embedded = base64.b64encode((run / f"{clip}.png").read_bytes()).decode()
         assert f"![{clip} spectrogram](data:image/png;base64,{embedded})" in markdown

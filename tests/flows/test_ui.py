@@ -5,18 +5,14 @@ Skipped only when Chromium or Playwright is missing; `.ci/run` installs Debian's
 
 from __future__ import annotations
 
-import os
-import signal
-import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 from helpers import CHROMIUM, CHROMIUM_ARGS, copy_songs, musicflow
+
+from musicflow.server import own_server
 
 playwright = pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.skipif(
@@ -27,47 +23,8 @@ pytestmark = pytest.mark.skipif(
 @pytest.fixture
 def ui_server(tmp_path: Path) -> Iterator[str]:
     """A real ``prefect server start`` (API and UI) on a free port with its own database."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    api = f"http://127.0.0.1:{port}/api"
-    env = {
-        **os.environ,
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_API_URL": api,
-        "PREFECT_UI_API_URL": api,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-        "DO_NOT_TRACK": "1",
-    }
-    server = subprocess.Popen(
-        [
-            str(Path(sys.executable).with_name("prefect")),
-            "server",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-        ],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            assert time.monotonic() < deadline, "the Prefect server did not start"
-            time.sleep(0.5)
+    with own_server(tmp_path / "prefect") as api:
         yield api
-    finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=30)
 
 
 def test_ui_shows_the_ingest_run_task_runs_and_summary(

@@ -296,17 +296,16 @@ def core_ratios(collection: Collection, stores: Path, *, workers: int, address: 
 
 # ---------------------------------------------------------------- (f) served ticks
 
-DRASCULA_OGG = Path("/usr/share/scummvm/drascula/audio")
 TARGET_NOOP_TICK_S = 1.0
 
 
-def drascula_ogg_collection(workdir: Path) -> Collection:
-    """The drascula-music tracks as installed (Ogg Vorbis, ``DRASCULA_OGG``), linked into ``workdir``."""
-    oggs = sorted(DRASCULA_OGG.glob("*.ogg"))
-    if not oggs:
-        raise RuntimeError(f"no .ogg in {DRASCULA_OGG}: apt-get install {DRASCULA_PACKAGE}")
-    songs = [(path, _probe_seconds(path)) for path in oggs]
-    return link_collection("drascula-ogg", workdir / "drascula-ogg", songs)
+def ogg_collection(name: str, workdir: Path) -> Collection:
+    """A real collection's tracks as its Debian package installs them (Ogg Vorbis; ``_debian``'s
+    ``drascula`` or ``wesnoth``, apt-get installed when missing), linked into ``workdir``."""
+    from _debian import collection_songs
+
+    songs = [(Path(path), _probe_seconds(Path(path))) for path in collection_songs(name)]
+    return link_collection(f"{name}-ogg", workdir / f"{name}-ogg", songs)
 
 
 def _served_tick() -> dict[str, float]:
@@ -357,13 +356,14 @@ def served(api: str, collection: Collection, store: Path, *, workers: int) -> It
             process.kill()
 
 
-def _songs_ok(store: Path) -> int:
-    """Songs committed ``ok`` in the store's one dataset."""
+def _songs_recorded(store: Path) -> int:
+    """Songs with a row in the store's one dataset, ``ok`` or ``failed`` (wesnoth's silence.ogg is
+    a content failure: silent)."""
     from tasks.dataset import repository as dataset_lib
     from tasks.store.store import open_store
 
     (dataset,) = [path.name for path in (store / "datasets").iterdir()]
-    return sum(row.ok for row in dataset_lib.read_rows(open_store(str(store)), dataset))
+    return len(list(dataset_lib.read_rows(open_store(str(store)), dataset)))
 
 
 def served_ticks(
@@ -382,8 +382,8 @@ def served_ticks(
             raw.append(raw_decode(collection, workers=workers))
             full.append(_served_tick())
             raw.append(raw_decode(collection, workers=workers))
-            if _songs_ok(store) != len(collection.paths):
-                raise RuntimeError(f"a served tick did not ingest every song of {collection.directory}")
+            if _songs_recorded(store) != len(collection.paths):
+                raise RuntimeError(f"a served tick did not record every song of {collection.directory}")
     shutil.rmtree(store, ignore_errors=True)
     full_flow = statistics.median(tick["flow_s"] for tick in full)
     raw_x = statistics.median(run.x_realtime for run in raw)
@@ -715,7 +715,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--no-real", action="store_true", help=f"skip the real collection ({DRASCULA_PACKAGE})"
     )
     parser.add_argument("--served-only", action="store_true",
-                        help="only (f): musicflow serve's ingest ticks on drascula-music's .ogg")  # fmt: skip
+                        help="only (f): musicflow serve's ingest ticks on real .ogg")  # fmt: skip
+    parser.add_argument("--served-collection", choices=["drascula", "wesnoth"], default="drascula",
+                        help="(f): drascula-music (47 min) or wesnoth-1.16-music (2 h 08 min)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.minutes is None:
         args.minutes = 4.0 if args.quick else 20.0
@@ -936,11 +938,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def main_served(args: argparse.Namespace, workdir: Path, load_before: float) -> None:
-    """(f) alone: ``musicflow serve`` ticks against (b), on drascula-music's .ogg files."""
+    """(f) alone: ``musicflow serve`` ticks against (b), on a real collection's .ogg files."""
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
-    collection = drascula_ogg_collection(workdir)
+    collection = ogg_collection(args.served_collection, workdir)
     print("starting a Prefect test server, then musicflow serve")
     with prefect_test_harness(server_startup_timeout=120):
         api = str(PREFECT_API_URL.value())
@@ -950,7 +952,8 @@ def main_served(args: argparse.Namespace, workdir: Path, load_before: float) -> 
     print()
     print(
         f"musicflow serve ingest ticks: {ticks['songs']} songs, {ticks['minutes']:.1f} min of Ogg Vorbis "
-        f"({DRASCULA_OGG}); {args.workers} workers on {os.cpu_count()} cores (1-min load {load_before:.1f} "
+        f"({args.served_collection}); {args.workers} workers on {os.cpu_count()} cores "
+        f"(1-min load {load_before:.1f} "
         f"before, {os.getloadavg()[0]:.1f} after); {_ffmpeg_version()}; median of {args.repeats} round(s)"
     )
     print(ticks["cluster"])

@@ -20,6 +20,7 @@ from helpers import artifact_table, flow_run_artifacts, musicflow, run_cli, writ
 
 from musicflow.cli.reports import model_line
 from tasks.generation.runs import METRICS_FILE
+from tasks.report import REPORT_PAGE
 
 SR = 44100
 
@@ -306,7 +307,8 @@ def test_cli_generate_then_status_lists_the_run(
     assert run["axes"] == {"frames": None, "continuity": None, "tonality": None}
     assert "tonality: not scored (needs at least 16 windows" in result.stdout
     folder = Path(store, "generated", run["run_id"])
-    assert sorted(os.listdir(folder)) == sorted([*run["files"], METRICS_FILE])
+    # the clips, metrics.json and the run's listening page (the generate flow writes it)
+    assert sorted(os.listdir(folder)) == sorted([*run["files"], METRICS_FILE, REPORT_PAGE])
     assert json.loads((folder / METRICS_FILE).read_text())["phase"] == "pghi"  # the option reached the run
 
 

@@ -263,39 +263,67 @@ def featurizer_ratio(songs: Path) -> tuple[float, float]:
     return ours, theirs
 
 
-def spectrogram_figure(results: list[dict[str, Any]], path: Path, *, seconds: float = 10.0) -> None:
-    """A training song's spectrogram above the first clip of each path, from one collection's stores
-    (the figure in docs/quality.md)."""
+def training_excerpt(
+    store: Any, card: dict[str, Any], *, seconds: float, sample_rate: int
+) -> tuple[Any, str]:
+    """The middle ``seconds`` of the model's training song nearest the middle length among those
+    longer than a clip, decoded at ``sample_rate``, and the song's file name."""
+    from tasks.audio.decode import decode_audio
+    from tasks.dataset.repository import read_rows
+
+    rows = {row.song_id: row for row in read_rows(store, card["dataset_id"], ok_only=True)}
+    long_enough = sorted(
+        (rows[song] for song in card["train_songs"] if rows[song].seconds > seconds + 1),
+        key=lambda row: row.seconds,
+    )
+    song = long_enough[len(long_enough) // 2] if long_enough else rows[card["train_songs"][0]]
+    audio = decode_audio(song.source, sample_rate=sample_rate).samples
+    start = max(0, audio.size // 2 - int(seconds * sample_rate) // 2)
+    return audio[start : start + int(seconds * sample_rate)], Path(song.source).name
+
+
+def plot_panels(panels: list[tuple[Any, str]], path: Path, *, sample_rate: int) -> None:
+    """Spectrograms of ``(audio, title)`` panels, one above the other on one time axis, to a PNG."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from scipy.signal import spectrogram
 
+    figure, axes = plt.subplots(len(panels), 1, figsize=(9, 2.4 * len(panels)), dpi=100, sharex=True)
+    for axis, (samples, title) in zip(axes, panels, strict=True):
+        frequencies, times, power = spectrogram(samples, fs=sample_rate, nperseg=1024, noverlap=768)
+        axis.pcolormesh(
+            times,
+            frequencies,
+            10 * np.log10(power + 1e-12),
+            shading="auto",
+            cmap="magma",
+            vmin=-120,
+            vmax=-20,
+        )
+        axis.set(ylabel="Hz", ylim=(0, 8000))
+        axis.set_title(title, fontsize=9)
+    axes[-1].set_xlabel("time (s)")
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def spectrogram_figure(results: list[dict[str, Any]], path: Path, *, seconds: float = 10.0) -> None:
+    """A training song's spectrogram above the first clip of each result's run (bench_models'
+    ``--figure``)."""
     from tasks.audio.decode import decode_audio
-    from tasks.dataset.repository import read_rows
     from tasks.model.repository import read_card
     from tasks.store.store import open_store
 
     sample_rate = 22050
     first = results[0]
     store = open_store(str(Path(first["run"]).parents[1]))
-    card = read_card(store, first["model_id"])
-    rows = {row.song_id: row for row in read_rows(store, first["dataset_id"], ok_only=True)}
-    # The training song nearest the middle length among those longer than a clip.
-    long_enough = sorted(
-        (rows[song] for song in card["train_songs"] if rows[song].seconds > seconds + 1),
-        key=lambda row: row.seconds,
+    excerpt, name = training_excerpt(
+        store, read_card(store, first["model_id"]), seconds=seconds, sample_rate=sample_rate
     )
-    song = long_enough[len(long_enough) // 2] if long_enough else rows[card["train_songs"][0]]
-    training = decode_audio(song.source, sample_rate=sample_rate).samples
-    start = max(0, training.size // 2 - int(seconds * sample_rate) // 2)
-    panels = [
-        (
-            training[start : start + int(seconds * sample_rate)],
-            f"training song {Path(song.source).name} (its middle {seconds:g} s)",
-        )
-    ]
+    panels = [(excerpt, f"training song {name} (its middle {seconds:g} s)")]
     for result in results:
         run = Path(result["run"])
         scored = run / "quality.json"
@@ -306,23 +334,7 @@ def spectrogram_figure(results: list[dict[str, Any]], path: Path, *, seconds: fl
         panels.append(
             (clip, f"{result['path']} path: clip-01 by {result['model_id']} (run quality {quality})")
         )
-    figure, axes = plt.subplots(len(panels), 1, figsize=(9, 2.6 * len(panels)), dpi=100, sharex=True)
-    for axis, (audio, title) in zip(axes, panels, strict=True):
-        frequencies, times, power = spectrogram(audio, fs=sample_rate, nperseg=1024, noverlap=768)
-        axis.pcolormesh(
-            times,
-            frequencies,
-            10 * np.log10(power + 1e-12),
-            shading="auto",
-            cmap="magma",
-            vmin=-120,
-            vmax=-20,
-        )
-        axis.set(ylabel="frequency (Hz)", title=title, ylim=(0, 8000))
-    axes[-1].set_xlabel("time (s)")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    plot_panels(panels, path, sample_rate=sample_rate)
 
 
 def defined(value: float | None, limit: float, *, at_most: bool = False) -> str:
@@ -334,15 +346,8 @@ def sound_figure(results: list[dict[str, Any]], path: Path, *, seconds: float = 
     """The README's figure, from one collection's results: a training song's middle ``seconds``,
     its round trip through the default sound path (``stft`` features, the default phase method), the
     first clip of the new and the old default, and the training excerpt shuffled in 46 ms groups."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from scipy.signal import spectrogram
-
     from tasks.audio.decode import decode_audio
     from tasks.config import DEFAULT_PHASE
-    from tasks.dataset.repository import read_rows
     from tasks.features.transforms import get_transform
     from tasks.generation.quality import shuffled
     from tasks.model.repository import load_trained_model, read_card
@@ -351,21 +356,12 @@ def sound_figure(results: list[dict[str, Any]], path: Path, *, seconds: float = 
     by_path = {item["path"]: item for item in results}
     new = by_path["new default"]
     store = open_store(str(Path(new["run"]).parents[1]))
-    card = read_card(store, new["model_id"])
-    rows = {row.song_id: row for row in read_rows(store, new["dataset_id"], ok_only=True)}
-    long_enough = sorted(
-        (rows[song] for song in card["train_songs"] if rows[song].seconds > seconds + 1),
-        key=lambda row: row.seconds,
-    )
-    song = long_enough[len(long_enough) // 2] if long_enough else rows[card["train_songs"][0]]
     features = load_trained_model(store, new["model_id"]).features
     rate = features.sample_rate
-    audio = decode_audio(song.source, sample_rate=rate).samples
-    start = max(0, audio.size // 2 - int(seconds * rate) // 2)
-    excerpt = audio[start : start + int(seconds * rate)]
+    card = read_card(store, new["model_id"])
+    excerpt, name = training_excerpt(store, card, seconds=seconds, sample_rate=rate)
     transform = get_transform(features)
     trip = np.clip(transform.inverse(transform.forward(excerpt), phase=DEFAULT_PHASE), -1, 1)
-    name = Path(song.source).name
     panels = [(excerpt, f"training song {name} (its middle {seconds:g} s)")]
     panels.append(
         (trip, f"its round trip: {features.transform}, {features.n_mels} mels, {DEFAULT_PHASE} phases")
@@ -379,24 +375,7 @@ def sound_figure(results: list[dict[str, Any]], path: Path, *, seconds: float = 
     panels.append(
         (shuffled(excerpt, sample_rate=rate, rng=rng), "the training excerpt shuffled in 46 ms groups")
     )
-    figure, axes_grid = plt.subplots(len(panels), 1, figsize=(9, 2.4 * len(panels)), dpi=100, sharex=True)
-    for axis, (samples, title) in zip(axes_grid, panels, strict=True):
-        frequencies, times, power = spectrogram(samples, fs=rate, nperseg=1024, noverlap=768)
-        axis.pcolormesh(
-            times,
-            frequencies,
-            10 * np.log10(power + 1e-12),
-            shading="auto",
-            cmap="magma",
-            vmin=-120,
-            vmax=-20,
-        )
-        axis.set(ylabel="Hz", ylim=(0, 8000))
-        axis.set_title(title, fontsize=9)
-    axes_grid[-1].set_xlabel("time (s)")
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    plot_panels(panels, path, sample_rate=rate)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,5 +1,6 @@
-"""What the benchmarks share: the `musicflow` command line, target verdicts, a plain-text table,
-another commit's tree, and the raw ffmpeg decode the targets call the decoding speed limit."""
+"""What the benchmarks share: the `musicflow` command line (and training through it once), target
+verdicts, a plain-text table, another commit's tree, and the raw ffmpeg decode the targets call the
+decoding speed limit."""
 
 from __future__ import annotations
 
@@ -7,12 +8,28 @@ import contextlib
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # The `musicflow` command as the benchmarks run it in a subprocess (the tree on PYTHONPATH or cwd).
 MUSICFLOW = [sys.executable, "-m", "musicflow.cli"]
+
+
+def train_unless_done(store_url: str, model_id: str, options: list[str]) -> None:
+    """``musicflow train --store STORE --model-id ID OPTIONS`` as a user would run it, skipped when
+    the store already holds that model finished (a re-run of a benchmark reuses it)."""
+    from tasks.model.repository import read_finished_card
+    from tasks.store.store import open_store
+
+    if read_finished_card(open_store(store_url), model_id) is not None:
+        print(f"{model_id}: reused", flush=True)
+        return
+    began = time.perf_counter()
+    command = [*MUSICFLOW, "train", "--store", store_url, "--model-id", model_id, *options]
+    subprocess.run(command, check=True, cwd=ROOT)
+    print(f"{model_id}: trained in {time.perf_counter() - began:.0f} s", flush=True)
 
 
 @contextlib.contextmanager

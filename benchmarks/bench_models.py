@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from _report import MUSICFLOW, table
+from _report import MUSICFLOW, table, train_unless_done
 from bench_sampling import DRASCULA, run_variant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -62,23 +62,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def prepare(args: argparse.Namespace) -> None:
     """Ingest and train through the command line, as a user would; each step is skipped when done."""
-    from tasks.model.repository import read_finished_card
-    from tasks.store.store import open_store
-
     if not Path(args.songs).exists():
         sys.exit(f"{args.songs} not found (drascula-music: apt-get install drascula-music)")
     subprocess.run([*MUSICFLOW, "ingest", args.songs, "--store", args.store], check=True, cwd=ROOT)
-    store = open_store(args.store)
     for model in args.models:
         model_id, _, preset = model.partition("=")
-        preset = preset.partition("@")[0]
-        if read_finished_card(store, model_id) is not None:
-            print(f"{model_id}: reused", flush=True)
-            continue
-        began = time.perf_counter()
-        command = [*MUSICFLOW, "train", "--store", args.store, "--model-id", model_id, "--preset", preset]
-        subprocess.run([*command, "--max-minutes", str(args.max_minutes)], check=True, cwd=ROOT)
-        print(f"{model_id}: trained in {time.perf_counter() - began:.0f} s", flush=True)
+        options = ["--preset", preset.partition("@")[0], "--max-minutes", str(args.max_minutes)]
+        train_unless_done(args.store, model_id, options)
 
 
 def partials(report: dict[str, Any], store_url: str) -> dict[str, list[float]]:

@@ -55,7 +55,7 @@ from typing import Any
 
 import numpy as np
 from _debian import COLLECTIONS, collection_songs
-from _report import MUSICFLOW, table, target
+from _report import MUSICFLOW, table, target, train_unless_done
 from bench_sampling import run_variant
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -129,19 +129,15 @@ def prepare(
 ) -> dict[str, Any]:
     """Ingest and train through the CLI (each skipped when done); the model's card and storage."""
     from tasks.dataset.repository import read_rows
-    from tasks.model.repository import read_card, read_finished_card
+    from tasks.model.repository import read_card
     from tasks.store.store import open_store
 
     began = time.perf_counter()
     command = [*MUSICFLOW, "ingest", str(songs), "--store", store_url, "--transform", transform, *options]
     subprocess.run(command, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
     print(f"{store_url}: ingested ({time.perf_counter() - began:.0f} s)", flush=True)
+    train_unless_done(store_url, model_id, ["--preset", preset, "--max-minutes", str(minutes)])
     store = open_store(store_url)
-    if read_finished_card(store, model_id) is None:
-        began = time.perf_counter()
-        command = [*MUSICFLOW, "train", "--store", store_url, "--model-id", model_id, "--preset", preset]
-        subprocess.run([*command, "--max-minutes", str(minutes)], check=True, cwd=ROOT)
-        print(f"{model_id}: trained ({time.perf_counter() - began:.0f} s)", flush=True)
     card = read_card(store, model_id)
     hours = sum(row.seconds for row in read_rows(store, card["dataset_id"], ok_only=True)) / 3600
     return {**card, "gb_per_hour": dataset_bytes(store_url, card["dataset_id"]) / 1e9 / hours}

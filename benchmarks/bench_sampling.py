@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _report import MUSICFLOW, table
+from _report import MUSICFLOW, table, train_unless_done
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -62,24 +62,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def prepare(args: argparse.Namespace) -> None:
     """Ingest and train through the command line, as a user would; each step is skipped when done."""
-    from tasks.model.repository import read_finished_card
-    from tasks.store.store import open_store
-
     if not Path(args.songs).exists():
         sys.exit(f"{args.songs} not found (drascula-music: apt-get install drascula-music)")
     subprocess.run([*MUSICFLOW, "ingest", args.songs, "--store", args.store], check=True, cwd=ROOT)
-    store = open_store(args.store)
     models = [("budget", ["--max-minutes", str(args.max_minutes)])]
     if not args.skip_epoch:
         models.insert(0, ("e1", ["--epochs", "1"]))
     for model_id, options in models:
-        if read_finished_card(store, model_id) is not None:
-            print(f"{model_id}: reused", flush=True)
-            continue
-        began = time.perf_counter()
-        command = [*MUSICFLOW, "train", "--store", args.store, "--model-id", model_id, *options]
-        subprocess.run(command, check=True, cwd=ROOT)
-        print(f"{model_id}: trained in {time.perf_counter() - began:.0f} s", flush=True)
+        train_unless_done(args.store, model_id, options)
 
 
 def run_variant(

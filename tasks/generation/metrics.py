@@ -50,6 +50,14 @@ COPY_GAP_SECONDS = 0.1
 # Units whose loudest band is this far (dB) under the training units' median never match: silence is
 # not a copy.
 COPY_QUIET_DB = 40.0
+# Clip units under this quantile of the training rows' levels are faint: they never match, and a
+# run of matches goes on through up to COPY_FAINT_BRIDGE_SECONDS of them (beside the gap). The
+# quietest twentieth of a collection is its fade-outs and reverb tails, whose noise floor any clip
+# that fades out matches: on wesnoth-1.16-music three quiet clips "copied" 5.3-7.1 s of two songs'
+# last seconds (0.65-1.1 s now); a verbatim 15 s excerpt of a training song still spans 3-15 s
+# (its faint intro or tail not counted). A sampled copy's faint moments do not cut it in pieces.
+COPY_FAINT_QUANTILE = 0.05
+COPY_FAINT_BRIDGE_SECONDS = 0.3
 # A copy at least this long names the song it comes from (unseen demo songs span up to 0.74 s by chance).
 COPY_NAMED_SECONDS = 1.0
 
@@ -275,6 +283,7 @@ class CopyIndex:
     row_axes: np.ndarray
     unit_axes: np.ndarray
     quiet_level: float
+    faint_level: float
     song_ids: list[str]
     units: list[np.ndarray]
     searched_seconds: float
@@ -343,6 +352,7 @@ def copy_index(
     every = np.concatenate(bands) if bands else np.zeros((0, n_bands), np.float32)
     levels = frame_levels(every)
     quiet_level = float(np.median(levels)) - COPY_QUIET_DB * math.log(10) / 10 if levels.size else 0.0
+    faint_level = max(quiet_level, float(np.quantile(levels, COPY_FAINT_QUANTILE))) if levels.size else 0.0
     loud = every[levels >= quiet_level]
     loud = loud[:: max(1, loud.shape[0] // max_fit_rows)]
     if not loud.shape[0]:
@@ -364,6 +374,7 @@ def copy_index(
         row_axes=row_axes,
         unit_axes=principal_axes(fit_units - fit_units.mean(axis=0), COPY_DIMS),
         quiet_level=quiet_level,
+        faint_level=faint_level,
         song_ids=ids,
         units=[],
         searched_seconds=seconds,
@@ -381,8 +392,10 @@ def longest_copy(rows: np.ndarray, index: CopyIndex, *, chunk: int = 32_768) -> 
     song by cosine similarity; a copy is a run of clip units matching the song's units at one
     constant offset (unit ``k`` of the clip with the song's unit starting at row ``k * unit +
     offset``), each at least :data:`COPY_SIMILARITY`, with gaps of up to :data:`COPY_GAP_SECONDS`
-    bridged. Returns ``seconds`` (0 without any match) and, from :data:`COPY_NAMED_SECONDS`, the
-    ``song_id`` and where the span starts in the clip and in the song.
+    bridged, and faint clip units (:data:`COPY_FAINT_QUANTILE`) up to
+    :data:`COPY_FAINT_BRIDGE_SECONDS` more. Returns ``seconds`` (0 without any match) and, from
+    :data:`COPY_NAMED_SECONDS`, the ``song_id`` and where the span starts in the clip and in the
+    song.
     """
     unit, block_seconds = index.unit, index.features.block_seconds
     n_units = rows.shape[0] // unit
@@ -395,8 +408,15 @@ def longest_copy(rows: np.ndarray, index: CopyIndex, *, chunk: int = 32_768) -> 
     if n_units == 0 or not index.units:
         return best
     bands = band_log_power(rows[: n_units * unit], index.features)
-    clip = index.project(index.rows(bands), frame_levels(bands), step=unit)
+    levels = frame_levels(bands)
+    clip = index.project(index.rows(bands), levels, step=unit)
+    faint = levels.reshape(n_units, unit).max(axis=1) < index.faint_level
+    clip[faint] = 0.0
+    # Matches follow each other when at most `gap` units lie between them, faint ones not counted,
+    # and at most `bridge` in all.
+    heard = np.cumsum(~faint)
     gap = max(1, round(COPY_GAP_SECONDS / (unit * block_seconds)))
+    bridge = gap + max(0, round(COPY_FAINT_BRIDGE_SECONDS / (unit * block_seconds)))
     best_units = 0
     for song_id, song in zip(index.song_ids, index.units, strict=True):
         hits_k, hits_j = [], []
@@ -411,7 +431,9 @@ def longest_copy(rows: np.ndarray, index: CopyIndex, *, chunk: int = 32_768) -> 
         order = np.lexsort((k, offset))
         k, offset = k[order], offset[order]
         # A new run where the offset changes or the gap along it is too long.
-        starts = np.flatnonzero(np.r_[True, (np.diff(offset) != 0) | (np.diff(k) > gap + 1)])
+        starts = np.flatnonzero(
+            np.r_[True, (np.diff(offset) != 0) | (np.diff(heard[k]) > gap + 1) | (np.diff(k) > bridge + 1)]
+        )
         first, last = k[starts], k[np.r_[starts[1:], k.size] - 1]
         lengths = last - first + 1
         run = int(np.argmax(lengths))

@@ -297,6 +297,30 @@ def test_noise_and_silence_copy_nothing(copies) -> None:
     assert longest_copy(silence, silence_index)["seconds"] == 0.0
 
 
+@pytest.mark.parametrize("layout", sorted(COPY_LAYOUTS))
+def test_a_quiet_clip_does_not_copy_the_hiss_at_the_end_of_a_song(layout: str) -> None:
+    """A clip that fades to a quiet hiss matched, unit after unit, the hiss a training song ends with
+    (on wesnoth-1.16-music three such clips "copied" 5-7 s of two songs' last seconds). The hiss is
+    1.5 s of 33.5 s of training audio, 30 dB down: above the silence floor (40 dB under the median),
+    under the quietest twentieth of the training levels."""
+    features = COPY_LAYOUTS[layout]
+    transform, rate = get_transform(features), features.sample_rate
+    rng = np.random.default_rng(0)
+
+    def hiss(seconds: float) -> np.ndarray:
+        return (rng.normal(0.0, 10 ** (-30 / 20), int(seconds * rate))).astype(np.float32)
+
+    songs = []
+    for seed in range(4):
+        music = synthesize_song(seed=seed, seconds=8.0, sample_rate=rate).mean(axis=1)
+        tail = hiss(1.5) if seed == 0 else np.zeros(0, np.float32)
+        songs.append((f"train-{seed}", transform.forward(np.r_[music, tail])))
+    index = copy_index(songs, features)
+    assert longest_copy(transform.forward(hiss(4.0)), index)["seconds"] == 0.0
+    excerpt = songs[0][1][: seconds_to_rows(features, 3.0)]
+    assert longest_copy(excerpt, index)["seconds"] == pytest.approx(3.0, abs=0.1 + features.block_seconds)
+
+
 def test_a_copy_under_sampling_noise_is_still_one_copy(copies) -> None:
     """Nearly all of a training song's rows perturbed as a model that memorised them might sample them: stft
     log-power rows with noise of half their spread in every band; blocks with every bin's phase

@@ -27,10 +27,12 @@ retrain it).
     python benchmarks/bench_quality.py --workdir /tmp/bq                       # all three collections
     python benchmarks/bench_quality.py --collection demo --max-minutes 1 --clips 16 --seconds 10
     python benchmarks/bench_quality.py --collection drascula --figure docs/sound-drascula.png
+    python benchmarks/bench_quality.py --figure 'docs/spectrogram-{collection}.png'  # one each
 
 ``--figure``: a training song (its middle 10 s), its round trip through the default sound path,
 clip-01 of the new default, clip-01 of the old default, and the training excerpt shuffled in 46 ms
-groups (the anchor), side by side, from the last collection.
+groups (the anchor), side by side, from the last collection (from each where the path holds
+``{collection}``).
 
 Targets (issue 27): continuity and tonality >= 0.5 and frames >= 0.5 for the new default on each
 real collection; 0 clips collapsed; longest copy <= 2 s; generation >= 20x real time; <= 0.35 GB/h;
@@ -91,7 +93,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--random-seed", type=int, default=0, help="generate_run's random_seed")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON")
-    parser.add_argument("--figure", type=Path, default=None, help="PNG of the last collection (see above)")
+    parser.add_argument(
+        "--figure",
+        type=Path,
+        default=None,
+        help="PNG of the last collection, or of each where the path holds {collection} (see above)",
+    )
     args = parser.parse_args(argv)
     if args.clips < 16:
         print(f"note: --clips {args.clips}: the issue asks for 16+ clips per path", file=sys.stderr)
@@ -442,9 +449,13 @@ def main(argv: list[str] | None = None) -> None:
             + f"; lowest ceiling {ceiling} {defined(ceiling, 0.9)}"
         )
     if args.figure:
-        last = [item for item in results if item["collection"] == collections[-1]]
-        sound_figure(last, args.figure, seconds=min(args.seconds, 10.0))
-        print(f"figure: {args.figure}")
+        # One figure per collection when the path names {collection}, else the last one's.
+        each = "{collection}" in str(args.figure)
+        for collection in collections if each else collections[-1:]:
+            path = Path(str(args.figure).format(collection=collection)) if each else args.figure
+            of = [item for item in results if item["collection"] == collection]
+            sound_figure(of, path, seconds=min(args.seconds, 10.0))
+            print(f"figure: {path}")
     if args.json:
         args.json.write_text(json.dumps({"command": command, "results": results, "ratios": ratios}, indent=2))
 

@@ -256,34 +256,20 @@ def spectral_convergence(reference: np.ndarray, estimate: np.ndarray) -> float:
     return float(np.linalg.norm(guess - truth) / np.linalg.norm(truth))
 
 
-@functools.lru_cache(maxsize=1)
-def _pghi_kernel() -> Any:
-    """pghipy's heap integration, compiled by numba with its on-disk cache: pghipy compiles it
-    without, 6-12 s at the first call of every process; from the cache, a later process's first
-    15-s clip took 0.34 s, the integration included."""
-    import numba
-    import pghipy
-
-    return numba.njit(cache=True)(pghipy.pghi.py_func)
-
-
 def pghi_phases(magnitudes: np.ndarray, *, n_fft: int, hop_length: int) -> np.ndarray:
     """Phases [n_bins, n_frames] of a Hann-window STFT (librosa's layout and phase convention: frames
     not shifted, centred) from its magnitudes [n_bins, n_frames], by phase-gradient heap integration
-    (``pghipy.pghi``; Prusa, Balazs and Sondergaard 2017): the phase's time and frequency derivatives
+    (:func:`tasks.features.pghi.pghi`, pghipy's integration without its rescans; Prusa, Balazs and
+    Sondergaard 2017): the phase's time and frequency derivatives
     follow from the log-magnitude's frequency and time derivatives, integrated outwards from the
     loudest bins. Deterministic, no iteration; bins under ``_PGHI_TOLERANCE`` of the loudest keep
     phase 0.
     """
+    from tasks.features.pghi import pghi
+
     # C-contiguous float64 [frames, bins]: the signature the cache holds (another one compiles again).
     spectrogram = np.ascontiguousarray(magnitudes.T, dtype=np.float64)
-    phases = _pghi_kernel()(
-        spectrogram,
-        win_length=n_fft,
-        hop_length=hop_length,
-        gamma=_PGHI_HANN_GAMMA * n_fft**2,
-        tol=_PGHI_TOLERANCE,
-    )
+    phases = pghi(spectrogram, n_fft, hop_length, _PGHI_HANN_GAMMA * n_fft**2, _PGHI_TOLERANCE)
     return np.ascontiguousarray(phases.T)
 
 

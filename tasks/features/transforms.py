@@ -265,7 +265,7 @@ def pghi_phases(magnitudes: np.ndarray, *, n_fft: int, hop_length: int) -> np.nd
     loudest bins. Deterministic, no iteration; bins under ``_PGHI_TOLERANCE`` of the loudest keep
     phase 0.
     """
-    from tasks.features.pghi import pghi
+    from tasks.features.pghi import pghi  # numba: not in an ingest worker's start-up
 
     # C-contiguous float64 [frames, bins]: the signature the cache holds (another one compiles again).
     spectrogram = np.ascontiguousarray(magnitudes.T, dtype=np.float64)

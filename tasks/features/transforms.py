@@ -159,7 +159,11 @@ _PGHI_HANN_GAMMA = 0.25645
 _PGHI_TOLERANCE = 1e-5
 GRIFFIN_LIM_SEGMENT_FRAMES = 4096
 _CROSSFADE_FRAMES = 64
-MEL_INVERSE_ITERATIONS = 10
+# Multiplicative updates of the mel-to-linear step (SpectralTransform.magnitudes). 30 instead of 10
+# keep more of the partials' persistence: the 128-band round trip's `continuity` went 0.899 -> 0.918
+# on the synthetic songs and 0.908 -> 0.924 on drascula-music (benchmarks/bench_axes.py, 16 x 15 s;
+# frames and tonality unchanged), at 0.059 CPU s per 15 s, band by band (10 dense ones took 0.047).
+MEL_INVERSE_ITERATIONS = 30
 # Frames transformed at once: the windowed frames, their spectrum and power (~5 MB) stay in the
 # CPU's caches (2048 at once was 1.5x slower here).
 _FORWARD_FRAMES = 512
@@ -239,6 +243,17 @@ def mel_band_groups(
         lo, hi = (int(bins[0]), int(bins[-1]) + 1) if bins.size else (0, 1)
         groups.append((first, end, lo, hi, np.ascontiguousarray(basis[first:end, lo:hi].T)))
     return tuple(groups)
+
+
+def _spread_bands(
+    bands: np.ndarray, groups: tuple[tuple[int, int, int, int, np.ndarray], ...], n_bins: int
+) -> np.ndarray:
+    """``bands @ basis`` [n, n_bins] of mel band values [n, n_mels], group by group
+    (:func:`mel_band_groups`; adjacent groups share their edge bins, so the groups add up)."""
+    out = np.zeros((bands.shape[0], n_bins), dtype=np.float32)
+    for first_band, end_band, first_bin, end_bin, weights in groups:
+        out[:, first_bin:end_bin] += bands[:, first_band:end_band] @ weights.T
+    return out
 
 
 @functools.lru_cache(maxsize=16)
@@ -350,14 +365,23 @@ class SpectralTransform(Transform):
             raise ConfigError(f"rows of shape {rows.shape} do not match stft with {expected} features")
         power = np.exp(np.minimum(rows.astype(np.float32), 30.0))
         if self.features.n_mels:
-            basis, inverse = mel_basis(self.features.sample_rate, self.features.n_fft, self.features.n_mels)
+            sample_rate, n_fft, n_mels = self.features.sample_rate, self.features.n_fft, self.features.n_mels
+            _, inverse = mel_basis(sample_rate, n_fft, n_mels)
+            groups = mel_band_groups(sample_rate, n_fft, n_mels)
             # Non-negative least squares, approximately: the pseudo-inverse clipped at 0, then
             # multiplicative updates (spectral convergence 0.26 -> 0.18 on a demo song in 10 steps;
-            # librosa's mel_to_stft gets 0.26, 200x slower).
+            # librosa's mel_to_stft gets 0.26, 200x slower). The products with the filterbank go
+            # band group by band group, as in the forward pass (half the time of dense ones).
             linear = np.maximum(power @ inverse.T, 0.0) + np.float32(POWER_FLOOR)
-            target = power @ basis
+            target = _spread_bands(power, groups, linear.shape[1])
+            bands = np.empty_like(power)
             for _ in range(MEL_INVERSE_ITERATIONS):
-                linear *= target / ((linear @ basis.T) @ basis + np.float32(1e-20))
+                for first_band, end_band, first_bin, end_bin, weights in groups:
+                    np.matmul(linear[:, first_bin:end_bin], weights, out=bands[:, first_band:end_band])
+                back = _spread_bands(bands, groups, linear.shape[1])
+                back += np.float32(1e-20)
+                np.divide(target, back, out=back)
+                linear *= back
             power = linear
         return np.sqrt(power)
 

@@ -245,12 +245,21 @@ def mel_band_groups(
     return tuple(groups)
 
 
-def _spread_bands(
-    bands: np.ndarray, groups: tuple[tuple[int, int, int, int, np.ndarray], ...], n_bins: int
-) -> np.ndarray:
-    """``bands @ basis`` [n, n_bins] of mel band values [n, n_mels], group by group
-    (:func:`mel_band_groups`; adjacent groups share their edge bins, so the groups add up)."""
-    out = np.zeros((bands.shape[0], n_bins), dtype=np.float32)
+_BandGroups = tuple[tuple[int, int, int, int, np.ndarray], ...]
+
+
+def _project_bands(power: np.ndarray, groups: _BandGroups, out: np.ndarray) -> np.ndarray:
+    """``power @ basis.T`` into ``out`` [n, n_mels]: the mel bands of linear power [n, n_bins],
+    group by group (:func:`mel_band_groups`)."""
+    for first_band, end_band, first_bin, end_bin, weights in groups:
+        np.matmul(power[:, first_bin:end_bin], weights, out=out[:, first_band:end_band])
+    return out
+
+
+def _spread_bands(bands: np.ndarray, groups: _BandGroups, out: np.ndarray) -> np.ndarray:
+    """``bands @ basis`` into ``out`` [n, n_bins]: mel band values [n, n_mels] spread over the bins,
+    group by group (adjacent groups share their edge bins, so the groups add up)."""
+    out[:] = 0.0
     for first_band, end_band, first_bin, end_bin, weights in groups:
         out[:, first_bin:end_bin] += bands[:, first_band:end_band] @ weights.T
     return out
@@ -351,8 +360,8 @@ class SpectralTransform(Transform):
             np.square(interleaved, out=interleaved)
             out = rows[start:stop]
             np.add(interleaved[:, 0::2], interleaved[:, 1::2], out=power[:k] if bands else out)
-            for first_band, end_band, first_bin, end_bin, weights in bands:
-                np.matmul(power[:k, first_bin:end_bin], weights, out=out[:, first_band:end_band])
+            if bands:
+                _project_bands(power[:k], bands, out)
             np.maximum(out, POWER_FLOOR, out=out)
             np.log(out, out=out)
         return rows
@@ -373,12 +382,10 @@ class SpectralTransform(Transform):
             # librosa's mel_to_stft gets 0.26, 200x slower). The products with the filterbank go
             # band group by band group, as in the forward pass (half the time of dense ones).
             linear = np.maximum(power @ inverse.T, 0.0) + np.float32(POWER_FLOOR)
-            target = _spread_bands(power, groups, linear.shape[1])
-            bands = np.empty_like(power)
+            target = _spread_bands(power, groups, np.empty_like(linear))
+            bands, back = np.empty_like(power), np.empty_like(linear)
             for _ in range(MEL_INVERSE_ITERATIONS):
-                for first_band, end_band, first_bin, end_bin, weights in groups:
-                    np.matmul(linear[:, first_bin:end_bin], weights, out=bands[:, first_band:end_band])
-                back = _spread_bands(bands, groups, linear.shape[1])
+                _spread_bands(_project_bands(linear, groups, bands), groups, back)
                 back += np.float32(1e-20)
                 np.divide(target, back, out=back)
                 linear *= back

@@ -254,6 +254,12 @@ def stacked_units(bands: np.ndarray, unit: int, *, step: int = 1) -> np.ndarray:
     return np.ascontiguousarray(windows.transpose(0, 2, 1)).reshape(windows.shape[0], -1)
 
 
+def unit_levels(levels: np.ndarray, unit: int, *, step: int = 1) -> np.ndarray:
+    """Level of each unit of ``unit`` rows (one every ``step`` rows): its loudest row's, from the
+    rows' :func:`frame_levels`."""
+    return stacked_units(levels[:, None], unit, step=step).max(axis=1)
+
+
 def frame_levels(bands: np.ndarray) -> np.ndarray:
     """Level of each row of log band powers: its loudest band's log power, [n] (the mean over bands
     would sink with the many near-empty high bands of quiet music)."""
@@ -298,7 +304,7 @@ class CopyIndex:
         """Projected rows and their levels -> the descriptors of their units, one every ``step``
         rows: [(n - unit) // step + 1, COPY_DIMS], of unit length, zero where the unit is quiet."""
         projected = stacked_units(rows, self.unit, step=step) @ self.unit_axes
-        loud = stacked_units(levels[:, None], self.unit, step=step).max(axis=1) >= self.quiet_level
+        loud = unit_levels(levels, self.unit, step=step) >= self.quiet_level
         norms = np.linalg.norm(projected, axis=1)
         keep = loud & (norms > 1e-9)
         return np.where(keep[:, None], projected / np.maximum(norms, 1e-9)[:, None], 0.0).astype(np.float32)
@@ -410,7 +416,7 @@ def longest_copy(rows: np.ndarray, index: CopyIndex, *, chunk: int = 32_768) -> 
     bands = band_log_power(rows[: n_units * unit], index.features)
     levels = frame_levels(bands)
     clip = index.project(index.rows(bands), levels, step=unit)
-    faint = levels.reshape(n_units, unit).max(axis=1) < index.faint_level
+    faint = unit_levels(levels, unit, step=unit) < index.faint_level
     clip[faint] = 0.0
     # Matches follow each other when at most `gap` units lie between them, faint ones not counted,
     # and at most `bridge` in all.

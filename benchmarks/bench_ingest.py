@@ -3,7 +3,7 @@
 Run from the repository root::
 
     .venv/bin/python benchmarks/bench_ingest.py [--minutes 20] [--workers 2] [--workdir DIR] [--quick]
-                                               [--no-real] [--served-only]
+                                               [--no-real] [--served-only] [--writes-only]
 
 Everything is measured in one run, on the same songs and cores, and reported
 as ratios, on two collections: generated songs, and a real one, Debian's
@@ -26,6 +26,10 @@ is missing), converted to mp3 here once (cached) so that both are decoded from m
 (f) ``musicflow serve``'s ingest ticks (``--served-only``: only these): a served tick on
     drascula-music's .ogg files, as it is installed, in the flow run's time against (b);
     target >= 0.7; and a no-op tick's flow time, target <= 1 s;
+(g) shard writes past the page cache (``--writes-only``: only these): the ingest's batch jobs on a
+    LocalCluster, on the same .ogg files as (f), with ``MUSICFLOW_DIRECT_IO`` on (the default:
+    chunks written with ``O_DIRECT``, :mod:`tasks.store.direct`) and off, interleaved rounds:
+    the batches' wall time and the workers' kernel CPU;
 (d) peak RSS per worker (the flow's ``peak_worker_rss_mb``) on the collection
     and on one 4x larger, a fresh cluster per size (each warmed up on two songs
     first, so the large run is warm too); target: within 20%. The clusters are
@@ -424,6 +428,102 @@ def served_rows(ticks: dict[str, Any]) -> list[tuple[str, ...]]:
     ]  # fmt: skip
 
 
+# ---------------------------------------------------------------- (g) shard writes
+
+
+def _set_direct_io(on: bool) -> None:
+    """On a worker: shard chunks written with O_DIRECT (the default) or through the page cache."""
+    from tasks.store import direct
+
+    os.environ[direct.ENV_SWITCH] = "1" if on else "0"
+
+
+def _tree_times() -> tuple[float, float]:
+    """On a worker: (user, system) CPU seconds of this process and its finished children (ffmpeg)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + children.ru_utime, own.ru_stime + children.ru_stime
+
+
+def shard_writes(collection: Collection, store: Path, *, workers: int, repeats: int) -> dict[str, Any]:
+    """(g) The ingest's batch jobs (its batches, largest first, ``tasks.ingest.worker.ingest_batch``)
+    on a LocalCluster of ``workers``, chunks written with O_DIRECT and through the page cache, in
+    rounds that alternate which goes first; the median of each: wall, x real time, the workers'
+    user and kernel CPU (ffmpeg's included)."""
+    from distributed import Client
+
+    from flows.ingest import MAX_BATCHES
+    from tasks.config import FeatureConfig, IngestConfig
+    from tasks.ingest.plan import make_batches
+    from tasks.ingest.sources import SourceFile
+    from tasks.ingest.worker import ingest_batch
+
+    config = IngestConfig(features=FeatureConfig.for_transform())  # the flow's defaults
+    files = [SourceFile(uri=str(path), bytes=path.stat().st_size) for path in collection.paths]
+    batches = make_batches(files, batch_bytes=int(config.batch_mb * 2**20), min_batches=workers,
+                           rounds_of=workers, max_batches=MAX_BATCHES)  # fmt: skip
+    batches.sort(key=lambda batch: -sum(item.bytes for item in batch))
+    runs: dict[str, list[dict[str, float]]] = {"direct": [], "page cache": []}
+    with local_cluster(workers) as address, Client(address) as client:
+        for round_ in range(repeats + 1):  # round 0 warms the workers up (imports), not counted
+            order = ["direct", "page cache"] if round_ % 2 else ["page cache", "direct"]
+            for mode in order:
+                shutil.rmtree(store, ignore_errors=True)
+                store.mkdir(parents=True)
+                client.run(_set_direct_io, mode == "direct")
+                before = client.run(_tree_times)
+                with Clock() as clock:
+                    futures = [
+                        client.submit(ingest_batch, batch, store_url=str(store), dataset_id="bench",
+                                      config=config, pure=False, priority=len(batches) - index)
+                        for index, batch in enumerate(batches)
+                    ]  # fmt: skip
+                    results = client.gather(futures)
+                after = client.run(_tree_times)
+                if round_:
+                    runs[mode].append({
+                        "wall": clock.wall,
+                        "x": sum(result.audio_seconds for result in results) / clock.wall,
+                        "user": sum(after[w][0] - before[w][0] for w in after),
+                        "system": sum(after[w][1] - before[w][1] for w in after),
+                    })  # fmt: skip
+        client.run(_set_direct_io, True)
+    shutil.rmtree(store, ignore_errors=True)
+    return {
+        mode: {key: statistics.median(run[key] for run in measured) for key in measured[0]}
+        for mode, measured in runs.items()
+    }
+
+
+def writes_rows(writes: dict[str, Any]) -> list[tuple[str, ...]]:
+    direct, cached = writes["direct"], writes["page cache"]
+    return [
+        ("measure", "O_DIRECT", "page cache", "ratio"),
+        ("batches' wall (s)", f"{direct['wall']:.2f}", f"{cached['wall']:.2f}",
+         f"{cached['wall'] / direct['wall']:.2f}x faster with O_DIRECT"),
+        ("x real time", f"{direct['x']:.0f}x", f"{cached['x']:.0f}x", ""),
+        ("workers' kernel CPU (s)", f"{direct['system']:.2f}", f"{cached['system']:.2f}",
+         f"{cached['system'] - direct['system']:.2f} s less"),
+        ("workers' user CPU (s)", f"{direct['user']:.2f}", f"{cached['user']:.2f}", "ffmpeg's included"),
+    ]  # fmt: skip
+
+
+def main_writes(args: argparse.Namespace, workdir: Path, load_before: float) -> None:
+    """(g) alone: the batch jobs with shard chunks written past the page cache and through it."""
+    collection = ogg_collection(args.served_collection, workdir)
+    writes = shard_writes(
+        collection, workdir / "stores" / "writes", workers=args.workers, repeats=args.repeats
+    )
+    print()
+    print(
+        f"shard writes: {len(collection.paths)} songs, {collection.seconds / 60:.1f} min of Ogg Vorbis "
+        f"({args.served_collection}) into {workdir / 'stores'}; {args.workers} workers on {os.cpu_count()} "
+        f"cores (1-min load {load_before:.1f} before, {os.getloadavg()[0]:.1f} after); median of "
+        f"{args.repeats} round(s)"
+    )
+    print(table(writes_rows(writes)))
+    print("command:", shlex.join(sys.orig_argv))
+
+
 # ---------------------------------------------------------------- (a) ingest flow
 
 
@@ -717,7 +817,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--served-only", action="store_true",
                         help="only (f): musicflow serve's ingest ticks on real .ogg")  # fmt: skip
     parser.add_argument("--served-collection", choices=["drascula", "wesnoth"], default="drascula",
-                        help="(f): drascula-music (47 min) or wesnoth-1.16-music (2 h 08 min)")  # fmt: skip
+                        help="(f), (g): drascula-music (47 min) or wesnoth-1.16-music (128 min)")  # fmt: skip
+    parser.add_argument("--writes-only", action="store_true",
+                        help="only (g): shard chunks written with O_DIRECT or the page cache")  # fmt: skip
     args = parser.parse_args(argv)
     if args.minutes is None:
         args.minutes = 4.0 if args.quick else 20.0
@@ -741,6 +843,9 @@ def main(argv: list[str] | None = None) -> None:
     load_before = os.getloadavg()[0]
     if args.served_only:
         main_served(args, workdir, load_before)
+        return
+    if args.writes_only:
+        main_writes(args, workdir, load_before)
         return
     log(f"preparing songs in {workdir / 'pool'} (cached; not timed)")
     started = time.perf_counter()

@@ -20,6 +20,7 @@ Shards of schema 1 (a bare Zarr array; Parquet with ``features`` only) read as b
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import datetime as dt
 import json
@@ -38,6 +39,7 @@ import zarr.storage
 from tasks.config import SHARD_FORMATS, check_choice
 from tasks.dataset.stats import FeatureStats
 from tasks.errors import MusicflowError, StoreError, as_infrastructure
+from tasks.store import direct
 from tasks.store.store import Store
 
 SHARDS_DIR = "shards"
@@ -93,9 +95,21 @@ def _store_writes() -> Iterator[None]:
         raise as_infrastructure(error, "store write") from error
 
 
+class _DirectLocalStore(zarr.storage.LocalStore):
+    """A local Zarr store whose large values (the chunks) are written past the page cache, where
+    the file system allows it (:mod:`tasks.store.direct`); the rest is zarr's own ``LocalStore``."""
+
+    async def set(self, key: str, value: Any) -> None:
+        data = value.as_buffer_like() if isinstance(value, zarr.core.buffer.Buffer) else None
+        if self.read_only or data is None or not direct.eligible(memoryview(data).nbytes):
+            await super().set(key, value)
+            return
+        await asyncio.to_thread(direct.write_file, self.root / key, data)
+
+
 def _zarr_store(store: Store, path: str, *, read_only: bool) -> Any:
     if store.is_local:
-        return zarr.storage.LocalStore(path, read_only=read_only)
+        return (zarr.storage.LocalStore if read_only else _DirectLocalStore)(path, read_only=read_only)
     return zarr.storage.FsspecStore.from_url(
         store.fs.unstrip_protocol(path),
         storage_options=store.fs.storage_options,

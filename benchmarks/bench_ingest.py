@@ -1047,6 +1047,8 @@ def main_served(args: argparse.Namespace, workdir: Path, load_before: float) -> 
     from prefect.settings import PREFECT_API_URL
     from prefect.testing.utilities import prefect_test_harness
 
+    from tasks.store import direct
+
     collection = ogg_collection(args.served_collection, workdir)
     print("starting a Prefect test server, then musicflow serve")
     with prefect_test_harness(server_startup_timeout=120):
@@ -1062,6 +1064,8 @@ def main_served(args: argparse.Namespace, workdir: Path, load_before: float) -> 
         f"before, {os.getloadavg()[0]:.1f} after); {_ffmpeg_version()}; median of {args.repeats} round(s)"
     )
     print(ticks["cluster"])
+    print(f"shard chunks written {'with O_DIRECT' if direct.enabled() else 'through the page cache'} "
+          f"({direct.ENV_SWITCH}={os.environ.get(direct.ENV_SWITCH, 'unset')})")  # fmt: skip
     print(table(served_rows(ticks)))
     print("command:", shlex.join(sys.orig_argv))
 

@@ -41,6 +41,7 @@ from tasks.dataset.repository import BatchResult, hold_ingest
 from tasks.errors import InfrastructureError, error_text, is_verdict
 from tasks.ingest.events import dataset_updated_event, should_announce
 from tasks.ingest.plan import make_batches
+from tasks.store import direct
 from tasks.store.store import open_store, registered_storage_options
 
 # A finished run returns at once, not after its heartbeat thread's next 1-s step (see the module).
@@ -125,6 +126,7 @@ def ingest(
     logger = get_run_logger()
     use_storage(store, store_block=store_block, source=source, source_block=source_block)
     ffmpeg_binary()  # fail fast, here, rather than once per song on every worker
+    direct.enabled()  # and a bad MUSICFLOW_DIRECT_IO here, not in every batch's writes
     config = ingest_config(
         format=format,
         transform=transform,

@@ -44,9 +44,13 @@ def dask_options(
     dask_security: str | None,
     dashboard: bool,
 ) -> dict[str, Any]:
-    """The flows' Dask parameters from the shared options, checked (a bad one: exit 2, naming it)."""
+    """The flows' Dask parameters from the shared options, checked, and the workers'
+    ``MUSICFLOW_DIRECT_IO`` (a bad one: exit 2, naming it)."""
     from flows.runtime.cluster import check_cluster_options  # lazy: start-up
+    from tasks.store import direct  # lazy: start-up
     from tasks.store.credentials import parse_storage_options  # lazy: start-up
+
+    direct.enabled()
 
     options: dict[str, Any] = {
         "workers": workers,

@@ -23,21 +23,30 @@ import threading
 import uuid
 from pathlib import Path
 
+from tasks.errors import ConfigError
+
 # O_DIRECT wants the buffer, the size and the offset aligned to the device's logical block (512 B or
 # 4 KiB); 4 KiB fits both.
 ALIGN = 4096
 # Smaller files (metadata, statistics) go through the page cache: for them it costs nothing.
 MIN_BYTES = 1 << 20
 ENV_SWITCH = "MUSICFLOW_DIRECT_IO"  # "0": never bypass the page cache
+_OFF, _ON = {"0", "false", "no", "off"}, {"", "1", "true", "yes", "on"}
 _REFUSALS = (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOTSUP)
 _refused_devices: set[int] = set()  # devices whose file system refused O_DIRECT
 _local = threading.local()  # each writing thread's aligned buffer, reused from write to write
 
 
 def enabled() -> bool:
-    """Whether large writes may bypass the page cache here (the platform has it, and it is not
-    switched off with ``MUSICFLOW_DIRECT_IO=0``)."""
-    return hasattr(os, "O_DIRECT") and os.environ.get(ENV_SWITCH, "1").strip() != "0"
+    """Whether large writes may bypass the page cache here: the platform has ``O_DIRECT`` and
+    ``MUSICFLOW_DIRECT_IO`` does not turn it off (``0``, ``false``, ``no``, ``off``; unset, ``1``,
+    ``true``, ``yes``, ``on``: on). :class:`ConfigError` naming any other value."""
+    text = os.environ.get(ENV_SWITCH, "").strip()
+    if text.lower() in _OFF:
+        return False
+    if text.lower() not in _ON:
+        raise ConfigError(f"invalid {ENV_SWITCH} {text!r}: 0 or 1 (also false/true, no/yes, off/on)")
+    return hasattr(os, "O_DIRECT")
 
 
 def eligible(n_bytes: int) -> bool:
@@ -75,8 +84,8 @@ def _write_direct(path: Path, view: memoryview) -> int | None:
         return None
     buffer = _aligned_buffer(view.nbytes)
     buffer[: view.nbytes] = view
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o644)
+    try:  # mode 0o666 less the umask, as open() gives
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_DIRECT, 0o666)
     except OSError as error:
         if error.errno not in _REFUSALS:
             raise

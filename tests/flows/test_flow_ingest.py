@@ -114,6 +114,19 @@ def test_unknown_transform_fails_before_any_work(tmp_path: Path, demo_songs: lis
     assert not (tmp_path / "store").exists()
 
 
+def test_a_bad_direct_io_switch_fails_the_run_before_any_work(
+    tmp_path: Path, demo_songs: list[Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deployment's run gets no CLI check: the flow refuses the workers' MUSICFLOW_DIRECT_IO itself."""
+    from tasks.errors import ConfigError
+
+    copy_songs(demo_songs[:1], tmp_path / "songs")
+    monkeypatch.setenv("MUSICFLOW_DIRECT_IO", "sometimes")
+    with pytest.raises(ConfigError, match="MUSICFLOW_DIRECT_IO 'sometimes'"):
+        ingest(source=str(tmp_path / "songs"), store=str(tmp_path / "store"), workers=1)
+    assert not (tmp_path / "store" / "datasets").exists()
+
+
 def test_parquet_and_fft_transform_make_a_separate_dataset(tmp_path: Path, demo_songs: list[Path]) -> None:
     source, store = tmp_path / "songs", str(tmp_path / "store")
     copy_songs(demo_songs[:1], source)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from tasks.dataset.shards import ShardWriter, read_blocks
+from tasks.errors import ConfigError
 from tasks.store import direct
 from tasks.store.store import open_store
 
@@ -50,13 +51,17 @@ def _payload(n_bytes: int) -> bytes:
 def test_a_large_aligned_file_is_written_past_the_page_cache(tmp_path: Path, opens: list[int]) -> None:
     data = _payload(2 * direct.MIN_BYTES)
     target = tmp_path / "a" / "b" / "chunk"
+    umask = os.umask(0o002)  # group-writable files, as open() makes them under this umask
     try:
         written = direct.write_file(target, data)
     except OSError as error:  # pragma: no cover - a file system that fails O_DIRECT writes oddly
         pytest.skip(f"O_DIRECT unusable under {tmp_path}: {error}")
+    finally:
+        os.umask(umask)
     assert written == len(data)
     assert target.read_bytes() == data
     assert sorted(path.name for path in target.parent.iterdir()) == ["chunk"]  # no temporary left
+    assert target.stat().st_mode & 0o777 == 0o664
     if not direct._refused_devices:  # tmp_path's file system took O_DIRECT
         assert _direct_opens(opens) == 1
 
@@ -71,12 +76,43 @@ def test_small_or_unaligned_files_go_through_the_page_cache(
     assert _direct_opens(opens) == 0
 
 
-def test_the_switch_turns_it_off(tmp_path: Path, opens: list[int], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(direct.ENV_SWITCH, "0")
+@pytest.mark.parametrize("value", ["0", "false", "Off", " no "])
+def test_the_switch_turns_it_off(
+    tmp_path: Path, opens: list[int], monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv(direct.ENV_SWITCH, value)
+    assert not direct.enabled()
     data = _payload(direct.MIN_BYTES)
     direct.write_file(tmp_path / "file", data)
     assert (tmp_path / "file").read_bytes() == data
     assert _direct_opens(opens) == 0
+
+
+@pytest.mark.parametrize("value", ["", "1", "true", "YES", "on"])
+def test_the_switch_on_or_unset_leaves_it_on(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(direct.ENV_SWITCH, value)
+    assert direct.enabled()
+
+
+@pytest.mark.parametrize("value", ["2", "maybe", "disable"])
+def test_a_bad_switch_value_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv(direct.ENV_SWITCH, value)
+    with pytest.raises(ConfigError, match=f"invalid MUSICFLOW_DIRECT_IO {value!r}"):
+        direct.enabled()
+
+
+def test_the_cli_refuses_a_bad_switch_value_in_one_line_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from helpers import run_cli
+
+    (tmp_path / "songs").mkdir()
+    monkeypatch.setenv(direct.ENV_SWITCH, "maybe")
+    code, out, err = run_cli(capsys, "ingest", str(tmp_path / "songs"), "--store", str(tmp_path / "store"))
+    assert code == 2, (out, err)
+    (line,) = err.strip().splitlines()
+    assert "MUSICFLOW_DIRECT_IO 'maybe'" in line, line
+    assert not (tmp_path / "store" / "datasets").exists()  # no flow ran
 
 
 @pytest.mark.parametrize("refused_at", ["open", "write"])

@@ -2,10 +2,10 @@
 
 A shard's chunks are written once and read much later (by training), so caching them buys nothing,
 and on some machines filling the page cache is what a write costs: on this project's 2-core VMs
-(ext4 on virtio), 340 MB of 2 MiB files took 2.9-4.2 s of kernel CPU through the page cache and
+(ext4 on virtio), 340 MB of 2 MiB files took 2.7-4.1 s of kernel CPU through the page cache and
 0.01-0.02 s with ``O_DIRECT`` (0.2 s of wall, the disk's own speed). An ingest tick writes that much
 for 2 h of songs, beside the decoding it competes with for the cores
-(``benchmarks/bench_ingest.py --writes``).
+(``benchmarks/bench_ingest.py --writes-only``).
 
 :func:`write_file` writes a file with ``O_DIRECT`` when the data is at least :data:`MIN_BYTES` and a
 whole number of :data:`ALIGN` blocks, and with an ordinary write otherwise, on systems without
@@ -94,7 +94,7 @@ def _write_direct(path: Path, view: memoryview) -> int | None:
     try:
         written = 0
         with memoryview(buffer) as whole:
-            while written < view.nbytes:  # a short write leaves an aligned remainder
+            while written < view.nbytes:  # after a short write, the rest (EINVAL if it is unaligned)
                 written += os.write(fd, whole[written : view.nbytes])
     except OSError as error:
         os.close(fd)
@@ -108,7 +108,8 @@ def _write_direct(path: Path, view: memoryview) -> int | None:
 
 
 def _aligned_buffer(n_bytes: int) -> mmap.mmap:
-    """This thread's page-aligned buffer of at least ``n_bytes`` (an anonymous map: page-aligned)."""
+    """This thread's page-aligned buffer (an anonymous map) of at least ``n_bytes``: a chunk's size,
+    about 2 MiB (``tasks.dataset.shards.CHUNK_BYTES``), kept for the thread's next write."""
     buffer: mmap.mmap | None = getattr(_local, "buffer", None)
     if buffer is None or len(buffer) < n_bytes:
         if buffer is not None:

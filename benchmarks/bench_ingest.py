@@ -451,17 +451,14 @@ def shard_writes(collection: Collection, store: Path, *, workers: int, repeats: 
     user and kernel CPU (ffmpeg's included)."""
     from distributed import Client
 
-    from flows.ingest import MAX_BATCHES
+    from flows.ingest import run_batches
     from tasks.config import FeatureConfig, IngestConfig
-    from tasks.ingest.plan import make_batches
     from tasks.ingest.sources import SourceFile
     from tasks.ingest.worker import ingest_batch
 
     config = IngestConfig(features=FeatureConfig.for_transform())  # the flow's defaults
     files = [SourceFile(uri=str(path), bytes=path.stat().st_size) for path in collection.paths]
-    batches = make_batches(files, batch_bytes=int(config.batch_mb * 2**20), min_batches=workers,
-                           rounds_of=workers, max_batches=MAX_BATCHES)  # fmt: skip
-    batches.sort(key=lambda batch: -sum(item.bytes for item in batch))
+    batches = run_batches(files, batch_mb=config.batch_mb, n_workers=workers)
     runs: dict[str, list[dict[str, float]]] = {"direct": [], "page cache": []}
     with local_cluster(workers) as address, Client(address) as client:
         for round_ in range(repeats + 1):  # round 0 warms the workers up (imports), not counted
@@ -486,7 +483,6 @@ def shard_writes(collection: Collection, store: Path, *, workers: int, repeats: 
                         "user": sum(after[w][0] - before[w][0] for w in after),
                         "system": sum(after[w][1] - before[w][1] for w in after),
                     })  # fmt: skip
-        client.run(_set_direct_io, True)
     shutil.rmtree(store, ignore_errors=True)
     return {
         mode: {key: statistics.median(run[key] for run in measured) for key in measured[0]}
@@ -556,11 +552,11 @@ def run_plain_dask(collection: Collection, store: Path, *, workers: int, dask_ad
     """The flow's steps, same functions and batches, on plain Dask: what Prefect adds to (a)."""
     from distributed import Client, as_completed
 
-    from flows.ingest import BATCHES_PER_WORKER
+    from flows.ingest import run_batches
     from tasks.config import FeatureConfig, IngestConfig
     from tasks.dataset import repository as dataset_lib
     from tasks.dataset.catalog import read_catalog
-    from tasks.ingest.plan import make_batches, plan_ingest
+    from tasks.ingest.plan import plan_ingest
     from tasks.ingest.sources import list_audio_files
     from tasks.ingest.worker import ingest_batch
     from tasks.store.store import open_store
@@ -573,12 +569,7 @@ def run_plain_dask(collection: Collection, store: Path, *, workers: int, dask_ad
         files = list_audio_files(str(collection.directory))
         catalog = read_catalog(store_handle, dataset_lib.dataset_dir(dataset_id))
         plan = plan_ingest(files, catalog)
-        batches = make_batches(
-            plan.todo,
-            batch_bytes=int(config.batch_mb * 2**20),
-            min_batches=BATCHES_PER_WORKER * workers,
-            rounds_of=workers,
-        )
+        batches = run_batches(plan.todo, batch_mb=config.batch_mb, n_workers=workers)
         futures = [
             client.submit(ingest_batch, batch, store_url=str(store), dataset_id=dataset_id,
                           config=config, pure=False)

@@ -41,6 +41,7 @@ from tasks.dataset.repository import BatchResult, hold_ingest
 from tasks.errors import InfrastructureError, error_text, is_verdict
 from tasks.ingest.events import dataset_updated_event, should_announce
 from tasks.ingest.plan import make_batches
+from tasks.ingest.sources import SourceFile
 from tasks.store import direct
 from tasks.store.store import open_store, registered_storage_options
 
@@ -60,6 +61,21 @@ MAX_BATCHES = 128
 # The flow process holds one waiting thread per batch in flight: a cap far above what the batch
 # sizing makes (MAX_BATCHES), for the file-by-file retries of failed batches.
 MAX_BATCHES_IN_FLIGHT = 256
+
+
+def run_batches(files: list[SourceFile], *, batch_mb: float, n_workers: int) -> list[list[SourceFile]]:
+    """The batches an ingest run cuts ``files`` into for ``n_workers`` Dask threads: at most
+    ``batch_mb`` each (more in a large collection, :data:`MAX_BATCHES`), whole rounds of at least
+    :data:`BATCHES_PER_WORKER` per thread, largest first."""
+    batches = make_batches(
+        files,
+        batch_bytes=int(batch_mb * 2**20),
+        min_batches=BATCHES_PER_WORKER * n_workers,
+        rounds_of=n_workers,
+        max_batches=MAX_BATCHES,
+    )
+    batches.sort(key=lambda batch: -sum(item.bytes for item in batch))  # largest first
+    return batches
 
 
 def batches_in_flight(n_batches: int, threads: int) -> int:
@@ -177,14 +193,7 @@ def ingest(
             # Batches for the cluster's threads (an external cluster's, not this machine's cores).
             threads = cluster_threads(client)
             n_workers = threads or workers or default_workers()
-            batches = make_batches(
-                plan.todo,
-                batch_bytes=int(batch_mb * 2**20),
-                min_batches=BATCHES_PER_WORKER * n_workers,
-                rounds_of=n_workers,
-                max_batches=MAX_BATCHES,
-            )
-            batches.sort(key=lambda batch: -sum(item.bytes for item in batch))  # largest first
+            batches = run_batches(plan.todo, batch_mb=batch_mb, n_workers=n_workers)
             logger.info("%d songs in %d batches on %d Dask threads", len(plan.todo), len(batches), threads)
             runner: ThreadPoolTaskRunner[Any] = ThreadPoolTaskRunner(
                 max_workers=batches_in_flight(len(batches), threads)
